@@ -1,0 +1,1 @@
+"""The call engine: everything between a media leg and a Realtime session."""

@@ -1,0 +1,89 @@
+"""Exceptions of the bridge.
+
+The hierarchy::
+
+    BridgeError                      base of everything the bridge raises on purpose
+    ├── ConfigError                  bad settings or files; names the source (file, line, field)
+    │   └── DialplanError            a dialplan file that does not validate
+    ├── ProtocolError                untrusted bytes that do not parse; carries the wire answer
+    │   ├── SipParseError            -> SIP 400 Bad Request (reason in ``reason``)
+    │   ├── SdpError                 -> SIP 488 Not Acceptable Here
+    │   └── RtpError                 -> packet dropped and counted under ``reason``
+    ├── RealtimeError                the upstream Realtime leg
+    │   ├── RealtimeAuthError        401/403 or close 3000: never retried
+    │   └── RealtimeUnavailable      could not connect / lost beyond reconnect
+    └── ToolError                    a tool failed; answered to the model as an error output
+
+Each kind is caught at exactly one boundary and turned into a protocol action there
+(a SIP response, a dropped packet, a fallback, a ``function_call_output``).
+``asyncio.CancelledError`` is never caught by those boundaries.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """Settings or a file that cannot be used; the message names where."""
+
+
+class DialplanError(ConfigError):
+    """A dialplan file that does not validate: ``file``, ``line`` and ``field`` say where."""
+
+    def __init__(self, message: str, *, file: str = "", line: int | None = None,
+                 field: str = "") -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        where = file
+        if line is not None:
+            where += f":{line}"
+        if field:
+            where += f": {field}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ProtocolError(BridgeError):
+    """Untrusted input that does not parse."""
+
+
+class SipParseError(ProtocolError):
+    """A SIP message that does not parse; answered with ``status`` (400 by default)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)
+
+
+class SdpError(ProtocolError):
+    """An SDP body that cannot be used; answered with 488 Not Acceptable Here."""
+
+    status = 488
+
+
+class RtpError(ProtocolError):
+    """An RTP/RTCP packet that cannot be used; dropped and counted under ``reason``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class RealtimeError(BridgeError):
+    """The upstream Realtime leg failed."""
+
+
+class RealtimeAuthError(RealtimeError):
+    """Credentials refused (HTTP 401/403, close 3000): retrying cannot help."""
+
+
+class RealtimeUnavailable(RealtimeError):
+    """The upstream could not be reached, or was lost beyond reconnect."""
+
+
+class ToolError(BridgeError):
+    """A tool failed; the message is safe to show the model."""
