@@ -1,0 +1,1 @@
+"""The upstream Realtime leg: client for Azure OpenAI / OpenAI, and the local emulator."""
