@@ -1,0 +1,108 @@
+"""Prometheus metrics of the bridge, one registry per process.
+
+Every part of the bridge increments the metrics defined here; ``/metrics`` (bridge.web)
+serves :data:`REGISTRY`. The names are part of the operator's interface (dashboards and
+alerts are built on them): add, never rename.
+
+Cost: a labelled child lookup (``.labels(...)``) hashes the label values on every call.
+On per-frame paths bind the child once per call or leg and keep it, e.g.::
+
+    self._frames_in = metrics.FRAMES_IN.labels(source="sip")   # once, at set-up
+    self._frames_in.inc()                                       # per 20 ms frame
+
+Metric                                   type       labels
+--------------------------------------   ---------  ----------------------------
+voicebridge_calls_active                 gauge      source
+voicebridge_calls_started_total          counter    source
+voicebridge_calls_ended_total            counter    reason
+voicebridge_calls_rejected_total         counter    reason       (admission refused)
+voicebridge_frames_in_total              counter    source       (20 ms frames from legs)
+voicebridge_frames_out_total             counter    source       (20 ms frames to legs)
+voicebridge_playout_underruns_total      counter    (a tick found nothing to play mid-response)
+voicebridge_late_frames_total            counter    (a clock tick ran later than one frame)
+voicebridge_rtp_dropped_total            counter    reason       (RtpError.reason, "late", ...)
+voicebridge_turn_latency_seconds         histogram  (end of caller speech -> first agent audio)
+voicebridge_barge_ins_total              counter
+voicebridge_tool_calls_total             counter    name, outcome ("ok" / "error")
+voicebridge_tool_duration_seconds        histogram  name
+voicebridge_dtmf_digits_total            counter    source
+voicebridge_upstream_connects_total      counter    kind         (RealtimeTarget.kind)
+voicebridge_upstream_reconnects_total    counter    kind
+voicebridge_upstream_errors_total        counter    kind, error  ("auth", "unavailable",
+                                                                  "server_error", "lost")
+voicebridge_webrtc_legs_active           gauge
+voicebridge_http_sse_clients             gauge
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+#: The registry ``/metrics`` serves. Process CPU/memory come along (``process_*``).
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_NS = "voicebridge"
+
+CALLS_ACTIVE = Gauge("calls_active", "Calls in progress.", ["source"],
+                     namespace=_NS, registry=REGISTRY)
+CALLS_STARTED = Counter("calls_started", "Calls admitted.", ["source"],
+                        namespace=_NS, registry=REGISTRY)
+CALLS_ENDED = Counter("calls_ended", "Calls ended, by end reason.", ["reason"],
+                      namespace=_NS, registry=REGISTRY)
+CALLS_REJECTED = Counter("calls_rejected", "Calls refused at admission.", ["reason"],
+                         namespace=_NS, registry=REGISTRY)
+
+FRAMES_IN = Counter("frames_in", "20 ms audio frames received from legs.", ["source"],
+                    namespace=_NS, registry=REGISTRY)
+FRAMES_OUT = Counter("frames_out", "20 ms audio frames sent to legs.", ["source"],
+                     namespace=_NS, registry=REGISTRY)
+UNDERRUNS = Counter("playout_underruns", "Clock ticks with nothing to play during a response.",
+                    namespace=_NS, registry=REGISTRY)
+LATE_FRAMES = Counter("late_frames", "Media clock ticks that ran more than a frame late.",
+                      namespace=_NS, registry=REGISTRY)
+RTP_DROPPED = Counter("rtp_dropped", "RTP packets dropped, by reason.", ["reason"],
+                      namespace=_NS, registry=REGISTRY)
+
+TURN_LATENCY = Histogram(
+    "turn_latency_seconds",
+    "From the end of the caller's speech to the first agent audio sent to the leg.",
+    namespace=_NS, registry=REGISTRY,
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+BARGE_INS = Counter("barge_ins", "Agent responses interrupted by the caller.",
+                    namespace=_NS, registry=REGISTRY)
+TOOL_CALLS = Counter("tool_calls", "Tool calls by tool name and outcome.", ["name", "outcome"],
+                     namespace=_NS, registry=REGISTRY)
+TOOL_DURATION = Histogram("tool_duration_seconds", "Tool call duration.", ["name"],
+                          namespace=_NS, registry=REGISTRY,
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+DTMF_DIGITS = Counter("dtmf_digits", "DTMF digits received from callers.", ["source"],
+                      namespace=_NS, registry=REGISTRY)
+
+UPSTREAM_CONNECTS = Counter("upstream_connects", "Realtime sessions opened.", ["kind"],
+                            namespace=_NS, registry=REGISTRY)
+UPSTREAM_RECONNECTS = Counter("upstream_reconnects", "Realtime sessions re-opened mid-call.",
+                              ["kind"], namespace=_NS, registry=REGISTRY)
+UPSTREAM_ERRORS = Counter("upstream_errors", "Realtime upstream errors by kind.",
+                          ["kind", "error"], namespace=_NS, registry=REGISTRY)
+
+WEBRTC_LEGS_ACTIVE = Gauge("webrtc_legs_active", "WebRTC peer connections open.",
+                           namespace=_NS, registry=REGISTRY)
+SSE_CLIENTS = Gauge("http_sse_clients", "Clients following /calls/events.",
+                    namespace=_NS, registry=REGISTRY)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of :data:`REGISTRY` and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
