@@ -1,0 +1,370 @@
+"""Process-wide settings: ``voicebridge.toml`` plus ``VOICEBRIDGE_*`` environment overrides.
+
+Where the file comes from, first match wins: ``--config PATH``, ``$VOICEBRIDGE_CONFIG``,
+``./voicebridge.toml`` if it exists; otherwise built-in defaults only.
+
+Every key of every section can be overridden by an environment variable named
+``VOICEBRIDGE_<SECTION>_<KEY>`` in upper case (``VOICEBRIDGE_HTTP_PORT=8080``,
+``VOICEBRIDGE_SIP_PUBLIC_ADDRESS=203.0.113.7``). Lists are comma-separated in the
+environment. The environment wins over the file, so a container is configured with
+variables alone.
+
+The ``[realtime]`` section is not interpreted here: it is handed whole to
+``bridge.realtime.config.RealtimeSettings.from_env(env, section)``, which also reads the
+``AZURE_OPENAI_*`` / ``OPENAI_API_KEY`` variables.
+
+Everything is validated at start-up. A bad value raises :class:`bridge.errors.ConfigError`
+whose message names where it came from (file and line, or the variable) and the field.
+Secrets (``http.token``, TURN credentials) never appear in ``repr`` or in error messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "VOICEBRIDGE_"
+CONFIG_ENV = "VOICEBRIDGE_CONFIG"
+DEFAULT_FILE = "voicebridge.toml"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Bearer token for the dashboard, call data and admin actions. Unset: those stay
+    #: locked (401) and the start-up banner says how to set one.
+    token: str | None = field(default=None, repr=False)
+    #: Serve the softphone page ``/`` and ``POST /webrtc/offer``. Switch off in production.
+    softphone: bool = True
+    #: Origins allowed by CORS. Empty (the default): no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
+    #: Ended calls kept in memory for ``/calls`` (the record store keeps them all).
+    recent_calls: int = 100
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = 5060
+    transports: tuple[str, ...] = ("udp", "tcp")
+    #: Address written into SDP and Contact (NAT); default: the bound / local address.
+    public_address: str | None = None
+    max_calls: int = 200
+    #: CIDRs allowed to call; empty = everyone.
+    allow_from: tuple[str, ...] = ()
+    latch_any: bool = False
+
+
+@dataclass(frozen=True)
+class RtpConfig:
+    port_low: int = 20000
+    port_high: int = 20999
+
+
+@dataclass(frozen=True)
+class DialplansConfig:
+    #: A folder of ``*.toml`` dialplans.
+    path: str = "dialplans/examples"
+
+
+@dataclass(frozen=True)
+class RecordsConfig:
+    #: SQLite file of call records ("" = keep records in memory only).
+    path: str = "var/calls.db"
+
+
+@dataclass(frozen=True)
+class IceServer:
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class WebRtcConfig:
+    #: STUN/TURN servers, e.g. ``[{urls = ["stun:stun.example.net:3478"]}]``. Empty: host
+    #: candidates only, which is what a browser on the same host or LAN needs.
+    ice_servers: tuple[IceServer, ...] = ()
+    #: Codecs offered in preference order; G.711 first keeps the leg at 8 kHz.
+    codecs: tuple[str, ...] = ("pcmu", "pcma", "opus")
+    max_legs: int = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    http: HttpSettings = HttpSettings()
+    sip: SipConfig = SipConfig()
+    rtp: RtpConfig = RtpConfig()
+    dialplans: DialplansConfig = DialplansConfig()
+    records: RecordsConfig = RecordsConfig()
+    webrtc: WebRtcConfig = WebRtcConfig()
+    #: The raw ``[realtime]`` section, for ``RealtimeSettings.from_env``.
+    realtime: Mapping[str, Any] = field(default_factory=dict)
+    #: Where the settings came from (a path, or "defaults").
+    source: str = "defaults"
+
+    def realtime_settings(self, env: Mapping[str, str] | None = None) -> Any:
+        """``bridge.realtime.config.RealtimeSettings`` for this process."""
+        from bridge.realtime.config import RealtimeSettings  # noqa: PLC0415 (optional part)
+
+        return RealtimeSettings.from_env(os.environ if env is None else env, self.realtime)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "http": HttpSettings,
+    "sip": SipConfig,
+    "rtp": RtpConfig,
+    "dialplans": DialplansConfig,
+    "records": RecordsConfig,
+    "webrtc": WebRtcConfig,
+}
+_SECRET_KEYS = frozenset({"token", "credential"})
+_CODECS = frozenset({"pcmu", "pcma", "opus"})
+_TRANSPORTS = frozenset({"udp", "tcp"})
+
+
+class _Where:
+    """Names the origin of a value in error messages: file:line or the variable."""
+
+    def __init__(self, path: Path | None, text: str) -> None:
+        self.path = path
+        self.text = text
+
+    def file_key(self, section: str, key: str) -> str:
+        if self.path is None:
+            return f"[{section}] {key}"
+        return f"{self.path}:{self._line(section, key)}: [{section}] {key}"
+
+    def _line(self, section: str, key: str) -> int | str:
+        current = ""
+        for number, line in enumerate(self.text.splitlines(), start=1):
+            header = re.match(r"\s*\[\[?\s*([A-Za-z0-9_.-]+)", line)
+            if header:
+                current = header.group(1).split(".")[0]
+            elif current == section and re.match(rf"\s*{re.escape(key)}\s*=", line):
+                return number
+        return "?"
+
+
+def _env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def _fail(where: str, message: str, value: Any, key: str) -> ConfigError:
+    shown = "<hidden>" if key in _SECRET_KEYS else repr(value)
+    return ConfigError(f"{where}: {message} (got {shown})")
+
+
+def _from_env_text(text: str, hint: Any) -> Any:
+    """Turn an environment string into the shape the field expects, before checking."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    base = _unwrap_optional(hint)
+    if base is bool:
+        lowered = text.strip().lower()
+        table = {"1": True, "true": True, "yes": True, "on": True,
+                 "0": False, "false": False, "no": False, "off": False}
+        return table.get(lowered, text)
+    if base is int:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    if base is str and hint is not str and text == "":
+        return None   # VOICEBRIDGE_X= (empty) unsets an optional value
+    return text
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _check_value(hint: Any, value: Any, where: str, key: str) -> Any:
+    base = _unwrap_optional(hint)
+    if value is None and base is not hint:
+        return None
+    if get_origin(base) is tuple:
+        (item_hint, _ellipsis) = get_args(base)
+        if not isinstance(value, list | tuple):
+            raise _fail(where, "expected a list", value, key)
+        return tuple(_check_value(item_hint, item, where, key) for item in value)
+    if base is IceServer:
+        return _ice_server(value, where)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise _fail(where, "expected true or false", value, key)
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(where, "expected an integer", value, key)
+        return value
+    if base is str:
+        if not isinstance(value, str):
+            raise _fail(where, "expected a string", value, key)
+        return value
+    raise _fail(where, f"unsupported type {base!r}", value, key)  # pragma: no cover
+
+
+def _ice_server(value: Any, where: str) -> IceServer:
+    if isinstance(value, str):      # from the environment: one URL per entry
+        value = {"urls": [value]}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: each ICE server is a table with 'urls'")
+    unknown = set(value) - {"urls", "username", "credential"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown ICE server key(s) {sorted(unknown)}")
+    urls = value.get("urls")
+    if isinstance(urls, str):
+        urls = [urls]
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError(f"{where}: 'urls' must be a URL or a list of URLs")
+    for url in urls:
+        if not re.match(r"^(stun|stuns|turn|turns):", url):
+            raise ConfigError(f"{where}: ICE server URL must start with stun:, stuns:, "
+                              f"turn: or turns: (got {url!r})")
+    username = value.get("username")
+    credential = value.get("credential")
+    if username is not None and not isinstance(username, str):
+        raise ConfigError(f"{where}: ICE 'username' must be a string")
+    if credential is not None and not isinstance(credential, str):
+        raise ConfigError(f"{where}: ICE 'credential' must be a string")
+    return IceServer(urls=tuple(urls), username=username, credential=credential)
+
+
+def _build_section(name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[str, str],
+                   where: _Where) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise ConfigError(f"{where.file_key(name, unknown[0])}: unknown key; "
+                          f"[{name}] takes {', '.join(names)}")
+    values: dict[str, Any] = {}
+    for key in names:
+        var = _env_name(name, key)
+        if var in env:
+            raw = _from_env_text(env[var], hints[key])
+            values[key] = _check_value(hints[key], raw, var, key)
+        elif key in table:
+            values[key] = _check_value(hints[key], table[key], where.file_key(name, key), key)
+    return cls(**values)
+
+
+def _check_port(where: str, port: int, *, zero_ok: bool = True) -> None:
+    if not (0 if zero_ok else 1) <= port <= 65535:
+        raise ConfigError(f"{where}: port out of range (got {port})")
+
+
+def _validate(s: Settings) -> None:
+    """Cross-field checks that a single type cannot express."""
+    _check_port("[http] port", s.http.port)
+    _check_port("[sip] port", s.sip.port)
+    _check_port("[rtp] port_low", s.rtp.port_low, zero_ok=False)
+    _check_port("[rtp] port_high", s.rtp.port_high, zero_ok=False)
+    if s.rtp.port_low > s.rtp.port_high:
+        raise ConfigError(f"[rtp]: port_low {s.rtp.port_low} is above port_high "
+                          f"{s.rtp.port_high}")
+    if s.http.token is not None and len(s.http.token) < 16:
+        raise ConfigError("[http] token: use at least 16 characters (got <hidden>)")
+    bad = set(s.sip.transports) - _TRANSPORTS
+    if bad or not s.sip.transports:
+        raise ConfigError(f"[sip] transports: choose from udp, tcp (got {list(s.sip.transports)})")
+    for cidr in s.sip.allow_from:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"[sip] allow_from: {exc}") from None
+    bad = set(s.webrtc.codecs) - _CODECS
+    if bad or not s.webrtc.codecs:
+        raise ConfigError(f"[webrtc] codecs: choose from pcmu, pcma, opus "
+                          f"(got {list(s.webrtc.codecs)})")
+    checks: tuple[tuple[str, int], ...] = (
+        ("[sip] max_calls", s.sip.max_calls), ("[webrtc] max_legs", s.webrtc.max_legs),
+        ("[http] recent_calls", s.http.recent_calls))
+    for where, number in checks:
+        if number < 0:
+            raise ConfigError(f"{where}: must not be negative (got {number})")
+
+
+def _apply_turn_env(webrtc: WebRtcConfig, env: Mapping[str, str]) -> WebRtcConfig:
+    """``VOICEBRIDGE_WEBRTC_TURN_USERNAME`` / ``_CREDENTIAL`` for turn: URLs from the env."""
+    user = env.get(_env_name("webrtc", "turn_username"))
+    cred = env.get(_env_name("webrtc", "turn_credential"))
+    if user is None and cred is None:
+        return webrtc
+    servers = tuple(
+        dataclasses.replace(s, username=s.username or user, credential=s.credential or cred)
+        if any(u.startswith("turn") for u in s.urls) else s
+        for s in webrtc.ice_servers)
+    return dataclasses.replace(webrtc, ice_servers=servers)
+
+
+def resolve_path(arg: str | None, env: Mapping[str, str]) -> Path | None:
+    """The config file to read, or None for defaults only."""
+    if arg:
+        return Path(arg)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    default = Path(DEFAULT_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(path: str | Path | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Read, override and validate the settings. Raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    file = resolve_path(str(path) if path is not None else None, env)
+    text = ""
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read the configuration ({exc.strerror})") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return settings_from_mapping(data, env, file=file, text=text)
+
+
+def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str], *,
+                          file: Path | None = None, text: str = "") -> Settings:
+    where = _Where(file, text)
+    known = {*_SECTIONS, "realtime"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        origin = f"{file}: " if file else ""
+        raise ConfigError(f"{origin}unknown section [{unknown[0]}]; "
+                          f"sections are {', '.join(sorted(known))}")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        table = data.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{file or 'settings'}: [{name}] must be a table")
+        sections[name] = _build_section(name, cls, table, env, where)
+    sections["webrtc"] = _apply_turn_env(sections["webrtc"], env)
+    realtime = data.get("realtime", {})
+    if not isinstance(realtime, Mapping):
+        raise ConfigError(f"{file or 'settings'}: [realtime] must be a table")
+    settings = Settings(**sections, realtime=dict(realtime),
+                        source=str(file) if file else "defaults")
+    _validate(settings)
+    return settings
