@@ -1,0 +1,359 @@
+"""The process-wide media clock: one 20 ms grid driving every call's playout.
+
+Theory of operation
+-------------------
+Waking the event loop costs far more than moving a 20 ms frame (DESIGN.md, "Where the
+time goes"), so the process has exactly one timer chain for media: ``MediaClock`` keeps
+a single ``loop.call_at`` handle and, at each tick, calls every subscriber's
+``on_tick(now)`` synchronously. 200 calls cost one wake-up per 20 ms, not 200.
+
+Tick ``n`` is due at ``t0 + n * period``. Deadlines are computed from the grid, never by
+adding ``period`` to the time a callback happened to run, so lateness never accumulates
+(no drift): a late wake-up delays that one tick, and the next deadline is still on the grid.
+
+Late wake-ups (policy)
+----------------------
+If the loop was blocked and wakes ``k`` periods late, ``k`` ticks are overdue. Dropping
+them would silently shorten every call's timeline (the far end would hear time vanish and
+our ``heard_ms`` would still be right, but the RTP clock would jump); bursting all of them
+would overflow the far end's jitter buffer after a long stall (PRIOR_ART.md, pacing:
+2x bursts overflowed carrier buffers). So the clock delivers the overdue ticks back to
+back, up to ``max_catch_up`` extra ticks (default 5 = 100 ms, inside any phone's jitter
+buffer), counts them as late, and skips the rest (counted as skipped). Skipping moves
+``n`` forward but keeps ``t0``: the grid stays where it was.
+
+The arithmetic lives in the sans-I/O ``Pacer`` (``now`` in, ticks out, next deadline
+exposed) and is unit-tested on a virtual clock; ``MediaClock`` is the thin asyncio part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+PERIOD_S = 0.020
+#: A callback that runs a hair before its deadline (timer resolution) still counts as due.
+_EARLY_TOLERANCE_S = 1e-4
+
+
+@dataclass(frozen=True)
+class Due:
+    """What ``Pacer.advance`` found due at ``now``."""
+
+    first: int          # index of the first tick to deliver now
+    count: int          # how many ticks to deliver back to back (0: woke early)
+    late: int           # of those, how many are ≥ one period overdue (catch-up ticks)
+    skipped: int        # overdue ticks beyond the catch-up bound, not delivered
+    lateness_s: float   # now - deadline of the *last* delivered tick (≥ 0 when count > 0)
+
+
+class Pacer:
+    """Sans-I/O grid arithmetic for a 20 ms media clock.
+
+    ``advance(now)`` says which ticks are due at ``now`` and moves past them;
+    ``deadline`` is when the next one is due. No clock reads here.
+    """
+
+    def __init__(self, t0: float, period: float = PERIOD_S, max_catch_up: int = 5) -> None:
+        if period <= 0:
+            raise ValueError("period must be positive")
+        if max_catch_up < 0:
+            raise ValueError("max_catch_up must be >= 0")
+        self.t0 = t0
+        self.period = period
+        self.max_catch_up = max_catch_up
+        self.next_n = 0
+        self.delivered = 0
+        self.late = 0
+        self.skipped = 0
+
+    def due_time(self, n: int) -> float:
+        return self.t0 + n * self.period
+
+    @property
+    def deadline(self) -> float:
+        """When the next tick is due."""
+        return self.due_time(self.next_n)
+
+    def advance(self, now: float) -> Due:
+        """Ticks due at ``now``; marks them delivered (or skipped)."""
+        last_due = math.floor((now - self.t0 + _EARLY_TOLERANCE_S) / self.period)
+        if last_due < self.next_n:
+            return Due(self.next_n, 0, 0, 0, 0.0)
+        overdue = last_due - self.next_n + 1
+        skipped = max(0, overdue - 1 - self.max_catch_up)
+        first = self.next_n + skipped
+        count = overdue - skipped
+        self.next_n = last_due + 1
+        self.delivered += count
+        self.late += count - 1
+        self.skipped += skipped
+        return Due(first, count, count - 1, skipped, max(0.0, now - self.due_time(last_due)))
+
+
+class Histogram:
+    """Fixed-bucket latency histogram (0.1 ms buckets up to 100 ms): O(1) per sample."""
+
+    BUCKET_S = 0.0001
+    BUCKETS = 1000
+
+    def __init__(self) -> None:
+        self.counts = [0] * (self.BUCKETS + 1)
+        self.n = 0
+        self.max = 0.0
+
+    def add(self, value_s: float) -> None:
+        i = int(value_s / self.BUCKET_S + 1e-6) if value_s > 0 else 0
+        self.counts[min(i, self.BUCKETS)] += 1
+        self.n += 1
+        self.max = max(self.max, value_s)
+
+    def percentile(self, p: float) -> float:
+        """Upper edge of the bucket holding the ``p``-th percentile (0 < p ≤ 100), seconds."""
+        if self.n == 0:
+            return 0.0
+        rank = math.ceil(self.n * p / 100.0)
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank:
+                return self.max if i == self.BUCKETS else min(self.max, (i + 1) * self.BUCKET_S)
+        return self.max
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list (0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(len(sorted_values) * p / 100.0))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass(frozen=True)
+class ClockStats:
+    ticks: int            # ticks delivered
+    late_ticks: int       # delivered ≥ one period after their deadline (catch-up)
+    skipped_ticks: int    # overdue beyond the catch-up bound, not delivered
+    wakeups: int
+    lateness_p50_ms: float
+    lateness_p99_ms: float
+    lateness_max_ms: float
+    subscribers: int
+
+
+class TickSubscriber(Protocol):
+    def on_tick(self, now: float) -> None:
+        """One 20 ms tick. Must be cheap and must not block."""
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    """What the clock needs from an event loop (``asyncio.AbstractEventLoop`` fits)."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle: ...
+
+
+class _LoopScheduler:
+    """Adapts a running asyncio loop (its ``time()`` is ``time.monotonic()``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        return self._loop.call_at(when, callback)
+
+
+class MediaClock:
+    """One per process: a single ``call_at`` chain on a 20 ms grid for all subscribers.
+
+    The chain runs while there is at least one subscriber and stops with the last one
+    (an idle process does not wake 50 times a second). ``tick_time`` is the grid time of
+    the tick being delivered (what legs stamp frames with); ``now`` the time it was read.
+    """
+
+    def __init__(self, period: float = PERIOD_S, *, scheduler: Scheduler | None = None,
+                 max_catch_up: int = 5) -> None:
+        self.period = period
+        self.max_catch_up = max_catch_up
+        self._scheduler = scheduler
+        self._injected = scheduler is not None
+        self._subs: dict[int, TickSubscriber] = {}
+        self._snapshot: tuple[TickSubscriber, ...] = ()
+        self._pacer: Pacer | None = None
+        self._handle: TimerHandle | None = None
+        self.tick_time = 0.0
+        self.now = 0.0
+        self.lateness = Histogram()
+        self.wakeups = 0
+        self._ticks = self._late = self._skipped = 0
+
+    # -- subscribers -------------------------------------------------------------------
+    def subscribe(self, sub: TickSubscriber) -> None:
+        self._subs[id(sub)] = sub
+        self._snapshot = tuple(self._subs.values())
+        if self._handle is None:
+            self._start()
+
+    def unsubscribe(self, sub: TickSubscriber) -> None:
+        if self._subs.pop(id(sub), None) is None:
+            return
+        self._snapshot = tuple(self._subs.values())
+        if not self._subs:
+            self._stop()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def time(self) -> float:
+        """The clock's time source (monotonic seconds)."""
+        return self._sched().time()
+
+    # -- the chain ---------------------------------------------------------------------
+    def _sched(self) -> Scheduler:
+        if self._scheduler is None:
+            self._scheduler = _LoopScheduler(asyncio.get_running_loop())
+        return self._scheduler
+
+    def _start(self) -> None:
+        if not self._injected:
+            # Bind to the loop running now (tests and restarts may use a new loop).
+            self._scheduler = _LoopScheduler(asyncio.get_running_loop())
+        sched = self._sched()
+        # Start the grid one period from now: the first tick is a normal, on-time tick.
+        self._pacer = Pacer(sched.time() + self.period, self.period, self.max_catch_up)
+        self._handle = sched.call_at(self._pacer.deadline, self._fire)
+
+    def _stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        if self._pacer is not None:
+            self._ticks += self._pacer.delivered
+            self._late += self._pacer.late
+            self._skipped += self._pacer.skipped
+        self._pacer = None
+
+    def _fire(self) -> None:
+        pacer = self._pacer
+        if pacer is None:
+            return
+        sched = self._sched()
+        now = sched.time()
+        self.now = now
+        self.wakeups += 1
+        due = pacer.advance(now)
+        for k in range(due.count):
+            n = due.first + k
+            self.tick_time = pacer.due_time(n)
+            self.lateness.add(now - self.tick_time)
+            for sub in self._snapshot:
+                try:
+                    sub.on_tick(now)
+                except Exception:
+                    # One broken call must not stop media for every other call.
+                    log.exception("media clock subscriber %r failed; unsubscribed", sub)
+                    self.unsubscribe(sub)
+            if self._pacer is not pacer:
+                return      # the last subscriber left during this tick
+        self._handle = sched.call_at(pacer.deadline, self._fire)
+
+    def stats(self) -> ClockStats:
+        p = self._pacer
+        ticks = self._ticks + (p.delivered if p else 0)
+        late = self._late + (p.late if p else 0)
+        skipped = self._skipped + (p.skipped if p else 0)
+        h = self.lateness
+        return ClockStats(ticks, late, skipped, self.wakeups, h.percentile(50) * 1000,
+                          h.percentile(99) * 1000, h.max * 1000, len(self._subs))
+
+    def reset_stats(self) -> None:
+        self.lateness = Histogram()
+        self.wakeups = 0
+        self._ticks = self._late = self._skipped = 0
+        if self._pacer is not None:
+            self._pacer.delivered = self._pacer.late = self._pacer.skipped = 0
+
+
+class VirtualScheduler:
+    """A virtual time source and timer queue for tests: time moves only when told.
+
+    ``wake_delay`` models how late the (virtual) loop runs a due timer: it is called with
+    the deadline and returns the extra delay in seconds.
+    """
+
+    def __init__(self, start: float = 1000.0,
+                 wake_delay: Callable[[float], float] | None = None) -> None:
+        self._now = start
+        self._queue: list[tuple[float, int, _VirtualHandle]] = []
+        self._seq = 0
+        self._wake_delay = wake_delay
+
+    def time(self) -> float:
+        return self._now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        delay = self._wake_delay(when) if self._wake_delay else 0.0
+        handle = _VirtualHandle(callback)
+        self._seq += 1
+        heapq.heappush(self._queue, (max(when, self._now) + delay, self._seq, handle))
+        return handle
+
+    def run_until(self, t: float) -> None:
+        """Run every timer due up to ``t``, advancing virtual time to each one."""
+        while self._queue and self._queue[0][0] <= t:
+            when, _, handle = heapq.heappop(self._queue)
+            self._now = max(self._now, when)
+            if not handle.cancelled:
+                handle.callback()
+        self._now = max(self._now, t)
+
+    def advance(self, seconds: float) -> None:
+        self.run_until(self._now + seconds)
+
+
+class _VirtualHandle:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+_shared: MediaClock | None = None
+
+
+def shared_clock() -> MediaClock:
+    """The process's media clock (created on first use)."""
+    global _shared
+    if _shared is None:
+        _shared = MediaClock()
+    return _shared
+
+
+__all__ = [
+    "PERIOD_S", "ClockStats", "Due", "Histogram", "MediaClock", "Pacer", "Scheduler",
+    "TickSubscriber", "VirtualScheduler", "percentile", "shared_clock",
+]

@@ -1,0 +1,192 @@
+"""``MemoryLeg``: a media leg that lives in memory, for tests and benchmarks.
+
+Inbound audio is either pushed at once (``feed``) or queued as a script that the shared
+media clock plays one frame per tick (``play``), as a phone would send it: in real time,
+with silence between utterances when ``idle_silence`` is on (server VAD needs the silence
+to see the end of speech). Every outbound frame is recorded with the clock's grid time of
+the tick that produced it (and the time it was handed over, for jitter figures). DTMF and
+hang-up from the "far end" are injected; transfers, hang-ups and sent DTMF are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from bridge.call.clock import MediaClock
+from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome, Underrun
+
+
+@dataclass(frozen=True)
+class OutFrame:
+    """One outbound frame as the leg received it."""
+
+    tick_time: float      # grid time of the clock tick that handed it over (or monotonic)
+    handed_at: float      # clock time actually read when it was handed over
+    pcm: bytes            # empty when the leg does not keep audio (``keep_audio=False``)
+    silent: bool          # written through ``write_silence`` (underrun)
+
+
+@dataclass
+class LegStats:
+    frames_out: int = 0
+    silence_out: int = 0
+    frames_in: int = 0
+    #: handed_at - tick_time of every frame, seconds (jitter of the hand-off)
+    handoff_lateness: list[float] = field(default_factory=list)
+
+
+class MemoryLeg(MediaLeg):
+    """An in-memory ``MediaLeg``.
+
+    ``clock``: when given, the leg subscribes to it to play the queued inbound script
+    paced one frame per tick, and outbound frames are stamped with ``clock.tick_time``.
+    """
+
+    def __init__(self, info: LegInfo | None = None, *, sample_rate: int = 8000,
+                 clock: MediaClock | None = None, g711: str = "pcmu",
+                 underrun: Underrun = Underrun.SILENCE, idle_silence: bool = True,
+                 keep_audio: bool = True,
+                 transfer_outcome: TransferOutcome | None = None) -> None:
+        self.info = info or LegInfo(call_id="mem-1", source=Source.MEMORY,
+                                    caller="+15550100", called="100")
+        self.sample_rate = sample_rate
+        self.g711 = g711 if sample_rate == 8000 else ""
+        self.underrun = underrun
+        self.clock = clock
+        self.idle_silence = idle_silence
+        self.keep_audio = keep_audio
+        self.transfer_outcome = transfer_outcome or TransferOutcome(ok=True, status=200)
+        self.transfer_delay_s = 0.0
+        self._sink: LegSink | None = None
+        self._script: deque[bytes] = deque()
+        self._sending = True
+        self._ticking = False
+        self.frames: list[OutFrame] = []
+        self.stats = LegStats()
+        self.record_lateness = True
+        self.transfers: list[str] = []
+        self.hangups: list[str] = []
+        self.sent_dtmf: list[str] = []
+        self.closed = asyncio.Event()
+        self.far_end_hung_up = False
+
+    # -- MediaLeg ----------------------------------------------------------------------
+    @property
+    def sending_allowed(self) -> bool:
+        return self._sending
+
+    def set_hold(self, on_hold: bool) -> None:
+        """Simulate a re-INVITE putting the call on hold (``sendonly``) or back."""
+        self._sending = not on_hold
+
+    def attach(self, sink: LegSink) -> None:
+        self._sink = sink
+        if self.clock is not None and not self._ticking:
+            self._ticking = True
+            self.clock.subscribe(self)
+
+    def write_frame(self, pcm: bytes) -> None:
+        self._record(pcm, silent=False)
+
+    def write_silence(self) -> None:
+        self._record(bytes(self.frame_bytes), silent=True)
+
+    async def hang_up(self, reason: str) -> None:
+        if not self.closed.is_set():
+            self.hangups.append(reason)
+        self._close()
+
+    async def transfer(self, target: str) -> TransferOutcome:
+        self.transfers.append(target)
+        if self.transfer_delay_s:
+            await asyncio.sleep(self.transfer_delay_s)
+        if self.transfer_outcome.ok:
+            self._close()
+        return self.transfer_outcome
+
+    async def send_dtmf(self, digits: str) -> None:
+        self.sent_dtmf.append(digits)
+
+    # -- injection ---------------------------------------------------------------------
+    def feed(self, pcm: bytes) -> None:
+        """Deliver ``pcm`` to the call at once, as whole frames (a short tail is padded)."""
+        fb = self.frame_bytes
+        for i in range(0, len(pcm), fb):
+            frame = pcm[i:i + fb]
+            if len(frame) < fb:
+                frame += bytes(fb - len(frame))
+            self._deliver(frame)
+
+    def feed_frames(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self._deliver(frame)
+
+    def play(self, pcm: bytes) -> None:
+        """Queue ``pcm`` to be sent to the call one frame per clock tick."""
+        fb = self.frame_bytes
+        for i in range(0, len(pcm), fb):
+            frame = pcm[i:i + fb]
+            if len(frame) < fb:
+                frame += bytes(fb - len(frame))
+            self._script.append(frame)
+
+    def play_silence(self, ms: int) -> None:
+        self.play(bytes(2 * self.sample_rate * ms // 1000))
+
+    @property
+    def script_ms(self) -> int:
+        """Milliseconds of queued inbound audio not yet sent."""
+        return len(self._script) * self.frame_ms
+
+    def press(self, digit: str) -> None:
+        if self._sink is not None:
+            self._sink.on_leg_dtmf(digit)
+
+    def far_end_hangup(self, reason: str = "bye") -> None:
+        self.far_end_hung_up = True
+        self._close()
+        if self._sink is not None:
+            self._sink.on_leg_hangup(reason)
+
+    # -- clock -------------------------------------------------------------------------
+    def on_tick(self, now: float) -> None:
+        if self._script:
+            self._deliver(self._script.popleft())
+        elif self.idle_silence:
+            self._deliver(bytes(self.frame_bytes))
+
+    # -- helpers -----------------------------------------------------------------------
+    def _deliver(self, frame: bytes) -> None:
+        self.stats.frames_in += 1
+        if self._sink is not None and not self.closed.is_set():
+            self._sink.on_leg_audio(frame)
+
+    def _record(self, pcm: bytes, *, silent: bool) -> None:
+        if self.clock is not None and self.clock.running:
+            tick, handed = self.clock.tick_time, self.clock.time()
+        else:
+            tick = handed = time.monotonic()
+        self.stats.frames_out += 1
+        if silent:
+            self.stats.silence_out += 1
+        if self.record_lateness:
+            self.stats.handoff_lateness.append(handed - tick)
+        if self.keep_audio:
+            self.frames.append(OutFrame(tick, handed, pcm, silent))
+
+    def _close(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+        if self._ticking and self.clock is not None:
+            self._ticking = False
+            self.clock.unsubscribe(self)
+
+    def audio_out(self) -> bytes:
+        """All outbound audio kept so far, concatenated."""
+        return b"".join(f.pcm for f in self.frames)
+
+
+__all__ = ["LegStats", "MemoryLeg", "OutFrame"]

@@ -1,0 +1,286 @@
+"""Call records: what every call leaves behind, and where it is kept.
+
+A ``CallRecord`` accumulates as the call goes (transcript, barge-ins, tool calls, DTMF,
+token usage, per-turn latency) and is saved through a ``RecordStore`` at the start, after
+every turn and at the end, so a crash loses at most the current turn.
+
+``SqliteRecordStore`` is the default: stdlib ``sqlite3`` in WAL mode, one row per call
+(indexed columns for listing plus the whole record as JSON). All SQLite work runs on one
+dedicated thread that owns the connection, so the event loop never waits on the disk and
+the connection is never shared between threads. A server database can follow behind the
+same ``RecordStore`` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class TranscriptEntry:
+    role: str                 # "caller" | "agent"
+    item_id: str
+    text: str
+    at: float                 # epoch seconds (agent: first audio handed to the leg or arrival)
+    truncated: bool = False   # agent text trimmed to what the caller heard (barge-in)
+
+
+@dataclass(frozen=True)
+class BargeIn:
+    at: float                 # epoch seconds, speech_started reached the bridge
+    item_id: str
+    heard_ms: int             # agent audio of the item actually handed to the leg
+    received_ms: int          # agent audio of the item received from upstream so far
+    truncated_ms: int | None  # audio_end_ms sent in conversation.item.truncate (None: not sent)
+    dropped_ms: int           # audio that was buffered for playout and thrown away
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    at: float
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str
+    ok: bool
+    output: str
+    error: str | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class DtmfRecord:
+    at: float
+    digit: str
+    direction: str            # "in" (caller pressed) | "out" (bridge sent)
+    action: str               # "transfer" | "hangup" | "say" | "model" | "ignored" | "sent"
+
+
+@dataclass(frozen=True)
+class TurnLatency:
+    """Bridge-added latency of one reply: speech_stopped -> first reply frame to the leg.
+
+    ``upstream_ms``: speech_stopped reaching the bridge -> first audio delta arriving.
+    ``pipeline_ms``: first audio delta arriving -> its first frame handed to the leg
+    (resampling, buffering and waiting for the next 20 ms tick): our share.
+    """
+
+    at: float
+    response_id: str
+    upstream_ms: float
+    pipeline_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.upstream_ms + self.pipeline_ms
+
+
+@dataclass
+class CallRecord:
+    call_id: str
+    leg_call_id: str = ""
+    source: str = ""
+    caller: str = ""
+    called: str = ""
+    dialplan: str = ""
+    started_at: float = 0.0
+    connected_at: float | None = None     # upstream session ready
+    ended_at: float | None = None
+    end_reason: str = ""
+    end_detail: str = ""
+    transferred_to: str | None = None
+    fallback: str | None = None           # why the fallback ran, if it did
+    session_ids: list[str] = field(default_factory=list)
+    transcript: list[TranscriptEntry] = field(default_factory=list)
+    barge_ins: list[BargeIn] = field(default_factory=list)
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    dtmf: list[DtmfRecord] = field(default_factory=list)
+    turns: list[TurnLatency] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    responses: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add_usage(self, usage: dict[str, Any] | None) -> None:
+        """Sum a ``response.done`` usage block into ``usage`` (numbers add, dicts recurse)."""
+        if usage:
+            _sum_into(self.usage, usage)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["turns"] = [dict(asdict(t), total_ms=t.total_ms) for t in self.turns]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CallRecord:
+        d = dict(d)
+        lists: dict[str, Any] = {
+            "transcript": TranscriptEntry, "barge_ins": BargeIn, "tool_calls": ToolCallRecord,
+            "dtmf": DtmfRecord,
+        }
+        for key, typ in lists.items():
+            d[key] = [typ(**x) for x in d.get(key, [])]
+        d["turns"] = [TurnLatency(**{k: v for k, v in x.items() if k != "total_ms"})
+                      for x in d.get("turns", [])]
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+def _sum_into(acc: dict[str, Any], add: dict[str, Any]) -> None:
+    for k, v in add.items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int | float):
+            cur = acc.get(k, 0)
+            acc[k] = (cur if isinstance(cur, int | float) else 0) + v
+        elif isinstance(v, dict):
+            sub = acc.get(k)
+            if not isinstance(sub, dict):
+                sub = acc[k] = {}
+            _sum_into(sub, v)
+
+
+class RecordStore(Protocol):
+    """Where call records go. ``save`` is an upsert, called repeatedly as a call goes."""
+
+    async def save(self, record: CallRecord) -> None: ...
+
+    async def get(self, call_id: str) -> CallRecord | None: ...
+
+    async def recent(self, n: int = 20) -> list[CallRecord]: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryRecordStore:
+    """Records in a dict (tests, benchmarks). Saves a copy, like a real store would."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, str] = {}
+        self.saves = 0
+
+    async def save(self, record: CallRecord) -> None:
+        self._rows[record.call_id] = record.to_json()
+        self.saves += 1
+
+    async def get(self, call_id: str) -> CallRecord | None:
+        row = self._rows.get(call_id)
+        return CallRecord.from_dict(json.loads(row)) if row else None
+
+    async def recent(self, n: int = 20) -> list[CallRecord]:
+        recs = [CallRecord.from_dict(json.loads(r)) for r in self._rows.values()]
+        recs.sort(key=lambda r: r.started_at, reverse=True)
+        return recs[:n]
+
+    async def close(self) -> None:
+        return None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    call_id     TEXT PRIMARY KEY,
+    started_at  REAL NOT NULL,
+    ended_at    REAL,
+    caller      TEXT NOT NULL,
+    called      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    dialplan    TEXT NOT NULL,
+    end_reason  TEXT NOT NULL,
+    record      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_started ON calls(started_at);
+"""
+
+_UPSERT = """
+INSERT INTO calls (call_id, started_at, ended_at, caller, called, source, dialplan,
+                   end_reason, record)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(call_id) DO UPDATE SET
+    ended_at = excluded.ended_at, end_reason = excluded.end_reason,
+    dialplan = excluded.dialplan, record = excluded.record
+"""
+
+
+class SqliteRecordStore:
+    """Call records in an SQLite file (WAL), written from one worker thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def _db(self) -> sqlite3.Connection:
+        # Runs on the worker thread only: the connection never leaves it.
+        if self._conn is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across application crashes in WAL mode (only an OS crash
+            # can lose the last transactions), and avoids an fsync per turn.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("record store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    def _save(self, row: tuple[Any, ...]) -> None:
+        db = self._db()
+        with db:
+            db.execute(_UPSERT, row)
+
+    async def save(self, record: CallRecord) -> None:
+        # Serialize on the loop thread: the record keeps changing while the worker writes.
+        row = (record.call_id, record.started_at, record.ended_at, record.caller,
+               record.called, record.source, record.dialplan, record.end_reason,
+               record.to_json())
+        await self._run(self._save, row)
+
+    def _get(self, call_id: str) -> str | None:
+        cur = self._db().execute("SELECT record FROM calls WHERE call_id = ?", (call_id,))
+        row = cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def get(self, call_id: str) -> CallRecord | None:
+        text = await self._run(self._get, call_id)
+        return CallRecord.from_dict(json.loads(text)) if text else None
+
+    def _recent(self, n: int) -> list[str]:
+        cur = self._db().execute(
+            "SELECT record FROM calls ORDER BY started_at DESC LIMIT ?", (n,))
+        return [str(r[0]) for r in cur.fetchall()]
+
+    async def recent(self, n: int = 20) -> list[CallRecord]:
+        rows: list[str] = await self._run(self._recent, n)
+        return [CallRecord.from_dict(json.loads(t)) for t in rows]
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        await self._run(self._close)
+        self._closed = True
+        self._pool.shutdown(wait=True)
+
+
+__all__ = [
+    "BargeIn", "CallRecord", "DtmfRecord", "MemoryRecordStore", "RecordStore",
+    "SqliteRecordStore", "ToolCallRecord", "TranscriptEntry", "TurnLatency",
+]
