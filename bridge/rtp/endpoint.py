@@ -1,0 +1,300 @@
+"""The asyncio RTP endpoint of one SIP call: a UDP socket around an :class:`RtpSession`.
+
+Theory of operation
+-------------------
+Thin adapter, no call logic. One datagram endpoint per call on an even port from a
+:class:`PortAllocator` (RFC 3550 §11: RTP on an even port, RTCP on the next odd one,
+which the allocator keeps reserved).
+
+Inbound, everything happens inside the datagram callback (no task per packet, no queue):
+``datagram_received`` -> ``RtpSession.receive`` (latching, parsing, jitter buffer, DTMF)
+-> every payload now in order is G.711-decoded and cut into 20 ms PCM16 frames for
+:attr:`RtpEndpoint.on_audio`. Playout is clocked by packet arrival: in-order audio is
+delivered the moment it arrives, and the jitter buffer only holds packets while a
+sequence gap is open; then, and only then, a timer (``loop.call_at`` at the session's
+deadline) is armed to conceal the gap if the missing packet never comes. Why: a clocked
+playout buffer would delay every frame by its depth, and every millisecond here is a
+millisecond later that the model hears the caller (see :mod:`bridge.rtp.jitter`).
+
+Outbound, :meth:`RtpEndpoint.send_audio` is called by the shared media clock once per
+20 ms with one PCM16 frame: encode, packetize at the negotiated ptime, ``sendto`` the
+latched (or SDP) address. DTMF is sent as RFC 4733 events paced with ``asyncio.sleep``
+on the schedule :func:`bridge.rtp.dtmf.tone_packets` computes; audio is held back while
+an event is being sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from bridge.codecs.g711 import CODECS
+from bridge.errors import BridgeError
+from bridge.rtp.dtmf import tone_packets
+from bridge.rtp.session import Address, RtpSession, RtpStats
+
+logger = logging.getLogger(__name__)
+
+FRAME_SAMPLES = 160          # 20 ms at 8 kHz
+FRAME_BYTES = 2 * FRAME_SAMPLES
+
+
+class PortsExhausted(BridgeError):
+    """Every RTP port of the configured range is in use."""
+
+
+class PortAllocator:
+    """Hands out even RTP ports from ``[low, high]``; the odd port above each is reserved
+    for RTCP. Freed ports are reused, least recently freed first."""
+
+    def __init__(self, low: int, high: int) -> None:
+        first = low + (low & 1)
+        if first + 1 > high or not 0 < low <= high <= 65535:
+            raise ValueError(f"RTP port range {low}-{high} holds no even/odd pair")
+        self.low, self.high = low, high
+        self._free = list(range(first, high, 2))   # pairs (p, p+1) with p+1 <= high
+        self._used: set[int] = set()
+
+    @property
+    def capacity(self) -> int:
+        return len(self._free) + len(self._used)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._used)
+
+    def allocate(self) -> int:
+        if not self._free:
+            raise PortsExhausted(
+                f"all {self.capacity} RTP ports of {self.low}-{self.high} are in use")
+        port = self._free.pop(0)
+        self._used.add(port)
+        return port
+
+    def release(self, port: int) -> None:
+        if port in self._used:
+            self._used.discard(port)
+            self._free.append(port)
+
+
+class RtpEndpoint(asyncio.DatagramProtocol):
+    """One call's RTP socket. Build with :meth:`open`, then :meth:`configure` from SDP."""
+
+    def __init__(self, allocator: PortAllocator, port: int, *, latch_any: bool) -> None:
+        self._allocator = allocator
+        self.local_port = port
+        self.latch_any = latch_any
+        self.on_audio: Callable[[bytes], None] = _ignore
+        self.on_dtmf: Callable[[str], None] = _ignore
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._session: RtpSession | None = None
+        self._decode: Callable[[bytes], bytes] = _ignore_codec
+        self._encode: Callable[[bytes], bytes] = _ignore_codec
+        self._partial = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._dtmf_lock = asyncio.Lock()
+        self._closed = False
+        self._port_released = False
+        self._sending = True
+
+    @classmethod
+    async def open(cls, bind_host: str, allocator: PortAllocator, *,
+                   latch_any: bool = False) -> RtpEndpoint:
+        """Bind a UDP socket on the next free even port (skipping ports taken by others)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(allocator.capacity):
+            port = allocator.allocate()
+            endpoint = cls(allocator, port, latch_any=latch_any)
+            try:
+                await loop.create_datagram_endpoint(endpoint._self,
+                                                    local_addr=(bind_host, port))
+            except OSError as exc:
+                allocator.release(port)
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                logger.debug("RTP port %d busy, trying the next", port)
+                continue
+            return endpoint
+        raise PortsExhausted(f"no bindable RTP port in {allocator.low}-{allocator.high}")
+
+    def _self(self) -> RtpEndpoint:
+        return self                                # the protocol factory
+
+    # -- asyncio.DatagramProtocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Expedited forwarding for voice (RFC 4594); harmless where unsupported.
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xB8)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: the far end may come (back) later.
+        logger.debug("RTP socket error on port %d: %s", self.local_port, exc)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        session = self._session
+        if session is None:
+            return
+        now = self._loop.time()
+        digit = session.receive(data, addr, now)
+        self._drain(session, now)
+        if digit is not None:
+            logger.debug("DTMF %s received on port %d", digit, self.local_port)
+            self.on_dtmf(digit)
+
+    # -- configuration ----------------------------------------------------------------
+
+    def configure(self, remote: Address, codec: str, payload_type: int,
+                  dtmf_payload_type: int | None, ptime_ms: int = 20) -> None:
+        """Apply the negotiated media (again on a re-INVITE; a new address re-latches)."""
+        encode, decode = CODECS[codec.lower()]
+        self._encode, self._decode = encode, decode
+        if self._session is None:
+            self._session = RtpSession(
+                payload_type=payload_type, codec=codec.lower(),
+                dtmf_payload_type=dtmf_payload_type, remote=remote,
+                latch_any=self.latch_any, ptime_ms=ptime_ms)
+            self._session.set_sending(self._sending)
+        else:
+            self._session.configure(remote=remote, payload_type=payload_type,
+                                    codec=codec.lower(), dtmf_payload_type=dtmf_payload_type,
+                                    ptime_ms=ptime_ms)
+
+    @property
+    def session(self) -> RtpSession | None:
+        return self._session
+
+    # -- inbound ----------------------------------------------------------------------
+
+    def _drain(self, session: RtpSession, now: float) -> None:
+        """Deliver every payload that is ready as 20 ms PCM frames; arm the gap timer."""
+        decode = self._decode
+        on_audio = self.on_audio
+        while (payload := session.pop_audio(now)) is not None:
+            pcm = decode(payload)
+            if not self._partial and len(pcm) == FRAME_BYTES:
+                on_audio(pcm)                      # 20 ms packets: the common case
+                continue
+            pcm = self._partial + pcm
+            at = 0
+            while len(pcm) - at >= FRAME_BYTES:
+                on_audio(pcm[at:at + FRAME_BYTES])
+                at += FRAME_BYTES
+            self._partial = pcm[at:]
+        deadline = session.get_timer()
+        if deadline is not None and (self._timer is None or self._timer_at != deadline):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._session is not None and not self._closed:
+            self._drain(self._session, self._loop.time())
+
+    # -- outbound ---------------------------------------------------------------------
+
+    def send_audio(self, pcm: bytes) -> None:
+        """Send one 20 ms PCM16 frame (encoded, packetized at the ptime). Never blocks."""
+        session, transport = self._session, self._transport
+        if session is None or transport is None or self._closed:
+            return
+        dest = session.destination
+        if dest is None:
+            return
+        for packet in session.send_audio(self._encode(pcm), self._loop.time()):
+            transport.sendto(packet, dest)
+
+    async def send_dtmf(self, digits: str, *, tone_ms: int = 100, gap_ms: int = 100) -> None:
+        """Send ``digits`` as RFC 4733 events, one after another; audio pauses meanwhile."""
+        session = self._session
+        if session is None or session.dtmf_payload_type is None:
+            raise BridgeError("telephone-event was not negotiated for this call")
+        schedules = [tone_packets(d, tone_ms=tone_ms) for d in digits]   # validates first
+        async with self._dtmf_lock:
+            for schedule in schedules:
+                if self._closed:
+                    return
+                await self._send_event(session, schedule, tone_ms)
+                await asyncio.sleep(gap_ms / 1000)
+
+    async def _send_event(self, session: RtpSession, schedule: tuple[Any, ...],
+                          tone_ms: int) -> None:
+        loop = self._loop
+        start = loop.time()
+        session.begin_event(start)
+        try:
+            for packet in schedule:
+                delay = start + packet.offset - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                transport, dest = self._transport, session.destination
+                if transport is None or dest is None or self._closed:
+                    return
+                transport.sendto(session.event_packet(packet.payload, packet.marker,
+                                                      loop.time()), dest)
+        finally:
+            session.end_event(start + tone_ms / 1000, tone_ms * session.clock_rate // 1000)
+
+    def set_sending(self, allowed: bool) -> None:
+        """Hold (False: nothing is sent, nothing queued) and resume (True)."""
+        self._sending = allowed
+        if self._session is not None:
+            self._session.set_sending(allowed)
+
+    @property
+    def sending_allowed(self) -> bool:
+        return self._sending
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> RtpStats:
+        if self._session is None:
+            return RtpStats()
+        return self._session.stats
+
+    def close(self) -> None:
+        """Close the socket and give the port back. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+        self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        if not self._port_released:
+            self._port_released = True
+            self._allocator.release(self.local_port)
+
+
+def _ignore(_arg: Any) -> None:
+    return None
+
+
+def _ignore_codec(data: bytes) -> bytes:
+    return b""
+
+
+__all__ = ["FRAME_BYTES", "PortAllocator", "PortsExhausted", "RtpEndpoint"]
