@@ -1,0 +1,1 @@
+"""WebRTC legs: a browser calls the bridge through an aiortc peer connection."""
