@@ -1,0 +1,44 @@
+"""``voicebridge check-dialplans``: validate the dialplan files and exit (1 on an error)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bridge.dialplans.loader import ENV_DIR, default_dialplans_dir, load_dialplans
+from bridge.errors import DialplanError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir", dest="dir", default=None, metavar="PATH",
+        help=f"folder of dialplan files (env {ENV_DIR}; default: the packaged examples)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = args.dir or default_dialplans_dir()
+    try:
+        plans = load_dialplans(folder)
+    except DialplanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(plans)} dialplan(s) in {folder}, in matching order:")
+    for plan in plans:
+        print(f"\n{plan.name}  ({plan.file})")
+        if plan.description:
+            print(f"  {plan.description}")
+        print(f"  match:    {plan.match.describe()}")
+        print(f"  agent:    voice {plan.agent.voice}, audio {plan.agent.audio_format}, "
+              f"greeting {'yes' if plan.agent.greeting else 'no'}")
+        for tool in plan.tools:
+            print(f"  tool:     {tool.name} ({tool.kind}, timeout {tool.timeout_s:g} s)")
+        for name, uri in plan.targets.items():
+            print(f"  target:   {name} -> {uri}")
+        for digit, action in plan.dtmf.actions.items():
+            what = action.target or action.text or ""
+            print(f"  dtmf {digit}:   {action.kind} {what}".rstrip())
+        fb = plan.fallback
+        print(f"  fallback: {fb.announcement or fb.tones or 'no announcement'}, then "
+              f"{fb.action}{' to ' + fb.target if fb.target else ''}")
+    return 0
