@@ -1,1 +1,9 @@
-"""Audio core."""
+"""Audio core: G.711, streaming resampling, framing and levels.
+
+Imported as ``bridge.codecs`` (``bridge/codecs`` links to this folder): a top-level
+package called ``codecs`` would be shadowed by the standard library's ``codecs``, which
+Python imports at start-up. Inside the package, imports are relative for the same reason.
+
+Modules: ``g711`` (PCMU/PCMA), ``resample`` (``StreamResampler`` and its modes),
+``framing`` (``Framer``, ``PlayoutBuffer``), ``level`` (dBFS, silence, tones).
+"""
