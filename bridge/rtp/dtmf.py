@@ -40,6 +40,9 @@ EVENT_OF.update({d.lower(): i for i, d in enumerate(DIGITS) if d.isalpha()})
 _EVENT = struct.Struct("!BBH")
 _unpack_event = _EVENT.unpack_from
 EVENT_SIZE = _EVENT.size
+#: A segment that got this long was cut for the 16-bit duration limit (allowing for a
+#: few lost updates before its end).
+_SEGMENT_FULL = 0xFFFF - 1600
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,27 +90,26 @@ class DtmfReceiver:
         self._last_event = -1
         self._last_ts = 0
         self._last_duration = 0
-        self._last_ended = True
 
     def receive(self, marker: bool, timestamp: int, payload: bytes) -> str | None:
         """Feed one packet; returns the digit when it is the first packet of a key press."""
         if len(payload) < EVENT_SIZE:
             raise RtpError("dtmf", f"telephone-event payload of {len(payload)} bytes")
         event, flags, duration = _unpack_event(payload)
-        end = bool(flags & 0x80)
         if timestamp in self._seen:
             if timestamp == self._last_ts:
                 self._last_duration = max(self._last_duration, duration)
-                self._last_ended = self._last_ended or end
             return None
         self._seen.append(timestamp)
-        # §2.5.1.3: a long event goes on in a new segment: same event, later timestamp,
-        # no marker, starting where the previous segment's duration ended.
-        continued = (not marker and not self._last_ended and event == self._last_event
+        # §2.5.1.3: an event too long for the 16-bit duration goes on in a new segment:
+        # same event, no marker, a timestamp where the previous segment (which ran to
+        # the maximum duration) ended. Whether that segment's last packets carried the
+        # E bit varies between senders, so it is not looked at.
+        continued = (not marker and event == self._last_event
+                     and self._last_duration >= _SEGMENT_FULL
                      and 0 < (timestamp - self._last_ts) & 0xFFFFFFFF
                      <= self._last_duration + 800)
-        self._last_event, self._last_ts = event, timestamp
-        self._last_duration, self._last_ended = duration, end
+        self._last_event, self._last_ts, self._last_duration = event, timestamp, duration
         if continued:
             return None
         if event >= len(DIGITS):

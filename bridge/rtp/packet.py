@@ -123,14 +123,17 @@ def _bounds(data: bytes, max_size: int) -> tuple[int, int, int, int]:
     size = len(data)
     if size > max_size:
         raise RtpError("oversized", f"{size} > {max_size} bytes")
-    if size < HEADER_SIZE:
+    if size < 2:
         raise RtpError("short", f"{size} bytes")
     b0 = data[0]
     if b0 >> 6 != RTP_VERSION:
         raise RtpError("version", f"version {b0 >> 6}")
     b1 = data[1]
     if _RTCP_FIRST <= b1 <= _RTCP_LAST:
+        # Before the length check: an RTCP BYE is only 8 bytes long.
         raise RtpError("rtcp", f"packet type {b1}")
+    if size < HEADER_SIZE:
+        raise RtpError("short", f"{size} bytes")
     cc = b0 & 0x0F
     start = HEADER_SIZE + 4 * cc
     if start > size:
