@@ -209,7 +209,8 @@ class Call:
         self._first_frame_wall: dict[str, float] = {}
         self._speech_wall: dict[str, float] = {}
         self._turn: _Turn | None = None
-        self.barge_in_stops: list[tuple[float, float]] = []  # (speech_started seen, audio off)
+        #: clock time each barge-in reached the bridge (monotonic seconds)
+        self.barge_in_seen: list[float] = []
 
         self._sync_handlers: dict[type, Callable[[Any], None]] = {
             ev.SessionReady: self._on_session_ready,
@@ -412,8 +413,8 @@ class Call:
 
     async def _barge_in(self, seen_at: float, *, own: bool) -> None:
         """Stop agent audio now and tell the upstream what was heard (PROTOCOL.md §6)."""
-        item, heard, received, dropped = self.playout.barge_in()
-        self.barge_in_stops.append((seen_at, self.clock.time()))
+        self.barge_in_seen.append(seen_at)
+        item, heard, received, dropped = self.playout.barge_in(seen_at)
         if self._active_response:
             self._interrupted.add(self._active_response)
         if item is not None and item in self._item_response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bridge.call.clock import MediaClock
@@ -132,6 +133,10 @@ class MemoryLeg(MediaLeg):
             if len(frame) < fb:
                 frame += bytes(fb - len(frame))
             self._script.append(frame)
+
+    def play_frames(self, frames: Iterable[bytes]) -> None:
+        """Queue whole frames (shared ``bytes`` objects are fine: they are not copied)."""
+        self._script.extend(frames)
 
     def play_silence(self, ms: int) -> None:
         self.play(bytes(2 * self.sample_rate * ms // 1000))

@@ -95,6 +95,9 @@ class Playout:
         self._comfort_pcm = b""
         self.frames_out = 0
         self.underruns = 0
+        #: barge-in seen -> first tick that handed the leg no agent audio (seconds)
+        self.stop_latencies: list[float] = []
+        self._barge_seen: float | None = None
 
     # -- input ---------------------------------------------------------------------------
     def push(self, item_id: str, audio: bytes) -> None:
@@ -156,9 +159,15 @@ class Playout:
     def received_ms(self, item_id: str) -> int:
         return self.received.get(item_id, 0) // self._bytes_per_ms
 
-    def barge_in(self) -> tuple[str | None, int, int, int]:
-        """Stop agent audio now: ``(item_id, heard_ms, received_ms, dropped_ms)``."""
+    def barge_in(self, seen_at: float | None = None) -> tuple[str | None, int, int, int]:
+        """Stop agent audio now: ``(item_id, heard_ms, received_ms, dropped_ms)``.
+
+        ``seen_at`` (clock time the barge-in reached the bridge) is used to measure when
+        the leg stopped getting agent audio (``stop_latencies``).
+        """
         item = self.current_item()
+        if seen_at is not None and self._pending and len(self.stop_latencies) < 1000:
+            self._barge_seen = seen_at
         dropped = self._pending * 1000 // self.rate
         self._buf.clear()
         self._resampler.reset()
@@ -174,6 +183,9 @@ class Playout:
     # -- clock ---------------------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         leg = self.leg
+        if self._barge_seen is not None:
+            self.stop_latencies.append(now - self._barge_seen)
+            self._barge_seen = None
         if not leg.sending_allowed:
             return
         if self._pending >= self.frame_samples or (self._draining and self._pending):

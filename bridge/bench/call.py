@@ -1,0 +1,318 @@
+"""``voicebridge bench call``: N concurrent calls over in-memory legs on one core.
+
+The emulator runs in ANOTHER process (``python -m bridge.cli emulator --port P``) so the
+figures are this process's own: every call's media pump, playout pacing, Realtime client
+and call logic, all on the one shared media clock. Each ``MemoryLeg`` plays a script of
+speech-like bursts (paced by the clock, silence in between, as a phone sends RTP); the
+echo agent replies, and every other cycle the caller talks over the reply (barge-in).
+
+Printed figures:
+
+* CPU per call: ``process_time`` of this process over the measured window / N / seconds,
+  and the whole process as % of one core;
+* pacing: lateness of each frame hand-off to a leg versus its grid time (p50/p99/max),
+  late ticks (catch-up after a stalled loop) and skipped ticks;
+* memory per call: RSS growth from before the calls to the end of the window / N;
+* barge-in: speech_started reaching the bridge -> the first tick that hands the leg no
+  agent audio (what the caller hears stop);
+* turn latency split: speech_stopped -> first reply delta (upstream) and first delta ->
+  first frame handed to the leg (the bridge's own pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bridge.call.call import Call
+from bridge.call.clock import MediaClock, percentile
+from bridge.call.leg import LegInfo, Source
+from bridge.call.manager import CallManager, client_factory
+from bridge.call.memory import MemoryLeg
+from bridge.call.records import MemoryRecordStore
+from bridge.dialplans.loader import load_dialplans
+from bridge.dialplans.plan import DialplanSet
+from bridge.realtime.config import RealtimeSettings
+
+_PLAN = """
+description = "bench: echo agent, no greeting"
+tools = []
+
+[match]
+default = true
+
+[agent]
+instructions = "bench"
+audio_format = "{audio_format}"
+
+[agent.turn_detection]
+type = "server_vad"
+silence_duration_ms = 300
+
+[limits]
+max_call_s = 3600
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calls", type=int, default=50, help="concurrent calls (default 50)")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="measured window in seconds (default 20)")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds after the last call connected before measuring")
+    parser.add_argument("--port", type=int, default=0, help="emulator port (default: free)")
+    parser.add_argument("--emulator-url", default="",
+                        help="use this running emulator instead of starting one")
+    parser.add_argument("--leg-rate", type=int, default=8000, choices=(8000, 16000, 48000))
+    parser.add_argument("--audio-format", default="pcm16", choices=("pcm16", "g711"))
+    parser.add_argument("--seed", type=int, default=1)
+
+
+# -------------------------------------------------------------------------- caller audio
+def _burst(rate: int, ms: int) -> bytes:
+    """Speech-like audio: a 150 Hz buzz with harmonics, syllable-modulated at 4 Hz."""
+    import array  # noqa: PLC0415
+
+    n = rate * ms // 1000
+    out = array.array("h", bytes(2 * n))
+    for i in range(n):
+        t = i / rate
+        env = 0.55 + 0.45 * math.sin(2 * math.pi * 4 * t)
+        fade = min(1.0, i / (rate * 0.01), (n - 1 - i) / (rate * 0.01))
+        s = sum(math.sin(2 * math.pi * 150 * k * t) / k for k in (1, 2, 3, 4))
+        out[i] = int(3000 * env * fade * s)
+    return out.tobytes()
+
+
+class CallerScript:
+    """Keeps a leg's inbound script topped up: talk, wait for the echo, sometimes barge in.
+
+    Cycle A (plain turn): speak 900 ms, silence 2600 ms (the echo plays back meanwhile).
+    Cycle B (barge-in):   speak 900 ms, silence 900 ms (the echo starts), speak 500 ms over
+    it, silence 2200 ms.
+    """
+
+    def __init__(self, leg: MemoryLeg, burst: list[bytes], short: list[bytes],
+                 silence: bytes, rng: random.Random) -> None:
+        self.leg = leg
+        self.burst, self.short, self.silence = burst, short, silence
+        self.cycle = 0
+        self.barge_starts: list[int] = []        # frame index where a barge-in burst starts
+        self._frames_queued = 0
+        # Stagger the calls so their turns do not line up.
+        self._queue_silence(rng.randint(10, 150))
+
+    def _queue_silence(self, frames: int) -> None:
+        self._queue([self.silence] * frames)
+
+    def _queue(self, frames: list[bytes]) -> None:
+        self.leg.play_frames(frames)
+        self._frames_queued += len(frames)
+
+    def top_up(self) -> None:
+        if self.leg.script_ms > 2000:
+            return
+        self._queue(self.burst)
+        if self.cycle % 2:
+            self._queue_silence(45)
+            self.barge_starts.append(self._frames_queued)
+            self._queue(self.short)
+            self._queue_silence(110)
+        else:
+            self._queue_silence(130)
+        self.cycle += 1
+
+
+# -------------------------------------------------------------------------- emulator
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the emulator exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the emulator did not listen on port {port} in {limit_s:g} s")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+# -------------------------------------------------------------------------- run
+async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> int:
+    n = args.calls
+    rng = random.Random(args.seed)
+    rate = args.leg_rate
+    target = RealtimeSettings.from_env({}).target(emulator_url=url)
+    clock = MediaClock()
+    store = MemoryRecordStore()
+    manager = CallManager(plans, client_factory(target, max_reconnects=0), store, clock,
+                          max_calls=n)
+    frame = 2 * rate // 50
+    burst_pcm = _burst(rate, 900)
+    burst = [burst_pcm[i:i + frame] for i in range(0, len(burst_pcm), frame)]
+    short = burst[:25]
+    silence = bytes(frame)
+
+    rss0 = _rss_bytes()
+    legs: list[MemoryLeg] = []
+    scripts: list[CallerScript] = []
+    tasks: list[asyncio.Task[Any]] = []
+    print(f"starting {n} calls against {url} (leg {rate} Hz, {args.audio_format}) ...",
+          flush=True)
+    for i in range(n):
+        info = LegInfo(call_id=f"bench-{i}", source=Source.MEMORY, caller=f"+1555{i:06d}",
+                       called="100")
+        leg = MemoryLeg(info, sample_rate=rate, clock=clock, keep_audio=False)
+        leg.record_lateness = False
+        legs.append(leg)
+        tasks.append(asyncio.create_task(manager.handle(leg)))
+        if i % 20 == 19:
+            await asyncio.sleep(0.05)      # do not open 200 sockets in one burst
+
+    # Wait until every call has a session.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        calls = list(manager.calls.values())
+        if len(calls) == n and all(c.record.connected_at for c in calls):
+            break
+        if all(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.1)
+    calls_by_leg: dict[int, Call] = {id(c.leg): c for c in manager.calls.values()}
+    connected = sum(1 for c in calls_by_leg.values() if c.record.connected_at)
+    print(f"{connected}/{n} calls connected", flush=True)
+    if connected < n:
+        for c in calls_by_leg.values():
+            c.end("bench_abort")
+        await asyncio.gather(*tasks, return_exceptions=True)
+        print("not all calls connected; no figures", file=sys.stderr)
+        return 1
+
+    for leg in legs:
+        scripts.append(CallerScript(leg, burst, short, silence, rng))
+
+    def top_up_all() -> None:
+        for s in scripts:
+            s.top_up()
+
+    async def feeder() -> None:
+        while True:
+            top_up_all()
+            await asyncio.sleep(0.5)
+
+    feed_task = asyncio.create_task(feeder())
+    await asyncio.sleep(args.warmup)
+
+    # ---- measured window
+    for leg in legs:
+        leg.stats.handoff_lateness.clear()
+        leg.record_lateness = True
+    for c in calls_by_leg.values():
+        c.playout.stop_latencies.clear()
+        c.barge_in_seen.clear()
+    frames0 = sum(leg.stats.frames_out for leg in legs)
+    clock.reset_stats()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(args.seconds)
+    cpu1, wall1 = time.process_time(), time.monotonic()
+    rss1 = _rss_bytes()
+    st = clock.stats()
+    lateness = sorted(x for leg in legs for x in leg.stats.handoff_lateness)
+    frames = sum(leg.stats.frames_out for leg in legs) - frames0
+    stops = sorted(x for c in calls_by_leg.values() for x in c.playout.stop_latencies)
+    barges = sum(len(c.barge_in_seen) for c in calls_by_leg.values())
+    turns = [t for c in calls_by_leg.values() for t in c.record.turns]
+    dropped_up = 0
+    for c in calls_by_leg.values():
+        stats = getattr(c._client, "stats", None)
+        dropped_up += getattr(stats, "frames_dropped", 0)
+
+    feed_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await feed_task
+    await manager.shutdown("bench_done", grace_s=10)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    wall = wall1 - wall0
+    cpu = cpu1 - cpu0
+    ms = 1000.0
+    print()
+    print(f"calls                  {n} concurrent, {wall:.1f} s measured")
+    print(f"CPU                    {cpu / wall * 100:.1f} % of one core for the process; "
+          f"{cpu / n / wall * ms:.2f} ms CPU per call per second "
+          f"({cpu / n / wall * 100:.3f} % of a core per call)")
+    print(f"frames to legs         {frames} ({frames / n / wall:.1f} per call per second; "
+          f"50 expected)")
+    print(f"pacing (hand-off)      p50 {percentile(lateness, 50) * ms:.3f} ms, "
+          f"p99 {percentile(lateness, 99) * ms:.3f} ms, "
+          f"max {(lateness[-1] if lateness else 0) * ms:.3f} ms")
+    print(f"clock                  {st.ticks} ticks, {st.wakeups} wake-ups, "
+          f"tick lateness p50 {st.lateness_p50_ms:.3f} / p99 {st.lateness_p99_ms:.3f} / "
+          f"max {st.lateness_max_ms:.3f} ms")
+    print(f"late frames            {st.late_ticks} late ticks x {n} legs = "
+          f"{st.late_ticks * n} frames; {st.skipped_ticks} ticks skipped")
+    print(f"memory                 {(rss1 - rss0) / n / 1024:.0f} KiB RSS per call "
+          f"({(rss1 - rss0) / 2**20:.1f} MiB for {n} calls)")
+    print(f"barge-ins              {barges} in the window; speech_started -> agent audio "
+          f"stopped at the leg: p50 {percentile(stops, 50) * ms:.1f} ms, "
+          f"p99 {percentile(stops, 99) * ms:.1f} ms, "
+          f"max {(stops[-1] if stops else 0) * ms:.1f} ms")
+    if turns:
+        up = sorted(t.upstream_ms for t in turns)
+        pipe = sorted(t.pipeline_ms for t in turns)
+        print(f"turn latency           {len(turns)} replies (whole calls): upstream wait "
+              f"p50 {percentile(up, 50):.0f} ms; bridge pipeline p50 "
+              f"{percentile(pipe, 50):.1f} ms, p99 {percentile(pipe, 99):.1f} ms")
+    print(f"caller frames dropped  {dropped_up} (upstream not draining)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "bench.toml").write_text(_PLAN.replace("{audio_format}", args.audio_format))
+        plans = load_dialplans(Path(tmp))
+    proc: subprocess.Popen[bytes] | None = None
+    url = args.emulator_url
+    if not url:
+        port = args.port or _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "--log-level", "WARNING", "emulator",
+             "--port", str(port)],
+            stdout=subprocess.DEVNULL)
+        url = f"ws://127.0.0.1:{port}"
+    try:
+        if proc is not None:
+            _wait_port(int(url.rsplit(":", 1)[1]), proc)
+        return asyncio.run(_run_calls(args, plans, url))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -1,0 +1,176 @@
+"""``CallManager``: admission, the live-calls registry, and the calls' event stream.
+
+SIP and WebRTC hand every new leg to ``handle(leg)`` (awaited for the whole call). The
+manager picks the dialplan from the leg's info, builds the call with a Realtime client of
+its own, runs it, and keeps it in the registry while it runs. ``can_admit()`` is what the
+signalling asks before answering (SIP then says 503 + Retry-After when it is False).
+
+Events of every call (started, transcript, barge-in, tool call, DTMF, fallback, ended) go
+to subscribers: ``subscribe()`` gives an async iterator per subscriber (the dashboard's
+SSE), each with a bounded queue so a slow reader loses its oldest events, never stalls a
+call. Plain callbacks can be added with ``add_listener``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from bridge.call.call import Call, RealtimeFactory, RealtimeSession
+from bridge.call.clock import MediaClock, shared_clock
+from bridge.call.leg import MediaLeg
+from bridge.call.records import CallRecord, RecordStore
+from bridge.dialplans.plan import DialplanSet
+from bridge.realtime.client import RealtimeClient
+from bridge.realtime.config import RealtimeTarget
+from bridge.realtime.profile import SessionProfile
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+def client_factory(target: RealtimeTarget, **client_options: Any) -> RealtimeFactory:
+    """A ``RealtimeFactory`` making a ``RealtimeClient`` to ``target`` for each call."""
+
+    def make(profile: SessionProfile, call_log: logging.LoggerAdapter[Any]) -> RealtimeSession:
+        return RealtimeClient(target, profile, log=call_log, **client_options)
+
+    return make
+
+
+class CallRejected(Exception):
+    """``handle`` was given a leg while the manager is full or shutting down."""
+
+
+class CallManager:
+    """All calls of the process."""
+
+    def __init__(self, dialplans: DialplanSet, realtime_factory: RealtimeFactory,
+                 store: RecordStore, clock: MediaClock | None = None, max_calls: int = 200,
+                 *, call_options: dict[str, Any] | None = None,
+                 subscriber_queue: int = 1000) -> None:
+        self.dialplans = dialplans
+        self.realtime_factory = realtime_factory
+        self.store = store
+        self.clock = clock or shared_clock()
+        self.max_calls = max_calls
+        self.call_options = dict(call_options or {})
+        self.calls: dict[str, Call] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._listeners: list[Listener] = []
+        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._queue_size = subscriber_queue
+        self._closing = False
+        self.started = 0
+        self.rejected = 0
+        self.ended = 0
+
+    # -- admission -----------------------------------------------------------------------
+    def can_admit(self) -> bool:
+        return not self._closing and len(self.calls) < self.max_calls
+
+    @property
+    def live(self) -> int:
+        return len(self.calls)
+
+    # -- calls ---------------------------------------------------------------------------
+    async def handle(self, leg: MediaLeg) -> CallRecord:
+        """Run the call on ``leg`` to its end; raises ``CallRejected`` when full."""
+        if not self.can_admit():
+            self.rejected += 1
+            await leg.hang_up("busy")
+            raise CallRejected("busy" if not self._closing else "shutting down")
+        info = leg.info
+        plan = self.dialplans.match(called=info.called, caller=info.caller,
+                                    source=info.source.value)
+        call = Call(leg, plan, self.realtime_factory, self.clock, self.store,
+                    on_event=self._publish, **self.call_options)
+        self.calls[call.call_id] = call
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[call.call_id] = task
+        self.started += 1
+        try:
+            return await call.run()
+        finally:
+            self.calls.pop(call.call_id, None)
+            self._tasks.pop(call.call_id, None)
+            self.ended += 1
+
+    # ``start_call`` is the name the signalling side uses.
+    start_call = handle
+
+    def hang_up(self, call_id: str, reason: str = "operator") -> bool:
+        """End a live call from outside (dashboard, API). False if there is no such call."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        call.end(reason)
+        return True
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The live calls, for a dashboard's first render."""
+        now = time.time()
+        return [{"call_id": c.call_id, "caller": c.caller, "called": c.called,
+                 "dialplan": c.dialplan.name, "source": c.record.source,
+                 "duration_s": round(now - c.record.started_at, 1)}
+                for c in self.calls.values()]
+
+    async def shutdown(self, reason: str = "shutdown", grace_s: float = 5.0) -> None:
+        """Stop admitting, end every live call, wait (bounded) for their records."""
+        self._closing = True
+        for call in list(self.calls.values()):
+            call.end(reason)
+        tasks = [t for t in self._tasks.values() if t is not asyncio.current_task()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace_s)
+        for q in list(self._queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait({"type": "manager.closed"})
+
+    # -- events --------------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Every call event from now on, until the manager shuts down."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._queue_size)
+        self._queues.add(q)
+        try:
+            while True:
+                item = await q.get()
+                if item.get("type") == "manager.closed":
+                    return
+                yield item
+        finally:
+            self._queues.discard(q)
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        event.setdefault("at", time.time())
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("call event listener failed")
+        for q in self._queues:
+            if q.full():
+                # A slow reader loses its oldest event rather than stalling a call.
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+            q.put_nowait(event)
+
+
+__all__ = ["CallManager", "CallRejected", "Listener", "client_factory"]
