@@ -154,7 +154,9 @@ class Playout:
         return self.last_item if self._open else None
 
     def heard_ms(self, item_id: str) -> int:
-        return self.heard.get(item_id, 0) * 1000 // self.rate
+        # The resampler's flushed tail (a few ms of filter ring-out) is not the item's audio:
+        # never report more heard than was received.
+        return min(self.heard.get(item_id, 0) * 1000 // self.rate, self.received_ms(item_id))
 
     def received_ms(self, item_id: str) -> int:
         return self.received.get(item_id, 0) // self._bytes_per_ms
@@ -236,6 +238,8 @@ class Playout:
             samples -= take
             if seg[1] == 0:
                 segs.popleft()
+        if self._pending == 0:
+            self._check_drained()
 
     # -- drained -------------------------------------------------------------------------
     def _check_drained(self) -> None:
