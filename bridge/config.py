@@ -75,8 +75,9 @@ class RtpConfig:
 
 @dataclass(frozen=True)
 class DialplansConfig:
-    #: A folder of ``*.toml`` dialplans.
-    path: str = "dialplans/examples"
+    #: A folder of ``*.toml`` dialplans (or one file). Empty: ``$VOICEBRIDGE_DIALPLANS``,
+    #: else the plans shipped with the package.
+    path: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The HTTP app: softphone page, WebRTC signalling, dashboard, health and metrics."""

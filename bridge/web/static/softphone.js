@@ -1,0 +1,210 @@
+// voicebridge softphone: one WebRTC call to the bridge, no build step.
+//
+// Signalling is a single POST /webrtc/offer with a complete offer (ICE gathered first).
+// Data channels: "dtmf" (one message per key), "bye" (hang-up both ways), "events" (the
+// bridge's call events: transcript, DTMF, barge-in, tool calls, end of call).
+"use strict";
+
+(function () {
+  const config = JSON.parse(document.getElementById("config").textContent);
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    state: $("state"), called: $("called"), mic: $("mic"), call: $("call"),
+    hangup: $("hangup"), mute: $("mute"), info: $("info"), transcript: $("transcript"),
+    levelIn: $("level-in"), levelOut: $("level-out"), remote: $("remote"),
+    keys: Array.from(document.querySelectorAll("#keypad .key")),
+  };
+
+  const phone = {
+    state: "idle", callId: null, codec: null, pc: null, stream: null, channels: {},
+    events: [], dtmfSent: "", audioContext: null, meters: null,
+  };
+  window.softphone = phone;   // for people poking in the console, and for tests
+
+  function setState(state, info) {
+    phone.state = state;
+    ui.state.textContent = state;
+    ui.state.dataset.state = state;
+    ui.state.className = "state " + state;
+    const inCall = state === "connecting" || state === "connected";
+    ui.call.disabled = inCall;
+    ui.hangup.disabled = !inCall;
+    ui.mute.disabled = !inCall;
+    ui.keys.forEach((k) => { k.disabled = state !== "connected"; });
+    if (info !== undefined) ui.info.textContent = info;
+  }
+
+  function addLine(kind, text, extra) {
+    const li = document.createElement("li");
+    li.className = kind;
+    li.dataset.kind = kind;
+    const who = document.createElement("b");
+    who.textContent = { caller: "You", agent: "Agent", system: "·" }[kind] || kind;
+    li.appendChild(who);
+    li.appendChild(document.createTextNode(" " + text));
+    if (extra) li.title = extra;
+    ui.transcript.appendChild(li);
+    li.scrollIntoView({ block: "end" });
+  }
+
+  const eventHandlers = {
+    "call.started": () => setState("connected", "Connected. Speak, or use the keypad."),
+    "transcript": (e) => addLine(e.role === "caller" ? "caller" : "agent", e.text || ""),
+    "dtmf": (e) => addLine("system", "key " + e.digit + (e.action ? " → " + e.action : "")),
+    "barge_in": (e) => addLine("system", "interrupted the agent after " + e.heard_ms + " ms"),
+    "tool_call": (e) => addLine("system", "tool " + e.name + (e.ok ? " ok" : " failed")),
+    "fallback": (e) => addLine("system", "fallback: " + (e.reason || "")),
+    "call.ended": (e) => finish("call ended: " + (e.reason || "")),
+  };
+
+  function onEvent(message) {
+    let event;
+    try { event = JSON.parse(message.data); } catch (err) { return; }
+    phone.events.push(event);
+    const handler = eventHandlers[event.type];
+    if (handler) handler(event);
+  }
+
+  async function listMicrophones() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+    const devices = await navigator.mediaDevices.enumerateDevices();
+    const current = ui.mic.value;
+    ui.mic.innerHTML = '<option value="">default</option>';
+    devices.filter((d) => d.kind === "audioinput").forEach((d, i) => {
+      const option = document.createElement("option");
+      option.value = d.deviceId;
+      option.textContent = d.label || "microphone " + (i + 1);
+      ui.mic.appendChild(option);
+    });
+    ui.mic.value = current;
+  }
+
+  function waitForIce(pc, limitMs) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
+      const check = () => { if (pc.iceGatheringState === "complete") done(); };
+      pc.addEventListener("icegatheringstatechange", check);
+      setTimeout(done, limitMs);
+    });
+  }
+
+  function meter(stream, bar) {
+    const ctx = phone.audioContext;
+    const source = ctx.createMediaStreamSource(stream);
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 512;
+    source.connect(analyser);
+    return { analyser, bar, data: new Float32Array(analyser.fftSize), level: 0 };
+  }
+
+  function drawMeters() {
+    if (!phone.meters) return;
+    phone.meters.forEach((m) => {
+      m.analyser.getFloatTimeDomainData(m.data);
+      let sum = 0;
+      for (let i = 0; i < m.data.length; i++) sum += m.data[i] * m.data[i];
+      const rms = Math.sqrt(sum / m.data.length);
+      const db = rms > 0 ? 20 * Math.log10(rms) : -100;
+      m.level = db;
+      m.bar.style.width = Math.max(0, Math.min(100, (db + 60) * 100 / 60)) + "%";
+    });
+    requestAnimationFrame(drawMeters);
+  }
+
+  async function call() {
+    setState("connecting", "Asking for the microphone…");
+    ui.transcript.innerHTML = "";
+    phone.events = [];
+    try {
+      const constraints = { audio: ui.mic.value ? { deviceId: { exact: ui.mic.value } } : true };
+      phone.stream = await navigator.mediaDevices.getUserMedia(constraints);
+      await listMicrophones();
+      const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
+      phone.pc = pc;
+      for (const label of ["dtmf", "bye", "events"]) {
+        phone.channels[label] = pc.createDataChannel(label);
+      }
+      phone.channels.events.onmessage = onEvent;
+      phone.channels.bye.onmessage = () => finish("the agent hung up");
+      phone.stream.getAudioTracks().forEach((t) => pc.addTrack(t, phone.stream));
+      pc.ontrack = (e) => {
+        // Chromium only decodes remote audio that is played: attach it to <audio>.
+        ui.remote.srcObject = e.streams[0] || new MediaStream([e.track]);
+        ui.remote.play().catch(() => {});
+        if (phone.audioContext && phone.meters) phone.meters.push(meter(ui.remote.srcObject, ui.levelOut));
+      };
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === "failed") finish("connection failed");
+      };
+      phone.audioContext = new (window.AudioContext || window.webkitAudioContext)();
+      phone.meters = [meter(phone.stream, ui.levelIn)];
+      if (ui.remote.srcObject) phone.meters.push(meter(ui.remote.srcObject, ui.levelOut));
+      requestAnimationFrame(drawMeters);
+
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForIce(pc, 3000);
+      ui.info.textContent = "Calling…";
+      const response = await fetch("webrtc/offer", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp,
+                               called: ui.called.value.trim() }),
+      });
+      const answer = await response.json();
+      if (!response.ok) throw new Error(answer.error || response.statusText);
+      phone.callId = answer.call_id;
+      phone.codec = answer.codec;
+      await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+      ui.info.textContent = "Connecting media (" + answer.codec + ")…";
+    } catch (err) {
+      finish("could not call: " + err.message);
+    }
+  }
+
+  function finish(why) {
+    if (phone.state === "ended" || phone.state === "idle") {
+      if (why) ui.info.textContent = why;
+      return;
+    }
+    const bye = phone.channels.bye;
+    if (bye && bye.readyState === "open" && !/hung up|call ended/.test(why || "")) {
+      try { bye.send("bye"); } catch (err) { /* closing anyway */ }
+    }
+    const pc = phone.pc;
+    // Give the bye a moment to leave before the transport goes away.
+    setTimeout(() => { if (pc) pc.close(); }, 200);
+    if (phone.stream) phone.stream.getTracks().forEach((t) => t.stop());
+    phone.meters = null;
+    if (phone.audioContext) { phone.audioContext.close(); phone.audioContext = null; }
+    ui.levelIn.style.width = "0%";
+    ui.levelOut.style.width = "0%";
+    setState("ended", why || "Call ended.");
+  }
+
+  function press(digit) {
+    const dtmf = phone.channels.dtmf;
+    if (!dtmf || dtmf.readyState !== "open") return;
+    dtmf.send(digit);
+    phone.dtmfSent += digit;
+    addLine("system", "sent key " + digit);
+  }
+
+  ui.call.addEventListener("click", call);
+  ui.hangup.addEventListener("click", () => finish("you hung up"));
+  ui.mute.addEventListener("click", () => {
+    if (!phone.stream) return;
+    const muted = ui.mute.getAttribute("aria-pressed") !== "true";
+    phone.stream.getAudioTracks().forEach((t) => { t.enabled = !muted; });
+    ui.mute.setAttribute("aria-pressed", String(muted));
+    ui.mute.textContent = muted ? "Unmute" : "Mute";
+  });
+  ui.keys.forEach((k) => k.addEventListener("click", () => press(k.dataset.digit)));
+  document.addEventListener("keydown", (e) => {
+    if (phone.state === "connected" && /^[0-9*#]$/.test(e.key) && e.target.tagName !== "INPUT") {
+      press(e.key);
+    }
+  });
+  setState("idle", "Press Call to talk to the agent.");
+  listMicrophones();
+})();
