@@ -539,7 +539,8 @@ class RealtimeClient:
     def _t_response_created(self, conn: _Conn, event: ev.Event) -> bool:
         assert isinstance(event, ev.ResponseCreated)
         self._active = event.response_id
-        self._create_event_id = None
+        # _create_event_id stays until this response is done: if the server started this
+        # one itself, the refusal of our create arrives after it (see _t_error).
         return True
 
     def _t_response_done(self, conn: _Conn, event: ev.Event) -> bool:
@@ -547,6 +548,7 @@ class RealtimeClient:
         self._suppressed.discard(event.response_id)
         if self._active in (event.response_id, ""):
             self._active = None
+            self._create_event_id = None
         self._emit(event)
         if self._active is None and self._queued:
             self._send_create(self._queued.popleft())

@@ -1,0 +1,552 @@
+"""The Realtime client against a real WebSocket server on loopback: URL and header shapes,
+credentials kept out of logs, Entra tokens, reconnect, fatal failures, response tracking,
+barge-in, truncation and session rotation. Every event the client sends is checked
+against the openai package's models for the target's dialect."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from bridge.errors import RealtimeAuthError, RealtimeUnavailable
+from bridge.realtime import events as ev
+from bridge.realtime.client import RealtimeClient, RealtimeRejected
+from bridge.realtime.config import RealtimeSettings, RealtimeTarget
+from bridge.realtime.profile import SessionProfile
+from tests.test_realtime_client_support import FakeRealtime, validate_client_event
+
+AZ_KEY = "azkey-0123456789abcdef"
+OA_KEY = "sk-proj-SECRETSECRET"
+T = TypeVar("T")
+
+
+def azure(base: str, *, key: str | None = AZ_KEY, version: str | None = None) -> RealtimeTarget:
+    env = {"AZURE_OPENAI_ENDPOINT": base.replace("ws://", "http://"),
+           "AZURE_OPENAI_DEPLOYMENT_NAME": "my-realtime"}
+    if key:
+        env["AZURE_OPENAI_API_KEY"] = key
+    if version:
+        env["AZURE_OPENAI_API_VERSION"] = version
+    return RealtimeSettings.from_env(env).target()
+
+
+def client_for(target: RealtimeTarget, **kw: Any) -> RealtimeClient:
+    kw.setdefault("reconnect_backoff_s", 0.01)
+    kw.setdefault("open_timeout_s", 5.0)
+    return RealtimeClient(target, kw.pop("profile", SessionProfile()), **kw)
+
+
+class Events:
+    """Reads a client's events with a deadline; remembers everything seen."""
+
+    def __init__(self, client: RealtimeClient) -> None:
+        self._it: AsyncIterator[ev.Event] = client.events()
+        self.seen: list[ev.Event] = []
+
+    async def next(self, timeout: float = 10.0) -> ev.Event:
+        event = await asyncio.wait_for(anext(self._it), timeout)
+        self.seen.append(event)
+        return event
+
+    async def until(self, kind: type[T], timeout: float = 10.0) -> T:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.next(timeout)
+                if isinstance(event, kind):
+                    return event
+
+    async def drain_to_end(self, timeout: float = 10.0) -> list[ev.Event]:
+        async with asyncio.timeout(timeout):
+            async for event in self._it:
+                self.seen.append(event)
+        return self.seen
+
+
+def check_conformance(server: FakeRealtime, dialect: str) -> None:
+    events = server.all_events()
+    assert events, "the server received nothing"
+    for event in events:
+        validate_client_event(event, dialect)
+
+
+# -- URL and header shapes ------------------------------------------------------------------
+
+async def test_azure_ga_url_and_headers() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        (s,) = server.sessions
+        assert s.path == "/openai/v1/realtime?model=my-realtime"
+        assert s.headers["api-key"] == AZ_KEY
+        assert "Authorization" not in s.headers
+        assert "OpenAI-Beta" not in s.headers
+        assert "Sec-WebSocket-Extensions" not in s.headers  # compression=None
+        await server.wait_for(lambda srv: srv.types() == ["session.update"])
+        await client.close()
+        check_conformance(server, "ga")
+
+
+async def test_azure_preview_url_and_headers() -> None:
+    async with FakeRealtime(dialect="preview") as server:
+        client = client_for(azure(server.base, version="2025-04-01-preview"))
+        await client.connect()
+        (s,) = server.sessions
+        assert s.path == "/openai/realtime?api-version=2025-04-01-preview&deployment=my-realtime"
+        assert s.headers["api-key"] == AZ_KEY
+        assert "OpenAI-Beta" not in s.headers
+        update = server.sessions[0].events[0]
+        assert update["type"] == "session.update"
+        assert update["session"]["input_audio_format"] == "pcm16"
+        await client.add_user_text("hello")
+        await client.create_response()
+        await server.wait_for(lambda srv: len(srv.types()) == 3)
+        await client.close()
+        check_conformance(server, "preview")
+
+
+async def test_openai_url_and_headers() -> None:
+    async with FakeRealtime() as server:
+        target = RealtimeSettings.from_env({"OPENAI_API_KEY": OA_KEY,
+                                            "OPENAI_REALTIME_URL": server.base}).target()
+        client = client_for(target)
+        await client.connect()
+        (s,) = server.sessions
+        assert s.path == "/v1/realtime?model=gpt-realtime"
+        assert s.headers["Authorization"] == f"Bearer {OA_KEY}"
+        assert "api-key" not in s.headers
+        assert "OpenAI-Beta" not in s.headers
+        await client.close()
+
+
+async def test_no_key_or_token_in_any_log_record_or_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOi.ENTRA-TOKEN"
+
+    async def provider() -> str:
+        return token
+
+    errors: list[str] = []
+    async with FakeRealtime() as server:
+        for target, kw in [(azure(server.base), {}),
+                           (azure(server.base, version="2025-04-01-preview"), {}),
+                           (RealtimeSettings.from_env({"OPENAI_API_KEY": OA_KEY,
+                                                       "OPENAI_REALTIME_URL": server.base}
+                                                      ).target(), {}),
+                           (azure(server.base, key=None), {"token_provider": provider})]:
+            client = client_for(target, **kw)
+            await client.connect()
+            client.append_audio(b"\x00" * 960)
+            await client.add_user_text("hi")
+            events = Events(client)
+            await server.drop(1006)
+            await events.until(ev.Reconnected)
+            await client.close()
+        # Failures: refused handshake, refused after upgrade, and a failing token provider.
+        server.reject_status = 401
+        with pytest.raises(RealtimeAuthError) as refused:
+            await client_for(azure(server.base)).connect()
+        errors.append(str(refused.value))
+        server.reject_status = None
+        server.close_on_connect = 3000
+        with pytest.raises(RealtimeAuthError) as closed:
+            await client_for(RealtimeSettings.from_env(
+                {"OPENAI_API_KEY": OA_KEY, "OPENAI_REALTIME_URL": server.base}).target()
+            ).connect()
+        errors.append(str(closed.value))
+
+    async def broken() -> str:
+        raise RuntimeError(f"token endpoint said no to {token}")
+
+    with pytest.raises(RealtimeAuthError) as failing:
+        await client_for(azure("ws://127.0.0.1:9", key=None), token_provider=broken).connect()
+    errors.append(str(failing.value))
+    errors.append(repr(failing.value.__cause__))
+
+    ours = [r for r in caplog.records if not r.name.startswith("websockets.server")]
+    assert len(ours) > 10  # DEBUG really was captured
+    for record in ours:
+        text = record.getMessage() + (record.exc_text or "")
+        for secret in (AZ_KEY, OA_KEY, token):
+            assert secret not in text, (record.name, record.levelname)
+    for message in errors:
+        for secret in (AZ_KEY, OA_KEY, token):
+            assert secret not in message
+
+
+# -- Entra ID -------------------------------------------------------------------------------
+
+async def test_entra_token_is_fetched_fresh_on_every_connect() -> None:
+    calls = 0
+
+    async def provider() -> str:
+        nonlocal calls
+        calls += 1
+        return f"entra-token-{calls}"
+
+    async with FakeRealtime() as server:
+        target = azure(server.base, key=None)
+        assert target.use_entra
+        client = client_for(target, token_provider=provider)
+        await client.connect()
+        events = Events(client)
+        assert server.sessions[0].headers["Authorization"] == "Bearer entra-token-1"
+        assert "api-key" not in server.sessions[0].headers
+        await server.drop(1006)
+        await events.until(ev.Reconnected)
+        assert server.sessions[1].headers["Authorization"] == "Bearer entra-token-2"
+        assert calls == 2
+        await client.close()
+
+
+# -- fatal failures never loop --------------------------------------------------------------
+
+@pytest.mark.parametrize(("status", "error"), [(401, RealtimeAuthError),
+                                                (403, RealtimeAuthError),
+                                                (400, RealtimeRejected),
+                                                (404, RealtimeRejected)])
+async def test_http_refusal_is_not_retried(status: int, error: type[Exception]) -> None:
+    async with FakeRealtime(reject_status=status) as server:
+        client = client_for(azure(server.base), max_reconnects=3)
+        with pytest.raises(error, match=f"HTTP {status}"):
+            await client.connect()
+        assert len(server.sessions) == 1
+
+
+@pytest.mark.parametrize(("code", "error"), [(3000, RealtimeAuthError),
+                                              (4000, RealtimeRejected)])
+async def test_close_after_upgrade_is_not_retried(code: int, error: type[Exception]) -> None:
+    async with FakeRealtime(close_on_connect=code) as server:
+        client = client_for(azure(server.base), max_reconnects=3)
+        with pytest.raises(error, match=str(code)):
+            await client.connect()
+        assert len(server.sessions) == 1
+
+
+async def test_busy_upstream_is_retried_then_unavailable() -> None:
+    async with FakeRealtime(reject_status=429) as server:
+        client = client_for(azure(server.base), max_reconnects=2)
+        with pytest.raises(RealtimeUnavailable, match="HTTP 429"):
+            await client.connect()
+        assert len(server.sessions) == 3
+
+
+async def test_auth_failure_on_reconnect_gives_up_at_once() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base), max_reconnects=5)
+        await client.connect()
+        events = Events(client)
+        server.reject_status = 401
+        await server.drop(1011)
+        lost = await events.until(ev.UpstreamLost)
+        assert lost.fatal_auth
+        assert len(server.sessions) == 2  # one refused attempt, no loop
+        assert [e.attempt for e in events.seen if isinstance(e, ev.Reconnecting)] == [1]
+        await events.drain_to_end()  # the stream ends after UpstreamLost
+        await client.close()
+
+
+async def test_close_3000_mid_call_is_lost_without_reconnect() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        await server.drop(3000)
+        lost = await events.until(ev.UpstreamLost)
+        assert lost.fatal_auth
+        assert len(server.sessions) == 1
+        assert not [e for e in events.seen if isinstance(e, ev.Reconnecting)]
+        await client.close()
+
+
+async def test_gives_up_after_max_reconnects() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base), max_reconnects=2)
+        await client.connect()
+        events = Events(client)
+        server.reject_status = 503
+        await server.drop(1006)
+        lost = await events.until(ev.UpstreamLost)
+        assert not lost.fatal_auth
+        assert "2 reconnect attempts" in lost.reason
+        assert [e.attempt for e in events.seen if isinstance(e, ev.Reconnecting)] == [1, 2]
+        assert len(server.sessions) == 3
+        await client.close()
+
+
+# -- reconnect re-seeds the conversation ----------------------------------------------------
+
+def assistant_turn(rid: str, item: str, text: str, audio_ms: int) -> list[dict[str, Any]]:
+    audio = base64.b64encode(b"\x00\x01" * 24 * audio_ms).decode()
+    return [
+        {"type": "response.created", "event_id": "s", "response": {"id": rid}},
+        {"type": "response.output_item.added", "event_id": "s", "response_id": rid,
+         "output_index": 0, "item": {"id": item, "type": "message", "role": "assistant"}},
+        {"type": "response.output_audio.delta", "event_id": "s", "response_id": rid,
+         "item_id": item, "output_index": 0, "content_index": 0, "delta": audio},
+        {"type": "response.output_audio_transcript.done", "event_id": "s", "response_id": rid,
+         "item_id": item, "output_index": 0, "content_index": 0, "transcript": text},
+        {"type": "response.done", "event_id": "s", "response": {"id": rid,
+                                                                 "status": "completed"}},
+    ]
+
+
+@pytest.mark.parametrize("code", [1006, 1011, 1001, 1012])
+async def test_reconnect_reseeds_session_and_conversation(code: int) -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        await client.add_user_text("Hello, I need help with my order")
+        for e in [{"type": "input_audio_buffer.committed", "event_id": "s",
+                   "item_id": "item_u1"},
+                  {"type": "conversation.item.input_audio_transcription.completed",
+                   "event_id": "s", "item_id": "item_u1", "content_index": 0,
+                   "transcript": "order 42"},
+                  *assistant_turn("r1", "item_a1", "Sure, order 42 ships today.", 500)]:
+            await server.send(e)
+        await events.until(ev.ResponseDone)
+        if code == 1001:
+            await server.send({"type": "error", "event_id": "s", "error": {
+                "type": "invalid_request_error", "code": "session_expired",
+                "message": "Your session hit the maximum duration of 30 minutes."}})
+        await server.drop(code)
+        reconnecting = await events.until(ev.Reconnecting)
+        assert reconnecting.attempt == 1 and str(code) in reconnecting.reason
+        if code == 1001:
+            assert "session_expired" in reconnecting.reason
+        reconnected = await events.until(ev.Reconnected)
+        assert reconnected.session_id == "sess_2"
+        await server.wait_for(lambda srv: len(srv.types()) >= 4)
+        assert server.types() == ["session.update", "conversation.item.create",
+                                  "conversation.item.create", "conversation.item.create"]
+        texts = [(e["item"]["role"], e["item"]["content"][0]["text"])
+                 for e in server.sessions[1].events[1:]]
+        assert texts == [("user", "Hello, I need help with my order"),
+                         ("user", "order 42"),
+                         ("assistant", "Sure, order 42 ships today.")]
+        # ...and carries on: audio and events flow on the new session.
+        client.append_audio(b"\x00\x00" * 480)
+        await server.wait_for(lambda srv: "input_audio_buffer.append" in srv.types())
+        await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
+                           "audio_start_ms": 20, "item_id": "item_u9"})
+        assert (await events.until(ev.SpeechStarted)).item_id == "item_u9"
+        assert client.stats.reconnects == 1
+        await client.close()
+        check_conformance(server, "ga")
+
+
+async def test_response_running_at_the_drop_is_closed_for_the_call() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        await server.send(assistant_turn("r1", "a1", "x", 100)[0])
+        await events.until(ev.ResponseCreated)
+        assert client.response_active
+        await server.drop(1006)
+        done = await events.until(ev.ResponseDone)
+        assert (done.response_id, done.status, done.reason) == ("r1", "failed",
+                                                                "connection_lost")
+        assert not client.response_active
+        await events.until(ev.Reconnected)
+        await client.close()
+
+
+# -- responses, tools, barge-in, truncation -------------------------------------------------
+
+async def respond_on_create(server: FakeRealtime, conn: ServerConnection,
+                            event: dict[str, Any]) -> None:
+    if event["type"] == "response.create":
+        n = sum(1 for e in server.all_events() if e["type"] == "response.create")
+        await conn.send(json.dumps({"type": "response.created", "event_id": "s",
+                                    "response": {"id": f"r{n}"}}))
+
+
+async def test_create_response_is_queued_while_one_is_active() -> None:
+    async with FakeRealtime(responder=respond_on_create) as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        await client.create_response("first")
+        await client.create_response("second")
+        await events.until(ev.ResponseCreated)
+        assert client.response_active
+        assert server.types().count("response.create") == 1
+        await server.send({"type": "response.done", "event_id": "s",
+                           "response": {"id": "r1", "status": "completed"}})
+        await server.wait_for(lambda srv: srv.types().count("response.create") == 2)
+        creates = [e for e in server.all_events() if e["type"] == "response.create"]
+        assert [c["response"]["instructions"] for c in creates] == ["first", "second"]
+        await client.close()
+        check_conformance(server, "ga")
+
+
+async def test_create_colliding_with_a_server_response_runs_after_it() -> None:
+    async def busy(server: FakeRealtime, conn: ServerConnection, event: dict[str, Any]) -> None:
+        if event["type"] == "response.create" and server.types().count("response.create") == 1:
+            # Server VAD started a response at the same moment: the create is refused.
+            await conn.send(json.dumps({"type": "response.created", "event_id": "s",
+                                        "response": {"id": "r_vad"}}))
+            await conn.send(json.dumps({"type": "error", "event_id": "s", "error": {
+                "type": "invalid_request_error",
+                "code": "conversation_already_has_active_response",
+                "message": "busy", "event_id": event["event_id"]}}))
+
+    async with FakeRealtime(responder=busy) as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        await client.create_response("after the tool")
+        await events.until(ev.ServerError)
+        assert client.response_active
+        await server.send({"type": "response.done", "event_id": "s",
+                           "response": {"id": "r_vad", "status": "completed"}})
+        await server.wait_for(lambda srv: srv.types().count("response.create") == 2)
+        await client.close()
+
+
+async def test_barge_in_suppresses_stale_audio_and_tools_of_the_cancelled_response() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        turn = assistant_turn("r1", "a1", "long answer", 200)
+        for e in turn[:3]:
+            await server.send(e)
+        await events.until(ev.AudioDelta)
+        await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
+                           "audio_start_ms": 900, "item_id": "u2"})
+        await server.send(turn[2])  # still in flight when the server cancelled
+        await server.send({"type": "response.output_item.added", "event_id": "s",
+                           "response_id": "r1", "output_index": 1,
+                           "item": {"id": "f1", "type": "function_call", "name": "hang_up",
+                                    "call_id": "c1"}})
+        await server.send({"type": "response.output_item.done", "event_id": "s",
+                           "response_id": "r1", "output_index": 1,
+                           "item": {"id": "f1", "type": "function_call", "name": "hang_up",
+                                    "call_id": "c1", "arguments": "{}",
+                                    "status": "completed"}})
+        await server.send({"type": "response.done", "event_id": "s", "response": {
+            "id": "r1", "status": "cancelled",
+            "status_details": {"type": "cancelled", "reason": "turn_detected"}}})
+        done = await events.until(ev.ResponseDone)
+        assert done.reason == "turn_detected"
+        after = events.seen[events.seen.index(next(e for e in events.seen
+                                                   if isinstance(e, ev.SpeechStarted))):]
+        assert not [e for e in after if isinstance(e, ev.AudioDelta | ev.FunctionCall)]
+        await client.close()
+
+
+async def test_function_call_tool_output_and_truncation() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        for e in assistant_turn("r1", "a1", "one two three four five six seven eight", 1000):
+            await server.send(e)
+        await events.until(ev.ResponseDone)
+        await client.truncate("a1", 5000)      # clamped to the 1000 ms received
+        await client.truncate("unknown", 300)  # not an item of this session: not sent
+        await client.truncate("a1", 0)         # 0 ms: never sent (the server would refuse)
+        await server.send({"type": "response.output_item.added", "event_id": "s",
+                           "response_id": "r2", "output_index": 0,
+                           "item": {"id": "f1", "type": "function_call",
+                                    "name": "transfer_call", "call_id": "c1"}})
+        await server.send({"type": "response.output_item.done", "event_id": "s",
+                           "response_id": "r2", "output_index": 0,
+                           "item": {"id": "f1", "type": "function_call",
+                                    "name": "transfer_call", "call_id": "c1",
+                                    "arguments": '{"target":"sales"}',
+                                    "status": "completed"}})
+        call = await events.until(ev.FunctionCall)
+        assert (call.name, call.call_id, call.arguments) == ("transfer_call", "c1",
+                                                            '{"target":"sales"}')
+        await client.send_tool_output("c1", '{"ok": true}')
+        await server.wait_for(lambda srv: "conversation.item.create" in srv.types())
+        truncs = [e for e in server.all_events() if e["type"] == "conversation.item.truncate"]
+        assert [(t["item_id"], t["audio_end_ms"], t["content_index"]) for t in truncs] == [
+            ("a1", 1000, 0)]
+        output = server.sessions[0].events[-1]
+        assert output["item"] == {"type": "function_call_output", "call_id": "c1",
+                                  "output": '{"ok": true}'}
+        assert client.history.texts() == []  # the last report said 0 ms were heard
+        await client.close()
+        check_conformance(server, "ga")
+
+
+async def test_truncated_assistant_text_is_reseeded_as_heard() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        for e in assistant_turn("r1", "a1", "one two three four five six seven eight", 1000):
+            await server.send(e)
+        await events.until(ev.ResponseDone)
+        await client.truncate("a1", 500)
+        await server.drop(1006)
+        await events.until(ev.Reconnected)
+        await server.wait_for(lambda srv: len(srv.sessions) == 2 and len(srv.types()) == 2)
+        seeded = server.sessions[1].events[1]["item"]
+        assert seeded["role"] == "assistant"
+        assert seeded["content"] == [{"type": "output_text", "text": "one two three four"}]
+        await client.close()
+
+
+# -- audio ----------------------------------------------------------------------------------
+
+async def test_append_audio_is_sent_verbatim_and_dropped_before_ready() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        client.append_audio(b"\x01\x02" * 480)  # before connect: dropped, counted
+        await client.connect()
+        frames = [bytes([i]) * 960 for i in range(5)]
+        for frame in frames:
+            client.append_audio(frame)
+        await server.wait_for(lambda srv: srv.types().count("input_audio_buffer.append") == 5)
+        sent = [base64.b64decode(e["audio"]) for e in server.all_events()
+                if e["type"] == "input_audio_buffer.append"]
+        assert sent == frames
+        assert (client.stats.frames_appended, client.stats.frames_dropped) == (5, 1)
+        await client.close()
+        client.append_audio(frames[0])  # after close: dropped, no error
+        assert client.stats.frames_dropped == 2
+        check_conformance(server, "ga")
+
+
+# -- rotation -------------------------------------------------------------------------------
+
+async def test_session_is_rotated_before_expiry_at_a_quiet_moment() -> None:
+    now = [0.0]
+    async with FakeRealtime(expires_in_s=1800) as server:
+        import time  # noqa: PLC0415
+
+        now[0] = time.time() + 1750  # virtual wall clock: 50 s before expiry
+        client = client_for(azure(server.base), rotate_margin_s=120.0,
+                            wall_clock=lambda: now[0])
+        await client.add_user_text("remember me")
+        await client.connect()
+        client.set_playout_active(True)  # not quiet: the due rotation must wait
+        events = Events(client)
+        await asyncio.sleep(0.3)
+        assert len(server.sessions) == 1
+        client.set_playout_active(False)
+        rotated = await events.until(ev.SessionRotated)
+        assert (rotated.previous_session_id, rotated.session_id) == ("sess_1", "sess_2")
+        await server.wait_for(lambda srv: len(srv.types()) == 2)
+        assert server.types(1) == ["session.update", "conversation.item.create"]
+        assert client.session_id == "sess_2"
+        client.append_audio(b"\x00" * 960)
+        await server.wait_for(lambda srv: "input_audio_buffer.append" in srv.types(1))
+        assert "input_audio_buffer.append" not in server.types(0)
+        await server.wait_for(lambda srv: len(srv.live) == 1)  # the old socket was closed
+        assert not [e for e in events.seen if isinstance(e, ev.Reconnecting)]
+        await client.close()
+        check_conformance(server, "ga")

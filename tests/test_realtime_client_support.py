@@ -1,0 +1,184 @@
+"""Test support for the Realtime client: a small scriptable Realtime server on loopback, and
+the conformance oracle (the ``openai`` package's pydantic models).
+
+The server speaks just enough of the protocol for the client's own tests (session.created /
+session.update / session.updated, and whatever a test pushes), records the request path,
+headers and every event received, and can refuse the handshake with an HTTP status or drop
+the socket with any close code (1006 = TCP abort, no close frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import pydantic
+from openai.types.beta.realtime import RealtimeClientEvent as PreviewClientEvent
+from openai.types.realtime import RealtimeClientEvent as GAClientEvent
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+_GA = pydantic.TypeAdapter(GAClientEvent)
+_PREVIEW = pydantic.TypeAdapter(PreviewClientEvent)
+
+
+def _no_extras(model: Any, where: str) -> None:
+    """openai's models accept unknown fields (extra="allow"): reject them here, recursively,
+    so a misspelt or wrong-dialect field fails the conformance check."""
+    if isinstance(model, pydantic.BaseModel):
+        extra = model.model_extra or {}
+        assert not extra, f"{where}: fields not in the openai model: {sorted(extra)}"
+        for name in type(model).model_fields:
+            _no_extras(getattr(model, name), f"{where}.{name}")
+    elif isinstance(model, list):
+        for i, value in enumerate(model):
+            _no_extras(value, f"{where}[{i}]")
+
+
+def validate_client_event(event: dict[str, Any], dialect: str) -> None:
+    """Raise unless ``event`` is a valid client event of ``dialect`` with no unknown field."""
+    adapter = _GA if dialect == "ga" else _PREVIEW
+    model = adapter.validate_python(event)
+    assert model.type == event["type"], (model.type, event["type"])
+    _no_extras(model, event["type"])
+
+
+def test_oracle_rejects_wrong_dialect_and_unknown_fields() -> None:
+    # The oracle itself must be able to fail, or the conformance tests prove nothing.
+    validate_client_event({"type": "input_audio_buffer.append", "audio": "AAA="}, "ga")
+    bad = [
+        ({"type": "session.update", "session": {"modalities": ["audio"]}}, "ga"),
+        ({"type": "session.update", "session": {"type": "realtime", "voices": "x"}}, "ga"),
+        ({"type": "conversation.item.truncate", "item_id": "i"}, "ga"),
+        ({"type": "session.update", "session": {"audio": {}}}, "preview"),
+        ({"type": "output_audio_buffer.clears"}, "ga"),
+    ]
+    for event, dialect in bad:
+        try:
+            validate_client_event(event, dialect)
+        except (pydantic.ValidationError, AssertionError):
+            continue
+        raise AssertionError(f"oracle accepted {event}")
+
+
+@dataclass
+class Captured:
+    path: str
+    headers: Headers
+    events: list[dict[str, Any]] = field(default_factory=list)
+    session_id: str = ""
+
+
+Responder = Callable[["FakeRealtime", ServerConnection, dict[str, Any]],
+                     Awaitable[None]]
+
+
+class FakeRealtime:
+    """A loopback WebSocket server shaped like the Realtime service."""
+
+    def __init__(self, *, dialect: str = "ga", reject_status: int | None = None,
+                 close_on_connect: int | None = None, expires_in_s: float | None = 1800.0,
+                 responder: Responder | None = None) -> None:
+        self.dialect = dialect
+        self.reject_status = reject_status
+        self.close_on_connect = close_on_connect
+        self.expires_in_s = expires_in_s
+        self.responder = responder
+        self.sessions: list[Captured] = []
+        self.live: list[ServerConnection] = []
+        self._server: Server | None = None
+        self._n = 0
+        self.changed = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakeRealtime:
+        self._server = await serve(self._handler, "127.0.0.1", 0,
+                                   process_request=self._process_request, compression=None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        self.sessions.append(Captured(request.path, request.headers))
+        self.changed.set()
+        if self.reject_status is not None:
+            status = HTTPStatus(self.reject_status)
+            return conn.respond(status, f"{status.phrase}\n")
+        return None
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        captured = self.sessions[-1]
+        self._n += 1
+        captured.session_id = f"sess_{self._n}"
+        self.live.append(conn)
+        try:
+            if self.close_on_connect is not None:
+                await conn.send(json.dumps({
+                    "type": "error", "event_id": "e0",
+                    "error": {"type": "invalid_request_error", "code": "invalid_api_key",
+                              "message": "Incorrect API key provided"}}))
+                await conn.close(self.close_on_connect)
+                return
+            session: dict[str, Any] = {"id": captured.session_id, "object": "realtime.session"}
+            if self.expires_in_s is not None:
+                session["expires_at"] = int(time.time() + self.expires_in_s)
+            if self.dialect == "ga":
+                session["type"] = "realtime"
+            await conn.send(json.dumps({"type": "session.created", "event_id": "e1",
+                                        "session": session}))
+            async for message in conn:
+                event = json.loads(message)
+                captured.events.append(event)
+                self.changed.set()
+                if event["type"] == "session.update":
+                    await conn.send(json.dumps({"type": "session.updated", "event_id": "e2",
+                                                "session": session}))
+                elif self.responder is not None:
+                    await self.responder(self, conn, event)
+        except Exception:  # noqa: S110 - a dropped test socket ends the handler
+            pass
+        finally:
+            self.live.remove(conn)
+            self.changed.set()
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """Send ``event`` on every live socket."""
+        for conn in list(self.live):
+            await conn.send(json.dumps(event))
+
+    async def drop(self, code: int) -> None:
+        for conn in list(self.live):
+            if code == 1006:
+                conn.transport.abort()
+            else:
+                await conn.close(code)
+
+    async def wait_for(self, predicate: Callable[[FakeRealtime], bool],
+                       timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self.changed.clear()
+                await self.changed.wait()
+
+    def all_events(self) -> list[dict[str, Any]]:
+        return [e for s in self.sessions for e in s.events]
+
+    def types(self, session: int = -1) -> list[str]:
+        return [e["type"] for e in self.sessions[session].events]
