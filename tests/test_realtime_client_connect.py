@@ -50,20 +50,20 @@ class Events:
         self._it: AsyncIterator[ev.Event] = client.events()
         self.seen: list[ev.Event] = []
 
-    async def next(self, timeout: float = 10.0) -> ev.Event:
-        event = await asyncio.wait_for(anext(self._it), timeout)
+    async def next(self, within: float = 10.0) -> ev.Event:
+        event = await asyncio.wait_for(anext(self._it), within)
         self.seen.append(event)
         return event
 
-    async def until(self, kind: type[T], timeout: float = 10.0) -> T:
-        async with asyncio.timeout(timeout):
+    async def until(self, kind: type[T], within: float = 10.0) -> T:
+        async with asyncio.timeout(within):
             while True:
-                event = await self.next(timeout)
+                event = await self.next(within)
                 if isinstance(event, kind):
                     return event
 
-    async def drain_to_end(self, timeout: float = 10.0) -> list[ev.Event]:
-        async with asyncio.timeout(timeout):
+    async def drain_to_end(self, within: float = 10.0) -> list[ev.Event]:
+        async with asyncio.timeout(within):
             async for event in self._it:
                 self.seen.append(event)
         return self.seen

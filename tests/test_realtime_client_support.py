@@ -152,7 +152,7 @@ class FakeRealtime:
                                                 "session": session}))
                 elif self.responder is not None:
                     await self.responder(self, conn, event)
-        except Exception:  # noqa: S110 - a dropped test socket ends the handler
+        except Exception:  # a dropped test socket ends the handler
             pass
         finally:
             self.live.remove(conn)
@@ -171,8 +171,8 @@ class FakeRealtime:
                 await conn.close(code)
 
     async def wait_for(self, predicate: Callable[[FakeRealtime], bool],
-                       timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
+                       within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
             while not predicate(self):
                 self.changed.clear()
                 await self.changed.wait()
