@@ -1,0 +1,359 @@
+"""``voicebridge serve``: SIP, RTP, WebRTC and HTTP in one process and one event loop.
+
+Start-up order: settings (``bridge.config``), dialplans, the call record store, the Realtime
+target (an in-process emulator when nothing is configured), the shared media clock and the
+``CallManager``, then the listeners: SIP (UDP+TCP) and HTTP (Quart on Hypercorn). Each part
+is optional in the sense that a build without it (no ``bridge.sip.service``) still serves
+the others, and says so.
+
+Shutdown on SIGINT/SIGTERM: stop admitting, end every live call (each writes its record),
+then close the listeners, the emulator and the record store, in that order.
+
+``Bridge`` is also what tests and benchmarks use to run a whole bridge in their own loop::
+
+    async with Bridge(settings) as bridge:
+        ...bridge.http_url, bridge.sip_address, bridge.manager...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.config import Settings, load_settings
+from bridge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: How long a readiness answer about the upstream is reused (a TCP connect per probe is cheap,
+#: but a load balancer probing every second should not open a connection every second).
+UPSTREAM_CHECK_TTL_S = 10.0
+
+
+class Bridge:
+    """A running bridge: call manager, SIP service, HTTP app, optional emulator."""
+
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None, *,
+                 sip: bool | None = None) -> None:
+        self.settings = settings
+        self.env = dict(os.environ if env is None else env)
+        self.sip_wanted = settings.sip.enabled if sip is None else sip
+        self.manager: Any = None
+        self.store: Any = None
+        self.emulator: Any = None
+        self.sip: Any = None
+        self.target: Any = None
+        self.app: Any = None
+        self.http_host = ""
+        self.http_port = 0
+        self._http_socket: socket.socket | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._http_stop = asyncio.Event()
+        self._token_provider: Any = None
+        self._upstream_checked: tuple[float, bool, str] | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Bridge:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        from bridge.call.clock import shared_clock  # noqa: PLC0415
+        from bridge.call.manager import CallManager  # noqa: PLC0415
+
+        dialplans = self._load_dialplans()
+        self.store = self._open_store()
+        self._closers.append(self.store.close)
+        factory = await self._realtime_factory()
+        self.manager = CallManager(dialplans, factory, self.store, shared_clock(),
+                                   max_calls=self.settings.sip.max_calls)
+        self._closers.append(self._shutdown_calls)
+        if self.sip_wanted:
+            await self._start_sip()
+        await self._start_http()
+
+    async def stop(self) -> None:
+        """End calls, then close everything that was opened (reverse order). Idempotent."""
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                await closer()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("error while shutting down")
+
+    async def _shutdown_calls(self) -> None:
+        live = self.manager.live
+        if live:
+            log.info("ending %d live call(s)", live)
+        await self.manager.shutdown("shutdown")
+
+    # ---- parts ---------------------------------------------------------------------------
+
+    def _load_dialplans(self) -> Any:
+        from bridge.dialplans.loader import default_dialplans_dir, load_dialplans  # noqa: PLC0415
+
+        folder = self.settings.dialplans.path
+        path = Path(folder) if folder else default_dialplans_dir(self.env)
+        plans = load_dialplans(path, env=self.env)
+        self.dialplans_path = path
+        return plans
+
+    def _open_store(self) -> Any:
+        from bridge.call.records import MemoryRecordStore, SqliteRecordStore  # noqa: PLC0415
+
+        path = self.settings.records.path
+        return SqliteRecordStore(path) if path else MemoryRecordStore()
+
+    async def _realtime_factory(self) -> Callable[..., Any]:
+        from bridge.realtime.client import RealtimeClient  # noqa: PLC0415
+
+        rt = self.settings.realtime_settings(self.env)
+        wants_emulator = (rt.provider in (None, "emulator") and not rt.endpoint
+                          and not rt.openai_api_key and not rt.emulator_url)
+        if wants_emulator:
+            from bridge.realtime.emulator import Emulator, EmulatorConfig  # noqa: PLC0415
+
+            self.emulator = Emulator(EmulatorConfig(host="127.0.0.1", port=0))
+            await self.emulator.__aenter__()
+            self._closers.append(self._close_emulator)
+            self.target = rt.target(self.emulator.url)
+        else:
+            self.target = rt.target()
+        if self.target.use_entra:
+            from bridge.realtime.auth import EntraTokenProvider  # noqa: PLC0415
+
+            self._token_provider = EntraTokenProvider()
+            self._closers.append(self._token_provider.aclose)
+        target, tokens = self.target, self._token_provider
+
+        def factory(profile: Any, call_log: Any) -> Any:
+            return RealtimeClient(target, profile, token_provider=tokens, log=call_log)
+        return factory
+
+    async def _close_emulator(self) -> None:
+        await self.emulator.__aexit__(None, None, None)
+
+    async def _start_sip(self) -> None:
+        try:
+            service_mod = importlib.import_module("bridge.sip.service")
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("bridge.sip.service", "bridge.sip"):
+                raise
+            log.warning("SIP is not available in this build: serving WebRTC and HTTP only")
+            return
+        s = self.settings
+        sip_settings = service_mod.SipSettings(
+            host=s.sip.host, port=s.sip.port, transports=s.sip.transports,
+            public_address=s.sip.public_address, rtp_ports=(s.rtp.port_low, s.rtp.port_high),
+            max_calls=s.sip.max_calls, allow_from=s.sip.allow_from, latch_any=s.sip.latch_any)
+        kwargs: dict[str, Any] = {}
+        params = getattr(service_mod.SipService.__init__, "__code__", None)
+        if params is not None and "can_admit" in params.co_varnames:
+            kwargs["can_admit"] = self.manager.can_admit
+        self.sip = service_mod.SipService(sip_settings, self._on_sip_call, **kwargs)
+        await self.sip.start()
+        self._closers.append(self.sip.stop)
+
+    async def _on_sip_call(self, leg: Any) -> None:
+        from bridge.call.manager import CallRejected  # noqa: PLC0415
+
+        try:
+            await self.manager.handle(leg)
+        except CallRejected as exc:
+            log.info("SIP call %s rejected: %s", leg.info.call_id, exc)
+
+    async def _start_http(self) -> None:
+        from hypercorn.asyncio import serve  # noqa: PLC0415
+        from hypercorn.config import Config  # noqa: PLC0415
+
+        from bridge.web.app import create_app  # noqa: PLC0415
+
+        self.app = create_app(self.manager, self.settings, readiness=self.readiness)
+        http = self.settings.http
+        # Bind here (not in Hypercorn) so a port of 0 works and the bound port is known.
+        family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((http.host, http.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"[http] cannot listen on {http.host}:{http.port}: "
+                              f"{exc.strerror}") from None
+        sock.listen(128)
+        sock.setblocking(False)
+        self._http_socket = sock
+        self.http_host, self.http_port = sock.getsockname()[:2]
+        config = Config()
+        # Hypercorn owns (and closes) the descriptor it is given: give it a duplicate.
+        config.bind = [f"fd://{os.dup(sock.fileno())}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 2.0
+        self._http_task = asyncio.ensure_future(
+            serve(self.app, config, shutdown_trigger=self._http_stop.wait))
+        self._closers.append(self._stop_http)
+
+    async def _stop_http(self) -> None:
+        self._http_stop.set()
+        if self._http_task is not None:
+            try:
+                await asyncio.wait_for(self._http_task, 5)
+            except TimeoutError:
+                log.warning("HTTP server did not stop in time")
+        if self._http_socket is not None:
+            self._http_socket.close()
+
+    # ---- what it tells ---------------------------------------------------------------------
+
+    @property
+    def http_url(self) -> str:
+        host = self.http_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def sip_uri(self) -> str | None:
+        if self.sip is None:
+            return None
+        host = self.settings.sip.public_address or getattr(self.sip, "address", None) \
+            or self.settings.sip.host
+        if host in ("0.0.0.0", "::"):
+            host = _local_address()
+        port = getattr(self.sip, "port", self.settings.sip.port)
+        return f"sip:agent@{host}:{port}"
+
+    def banner(self) -> str:
+        lines = ["voicebridge is running"]
+        if self.sip_uri:
+            lines.append(f"  call it over SIP:   {self.sip_uri}  "
+                         f"({'+'.join(self.settings.sip.transports).upper()})")
+        else:
+            lines.append("  SIP:               off")
+        if self.settings.http.softphone:
+            lines.append(f"  softphone page:    {self.http_url}/")
+        lines.append(f"  dashboard:         {self.http_url}/dashboard"
+                     + ("" if self.settings.http.token else
+                        "  (off: set VOICEBRIDGE_HTTP_TOKEN to turn it on)"))
+        lines.append(f"  metrics:           {self.http_url}/metrics")
+        lines.append(f"  Realtime target:   {self.target.describe()}"
+                     + ("  (built-in emulator: an echo agent)" if self.emulator else ""))
+        lines.append(f"  dialplans:         {self.dialplans_path}")
+        lines.append(f"  settings:          {self.settings.source}")
+        return "\n".join(lines)
+
+    async def readiness(self) -> dict[str, tuple[bool, str]]:
+        checks: dict[str, tuple[bool, str]] = {
+            "http": (self._http_task is not None and not self._http_task.done(), "listening"),
+            "calls": (bool(self.manager and self.manager.can_admit()),
+                      f"{self.manager.live if self.manager else 0} live"),
+        }
+        if self.sip_wanted:
+            checks["sip"] = (self.sip is not None, "listening" if self.sip else "not started")
+        checks["upstream"] = await self._upstream_reachable()
+        return checks
+
+    async def _upstream_reachable(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        cached = self._upstream_checked
+        if cached is not None and now - cached[0] < UPSTREAM_CHECK_TTL_S:
+            return cached[1], cached[2]
+        parts = urlsplit(self.target.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        try:
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+        except (OSError, TimeoutError) as exc:
+            result = (False, f"{host}:{port} unreachable ({type(exc).__name__})")
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            result = (True, f"{host}:{port} reachable")
+        self._upstream_checked = (now, *result)
+        return result
+
+
+def _local_address() -> str:
+    """The address other hosts would reach us on (no packet is sent: UDP connect only)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))   # TEST-NET-1: routing lookup only
+        return str(s.getsockname()[0])
+    return "127.0.0.1"
+
+
+# ---- the command -----------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="settings file (default $VOICEBRIDGE_CONFIG, else ./voicebridge.toml "
+                             "if present)")
+    parser.add_argument("--http-port", type=int, default=None,
+                        help="HTTP port (overrides [http] port)")
+    parser.add_argument("--sip-port", type=int, default=None,
+                        help="SIP port (overrides [sip] port)")
+    parser.add_argument("--no-sip", action="store_true", help="do not start SIP")
+
+
+def _settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config, os.environ)
+    if args.http_port is not None:
+        settings = replace(settings, http=replace(settings.http, port=args.http_port))
+    if args.sip_port is not None:
+        settings = replace(settings, sip=replace(settings.sip, port=args.sip_port))
+    if args.no_sip:
+        settings = replace(settings, sip=replace(settings.sip, enabled=False))
+    return settings
+
+
+async def serve(settings: Settings, *, ready: Callable[[Bridge], None] | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Bridge(settings) as bridge:
+        print(bridge.banner(), flush=True)
+        if ready is not None:
+            ready(bridge)
+        await stop.wait()
+        log.info("shutting down")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings_from_args(args)
+        return asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"voicebridge: {exc}", file=sys.stderr)
+        return 2
