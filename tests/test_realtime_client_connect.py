@@ -528,13 +528,16 @@ async def test_session_is_rotated_before_expiry_at_a_quiet_moment() -> None:
     async with FakeRealtime(expires_in_s=1800) as server:
         import time  # noqa: PLC0415
 
-        now[0] = time.time() + 1750  # virtual wall clock: 50 s before expiry
+        now[0] = time.time()  # a virtual wall clock
         client = client_for(azure(server.base), rotate_margin_s=120.0,
                             wall_clock=lambda: now[0])
         await client.add_user_text("remember me")
         await client.connect()
-        client.set_playout_active(True)  # not quiet: the due rotation must wait
         events = Events(client)
+        client.set_playout_active(True)
+        client.set_playout_active(False)  # quiet, but the rotation is not due yet
+        now[0] += 1750  # 50 s before expiry: due
+        client.set_playout_active(True)  # not quiet: the due rotation must wait
         await asyncio.sleep(0.3)
         assert len(server.sessions) == 1
         client.set_playout_active(False)

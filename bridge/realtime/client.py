@@ -106,6 +106,7 @@ class _Conn:
     call_ids: set[str] = field(default_factory=set)
     items: set[str] = field(default_factory=set)   # assistant output items of this session
     close_reason: str = ""
+    opened_wall: float = 0.0   # wall-clock time the session was ready (epoch s)
 
 
 class RealtimeClient:
@@ -376,6 +377,7 @@ class RealtimeClient:
             for event in self.history.seed_events(self.target.dialect):
                 self._write(conn, event)
         conn.ready = True
+        conn.opened_wall = self._wall()
         elapsed = time.perf_counter() - started
         self.stats.connects += 1
         self.stats.last_connect_s = elapsed
@@ -428,7 +430,7 @@ class RealtimeClient:
             self._rotate_timer.cancel()
             self._rotate_timer = None
         if conn.expires_at is not None:
-            delay = max(0.0, conn.expires_at - self.rotate_margin_s - self._wall())
+            delay = max(0.0, self._rotate_at(conn) - self._wall())
             self._rotate_timer = asyncio.get_running_loop().call_later(delay, self._maybe_rotate)
         while self._queued and self._active is None:
             self._send_create(self._queued.popleft())
@@ -670,10 +672,18 @@ class RealtimeClient:
         return (self._active is None and not self._queued and not self._playout_active
                 and not self._caller_speaking and not self._tools_outstanding)
 
+    def _rotate_at(self, conn: _Conn) -> float:
+        """When ``conn`` should be replaced: ``rotate_margin_s`` before it expires, but not
+        before half its life -- a session shorter than the margin would otherwise be
+        rotated again the moment it opened."""
+        assert conn.expires_at is not None
+        half_life = conn.opened_wall + (conn.expires_at - conn.opened_wall) / 2
+        return max(conn.expires_at - self.rotate_margin_s, half_life)
+
     def _rotation_due(self) -> bool:
         conn = self._conn
         return (conn is not None and conn.ready and conn.expires_at is not None
-                and self._wall() >= conn.expires_at - self.rotate_margin_s)
+                and self._wall() >= self._rotate_at(conn))
 
     def _maybe_rotate(self) -> None:
         if (self._closing or self._finished or
