@@ -4,8 +4,8 @@ Matching
 --------
 ``DialplanSet.match(called=, caller=, source=)`` picks, among the plans whose rules all
 hold, the one with the highest ``priority``; between equal priorities the more specific
-rules win (more exact rules, then more rules, then more literal characters in the patterns
-that matched); then the file name decides, so the choice never depends on directory order.
+rules win (more rules, then more of them exact, then more literal characters in the
+patterns that matched); then the file name decides, so the choice never depends on directory order.
 The default plan is considered only when no other plan matches, whatever its priority.
 
 A pattern is exact (``"+15550100"``), a glob when it has ``*``, ``?`` or ``[``
@@ -84,7 +84,7 @@ class MatchRule:
             if source not in self.sources:
                 return None
             rules += 1
-        return (exact, rules, literal)
+        return (rules, exact, literal)
 
     def describe(self) -> str:
         if self.default:

@@ -1,0 +1,49 @@
+"""``voicebridge check-dialplans`` as an operator runs it: a subprocess, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data" / "dialplans"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "VOICEBRIDGE_DIALPLANS"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "check-dialplans", *args],
+        capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=60, check=False,
+    )
+
+
+def test_packaged_plans_are_valid() -> None:
+    proc = check()
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "2 dialplan(s)" in out
+    assert out.index("front-desk") < out.index("\necho")     # the default comes last
+    assert "called frontdesk | 2000 | +15550100 (priority 10)" in out
+    assert "tool:     order_status (webhook, timeout 4 s)" in out
+    assert "tool:     opening_hours (python, timeout 2 s)" in out
+    assert "dtmf 0:   transfer operator" in out
+    assert "fallback: unavailable-transfer, then transfer to operator" in out
+
+
+def test_good_folder_from_env() -> None:
+    proc = check(env={"VOICEBRIDGE_DIALPLANS": str(DATA / "good")})
+    assert proc.returncode == 0, proc.stderr
+    assert "6 dialplan(s)" in proc.stdout
+
+
+def test_broken_folder_fails_with_file_line_field() -> None:
+    folder = DATA / "with-broken"
+    proc = check("--dir", str(folder))
+    assert proc.returncode == 1
+    assert f"error: {folder / 'unknown_voice.toml'}:10: agent.voice: unknown voice" in proc.stderr
+    proc = check("--dir", str(DATA / "two-defaults"))
+    assert proc.returncode == 1
+    assert "b.toml:2: match.default" in proc.stderr
