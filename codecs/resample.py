@@ -1,0 +1,365 @@
+"""Streaming resamplers between the leg's rate and the Realtime API's 24 kHz.
+
+Theory of operation
+-------------------
+One ``StreamResampler`` per direction per call. It keeps its filter state across chunks
+of any size (a one-shot resample per 20 ms frame would click at every frame boundary),
+``flush()`` drains what the filter still holds (end of a response: the last syllable must
+not stay inside the filter) and ``reset()`` drops it (barge-in: stale audio must not leak
+into the next response).
+
+Latency is a first-class figure. Caller audio arrives in real time, so whatever the
+inbound resampler withholds delays the model's hearing, its end-of-speech detection and
+barge-in. ``soxr.ResampleStream`` fed 20 ms chunks withholds 22–86 ms depending on the
+preset, so the default (``"fir"``) is our own polyphase linear-phase FIR: a Kaiser-windowed
+sinc designed per rate pair for ≥ 60 dB image/alias rejection with the transition band
+centred on the lower rate's Nyquist frequency (3.4→4.6 kHz for 8 kHz). At 8k→24k that is
+87 taps at 24 kHz: 1.8 ms of group delay and nothing withheld, computed as one small matrix
+product per chunk. The soxr presets stay selectable by name (``MODES``).
+
+All engines work on float32 arrays in int16 units, so the streamed output can be compared
+exactly with a one-shot computation (soxr's own int16 path is dithered); the bytes API
+rounds and saturates once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+__all__ = [
+    "API_RATE",
+    "DEFAULT_MODE",
+    "MODES",
+    "FirDesign",
+    "StreamResampler",
+    "fir_design",
+    "inbound_resampler",
+    "outbound_resampler",
+]
+
+Float32Array = npt.NDArray[np.float32]
+
+#: The Realtime API's PCM16 rate.
+API_RATE = 24000
+#: What ``mode="default"`` means, both directions.
+DEFAULT_MODE = "fir"
+#: Stopband attenuation the FIR is designed for; the measured worst case is ≥ 65 dB.
+FIR_ATTENUATION_DB = 70.0
+#: Half the transition band as a fraction of the lower Nyquist frequency (0.15 × 4 kHz =
+#: 600 Hz: pass to 3.4 kHz, stop from 4.6 kHz at 8 kHz).
+FIR_HALF_TRANSITION = 0.15
+
+MODES: dict[str, str] = {
+    "default": f"alias of {DEFAULT_MODE!r}",
+    "fir": "polyphase linear-phase Kaiser FIR, ≥ 60 dB, ~2 ms group delay, nothing withheld",
+    "soxr-qq": "soxr quick stream: no anti-alias filter at all (a 5 kHz tone aliases to 3 kHz)",
+    "soxr-lq": "soxr low-quality stream (withholds ~20 ms per 20 ms chunk)",
+    "soxr-mq": "soxr medium-quality stream",
+    "soxr-hq": "soxr high-quality stream (withholds ~45 ms on average per direction)",
+    "soxr-vhq": "soxr very-high-quality stream (withholds ~85 ms on average per direction)",
+}
+
+
+class _Engine(Protocol):
+    """A resampling engine on float32 arrays in int16 units."""
+
+    def process(self, x: Float32Array) -> Float32Array: ...
+    def flush(self) -> Float32Array: ...
+    def reset(self) -> None: ...
+    @property
+    def latency_ms(self) -> float: ...
+
+
+_EMPTY: Float32Array = np.zeros(0, dtype=np.float32)
+
+
+class _Identity:
+    """Equal rates: nothing to do, nothing held."""
+
+    latency_ms = 0.0
+
+    def process(self, x: Float32Array) -> Float32Array:
+        return x
+
+    def flush(self) -> Float32Array:
+        return _EMPTY
+
+    def reset(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- FIR engine
+
+
+@dataclass(frozen=True)
+class FirDesign:
+    """A polyphase FIR for ``in_rate * up / down == out_rate``.
+
+    The prototype low-pass ``taps`` runs at ``in_rate * up``. ``matrix`` (``width`` × ``up``)
+    holds every phase, placed so that one window of ``width`` input samples times the matrix
+    gives ``up`` consecutive outputs; successive windows are ``down`` samples apart.
+    """
+
+    in_rate: int
+    out_rate: int
+    up: int
+    down: int
+    taps: Float32Array
+    matrix: Float32Array
+    per_phase: int          # taps per phase (K)
+    width: int              # input samples per window (K + the largest phase offset)
+
+    @property
+    def delay_out(self) -> float:
+        """Group delay in output samples (linear phase: half the prototype's length)."""
+        return (len(self.taps) - 1) / 2 / self.down
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.delay_out / self.out_rate
+
+
+def _kaiser_taps(num: int, cutoff: float, beta: float) -> npt.NDArray[np.float64]:
+    """Windowed-sinc low-pass; ``cutoff`` as a fraction of the sampling rate; DC gain 1."""
+    centre = (num - 1) / 2
+    n = np.arange(num) - centre
+    h: npt.NDArray[np.float64] = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(num, beta)
+    normalised: npt.NDArray[np.float64] = h / h.sum()
+    return normalised
+
+
+def _kaiser_length(attenuation_db: float, transition: float) -> int:
+    """Kaiser's estimate of the taps needed (``transition`` as a fraction of the rate)."""
+    return math.ceil((attenuation_db - 7.95) / (2.285 * 2 * math.pi * transition)) + 1
+
+
+def _kaiser_beta(attenuation_db: float) -> float:
+    return 0.1102 * (attenuation_db - 8.7) if attenuation_db > 50 else 5.0
+
+
+@cache
+def fir_design(in_rate: int, out_rate: int,
+               attenuation_db: float = FIR_ATTENUATION_DB,
+               half_transition: float = FIR_HALF_TRANSITION) -> FirDesign:
+    """Design (once per rate pair) the polyphase low-pass for ``in_rate -> out_rate``.
+
+    The band edge sits on the lower rate's Nyquist frequency so that images (upsampling)
+    and aliases (downsampling) of everything in the passband land in the stopband.
+    """
+    g = math.gcd(in_rate, out_rate)
+    up, down = out_rate // g, in_rate // g
+    fast = in_rate * up
+    nyquist = min(in_rate, out_rate) / 2
+    num = _kaiser_length(attenuation_db, 2 * half_transition * nyquist / fast)
+    per_phase = -(-num // up)
+    taps = _kaiser_taps(per_phase * up, nyquist / fast, _kaiser_beta(attenuation_db))
+    # Output r of a period reads input base + (r*down)//up - j with phase (r*down) % up.
+    offsets = [(r * down) // up for r in range(up)]
+    width = per_phase + max(offsets)
+    matrix = np.zeros((width, up), dtype=np.float64)
+    for r, base in enumerate(offsets):
+        phase = taps[(r * down) % up::up] * up
+        matrix[per_phase - 1 + base - np.arange(per_phase), r] = phase
+    return FirDesign(in_rate, out_rate, up, down, taps.astype(np.float32),
+                     matrix.astype(np.float32), per_phase, width)
+
+
+class _Fir:
+    """Streaming polyphase FIR: a window per output period, one matrix product per chunk.
+
+    ``_buf[0]`` is always the first input sample of the next period's window, so the
+    history the filter needs is simply the unconsumed front of the buffer.
+    """
+
+    def __init__(self, design: FirDesign) -> None:
+        self._d = design
+        self.reset()
+
+    @property
+    def latency_ms(self) -> float:
+        return self._d.latency_ms
+
+    def reset(self) -> None:
+        self._buf: Float32Array = np.zeros(self._d.per_phase - 1, dtype=np.float32)
+        self._in = 0      # input samples since reset (for the flush length)
+        self._out = 0     # output samples since reset
+
+    def _run(self, x: Float32Array) -> Float32Array:
+        d = self._d
+        buf = np.concatenate((self._buf, x)) if len(self._buf) else np.ascontiguousarray(x)
+        periods = (len(buf) - d.width) // d.down + 1 if len(buf) >= d.width else 0
+        if periods <= 0:
+            self._buf = buf
+            return _EMPTY
+        windows = np.ndarray((periods, d.width), dtype=np.float32, buffer=buf,
+                             strides=(d.down * 4, 4))
+        self._buf = buf[periods * d.down:]
+        y: Float32Array = np.dot(windows, d.matrix).ravel()
+        return y
+
+    def process(self, x: Float32Array) -> Float32Array:
+        self._in += len(x)
+        y = self._run(x)
+        self._out += len(y)
+        return y
+
+    def flush(self) -> Float32Array:
+        """Everything the last input still contributes to (the whole convolution tail)."""
+        d = self._d
+        if self._in == 0:
+            self.reset()
+            return _EMPTY
+        last = (d.up * (self._in - 1) + len(d.taps) - 1) // d.down
+        remaining = last + 1 - self._out
+        zeros = np.zeros(-(-remaining * d.down // d.up) + d.width, dtype=np.float32)
+        tail = self._run(zeros)[:remaining]
+        self.reset()
+        return tail
+
+
+# -------------------------------------------------------------------------- soxr engines
+
+
+@cache
+def _measured_lag_ms(in_rate: int, out_rate: int, quality: str) -> float:
+    """Worst lag of a soxr stream fed 20 ms chunks: input time minus output time covered.
+
+    soxr's output is time-aligned with its input but withholds samples; what it withholds
+    depends on the chunk size, so it is measured (once per process) rather than computed.
+    """
+    stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality=quality)
+    chunk = np.zeros(in_rate // 50, dtype=np.float32)
+    produced, worst = 0, 0.0
+    for i in range(1, 51):
+        produced += len(stream.resample_chunk(chunk))
+        worst = max(worst, i * 20.0 - 1000.0 * produced / out_rate)
+    return worst
+
+
+class _Soxr:
+    """``soxr.ResampleStream`` in float32 (deterministic: no dither)."""
+
+    def __init__(self, in_rate: int, out_rate: int, quality: str) -> None:
+        self._rates = (in_rate, out_rate)
+        self._quality = quality
+        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32",
+                                           quality=quality)
+
+    @property
+    def latency_ms(self) -> float:
+        return _measured_lag_ms(*self._rates, self._quality)
+
+    def process(self, x: Float32Array) -> Float32Array:
+        y: Float32Array = self._stream.resample_chunk(x)
+        return y
+
+    def flush(self) -> Float32Array:
+        tail: Float32Array = self._stream.resample_chunk(_EMPTY, last=True)
+        self._stream.clear()
+        return tail
+
+    def reset(self) -> None:
+        self._stream.clear()
+
+
+def _soxr_factory(quality: str) -> Callable[[int, int], _Engine]:
+    return lambda in_rate, out_rate: _Soxr(in_rate, out_rate, quality)
+
+
+#: mode name -> engine factory (``"default"`` is resolved to ``DEFAULT_MODE`` first).
+_ENGINES: dict[str, Callable[[int, int], _Engine]] = {
+    "fir": lambda in_rate, out_rate: _Fir(fir_design(in_rate, out_rate)),
+    "soxr-qq": _soxr_factory("QQ"),
+    "soxr-lq": _soxr_factory("LQ"),
+    "soxr-mq": _soxr_factory("MQ"),
+    "soxr-hq": _soxr_factory("HQ"),
+    "soxr-vhq": _soxr_factory("VHQ"),
+}
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _to_pcm16(y: Float32Array) -> bytes:
+    """Round and saturate float samples in int16 units to PCM16LE."""
+    out = np.rint(y)
+    # Two in-place ufuncs cost ~40 % less than np.clip's wrapper at this size.
+    np.maximum(out, -32768, out=out)
+    np.minimum(out, 32767, out=out)
+    return out.astype("<i2").tobytes()
+
+
+class StreamResampler:
+    """Resample a PCM16LE mono stream from ``in_rate`` to ``out_rate``, state kept.
+
+    ``mode`` is a key of ``MODES``. Chunks may have any length, odd byte counts included
+    (the odd byte is carried to the next chunk).
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, mode: str = "default") -> None:
+        if in_rate <= 0 or out_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
+        name = DEFAULT_MODE if mode == "default" else mode
+        if name not in _ENGINES:
+            raise ValueError(f"unknown resampler mode {mode!r}; one of {sorted(MODES)}")
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self.mode = name
+        self._engine: _Engine = (_Identity() if in_rate == out_rate
+                                 else _ENGINES[name](in_rate, out_rate))
+        self._odd = b""
+
+    def __repr__(self) -> str:
+        return f"StreamResampler({self.in_rate}, {self.out_rate}, mode={self.mode!r})"
+
+    @property
+    def latency_ms(self) -> float:
+        """What this resampler delays the stream by when fed 20 ms chunks."""
+        return self._engine.latency_ms
+
+    def process(self, pcm: bytes) -> bytes:
+        """Resample the next chunk; returns what is ready (possibly nothing)."""
+        if self._odd:
+            pcm = self._odd + pcm
+        whole = len(pcm) & ~1
+        self._odd = pcm[whole:]
+        x = np.frombuffer(pcm, dtype="<i2", count=whole // 2).astype(np.float32)
+        return _to_pcm16(self._engine.process(x))
+
+    def process_float(self, x: Float32Array) -> Float32Array:
+        """As ``process`` on float32 samples in int16 units (no rounding, no saturation)."""
+        return self._engine.process(np.asarray(x, dtype=np.float32))
+
+    def flush(self) -> bytes:
+        """Drain the tail still inside the filter (end of a response) and start afresh."""
+        self._odd = b""
+        return _to_pcm16(self._engine.flush())
+
+    def flush_float(self) -> Float32Array:
+        """As ``flush`` in float32."""
+        self._odd = b""
+        return self._engine.flush()
+
+    def reset(self) -> None:
+        """Drop everything held (barge-in): the next chunk starts a new stream."""
+        self._odd = b""
+        self._engine.reset()
+
+
+def inbound_resampler(in_rate: int, mode: str = "default") -> StreamResampler:
+    """Leg rate -> 24 kHz; the default is the low-latency FIR (caller audio is real time)."""
+    return StreamResampler(in_rate, API_RATE, mode)
+
+
+def outbound_resampler(out_rate: int, mode: str = "default") -> StreamResampler:
+    """24 kHz -> leg rate. Call ``flush()`` at the end of each response, ``reset()`` on
+    barge-in."""
+    return StreamResampler(API_RATE, out_rate, mode)
