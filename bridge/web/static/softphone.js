@@ -54,7 +54,7 @@
     "barge_in": (e) => addLine("system", "interrupted the agent after " + e.heard_ms + " ms"),
     "tool_call": (e) => addLine("system", "tool " + e.name + (e.ok ? " ok" : " failed")),
     "fallback": (e) => addLine("system", "fallback: " + (e.reason || "")),
-    "call.ended": (e) => finish("call ended: " + (e.reason || "")),
+    "call.ended": (e) => finish("call ended: " + (e.reason || ""), true),
   };
 
   function onEvent(message) {
@@ -126,7 +126,7 @@
         phone.channels[label] = pc.createDataChannel(label);
       }
       phone.channels.events.onmessage = onEvent;
-      phone.channels.bye.onmessage = () => finish("the agent hung up");
+      phone.channels.bye.onmessage = () => finish("the agent hung up", true);
       phone.stream.getAudioTracks().forEach((t) => pc.addTrack(t, phone.stream));
       pc.ontrack = (e) => {
         // Chromium only decodes remote audio that is played: attach it to <audio>.
@@ -162,13 +162,14 @@
     }
   }
 
-  function finish(why) {
+  // remoteEnded: the bridge ended the call (no bye to send back).
+  function finish(why, remoteEnded) {
     if (phone.state === "ended" || phone.state === "idle") {
       if (why) ui.info.textContent = why;
       return;
     }
     const bye = phone.channels.bye;
-    if (bye && bye.readyState === "open" && !/hung up|call ended/.test(why || "")) {
+    if (bye && bye.readyState === "open" && !remoteEnded) {
       try { bye.send("bye"); } catch (err) { /* closing anyway */ }
     }
     const pc = phone.pc;
