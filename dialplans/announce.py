@@ -12,9 +12,11 @@ The bundled sounds are 8 kHz mono 16-bit, made once with::
     espeak-ng -v en-us -s 150 -w /tmp/a.wav "We're sorry, our assistant is unavailable. \\
         Please hold while we transfer you."
     sox /tmp/a.wav -r 8000 -c 1 -b 16 dialplans/sounds/unavailable-transfer.wav \\
-        norm -3 highpass 200 lowpass 3400
+        silence 1 0.02 0.5% reverse silence 1 0.02 0.5% reverse \\
+        norm -3 highpass 200 lowpass 3400 pad 0 0.3
 
-(``unavailable-goodbye``: "... Please call again later. Goodbye.")
+(``unavailable-goodbye``: "... Please call again later. Goodbye."). The leading silence is
+trimmed so that the announcement starts the moment the fallback runs.
 """
 
 from __future__ import annotations

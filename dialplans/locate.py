@@ -174,6 +174,9 @@ class TomlLocator:
             if stripped.startswith("["):
                 parts, _ = _parse_key(stripped, 1)
                 table = self._resolve(parts)
+                # [a.b.c] also defines a and a.b when nothing did before.
+                for cut in range(1, len(table)):
+                    self._spans.setdefault(table[:cut], Span(lineno, lineno))
                 self._spans[table] = Span(lineno, lineno)
                 continue
             parts, pos = _parse_key(stripped, 0)

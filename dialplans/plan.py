@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bridge.call.leg import Source
 from bridge.dialplans.tools import ToolRegistry
 from bridge.errors import DialplanError
 from bridge.realtime.profile import SessionProfile, TurnDetection
@@ -211,8 +212,10 @@ class DialplanSet:
         )
         self._by_name = {plan.name: plan for plan in plans}
 
-    def match(self, *, called: str, caller: str, source: str) -> Dialplan:
+    def match(self, *, called: str, caller: str, source: str | Source) -> Dialplan:
         """The plan for a call (see the module docstring for the order)."""
+        if isinstance(source, Source):
+            source = source.value
         best: tuple[tuple[int, ...], Dialplan] | None = None
         for plan in self._ranked:
             if best is not None and plan.match.priority < best[1].match.priority:

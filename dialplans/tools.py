@@ -314,7 +314,9 @@ class ToolRegistry:
 
         def fail(kind: str, message: str, **details: Any) -> ToolResult:
             duration = time.monotonic() - started
-            log.info("tool %s refused or failed: %s (%.0f ms)", name, kind, duration * 1000)
+            # The name comes from the model: cut it short in the log.
+            log.info("tool %.64r refused or failed: %s (%.0f ms)", name, kind,
+                     duration * 1000)
             return ToolResult(ok=False, output=error_output(kind, message, **details),
                               duration_s=duration, error=kind)
 

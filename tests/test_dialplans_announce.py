@@ -42,6 +42,11 @@ def test_wav_at_the_requested_rate(rate: int) -> None:
     assert level > 1000                       # speech, not silence
 
 
+def test_wav_by_path() -> None:
+    path = SOUNDS_DIR / "unavailable-goodbye.wav"
+    assert load_announcement(str(path), 8000) == load_announcement("unavailable-goodbye", 8000)
+
+
 def test_tone_spec() -> None:
     pcm = load_announcement("440:200,0:100,1000:300", 8000)
     assert len(pcm) == 2 * 8000 * 600 // 1000

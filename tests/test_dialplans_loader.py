@@ -283,3 +283,36 @@ k = 2
 ])
 def test_locator(path: tuple[str | int, ...], value: str | None, line: int) -> None:
     assert TomlLocator(LOCATOR_DOC).line_of(path, value) == line
+
+
+def leaf_paths(node: object, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    out: list[tuple[str | int, ...]] = [path] if path else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += leaf_paths(value, (*path, key))
+    elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+        for index, value in enumerate(node):
+            out += leaf_paths(value, (*path, index))
+    return out
+
+
+def all_toml_files() -> list[Path]:
+    files = sorted(DATA.rglob("*.toml")) + sorted(PACKAGED_DIR.glob("*.toml"))
+    return [f for f in files if f.name != "syntax.toml"]
+
+
+@pytest.mark.parametrize("path", all_toml_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_locator_finds_every_key_of_real_files(path: Path) -> None:
+    """Every key of every dialplan file in the tree is located on a line that writes it."""
+    import tomllib  # noqa: PLC0415
+
+    text = path.read_text("utf-8")
+    locator = TomlLocator(text)
+    lines = text.splitlines()
+    for field_path in leaf_paths(tomllib.loads(text)):
+        last = field_path[-1]
+        line = lines[locator.line_of(field_path) - 1]
+        if isinstance(last, int):
+            assert line.lstrip().startswith("[["), (field_path, line)
+        else:
+            assert last in line, (field_path, line)
