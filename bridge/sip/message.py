@@ -913,10 +913,15 @@ class StreamParser:
             if head_end > MAX_HEADER_BYTES:
                 raise SipParseError("header section too large", status=513)
             start_line, headers = _parse_head(self._buffer[:head_end])
-            length = _content_length(headers)
-            if length is None:
-                # RFC 3261 §18.3: on a stream, Content-Length MUST be used to frame.
-                raise SipParseError("missing Content-Length on a stream transport")
+            try:
+                length = _content_length(headers)
+                if length is None:
+                    # RFC 3261 §18.3: on a stream, Content-Length MUST be used to frame.
+                    raise SipParseError("missing Content-Length on a stream transport")
+            except SipParseError as exc:
+                # Answerable (the headers are here), but the stream is lost after it.
+                raise MalformedMessage(exc.reason, exc.status,
+                                       method=_method_of(start_line), headers=headers) from None
             del self._buffer[:body_start]
             self._head = (start_line, headers)
             self._length = length
