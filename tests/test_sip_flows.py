@@ -72,7 +72,8 @@ class Uac:
     def _request(self, method: str, uri: str, via: str, cseq: int, body: bytes = b"",
                  extra: tuple[str, ...] = ()) -> bytes:
         lines = [f"{method} {uri} SIP/2.0", f"Via: {via}", "Max-Forwards: 70",
-                 f"To: {self._to()}", f"From: Alice <sip:alice@atlanta.example.com>;tag={self.from_tag}",
+                 f"To: {self._to()}",
+                 f"From: Alice <sip:alice@atlanta.example.com>;tag={self.from_tag}",
                  f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}",
                  "Contact: <sip:alice@client.atlanta.example.com>", *extra]
         if body:
@@ -182,25 +183,25 @@ def statuses(datagrams: list[bytes]) -> list[int]:
 # ----------------------------------------------------------------------- §2.1 success
 
 EXPECTED_100 = (
-    "SIP/2.0 100 Trying\r\n"
-    "Via: SIP/2.0/UDP 192.0.2.101:5060;branch=z9hG4bK74bf1\r\n"
-    "From: Alice <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n"
-    "To: Bob <sip:bob@biloxi.example.com>\r\n"
-    "Call-ID: 3848276298220188511@atlanta.example.com\r\n"
-    "CSeq: 1 INVITE\r\n"
-    "Server: voicebridge/test\r\n"
-    "Content-Length: 0\r\n\r\n").encode()
+    b"SIP/2.0 100 Trying\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.101:5060;branch=z9hG4bK74bf1\r\n"
+    b"From: Alice <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n"
+    b"To: Bob <sip:bob@biloxi.example.com>\r\n"
+    b"Call-ID: 3848276298220188511@atlanta.example.com\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Server: voicebridge/test\r\n"
+    b"Content-Length: 0\r\n\r\n")
 
 EXPECTED_180 = (
-    "SIP/2.0 180 Ringing\r\n"
-    "Via: SIP/2.0/UDP 192.0.2.101:5060;branch=z9hG4bK74bf1\r\n"
-    "From: Alice <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n"
-    "To: Bob <sip:bob@biloxi.example.com>;tag=t1\r\n"
-    "Call-ID: 3848276298220188511@atlanta.example.com\r\n"
-    "CSeq: 1 INVITE\r\n"
-    "Contact: <sip:192.0.2.200:5060>\r\n"
-    "Server: voicebridge/test\r\n"
-    "Content-Length: 0\r\n\r\n").encode()
+    b"SIP/2.0 180 Ringing\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.101:5060;branch=z9hG4bK74bf1\r\n"
+    b"From: Alice <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n"
+    b"To: Bob <sip:bob@biloxi.example.com>;tag=t1\r\n"
+    b"Call-ID: 3848276298220188511@atlanta.example.com\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Contact: <sip:192.0.2.200:5060>\r\n"
+    b"Server: voicebridge/test\r\n"
+    b"Content-Length: 0\r\n\r\n")
 
 EXPECTED_200_SDP = (
     b"v=0\r\n"
