@@ -1,0 +1,149 @@
+"""Helpers for the emulator tests: a raw websockets client, synthetic audio, and the
+conformance oracle (the ``openai`` package's pydantic models). No tests in here."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+from typing import Any
+
+import numpy as np
+from openai.types.beta.realtime import realtime_server_event as beta_events
+from openai.types.realtime import realtime_server_event as ga_events
+from openai.types.realtime.realtime_session_create_response import (
+    RealtimeSessionCreateResponse,
+)
+from pydantic import BaseModel, TypeAdapter
+from websockets.asyncio.client import ClientConnection, connect
+
+GA_PATH = "/openai/v1/realtime?model=gpt-realtime"
+OPENAI_PATH = "/v1/realtime?model=gpt-realtime"
+PREVIEW_PATH = "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime"
+
+GA_ADAPTER: TypeAdapter[Any] = TypeAdapter(ga_events.RealtimeServerEvent)
+BETA_ADAPTER: TypeAdapter[Any] = TypeAdapter(beta_events.RealtimeServerEvent)
+SESSION_ADAPTER: TypeAdapter[Any] = TypeAdapter(RealtimeSessionCreateResponse)
+
+
+def tone(ms: int, rate: int = 24000, freq: float = 440.0, dbfs: float = -20.0) -> bytes:
+    n = ms * rate // 1000
+    t = np.arange(n) / rate
+    peak = 32767 * 10 ** (dbfs / 20)
+    return (np.sin(2 * math.pi * freq * t) * peak).astype(np.int16).tobytes()
+
+
+def silence(ms: int, rate: int = 24000) -> bytes:
+    return bytes(ms * rate // 1000 * 2)
+
+
+def _extras(model: BaseModel, path: str) -> list[str]:
+    """Every field present in the data that the model does not declare."""
+    found = [f"{path}.{k}" for k in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        found += _walk(value, f"{path}.{name}")
+    return found
+
+
+def _walk(value: Any, path: str) -> list[str]:
+    if isinstance(value, BaseModel):
+        return _extras(value, path)
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in _walk(v, f"{path}[{i}]")]
+    return []
+
+
+def assert_conforms(event: dict[str, Any], dialect: str = "ga") -> None:
+    """Validate a server event against the openai package's models, strictly.
+
+    The package's models accept unknown fields, so validation alone would let a misspelt
+    field through: every field must also be one the model declares. The GA session object
+    is checked against ``RealtimeSessionCreateResponse`` (which declares ``id``,
+    ``object`` and ``expires_at``, sent by the real service in ``session.created``).
+    """
+    adapter = GA_ADAPTER if dialect == "ga" else BETA_ADAPTER
+    model = adapter.validate_python(event)
+    assert model.type == event["type"]
+    extras = _extras(model, event["type"])
+    if dialect == "ga" and event["type"] in ("session.created", "session.updated"):
+        extras = [e for e in extras if not e.startswith(f"{event['type']}.session.")]
+        session = SESSION_ADAPTER.validate_python(event["session"])
+        extras += _extras(session, "session")
+    elif event["type"] in ("session.created", "session.updated"):
+        # The beta Session model declares neither; the emulator sends both in the preview
+        # dialect too because clients read the expiry from session.created (PROTOCOL.md §4).
+        allowed = {f"{event['type']}.session.object", f"{event['type']}.session.expires_at"}
+        extras = [e for e in extras if e not in allowed]
+    assert not extras, f"fields the models do not declare: {extras}"
+
+
+class RawClient:
+    """A bare websockets client speaking JSON events; keeps every event it received."""
+
+    def __init__(self, ws: ClientConnection, dialect: str = "ga") -> None:
+        self.ws = ws
+        self.dialect = dialect
+        self.events: list[dict[str, Any]] = []
+        self._n = 0
+
+    @classmethod
+    async def open(cls, url: str, path: str = GA_PATH, **kwargs: Any) -> RawClient:
+        # max_queue=None: a test that stops reading mid-response must still be able to
+        # close (a full queue would stop the client reading the server's close frame).
+        kwargs.setdefault("max_queue", None)
+        ws = await connect(url + path, compression=None, **kwargs)
+        return cls(ws, "preview" if path.startswith("/openai/realtime?") else "ga")
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    async def send(self, event: dict[str, Any]) -> str:
+        self._n += 1
+        event_id = event.setdefault("event_id", f"evt_client_{self._n}")
+        await self.ws.send(json.dumps(event))
+        return str(event_id)
+
+    async def send_audio(self, pcm: bytes, bytes_per_ms: int = 48, chunk_ms: int = 20) -> None:
+        """Append ``pcm`` in ``chunk_ms`` appends, as fast as the socket takes them."""
+        step = bytes_per_ms * chunk_ms
+        for off in range(0, len(pcm), step):
+            await self.ws.send(json.dumps({
+                "type": "input_audio_buffer.append",
+                "audio": base64.b64encode(pcm[off:off + step]).decode("ascii")}))
+
+    async def recv(self, within: float = 5.0) -> dict[str, Any]:
+        async with asyncio.timeout(within):
+            raw = await self.ws.recv()
+        assert isinstance(raw, str)
+        event: dict[str, Any] = json.loads(raw)
+        self.events.append(event)
+        return event
+
+    async def until(self, kind: str, within: float = 5.0) -> dict[str, Any]:
+        """Read events until one of ``kind`` arrives; return it."""
+        async with asyncio.timeout(within):
+            while True:
+                event = await self.recv(within)
+                if event["type"] == kind:
+                    return event
+
+    async def error(self, within: float = 5.0) -> dict[str, Any]:
+        return (await self.until("error", within))["error"]  # type: ignore[no-any-return]
+
+    async def configure(self, session: dict[str, Any]) -> dict[str, Any]:
+        if self.dialect == "ga":
+            session = {"type": "realtime", **session}
+        await self.send({"type": "session.update", "session": session})
+        return await self.until("session.updated")
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+def vad(**overrides: Any) -> dict[str, Any]:
+    """A GA ``audio.input.turn_detection`` (server_vad) session fragment."""
+    td = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 0,
+          "silence_duration_ms": 300, **overrides}
+    return {"audio": {"input": {"turn_detection": td}}}
