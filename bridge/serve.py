@@ -92,6 +92,12 @@ class Bridge:
         self.manager = CallManager(dialplans, factory, self.store, shared_clock(),
                                    max_calls=self.settings.sip.max_calls)
         self._closers.append(self._shutdown_calls)
+        from bridge.metrics import CallEventMetrics  # noqa: PLC0415
+
+        manager = self.manager
+        call_metrics = CallEventMetrics(
+            lambda call_id: getattr(manager.calls.get(call_id), "record", None))
+        manager.add_listener(call_metrics)
         if self.sip_wanted:
             await self._start_sip()
         await self._start_http()

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 COOKIE = "voicebridge_token"
 MAX_OFFER_BYTES = 64 * 1024
 SSE_KEEPALIVE_S = 15.0
+SSE_QUEUE = 1000
 
 #: ``readiness()`` returns check name -> (ok, detail).
 Readiness = Callable[[], Awaitable[dict[str, tuple[bool, str]]]]
@@ -299,24 +300,31 @@ def create_app(manager: Manager, settings: Settings, *,
     @app.get("/calls/events")
     @protected
     async def call_events() -> ResponseReturnValue:
+        # Subscribed before the response starts, so no event between this request and the
+        # first read is lost. A follower that cannot keep up loses its oldest events.
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SSE_QUEUE)
+
+        def offer(event: dict[str, Any]) -> None:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(event)
+        manager.add_listener(offer)
+        metrics.SSE_CLIENTS.inc()
+
         async def stream() -> AsyncIterator[bytes]:
-            metrics.SSE_CLIENTS.inc()
-            events = manager.subscribe()
             try:
                 yield b"retry: 2000\n\n"
                 while True:
                     try:
-                        event = await asyncio.wait_for(anext(events), SSE_KEEPALIVE_S)
+                        event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
-                    except StopAsyncIteration:
-                        return
                     data = json.dumps(event, separators=(",", ":"), default=str)
                     yield f"event: {event.get('type', 'message')}\ndata: {data}\n\n".encode()
             finally:
+                manager.remove_listener(offer)
                 metrics.SSE_CLIENTS.dec()
-                await events.aclose()  # type: ignore[attr-defined]
 
         response = Response(stream(), content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
