@@ -130,6 +130,15 @@ class _CallEnded(Exception):
     """Raised inside the task group to end it (never escapes ``run``)."""
 
 
+_KEEP = 64   # per-item bookkeeping kept for this many recent items (long calls stay small)
+
+
+def _put(d: dict[str, Any], key: str, value: Any) -> None:
+    d[key] = value
+    if len(d) > _KEEP:
+        del d[next(iter(d))]
+
+
 #: Set inside a tool run: a transfer/hang-up then ends the call after the tool's result.
 _IN_TOOL: contextvars.ContextVar[bool] = contextvars.ContextVar("in_tool", default=False)
 
@@ -206,7 +215,9 @@ class Call:
         self._tools: dict[str, _ResponseTools] = {}
         self._agent_text: dict[str, list[str]] = {}
         self._trimmed: set[str] = set()
+        self._agent_entry: dict[str, int] = {}       # item -> index in record.transcript
         self._first_frame_wall: dict[str, float] = {}
+        self._item_wall: dict[str, float] = {}            # first audio delta arrived
         self._speech_wall: dict[str, float] = {}
         self._turn: _Turn | None = None
         #: clock time each barge-in reached the bridge (monotonic seconds)
@@ -391,7 +402,7 @@ class Call:
         loop_now = self.clock.time()
         self._caller_speaking = True
         self._disarm_silence()
-        self._speech_wall[e.item_id] = time.time()
+        _put(self._speech_wall, e.item_id, time.time())
         client = self._client
         if self.playout.playing or (client is not None and client.response_active):
             await self._barge_in(loop_now, own=False)
@@ -442,7 +453,11 @@ class Call:
                 self.log.warning("response.cancel failed: %r", exc)
 
     def _trim_transcript(self, item: str, heard: int, received: int) -> None:
-        text = "".join(self._agent_text.get(item, ()))
+        index = self._agent_entry.get(item)
+        if index is not None:
+            text = self.record.transcript[index].text      # already complete
+        else:
+            text = "".join(self._agent_text.get(item, ()))
         if not text or item in self._trimmed:
             return
         self._trimmed.add(item)
@@ -452,9 +467,17 @@ class Call:
             keep = text[:cut]
             if cut < len(text) and " " in keep:
                 keep = keep[: keep.rfind(" ")]
-        at = self._first_frame_wall.get(item, time.time())
-        self.record.transcript.append(
-            TranscriptEntry("agent", item, keep.strip(), at, truncated=keep != text))
+        entry = TranscriptEntry("agent", item, keep.strip(), self._agent_at(item),
+                                truncated=keep != text)
+        if index is not None:
+            self.record.transcript[index] = entry
+        else:
+            self.record.transcript.append(entry)
+
+    def _agent_at(self, item: str) -> float:
+        """When the agent started saying ``item``: its first frame to the leg, else its
+        first audio from upstream, else now."""
+        return self._first_frame_wall.get(item) or self._item_wall.get(item) or time.time()
 
     # ---------------------------------------------------------------- responses
     def _on_response_created(self, e: ev.ResponseCreated) -> None:
@@ -465,7 +488,8 @@ class Call:
         if e.response_id in self._interrupted:
             return                      # late audio of a response the caller talked over
         if e.item_id not in self._item_response:
-            self._item_response[e.item_id] = e.response_id
+            _put(self._item_response, e.item_id, e.response_id)
+            _put(self._item_wall, e.item_id, time.time())
             turn = self._turn
             if turn is not None and turn.response_id is None:
                 turn.response_id = e.response_id
@@ -486,8 +510,10 @@ class Call:
         self._agent_text.pop(e.item_id, None)
         if e.item_id in self._trimmed or e.response_id in self._interrupted:
             return
-        at = self._first_frame_wall.get(e.item_id, time.time())
-        self.record.transcript.append(TranscriptEntry("agent", e.item_id, e.transcript, at))
+        # Kept replaceable: a barge-in later in the item's playout trims it.
+        _put(self._agent_entry, e.item_id, len(self.record.transcript))
+        self.record.transcript.append(
+            TranscriptEntry("agent", e.item_id, e.transcript, self._agent_at(e.item_id)))
         self._emit("transcript", role="agent", text=e.transcript)
 
     def _on_function_call(self, e: ev.FunctionCall) -> None:
@@ -680,9 +706,7 @@ class Call:
 
     # ---------------------------------------------------------------- playout hooks
     def _on_first_frame(self, item_id: str, now: float) -> None:
-        self._first_frame_wall[item_id] = time.time()
-        if len(self._first_frame_wall) > 64:
-            del self._first_frame_wall[next(iter(self._first_frame_wall))]
+        _put(self._first_frame_wall, item_id, time.time())
         turn = self._turn
         if (turn is not None and turn.first_delta is not None
                 and self._item_response.get(item_id) == turn.response_id):

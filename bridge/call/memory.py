@@ -69,6 +69,8 @@ class MemoryLeg(MediaLeg):
         self.stats = LegStats()
         self.record_lateness = True
         self.transfers: list[str] = []
+        #: clock time of each transfer request (for "after the last words" checks)
+        self.transfer_times: list[float] = []
         self.hangups: list[str] = []
         self.sent_dtmf: list[str] = []
         self.closed = asyncio.Event()
@@ -102,6 +104,7 @@ class MemoryLeg(MediaLeg):
 
     async def transfer(self, target: str) -> TransferOutcome:
         self.transfers.append(target)
+        self.transfer_times.append(self._now())
         if self.transfer_delay_s:
             await asyncio.sleep(self.transfer_delay_s)
         if self.transfer_outcome.ok:
@@ -168,6 +171,11 @@ class MemoryLeg(MediaLeg):
         self.stats.frames_in += 1
         if self._sink is not None and not self.closed.is_set():
             self._sink.on_leg_audio(frame)
+
+    def _now(self) -> float:
+        if self.clock is not None and self.clock.running:
+            return self.clock.time()
+        return time.monotonic()
 
     def _record(self, pcm: bytes, *, silent: bool) -> None:
         if self.clock is not None and self.clock.running:
