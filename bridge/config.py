@@ -365,6 +365,10 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str], *,
     realtime = data.get("realtime", {})
     if not isinstance(realtime, Mapping):
         raise ConfigError(f"{file or 'settings'}: [realtime] must be a table")
+    # VOICEBRIDGE_REALTIME_<KEY> overrides a key of [realtime]; RealtimeSettings validates.
+    prefix = _env_name("realtime", "")
+    realtime = {**realtime, **{var[len(prefix):].lower(): value for var, value in env.items()
+                               if var.startswith(prefix) and len(var) > len(prefix)}}
     settings = Settings(**sections, realtime=dict(realtime),
                         source=str(file) if file else "defaults")
     _validate(settings)

@@ -66,12 +66,14 @@ def test_env_overrides_file(tmp_path: Path) -> None:
            "VOICEBRIDGE_SIP_TRANSPORTS": "udp, tcp",
            "VOICEBRIDGE_WEBRTC_ICE_SERVERS": "stun:a.example:3478,turn:b.example",
            "VOICEBRIDGE_WEBRTC_TURN_USERNAME": "alice",
-           "VOICEBRIDGE_WEBRTC_TURN_CREDENTIAL": "pw"}
+           "VOICEBRIDGE_WEBRTC_TURN_CREDENTIAL": "pw",
+           "VOICEBRIDGE_REALTIME_EMULATOR_URL": "ws://emulator:8765"}
     s = load_settings(None, env)
     assert s.http.port == 7000 and s.http.softphone is True
     assert s.sip.transports == ("udp", "tcp")
     assert s.webrtc.ice_servers[0].username is None
     assert s.webrtc.ice_servers[1] == IceServer(("turn:b.example",), "alice", "pw")
+    assert s.realtime == {"deployment": "gpt-realtime", "emulator_url": "ws://emulator:8765"}
 
 
 @pytest.mark.parametrize(("text", "env", "needle"), [
