@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -368,3 +369,37 @@ async def test_opening_hours_tool_through_the_dialplan() -> None:
     result = await desk.tools.dispatch("opening_hours", '{"timezone": "UTC"}',
                                        RecordingContext())
     assert result.error == "invalid_arguments"
+
+
+# -- fuzz: whatever the model sends, dispatch answers and never transfers off-plan ----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+ARGUMENTS = st.one_of(
+    st.text(max_size=200),
+    JSON.map(json.dumps),
+    st.dictionaries(st.sampled_from(["target", "digits", "reason", "number"]),
+                    JSON | st.sampled_from(["sales", "+15551234567", "operator "]),
+                    max_size=3).map(json.dumps),
+)
+
+
+FUZZ_PHONE = ToolRegistry([transfer_tool(TARGETS, {}), hang_up_tool(), send_dtmf_tool()])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(["transfer_call", "send_dtmf", "hang_up", "nope"]),
+       arguments=ARGUMENTS)
+def test_dispatch_fuzz(name: str, arguments: str) -> None:
+    ctx = RecordingContext()
+    result = asyncio.run(FUZZ_PHONE.dispatch(name, arguments, ctx))
+    out = json.loads(result.output)
+    assert result.ok == ("error" not in out)
+    assert set(ctx.transfers) <= set(TARGETS)
+    assert all(re.fullmatch(r"[0-9*#A-D]{1,32}", d) for d in ctx.dtmf)
