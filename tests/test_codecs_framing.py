@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.codecs.framing import Framer, PlayoutBuffer
 
 
+@settings(deadline=None)
 @given(st.lists(st.binary(max_size=700), max_size=30), st.sampled_from([160, 320, 960]))
 def test_framer_cuts_any_chunking_into_exact_frames(chunks: list[bytes], size: int) -> None:
     f = Framer(size)
@@ -80,6 +81,7 @@ def test_clear_returns_the_dropped_milliseconds() -> None:
     assert b.ms_in == b.ms_out + b.ms_dropped + b.buffered_ms
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.binary(max_size=2000), st.integers(0, 4), st.booleans()),
                 max_size=40))
 def test_playout_buffer_is_a_fifo_and_the_books_balance(ops: list[tuple[bytes, int, bool]]

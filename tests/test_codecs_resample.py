@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.codecs.framing import PlayoutBuffer
 from bridge.codecs.resample import (
     API_RATE,
     MODES,
@@ -127,8 +128,8 @@ def test_odd_bytes_are_carried_to_the_next_chunk(mode: str) -> None:
 
 def delay_aligned_snr_db(got: np.ndarray, freqs: list[float], amps: list[float],
                          phases: list[float], rate: int, guard: int) -> float:
-    """SNR of ``got`` against the multitone with the best fractional delay (grid search
-    around the cross-correlation peak)."""
+    """SNR of ``got`` against the multitone at its best fractional delay: integer lag from
+    the cross-correlation, then a grid over ±1 sample, then a golden-section search."""
     def reference(delay: float) -> np.ndarray:
         t = np.arange(len(got)) / rate - delay
         total = np.zeros(len(got))
@@ -138,13 +139,18 @@ def delay_aligned_snr_db(got: np.ndarray, freqs: list[float], amps: list[float],
 
     coarse = np.argmax(np.correlate(got[guard:guard + 4000], reference(0.0)[guard:guard + 2000],
                                     "valid"))
-    best = -np.inf
-    for frac in np.linspace(coarse - 1, coarse + 1, 801):
-        ref = reference(frac / rate)
-        err = got[guard:-guard] - ref[guard:-guard]
-        snr = 10 * np.log10(np.sum(ref[guard:-guard] ** 2) / np.sum(err ** 2))
-        best = max(best, snr)
-    return float(best)
+    def snr(lag: float) -> float:
+        ref = reference(lag / rate)[guard:-guard]
+        return float(10 * np.log10(np.sum(ref ** 2) / np.sum((got[guard:-guard] - ref) ** 2)))
+
+    grid = np.linspace(coarse - 1, coarse + 1, 41)
+    centre = float(grid[np.argmax([snr(g) for g in grid])])
+    lo, hi = centre - 0.05, centre + 0.05
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(40):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        lo, hi = (a, hi) if snr(a) < snr(b) else (lo, b)
+    return snr((lo + hi) / 2)
 
 
 def test_round_trip_8k_24k_8k_of_speech_band_audio_keeps_60_db_snr() -> None:
@@ -330,3 +336,18 @@ def test_equal_rates_pass_through_and_names_are_checked() -> None:
     assert StreamResampler(8000, 24000).mode == "fir"
     for mode in MODES:     # every advertised name works
         assert StreamResampler(8000, 24000, mode).process(bytes(16000))
+
+
+@pytest.mark.parametrize("delta_ms", [20, 40, 100])
+def test_first_audio_of_a_response_is_playable_right_after_its_first_delta(
+        delta_ms: int) -> None:
+    """The default outbound path turns even a 20 ms first delta into a full 20 ms frame at
+    once (nothing withheld), so playout starts on the next tick."""
+    delta = np.rint(tone(500.0, API_RATE * delta_ms // 1000, API_RATE)).astype("<i2")
+    playout = PlayoutBuffer(8000)
+    playout.push(outbound_resampler(8000).process(delta.tobytes()))
+    assert playout.buffered_ms == delta_ms
+    assert playout.pop_frame() is not None
+    # Whereas a soxr stream preset holds the start of the response back.
+    held = outbound_resampler(8000, "soxr-hq").process(delta.tobytes())
+    assert len(held) < len(delta) // 3 * 2
