@@ -179,6 +179,14 @@ class RealtimeClient:
         conn = self._conn
         return conn is not None and conn.ready and conn.ws.protocol.state is State.OPEN
 
+    @property
+    def write_backlog(self) -> int:
+        """Bytes written but not yet taken by the kernel (0 without a socket)."""
+        conn = self._conn
+        if conn is None or conn.ws.transport.is_closing():
+            return 0
+        return int(conn.ws.transport.get_write_buffer_size())
+
     async def connect(self) -> None:
         """Open the session; returns after ``session.updated``.
 

