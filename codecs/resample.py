@@ -313,7 +313,8 @@ class StreamResampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.mode = name
-        self._engine: _Engine = (_Identity() if in_rate == out_rate
+        self._identity = in_rate == out_rate
+        self._engine: _Engine = (_Identity() if self._identity
                                  else _ENGINES[name](in_rate, out_rate))
         self._odd = b""
 
@@ -331,6 +332,8 @@ class StreamResampler:
             pcm = self._odd + pcm
         whole = len(pcm) & ~1
         self._odd = pcm[whole:]
+        if self._identity:   # no float round trip for a leg already at the API's rate
+            return bytes(pcm[:whole]) if self._odd else bytes(pcm)
         x = np.frombuffer(pcm, dtype="<i2", count=whole // 2).astype(np.float32)
         return _to_pcm16(self._engine.process(x))
 

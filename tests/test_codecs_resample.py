@@ -327,6 +327,8 @@ def test_reset_drops_what_the_filter_held(mode: str) -> None:
 def test_equal_rates_pass_through_and_names_are_checked() -> None:
     r = StreamResampler(24000, 24000)
     assert r.process(b"\x01\x02\x03\x04") == b"\x01\x02\x03\x04"
+    assert r.process(b"\x05\x06\x07") == b"\x05\x06"
+    assert r.process(b"\x08") == b"\x07\x08"
     assert r.flush() == b""
     assert r.latency_ms == 0.0
     with pytest.raises(ValueError, match="unknown resampler mode"):
