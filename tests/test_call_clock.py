@@ -63,7 +63,7 @@ def test_histogram_percentiles() -> None:
 
 
 def _jitter_and_drift(sends: list[tuple[float, float]], t0: float) -> tuple[float, float]:
-    lateness = sorted(h - g for g, h in sends)
+    lateness = sorted(abs(h - g) for g, h in sends)
     # Drift: where the last frame went versus where the ideal grid puts it.
     n = len(sends) - 1
     drift = sends[-1][1] - (t0 + n * 0.02)
@@ -104,6 +104,35 @@ def test_naive_sleep_chain_would_drift() -> None:
         sends.append((500.02 + n * 0.02, t))
     _, drift = _jitter_and_drift(sends, 500.02)
     assert drift > 1.0
+
+
+def test_ticks_are_never_early_by_more_than_the_lead() -> None:
+    sched = VirtualScheduler(start=10.0)          # a loop that wakes exactly when asked
+    clock = MediaClock(scheduler=sched)
+    rec = Recorder(clock)
+    clock.subscribe(rec)
+    sched.advance(1.0)
+    offsets = [h - g for g, h in rec.sends]
+    assert len(offsets) == 50
+    assert all(-0.0006 <= o <= 0.0 for o in offsets)
+
+
+def test_first_subscribers_run_before_the_others() -> None:
+    sched = VirtualScheduler()
+    clock = MediaClock(scheduler=sched)
+    order: list[str] = []
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def on_tick(self, now: float) -> None:
+            order.append(self.name)
+
+    clock.subscribe(Named("inbound"))
+    clock.subscribe(Named("playout"), first=True)
+    sched.advance(0.02)
+    assert order == ["playout", "inbound"]
 
 
 def test_clock_stops_with_last_subscriber_and_restarts() -> None:

@@ -242,7 +242,7 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     cpu1, wall1 = time.process_time(), time.monotonic()
     rss1 = _rss_bytes()
     st = clock.stats()
-    lateness = sorted(x for leg in legs for x in leg.stats.handoff_lateness)
+    lateness = sorted(abs(x) for leg in legs for x in leg.stats.handoff_lateness)
     frames = sum(leg.stats.frames_out for leg in legs) - frames0
     stops = sorted(x for c in calls_by_leg.values() for x in c.playout.stop_latencies)
     barges = sum(len(c.barge_in_seen) for c in calls_by_leg.values())
@@ -268,11 +268,11 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
           f"({cpu / n / wall * 100:.3f} % of a core per call)")
     print(f"frames to legs         {frames} ({frames / n / wall:.1f} per call per second; "
           f"50 expected)")
-    print(f"pacing (hand-off)      p50 {percentile(lateness, 50) * ms:.3f} ms, "
+    print(f"pacing |hand-off-grid| p50 {percentile(lateness, 50) * ms:.3f} ms, "
           f"p99 {percentile(lateness, 99) * ms:.3f} ms, "
           f"max {(lateness[-1] if lateness else 0) * ms:.3f} ms")
     print(f"clock                  {st.ticks} ticks, {st.wakeups} wake-ups, "
-          f"tick lateness p50 {st.lateness_p50_ms:.3f} / p99 {st.lateness_p99_ms:.3f} / "
+          f"tick |offset| p50 {st.lateness_p50_ms:.3f} / p99 {st.lateness_p99_ms:.3f} / "
           f"max {st.lateness_max_ms:.3f} ms")
     print(f"late frames            {st.late_ticks} late ticks x {n} legs = "
           f"{st.late_ticks * n} frames; {st.skipped_ticks} ticks skipped")

@@ -249,7 +249,7 @@ class Call:
         loop = asyncio.get_running_loop()
         self._started_mono = loop.time()
         self.leg.attach(self)
-        self.clock.subscribe(self.playout)
+        self.clock.subscribe(self.playout, first=True)
         self.log.info("call from %r to %r on %s, dialplan %s", self.caller, self.called,
                       self.record.source, self.dialplan.name)
         self._emit("call.started")

@@ -22,6 +22,9 @@ back, up to ``max_catch_up`` extra ticks (default 5 = 100 ms, inside any phone's
 buffer), counts them as late, and skips the rest (counted as skipped). Skipping moves
 ``n`` forward but keeps ``t0``: the grid stays where it was.
 
+Statistics: a histogram of each tick's |offset| from the grid (p50/p99/max), late
+(catch-up) and skipped ticks, wake-ups.
+
 The arithmetic lives in the sans-I/O ``Pacer`` (``now`` in, ticks out, next deadline
 exposed) and is unit-tested on a virtual clock; ``MediaClock`` is the thin asyncio part.
 """
@@ -39,8 +42,11 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 PERIOD_S = 0.020
-#: A callback that runs a hair before its deadline (timer resolution) still counts as due.
-_EARLY_TOLERANCE_S = 1e-4
+#: The loop's timer wakes up to 1 ms late (epoll timeouts are whole milliseconds, rounded
+#: up), so the clock asks to be woken LEAD_S before a deadline and a tick at most
+#: LEAD_S + 0.1 ms early counts as due: hand-offs then land within about ±0.5 ms of the
+#: grid instead of 0..+1 ms, and never more than 0.6 ms ahead of real time.
+LEAD_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class Due:
     count: int          # how many ticks to deliver back to back (0: woke early)
     late: int           # of those, how many are ≥ one period overdue (catch-up ticks)
     skipped: int        # overdue ticks beyond the catch-up bound, not delivered
-    lateness_s: float   # now - deadline of the *last* delivered tick (≥ 0 when count > 0)
+    lateness_s: float   # now - deadline of the *last* delivered tick (≥ -early_s)
 
 
 class Pacer:
@@ -61,7 +67,8 @@ class Pacer:
     ``deadline`` is when the next one is due. No clock reads here.
     """
 
-    def __init__(self, t0: float, period: float = PERIOD_S, max_catch_up: int = 5) -> None:
+    def __init__(self, t0: float, period: float = PERIOD_S, max_catch_up: int = 5,
+                 early_s: float = 1e-4) -> None:
         if period <= 0:
             raise ValueError("period must be positive")
         if max_catch_up < 0:
@@ -69,6 +76,7 @@ class Pacer:
         self.t0 = t0
         self.period = period
         self.max_catch_up = max_catch_up
+        self.early_s = early_s       # a tick this close to its deadline counts as due
         self.next_n = 0
         self.delivered = 0
         self.late = 0
@@ -84,7 +92,7 @@ class Pacer:
 
     def advance(self, now: float) -> Due:
         """Ticks due at ``now``; marks them delivered (or skipped)."""
-        last_due = math.floor((now - self.t0 + _EARLY_TOLERANCE_S) / self.period)
+        last_due = math.floor((now - self.t0 + self.early_s) / self.period)
         if last_due < self.next_n:
             return Due(self.next_n, 0, 0, 0, 0.0)
         overdue = last_due - self.next_n + 1
@@ -95,11 +103,11 @@ class Pacer:
         self.delivered += count
         self.late += count - 1
         self.skipped += skipped
-        return Due(first, count, count - 1, skipped, max(0.0, now - self.due_time(last_due)))
+        return Due(first, count, count - 1, skipped, now - self.due_time(last_due))
 
 
 class Histogram:
-    """Fixed-bucket latency histogram (0.1 ms buckets up to 100 ms): O(1) per sample."""
+    """Histogram of |offset| from the grid: 0.1 ms buckets up to 100 ms, O(1) per sample."""
 
     BUCKET_S = 0.0001
     BUCKETS = 1000
@@ -187,12 +195,14 @@ class MediaClock:
     """
 
     def __init__(self, period: float = PERIOD_S, *, scheduler: Scheduler | None = None,
-                 max_catch_up: int = 5) -> None:
+                 max_catch_up: int = 5, lead_s: float = LEAD_S) -> None:
         self.period = period
+        self.lead_s = lead_s
         self.max_catch_up = max_catch_up
         self._scheduler = scheduler
         self._injected = scheduler is not None
         self._subs: dict[int, TickSubscriber] = {}
+        self._first: set[int] = set()
         self._snapshot: tuple[TickSubscriber, ...] = ()
         self._pacer: Pacer | None = None
         self._handle: TimerHandle | None = None
@@ -203,18 +213,29 @@ class MediaClock:
         self._ticks = self._late = self._skipped = 0
 
     # -- subscribers -------------------------------------------------------------------
-    def subscribe(self, sub: TickSubscriber) -> None:
+    def subscribe(self, sub: TickSubscriber, *, first: bool = False) -> None:
+        """Call ``sub.on_tick`` every tick. ``first``: before the others (outbound
+        playouts: their hand-off time is what the far end's jitter buffer sees, so they
+        must not wait behind inbound work done in the same tick)."""
         self._subs[id(sub)] = sub
-        self._snapshot = tuple(self._subs.values())
+        if first:
+            self._first.add(id(sub))
+        self._rebuild()
         if self._handle is None:
             self._start()
 
     def unsubscribe(self, sub: TickSubscriber) -> None:
         if self._subs.pop(id(sub), None) is None:
             return
-        self._snapshot = tuple(self._subs.values())
+        self._first.discard(id(sub))
+        self._rebuild()
         if not self._subs:
             self._stop()
+
+    def _rebuild(self) -> None:
+        subs = self._subs
+        self._snapshot = (tuple(s for k, s in subs.items() if k in self._first)
+                          + tuple(s for k, s in subs.items() if k not in self._first))
 
     @property
     def subscribers(self) -> int:
@@ -240,8 +261,9 @@ class MediaClock:
             self._scheduler = _LoopScheduler(asyncio.get_running_loop())
         sched = self._sched()
         # Start the grid one period from now: the first tick is a normal, on-time tick.
-        self._pacer = Pacer(sched.time() + self.period, self.period, self.max_catch_up)
-        self._handle = sched.call_at(self._pacer.deadline, self._fire)
+        self._pacer = Pacer(sched.time() + self.period, self.period, self.max_catch_up,
+                            early_s=self.lead_s + 1e-4 if self.lead_s else 1e-4)
+        self._handle = sched.call_at(self._pacer.deadline - self.lead_s, self._fire)
 
     def _stop(self) -> None:
         if self._handle is not None:
@@ -265,7 +287,7 @@ class MediaClock:
         for k in range(due.count):
             n = due.first + k
             self.tick_time = pacer.due_time(n)
-            self.lateness.add(now - self.tick_time)
+            self.lateness.add(abs(now - self.tick_time))
             for sub in self._snapshot:
                 try:
                     sub.on_tick(now)
@@ -275,7 +297,7 @@ class MediaClock:
                     self.unsubscribe(sub)
             if self._pacer is not pacer:
                 return      # the last subscriber left during this tick
-        self._handle = sched.call_at(pacer.deadline, self._fire)
+        self._handle = sched.call_at(pacer.deadline - self.lead_s, self._fire)
 
     def stats(self) -> ClockStats:
         p = self._pacer
