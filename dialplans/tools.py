@@ -198,7 +198,11 @@ def tool_from_function(
             continue
         if pname in bound:
             if hint is not None:
-                bound[pname] = pydantic.TypeAdapter(hint).validate_python(bound[pname])
+                try:
+                    bound[pname] = pydantic.TypeAdapter(hint).validate_python(bound[pname])
+                except ValidationError as exc:
+                    raise ValueError(f"{tool_name}: bind {pname}: "
+                                     f"{_validation_message(exc)}") from None
             continue
         if hint is None:
             raise TypeError(f"{tool_name}: parameter {pname!r} has no type hint")

@@ -229,6 +229,15 @@ def test_python_tool_module_beside_plans(tmp_path: Path) -> None:
             bind = { nobody = 1 }
         """))
     assert (info.value.line, info.value.field) == (6, "python[0].bind")
+    with pytest.raises(DialplanError, match="bind punctuation: arguments: Input should be"):
+        load_dialplan_file(write(tmp_path, "r.toml", """
+            tools = ["greet"]
+            [match]
+            default = true
+            [[python]]
+            function = "mytools:greet"
+            bind = { punctuation = 1.5 }
+        """))
 
 
 # -- the locator ----------------------------------------------------------------------------
