@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(title="benchmarks", metavar="BENCHMARK")
     for name, (module, help_) in BENCHMARKS.items():
         _add(bench_sub, name, module, help_)
-    bench.set_defaults(_run=lambda _args: (bench.print_help(), 2)[1])
+
+    def bench_help(_args: argparse.Namespace) -> int:
+        bench.print_help()
+        return 2
+
+    bench.set_defaults(_run=bench_help)
     return parser
 
 
