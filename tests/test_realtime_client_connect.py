@@ -482,6 +482,33 @@ async def test_function_call_tool_output_and_truncation() -> None:
         check_conformance(server, "ga")
 
 
+async def test_tool_output_after_a_reconnect_recreates_the_call_item() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        item = {"id": "f1", "type": "function_call", "name": "lookup", "call_id": "c7",
+                "arguments": '{"order": 42}', "status": "completed"}
+        await server.send({"type": "response.output_item.added", "event_id": "s",
+                           "response_id": "r1", "output_index": 0,
+                           "item": {**item, "status": "in_progress"}})
+        await server.send({"type": "response.output_item.done", "event_id": "s",
+                           "response_id": "r1", "output_index": 0, "item": item})
+        call = await events.until(ev.FunctionCall)
+        await server.drop(1006)  # the tool is still running when the socket drops
+        await events.until(ev.Reconnected)
+        await client.send_tool_output(call.call_id, '{"status": "shipped"}')
+        await server.wait_for(lambda srv: len(srv.sessions) == 2 and len(srv.types()) == 3)
+        created = [e["item"] for e in server.sessions[1].events[1:]]
+        assert created == [
+            {"type": "function_call", "call_id": "c7", "name": "lookup",
+             "arguments": '{"order": 42}'},
+            {"type": "function_call_output", "call_id": "c7", "output": '{"status": "shipped"}'},
+        ]
+        await client.close()
+        check_conformance(server, "ga")
+
+
 async def test_truncated_assistant_text_is_reseeded_as_heard() -> None:
     async with FakeRealtime() as server:
         client = client_for(azure(server.base))

@@ -98,6 +98,7 @@ def test_every_other_client_event_validates(dialect: str) -> None:
         dialects.user_text_item("Digits pressed: 1 2", dialect),
         dialects.assistant_text_item("Earlier I said hello.", dialect),
         dialects.function_output_item("call_1", '{"ok": true}'),
+        dialects.function_call_item("call_1", "transfer_call", '{"target": "sales"}'),
         dialects.truncate_event("item_a", 1234),
         dialects.response_create(None),
         dialects.response_create("Greet the caller."),

@@ -54,7 +54,7 @@ from bridge.errors import RealtimeAuthError, RealtimeError, RealtimeUnavailable
 from bridge.realtime import dialects
 from bridge.realtime import events as ev
 from bridge.realtime.auth import EntraTokenProvider, TokenProvider, handshake_headers
-from bridge.realtime.config import RealtimeTarget
+from bridge.realtime.config import RealtimeTarget, redact_url
 from bridge.realtime.dialects import APPEND_PREFIX, APPEND_SUFFIX, EventMapper
 from bridge.realtime.history import History
 from bridge.realtime.profile import SessionProfile, build_session_update
@@ -153,6 +153,7 @@ class RealtimeClient:
         self._caller_speaking = False
         self._playout_active = False
         self._tools_outstanding: set[str] = set()
+        self._calls: dict[str, ev.FunctionCall] = {}
         self._audio_item: str | None = None
         self._session_update_id = ""
 
@@ -291,11 +292,18 @@ class RealtimeClient:
     async def send_tool_output(self, call_id: str, output: str) -> None:
         """Answer a ``FunctionCall``; then call ``create_response()`` once all are in."""
         self._tools_outstanding.discard(call_id)
+        call = self._calls.pop(call_id, None)
         conn = self._conn
-        if conn is None or call_id not in conn.call_ids:
-            self._log.warning("tool output for call %s dropped: its session is gone", call_id)
-            self._maybe_rotate()
-            return
+        if conn is not None and conn.ready and call_id not in conn.call_ids:
+            if call is None:
+                self._log.warning("tool output for unknown call %s dropped", call_id)
+                self._maybe_rotate()
+                return
+            # The call was made on a session that has since been replaced: give the new
+            # session the function_call item first, so the output has something to answer.
+            if self._send(dialects.function_call_item(call.call_id, call.name,
+                                                      call.arguments)):
+                conn.call_ids.add(call_id)
         self._send(dialects.function_output_item(call_id, output))
         self._maybe_rotate()
 
@@ -446,7 +454,16 @@ class RealtimeClient:
     # -- reading ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        """The reader task: read, map, track, emit; reconnect or give up on a close."""
+        """The reader task. A bug below must not leave the call waiting on a dead stream:
+        anything unexpected ends the leg with ``UpstreamLost`` (the call's fallback)."""
+        try:
+            await self._read_loop()
+        except Exception as exc:
+            self._log.exception("Realtime reader failed")
+            self._lose(f"internal error ({type(exc).__name__})", False)
+
+    async def _read_loop(self) -> None:
+        """Read, map, track, emit; reconnect or give up on a close."""
         while not self._closing:
             conn = self._conn
             if conn is None:
@@ -594,6 +611,9 @@ class RealtimeClient:
             return False
         conn.call_ids.add(event.call_id)
         self._tools_outstanding.add(event.call_id)
+        self._calls[event.call_id] = event
+        while len(self._calls) > 32:  # answered calls are popped; bound the forgotten ones
+            del self._calls[next(iter(self._calls))]
         return True
 
     def _t_speech_started(self, conn: _Conn, event: ev.Event) -> bool:
@@ -763,8 +783,8 @@ def _close_code(ws: ClientConnection) -> int:
 
 
 def _safe_text(exc: BaseException) -> str:
-    # Connection errors carry host and port, never the query string or headers.
-    return str(exc)[:200]
+    # Connection errors carry host and port; an invalid-URI error would carry the URL.
+    return redact_url(str(exc))[:200]
 
 
 async def _abort(ws: ClientConnection) -> None:

@@ -336,6 +336,13 @@ def assistant_text_item(text: str, dialect: str) -> dict[str, Any]:
                      "content": [{"type": _ASSISTANT_TEXT[dialect], "text": text}]}}
 
 
+def function_call_item(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """``conversation.item.create`` of a function call made on an earlier session."""
+    return {"type": "conversation.item.create",
+            "item": {"type": "function_call", "call_id": call_id, "name": name,
+                     "arguments": arguments}}
+
+
 def function_output_item(call_id: str, output: str) -> dict[str, Any]:
     return {"type": "conversation.item.create",
             "item": {"type": "function_call_output", "call_id": call_id, "output": output}}
