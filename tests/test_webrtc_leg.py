@@ -181,3 +181,14 @@ async def test_outbound_track_paces_itself_and_keeps_pts_continuous() -> None:
     third = await track.recv()
     assert bytes(third.planes[0])[:1] == b"\3" and third.pts == 320
     track.stop()
+
+
+async def test_g711_track_hands_aiortc_encoded_packets() -> None:
+    track = OutboundTrack(8000, g711="pcmu")
+    track.push(b"\0\0" * 160)
+    first = await track.recv()
+    assert bytes(first) == b"\xff" * 160          # µ-law silence, one byte per sample
+    track.push(b"\0\0" * 160)
+    second = await track.recv()
+    assert (first.pts, second.pts) == (0, 160) and second.time_base == first.time_base
+    track.stop()
