@@ -509,6 +509,46 @@ async def test_tool_output_after_a_reconnect_recreates_the_call_item() -> None:
         check_conformance(server, "ga")
 
 
+async def test_interrupted_reply_nobody_heard_is_not_reseeded() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        heard, unheard = assistant_turn("r1", "a1", "First answer.", 400), \
+            assistant_turn("r2", "a2", "Second answer, cut off.", 400)
+        for e in heard:
+            await server.send(e)
+        await events.until(ev.ResponseDone)
+        for e in unheard[:4]:
+            await server.send(e)
+        await events.until(ev.TranscriptDone)
+        await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
+                           "audio_start_ms": 100, "item_id": "u1"})
+        await events.until(ev.SpeechStarted)
+        # The call played none of a2, so it reports nothing (no truncate at 0 ms).
+        assert client.history.texts() == [("assistant", "First answer.")]
+        await client.close()
+
+
+async def test_cancel_before_the_response_is_created() -> None:
+    async with FakeRealtime(responder=respond_on_create) as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        await client.create_response("hello")
+        await client.cancel_response()  # not created yet: cancelled once it is
+        created = await events.until(ev.ResponseCreated)
+        await server.wait_for(lambda srv: "response.cancel" in srv.types())
+        await server.send(assistant_turn(created.response_id, "a1", "x", 100)[2])
+        await server.send({"type": "response.done", "event_id": "s", "response": {
+            "id": created.response_id, "status": "cancelled"}})
+        await events.until(ev.ResponseDone)
+        assert not [e for e in events.seen if isinstance(e, ev.AudioDelta)]
+        assert not client.response_active
+        await client.close()
+        check_conformance(server, "ga")
+
+
 async def test_truncated_assistant_text_is_reseeded_as_heard() -> None:
     async with FakeRealtime() as server:
         client = client_for(azure(server.base))

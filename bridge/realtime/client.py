@@ -154,6 +154,7 @@ class RealtimeClient:
         self._playout_active = False
         self._tools_outstanding: set[str] = set()
         self._calls: dict[str, ev.FunctionCall] = {}
+        self._cancel_on_create = False
         self._audio_item: str | None = None
         self._session_update_id = ""
 
@@ -265,7 +266,11 @@ class RealtimeClient:
     async def cancel_response(self) -> None:
         """Cancel the active response (the bridge's own interruption: DTMF, a tool)."""
         rid = self._active
-        if not rid:
+        if rid is None:
+            return
+        if rid == "":
+            # Our response.create is not acknowledged yet: cancel it once it is.
+            self._cancel_on_create = True
             return
         self._suppress(rid)
         self._send(dialects.response_cancel())
@@ -529,6 +534,7 @@ class RealtimeClient:
         rid = self._active
         self._active = None
         self._create_event_id = None
+        self._cancel_on_create = False
         self._caller_speaking = False
         self._tools_outstanding.clear()
         if rid:
@@ -566,6 +572,10 @@ class RealtimeClient:
     def _t_response_created(self, conn: _Conn, event: ev.Event) -> bool:
         assert isinstance(event, ev.ResponseCreated)
         self._active = event.response_id
+        if self._cancel_on_create:
+            self._cancel_on_create = False
+            self._suppress(event.response_id)
+            self._send(dialects.response_cancel())
         # _create_event_id stays until this response is done: if the server started this
         # one itself, the refusal of our create arrives after it (see _t_error).
         return True
@@ -586,7 +596,7 @@ class RealtimeClient:
         assert isinstance(event, ev.OutputItemAdded)
         conn.items.add(event.item_id)
         if event.item_type == "message":
-            self.history.assistant_item(event.item_id)
+            self.history.assistant_item(event.item_id, event.response_id)
         return event.response_id not in self._suppressed
 
     def _t_audio(self, conn: _Conn, event: ev.Event) -> bool:
@@ -622,6 +632,7 @@ class RealtimeClient:
         # itself; what it still sends of it is stale audio the caller must not hear.
         if self._active and self.profile.interrupt_response:
             self._suppress(self._active)
+            self.history.interrupted(self._active)
         return True
 
     def _t_speech_stopped(self, conn: _Conn, event: ev.Event) -> bool:
@@ -648,8 +659,11 @@ class RealtimeClient:
         if (event.code == "conversation_already_has_active_response"
                 and event.event_id is not None and event.event_id == self._create_event_id):
             # Our create collided with one the server started itself (server VAD): run it
-            # after that one is done instead.
-            self._queued.appendleft(self._create_instructions)
+            # after that one is done instead (unless the call has cancelled it meanwhile).
+            if self._cancel_on_create:
+                self._cancel_on_create = False
+            else:
+                self._queued.appendleft(self._create_instructions)
             self._create_event_id = None
             if self._active == "":
                 self._active = None

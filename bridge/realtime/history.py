@@ -30,6 +30,7 @@ class Entry:
     text: str | None = None
     audio_ms: float = 0.0          # assistant audio received for this item
     heard_ms: float | None = None  # None = heard in full
+    response_id: str | None = None
 
 
 class History:
@@ -66,8 +67,8 @@ class History:
         entry = self._by_id.get(item_id) or self._add(Entry(item_id, "user"))
         entry.text = text
 
-    def assistant_item(self, item_id: str) -> None:
-        self._add(Entry(item_id, "assistant"))
+    def assistant_item(self, item_id: str, response_id: str | None = None) -> None:
+        self._add(Entry(item_id, "assistant", response_id=response_id))
 
     def assistant_audio(self, item_id: str, ms: float) -> None:
         entry = self._by_id.get(item_id)
@@ -87,6 +88,14 @@ class History:
         entry = self._by_id.get(item_id)
         if entry is not None:
             entry.heard_ms = max(0.0, heard_ms)
+
+    def interrupted(self, response_id: str) -> None:
+        """``response_id`` was cut off by the caller: its items count as unheard unless the
+        call reports (``heard``) how much was played -- it reports only when that is more
+        than nothing (PROTOCOL.md §6.3: no truncate at 0 ms)."""
+        for entry in self._entries:
+            if entry.response_id == response_id and entry.heard_ms is None:
+                entry.heard_ms = 0.0
 
     # -- what to re-send ----------------------------------------------------------------
 
