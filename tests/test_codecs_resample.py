@@ -336,8 +336,11 @@ def test_equal_rates_pass_through_and_names_are_checked() -> None:
     with pytest.raises(ValueError, match="positive"):
         StreamResampler(0, 24000)
     assert StreamResampler(8000, 24000).mode == "fir"
-    for mode in MODES:     # every advertised name works
-        assert StreamResampler(8000, 24000, mode).process(bytes(16000))
+    for mode in MODES:     # every advertised name works, empty chunks and flushes included
+        r = StreamResampler(8000, 24000, mode)
+        assert r.process(b"") == b""
+        assert r.flush() == b""
+        assert r.process(bytes(16000))
 
 
 @pytest.mark.parametrize("delta_ms", [20, 40, 100])
