@@ -1,0 +1,567 @@
+"""The asyncio adapter of the SIP user agent: sockets, one timer, and call legs.
+
+Theory of operation
+-------------------
+:class:`SipService` owns one :class:`~bridge.sip.ua.UserAgent` and the sockets that feed
+it: a UDP :class:`asyncio.DatagramProtocol` and a TCP server whose connections are keyed
+by the peer's address. Every callback does the same three steps: hand the bytes and
+``loop.time()`` to the core, then :meth:`SipService._pump`: write what the core wants
+written, act on its events, and re-arm *the one* timer (``loop.call_at`` at the core's
+earliest deadline; never a task per transaction).
+
+Each incoming call runs in a task of its own (held in a set): it opens an RTP endpoint
+from the port range, answers the offer (or makes ours when the INVITE had none), sends
+the 200, waits for the ACK and then awaits ``on_call(leg)`` for the call's duration; when
+``on_call`` returns and the leg is still up, it hangs up with a BYE. The core's events
+drive the leg: BYE from the far end and the ACK timeout end it, re-INVITEs reconfigure
+RTP and hold/resume its sending, INFO digits and NOTIFY sipfrag go to the leg.
+
+There is no call logic here beyond that: what a call does belongs to ``on_call``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome
+from bridge.errors import BridgeError, SdpError
+from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
+from bridge.sip.message import Request
+from bridge.sip.sdp import NegotiatedMedia, answer_offer, make_offer
+from bridge.sip.ua import (
+    ByeReceived,
+    CallCancelled,
+    CallEnded,
+    CallEstablished,
+    CallKey,
+    DtmfInfo,
+    Event,
+    Hold,
+    IncomingCall,
+    MediaUpdated,
+    OptionsAnswered,
+    Peer,
+    ReferDone,
+    ReferProgress,
+    Rejection,
+    Resume,
+    UaConfig,
+    UserAgent,
+)
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+#: How long a transfer may take from REFER to the final NOTIFY before we call it failed.
+TRANSFER_TIMEOUT_S = 60.0
+RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class SipSettings:
+    host: str = "0.0.0.0"
+    port: int = 5060
+    transports: tuple[str, ...] = ("udp", "tcp")
+    #: The address written in Via, Contact and SDP (NAT); default: the bound address.
+    public_address: str | None = None
+    rtp_ports: tuple[int, int] = (20000, 20999)
+    max_calls: int = 200
+    #: CIDRs allowed to send us requests; empty allows everyone. Others get 403.
+    allow_from: tuple[str, ...] = ()
+    #: Latch RTP onto the first packet from any address (callers behind NAT).
+    latch_any: bool = False
+    codecs: tuple[str, ...] = ("pcmu", "pcma")
+
+
+class SipLeg(MediaLeg):
+    """A SIP dialog plus its RTP endpoint, as a :class:`MediaLeg`."""
+
+    def __init__(self, service: SipService, call: CallKey, info: LegInfo,
+                 rtp: RtpEndpoint, media: NegotiatedMedia | None) -> None:
+        self._service = service
+        self.call = call
+        self.info = info
+        self.rtp = rtp
+        self.media = media
+        self.g711 = media.codec if media is not None else ""
+        self._sink: LegSink | None = None
+        self._ended: str | None = None
+        self._transfer: asyncio.Future[TransferOutcome] | None = None
+        self.log = logging.LoggerAdapter(log, {"call_id": info.call_id})
+
+    # -- MediaLeg -----------------------------------------------------------------------
+
+    @property
+    def sending_allowed(self) -> bool:
+        return self._ended is None and self.rtp.sending_allowed
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
+    def attach(self, sink: LegSink) -> None:
+        self._sink = sink
+        self.rtp.on_audio = sink.on_leg_audio
+        self.rtp.on_dtmf = sink.on_leg_dtmf
+        if self._ended is not None:
+            sink.on_leg_hangup(self._ended)
+
+    def write_frame(self, pcm: bytes) -> None:
+        if self._ended is None:
+            self.rtp.send_audio(pcm)
+
+    async def hang_up(self, reason: str) -> None:
+        if self._ended is not None:
+            return
+        self.log.info("call %s: hanging up (%s)", self.info.call_id, reason)
+        self._finish(reason)
+        self._service._command(lambda ua, now: ua.bye(self.call, now))
+
+    async def transfer(self, target: str) -> TransferOutcome:
+        if self._ended is not None:
+            return TransferOutcome(False, 0, "call ended")
+        if self._transfer is not None and not self._transfer.done():
+            return TransferOutcome(False, 0, "a transfer is already in progress")
+        self._transfer = asyncio.get_running_loop().create_future()
+        self.log.info("call %s: transferring to %s", self.info.call_id, target)
+        self._service._command(lambda ua, now: ua.refer(self.call, target, now))
+        try:
+            async with asyncio.timeout(TRANSFER_TIMEOUT_S):
+                return await asyncio.shield(self._transfer)
+        except TimeoutError:
+            return TransferOutcome(False, 0, "no final transfer progress")
+
+    async def send_dtmf(self, digits: str) -> None:
+        if self._ended is None:
+            await self.rtp.send_dtmf(digits)
+
+    # -- from the service ---------------------------------------------------------------
+
+    def _finish(self, reason: str) -> None:
+        if self._ended is not None:
+            return
+        self._ended = reason
+        self.rtp.close()
+        if self._transfer is not None and not self._transfer.done():
+            self._transfer.set_result(TransferOutcome(False, 0, "call ended"))
+
+    def _remote_hangup(self, reason: str) -> None:
+        if self._ended is not None:
+            return
+        self.log.info("call %s: ended by the far end (%s)", self.info.call_id, reason)
+        self._finish(reason)
+        if self._sink is not None:
+            self._sink.on_leg_hangup(reason)
+
+    def _media_updated(self, media: NegotiatedMedia) -> None:
+        self.media = media
+        self.rtp.configure((media.remote_address, media.remote_port), media.codec,
+                           media.payload_type, media.dtmf_payload_type, media.ptime_ms)
+        self.rtp.set_sending(media.may_send)
+
+    def _dtmf(self, digit: str) -> None:
+        if self._sink is not None:
+            self._sink.on_leg_dtmf(digit)
+
+    def _transfer_done(self, ok: bool, status: int, detail: str) -> None:
+        if self._transfer is not None and not self._transfer.done():
+            self._transfer.set_result(TransferOutcome(ok, status, detail))
+
+
+@dataclass
+class _Pending:
+    """A call between IncomingCall and the ACK."""
+
+    event: IncomingCall
+    established: asyncio.Future[CallEstablished]
+    leg: SipLeg | None = None
+
+
+class SipService:
+    """SIP over UDP and TCP for inbound calls; see the module docstring."""
+
+    def __init__(self, settings: SipSettings, on_call: Callable[[SipLeg], Awaitable[None]],
+                 *, can_admit: Callable[[], bool] | None = None) -> None:
+        self.settings = settings
+        self._on_call = on_call
+        self._can_admit = can_admit
+        self._allow = tuple(ipaddress.ip_network(c, strict=False) for c in settings.allow_from)
+        self._ports = PortAllocator(*settings.rtp_ports)
+        self.ua: UserAgent | None = None
+        self.address = settings.host
+        self.port = settings.port
+        self.public_address = settings.public_address or settings.host
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._tcp: dict[Address, asyncio.Transport] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pending: dict[CallKey, _Pending] = {}
+        self._legs: dict[CallKey, SipLeg] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = {"calls": 0, "rejected": 0, "options": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        host, port = self.settings.host, self.settings.port
+        for attempt in range(5):
+            try:
+                await self._bind(host, port)
+                break
+            except OSError:
+                await self._close_sockets()
+                if port != 0 or attempt == 4:
+                    raise
+        self.public_address = self.settings.public_address or _public_guess(self.address)
+        self.ua = UserAgent(UaConfig(host=self.public_address, port=self.port,
+                                     codecs=self.settings.codecs),
+                            admission=self._admit)
+        log.info("SIP listening on %s:%d (%s), contact address %s", self.address, self.port,
+                 "/".join(self.settings.transports), self.public_address)
+
+    async def _bind(self, host: str, port: int) -> None:
+        assert self._loop is not None
+        if "udp" in self.settings.transports:
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(host, port))
+            self._udp = transport
+            sockname = transport.get_extra_info("sockname")
+            self.address, port = sockname[0], sockname[1]
+        if "tcp" in self.settings.transports:
+            server = await self._loop.create_server(
+                lambda: _TcpProtocol(self), host, port, reuse_address=True)
+            self._tcp_server = server
+            sockname = server.sockets[0].getsockname()
+            self.address, port = sockname[0], sockname[1]
+        self.port = port
+
+    async def _close_sockets(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            await self._tcp_server.wait_closed()
+            self._tcp_server = None
+
+    async def stop(self) -> None:
+        """Hang up every call, then close the sockets."""
+        for leg in list(self._legs.values()):
+            await leg.hang_up("shutting down")
+        for key in list(self._pending):
+            self._command(functools.partial(_bye, key))
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for transport in self._tcp.values():
+            transport.close()
+        self._tcp.clear()
+        await self._close_sockets()
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._pending) + len(self._legs)
+
+    # -- feeding the core ---------------------------------------------------------------
+
+    def _feed(self, data: bytes, addr: Address, transport: str) -> None:
+        assert self.ua is not None and self._loop is not None
+        self.ua.receive(data, (addr[0], addr[1]), transport, self._loop.time())
+        self._pump()
+
+    def _command(self, command: Callable[[UserAgent, float], None]) -> None:
+        assert self.ua is not None and self._loop is not None
+        command(self.ua, self._loop.time())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        assert self.ua is not None and self._loop is not None
+        self._timer = None
+        self._timer_at = None
+        self.ua.handle_timer(self._loop.time())
+        self._pump()
+
+    def _pump(self) -> None:
+        ua, loop = self.ua, self._loop
+        assert ua is not None and loop is not None
+        for data, addr in ua.datagrams_to_send():
+            self._send_udp(data, addr)
+        for data, addr in ua.data_to_send():
+            conn = self._tcp.get(addr)
+            if conn is None:
+                log.info("no TCP connection to %s:%d any more; message dropped", *addr)
+                continue
+            conn.write(data)
+        for addr in ua.connections_to_close():
+            conn = self._tcp.pop(addr, None)
+            if conn is not None:
+                conn.close()
+        for event in ua.events():
+            handler = _EVENT_HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+        deadline = ua.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None if deadline is None else loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _send_udp(self, data: bytes, addr: Address) -> None:
+        if self._udp is None:
+            return
+        try:
+            ipaddress.ip_address(addr[0])
+        except ValueError:
+            task = asyncio.ensure_future(self._resolve_and_send(data, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._udp.sendto(data, addr)
+
+    async def _resolve_and_send(self, data: bytes, addr: Address) -> None:
+        assert self._loop is not None
+        try:
+            infos = await self._loop.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            log.info("cannot resolve %s: %s", addr[0], exc)
+            return
+        if infos and self._udp is not None:
+            self._udp.sendto(data, infos[0][4][:2])
+
+    # -- admission ----------------------------------------------------------------------
+
+    def _admit(self, request: Request, peer: Peer) -> Rejection | None:
+        if self._allow:
+            try:
+                source = ipaddress.ip_address(peer.addr[0])
+            except ValueError:
+                return Rejection(403)
+            if not any(source in net for net in self._allow):
+                log.info("request from %s refused: not in the allowlist", peer.addr[0])
+                self.stats["rejected"] += 1
+                return Rejection(403)
+        if request.method != "INVITE":
+            return None
+        full = self.active_calls >= self.settings.max_calls
+        if full or (self._can_admit is not None and not self._can_admit()):
+            self.stats["rejected"] += 1
+            log.info("INVITE refused: at capacity (%d calls)", self.active_calls)
+            return Rejection(503, headers=(("Retry-After", str(RETRY_AFTER_S)),))
+        return None
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_incoming(self, event: IncomingCall) -> None:
+        assert self._loop is not None
+        pending = _Pending(event, self._loop.create_future())
+        self._pending[event.call] = pending
+        task = self._loop.create_task(self._run_call(pending))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_call(self, pending: _Pending) -> None:
+        event = pending.event
+        key = event.call
+        call_id = event.invite.call_id
+        try:
+            try:
+                rtp = await RtpEndpoint.open(self.address if self.address not in (
+                    "0.0.0.0", "::") else self.settings.host, self._ports,
+                    latch_any=self.settings.latch_any)
+            except (OSError, BridgeError) as exc:
+                log.warning("call %s: no RTP port (%s); refusing", call_id, exc)
+                self._command(lambda ua, now: ua.reject(
+                    key, 503, now, headers=(("Retry-After", str(RETRY_AFTER_S)),)))
+                return
+            media: NegotiatedMedia | None = None
+            try:
+                if event.offer is not None:
+                    sdp, media = answer_offer(
+                        event.offer, address=self.public_address, port=rtp.local_port,
+                        codecs=self.settings.codecs, session_id=str(rtp.local_port),
+                        session_version=1)
+                else:
+                    sdp = make_offer(address=self.public_address, port=rtp.local_port,
+                                     codecs=self.settings.codecs,
+                                     session_id=str(rtp.local_port), session_version=1)
+            except SdpError as exc:
+                rtp.close()
+                why = f"Not Acceptable Here ({exc})"
+                self._command(lambda ua, now: ua.reject(key, 488, now, reason=why))
+                return
+            info = LegInfo(call_id=call_id, source=Source.SIP, caller=event.caller,
+                           called=event.called,
+                           remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
+                           extra={"transport": event.peer.transport})
+            leg = SipLeg(self, key, info, rtp, media)
+            pending.leg = leg
+            if media is not None:
+                leg._media_updated(media)
+            self._command(lambda ua, now: ua.answer(key, sdp, now, media))
+            established = await pending.established
+            if established.media is not None:
+                leg._media_updated(established.media)
+                leg.g711 = established.media.codec
+            if leg.ended:
+                return
+            self._legs[key] = leg
+            self.stats["calls"] += 1
+            try:
+                await self._on_call(leg)
+            finally:
+                if not leg.ended:
+                    await leg.hang_up("call finished")
+        except asyncio.CancelledError:
+            if pending.leg is not None:
+                pending.leg._finish("cancelled")
+            raise
+        finally:
+            self._pending.pop(key, None)
+            self._legs.pop(key, None)
+            if pending.leg is not None:
+                pending.leg.rtp.close()
+
+    def _on_established(self, event: CallEstablished) -> None:
+        pending = self._pending.get(event.call)
+        if pending is not None and not pending.established.done():
+            pending.established.set_result(event)
+
+    def _end_pending(self, key: CallKey, reason: str) -> None:
+        pending = self._pending.get(key)
+        if pending is not None and not pending.established.done():
+            if pending.leg is not None:
+                pending.leg._finish(reason)
+            pending.established.cancel()
+        leg = self._legs.get(key)
+        if leg is not None:
+            leg._remote_hangup(reason)
+
+    def _on_cancelled(self, event: CallCancelled) -> None:
+        self._end_pending(event.call, "cancelled")
+
+    def _on_bye(self, event: ByeReceived) -> None:
+        self._end_pending(event.call, "bye")
+
+    def _on_ended(self, event: CallEnded) -> None:
+        self._end_pending(event.call, event.reason)
+
+    def _leg(self, key: CallKey) -> SipLeg | None:
+        leg = self._legs.get(key)
+        if leg is None:
+            pending = self._pending.get(key)
+            leg = pending.leg if pending is not None else None
+        return leg
+
+    def _on_media(self, event: MediaUpdated) -> None:
+        leg = self._leg(event.call)
+        if leg is not None and not leg.ended:
+            leg._media_updated(event.media)
+
+    def _on_hold(self, event: Hold | Resume) -> None:
+        leg = self._leg(event.call)
+        if leg is not None:
+            leg.log.info("call %s: %s", leg.info.call_id,
+                         "on hold" if isinstance(event, Hold) else "resumed")
+
+    def _on_dtmf(self, event: DtmfInfo) -> None:
+        leg = self._leg(event.call)
+        if leg is not None:
+            leg._dtmf(event.digit)
+
+    def _on_refer_progress(self, event: ReferProgress) -> None:
+        leg = self._leg(event.call)
+        if leg is not None:
+            leg.log.debug("call %s: transfer progress %d %s", leg.info.call_id,
+                          event.status, event.reason)
+
+    def _on_refer_done(self, event: ReferDone) -> None:
+        leg = self._leg(event.call)
+        if leg is not None:
+            leg._transfer_done(event.ok, event.status, event.reason)
+
+    def _on_options(self, event: OptionsAnswered) -> None:
+        self.stats["options"] += 1
+
+
+_EVENT_HANDLERS: dict[type[Event], Callable[[SipService, Any], None]] = {
+    IncomingCall: SipService._on_incoming,
+    CallEstablished: SipService._on_established,
+    CallCancelled: SipService._on_cancelled,
+    ByeReceived: SipService._on_bye,
+    CallEnded: SipService._on_ended,
+    MediaUpdated: SipService._on_media,
+    Hold: SipService._on_hold,
+    Resume: SipService._on_hold,
+    DtmfInfo: SipService._on_dtmf,
+    ReferProgress: SipService._on_refer_progress,
+    ReferDone: SipService._on_refer_done,
+    OptionsAnswered: SipService._on_options,
+}
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, service: SipService) -> None:
+        self._service = service
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._service._feed(data, addr, "udp")
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("SIP/UDP socket error: %s", exc)
+
+
+class _TcpProtocol(asyncio.Protocol):
+    def __init__(self, service: SipService) -> None:
+        self._service = service
+        self._addr: Address | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        self._addr = (peer[0], peer[1])
+        self._service._tcp[self._addr] = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._addr is not None:
+            self._service._feed(data, self._addr, "tcp")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._addr is not None:
+            self._service._tcp.pop(self._addr, None)
+            if self._service.ua is not None:
+                self._service.ua.connection_lost(self._addr)
+
+
+def _bye(call: CallKey, ua: UserAgent, now: float) -> None:
+    ua.bye(call, now)
+
+
+def _public_guess(bound: str) -> str:
+    """The address to advertise when none is configured: the bound one, unless wildcard."""
+    if bound not in ("0.0.0.0", "::", ""):
+        return bound
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+__all__ = ["SipLeg", "SipService", "SipSettings"]

@@ -1,0 +1,271 @@
+"""SipService on real loopback sockets: a Python caller over UDP/TCP with real RTP, and
+SIPp (OPTIONS, a basic INVITE/ACK/BYE either way) as a real peer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from bridge.call.leg import LegSink
+from bridge.sip.message import Response, parse_message, parse_request, parse_response
+from bridge.sip.service import SipLeg, SipService, SipSettings
+from tests.conftest import require_binary
+from tests.test_sip_flows import Uac
+
+SIPP_DIR = Path(__file__).parent / "sipp"
+
+
+class Sink(LegSink):
+    def __init__(self) -> None:
+        self.audio: list[bytes] = []
+        self.dtmf: list[str] = []
+        self.hangup = asyncio.Event()
+        self.reason = ""
+
+    def on_leg_audio(self, pcm: bytes) -> None:
+        self.audio.append(pcm)
+
+    def on_leg_dtmf(self, digit: str) -> None:
+        self.dtmf.append(digit)
+
+    def on_leg_hangup(self, reason: str) -> None:
+        self.reason = reason
+        self.hangup.set()
+
+
+class Recorder:
+    """An ``on_call`` that records the leg and runs ``body`` for the call's duration."""
+
+    def __init__(self, body: Callable[[SipLeg, Sink], Awaitable[None]]) -> None:
+        self.body = body
+        self.legs: list[SipLeg] = []
+        self.sinks: list[Sink] = []
+        self.started = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    async def __call__(self, leg: SipLeg) -> None:
+        sink = Sink()
+        leg.attach(sink)
+        self.legs.append(leg)
+        self.sinks.append(sink)
+        self.started.set()
+        try:
+            await self.body(leg, sink)
+        finally:
+            self.finished.set()
+
+
+async def wait_for_hangup(leg: SipLeg, sink: Sink) -> None:
+    await sink.hangup.wait()
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def service(on_call: Callable[[SipLeg], Awaitable[None]],
+                  **settings: object) -> AsyncIterator[SipService]:
+    low = free_port() & ~1
+    svc = SipService(SipSettings(host="127.0.0.1", port=0,  # type: ignore[arg-type]
+                                 rtp_ports=(low, low + 19), **settings), on_call)
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+class UdpPeer(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (On 3.11 the selector datagram transport is not a DatagramTransport subclass.)
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait(data)
+
+    async def recv(self, limit: float = 10.0) -> bytes:
+        return await asyncio.wait_for(self.queue.get(), limit)
+
+    async def recv_sip(self, limit: float = 10.0) -> Response:
+        while True:
+            message = parse_message(await self.recv(limit))
+            if isinstance(message, Response):
+                return message
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+
+async def udp_peer() -> UdpPeer:
+    loop = asyncio.get_running_loop()
+    _, peer = await loop.create_datagram_endpoint(UdpPeer, local_addr=("127.0.0.1", 0))
+    return peer
+
+
+def caller_sdp(rtp_port: int) -> bytes:
+    return (b"v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            + f"m=audio {rtp_port} RTP/AVP 0 101\r\n".encode()
+            + b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
+
+
+def rtp_packet(seq: int, ts: int, payload: bytes, pt: int = 0) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq, ts, 0x1234) + payload
+
+
+async def test_udp_call_with_rtp_both_ways_and_bye_from_caller() -> None:
+    async def body(leg: SipLeg, sink: Sink) -> None:
+        for _ in range(5):
+            leg.write_frame(b"\x00\x10" * 160)
+        await sink.hangup.wait()
+
+    rec = Recorder(body)
+    async with service(rec) as svc:
+        sip, rtp = await udp_peer(), await udp_peer()
+        assert sip.transport is not None and rtp.transport is not None
+        alice = Uac(rport=True)
+        target = ("127.0.0.1", svc.port)
+        sip.transport.sendto(alice.invite(sdp=caller_sdp(rtp.port)), target)
+        assert (await sip.recv_sip()).status == 100
+        ok = await sip.recv_sip()
+        assert ok.status == 200
+        answer = ok.body.decode()
+        assert "m=audio " in answer and " RTP/AVP 0 101" in answer
+        assert "c=IN IP4 127.0.0.1" in answer
+        our_rtp = int(answer.split("m=audio ")[1].split()[0])
+        sip.transport.sendto(alice.ack(ok), target)
+        await asyncio.wait_for(rec.started.wait(), 10)
+        leg = rec.legs[0]
+        assert (leg.info.caller, leg.info.called, leg.g711) == ("alice", "bob", "pcmu")
+        # Our 5 frames arrive as PCMU packets of 160 bytes (20 ms).
+        packets = [await rtp.recv() for _ in range(5)]
+        assert all(p[1] & 0x7F == 0 and len(p) == 12 + 160 for p in packets)
+        # Theirs reach the sink as 20 ms PCM16 frames.
+        for i in range(3):
+            rtp.transport.sendto(rtp_packet(100 + i, 160 * i, b"\xff" * 160),
+                                 ("127.0.0.1", our_rtp))
+        for _ in range(100):
+            if len(rec.sinks[0].audio) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert [len(f) for f in rec.sinks[0].audio[:3]] == [320, 320, 320]
+        # BYE from the caller: 200, the sink hears it, on_call returns.
+        sip.transport.sendto(alice.in_dialog("BYE"), target)
+        bye_ok = await sip.recv_sip()
+        assert (bye_ok.status, bye_ok.cseq.method) == (200, "BYE")
+        await asyncio.wait_for(rec.finished.wait(), 10)
+        assert rec.sinks[0].reason == "bye"
+        assert svc.active_calls == 0
+
+
+async def test_on_call_return_sends_bye_over_tcp() -> None:
+    async def body(leg: SipLeg, sink: Sink) -> None:
+        await asyncio.sleep(0.05)
+
+    rec = Recorder(body)
+    async with service(rec) as svc:
+        rtp = await udp_peer()
+        reader, writer = await asyncio.open_connection("127.0.0.1", svc.port)
+        alice = Uac(rport=True)
+        writer.write(alice.invite(sdp=caller_sdp(rtp.port)).replace(b"/UDP", b"/TCP"))
+
+        async def read_message() -> bytes:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            return head + await reader.readexactly(length)
+
+        assert parse_response(await read_message()).status == 100
+        ok = parse_response(await read_message())
+        assert ok.status == 200 and ok.headers.get("Contact", ).endswith(";transport=tcp>")
+        writer.write(alice.ack(ok).replace(b"/UDP", b"/TCP"))
+        bye = parse_request(await read_message())
+        assert bye.method == "BYE"
+        assert bye.via[0].transport == "TCP"
+        writer.write(b"SIP/2.0 200 OK\r\n" + b"".join(
+            f"{k}: {v}\r\n".encode() for k, v in bye.headers if k in (
+                "Via", "From", "To", "Call-ID", "CSeq")) + b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(rec.finished.wait(), 10)
+        writer.close()
+
+
+async def test_allowlist_and_capacity() -> None:
+    async with service(wait_for_hangup, allow_from=("10.0.0.0/8",)) as svc:
+        sip = await udp_peer()
+        assert sip.transport is not None
+        sip.transport.sendto(Uac(rport=True).invite(), ("127.0.0.1", svc.port))
+        statuses = [(await sip.recv_sip()).status for _ in range(2)]
+        assert statuses == [100, 403]
+    async with service(wait_for_hangup, max_calls=0) as svc:
+        sip = await udp_peer()
+        assert sip.transport is not None
+        sip.transport.sendto(Uac(rport=True).invite(), ("127.0.0.1", svc.port))
+        assert (await sip.recv_sip()).status == 100
+        busy = await sip.recv_sip()
+        assert (busy.status, busy.headers.get("Retry-After")) == (503, "5")
+
+
+# --------------------------------------------------------------------------------- SIPp
+
+async def run_sipp(svc: SipService, *args: str, limit: float = 60.0) -> tuple[int, str]:
+    sipp = require_binary("sipp", "SIP interop")
+    cmd = [sipp, f"127.0.0.1:{svc.port}", "-i", "127.0.0.1", "-p", str(free_port()),
+           "-mp", str(free_port() & ~1), "-m", "1", "-l", "1", "-nostdin",
+           "-timeout", "30s", "-timeout_error", "-max_recv_loops", "1000", *args]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace")[-3000:]
+
+
+@pytest.mark.interop
+async def test_sipp_options() -> None:
+    async with service(wait_for_hangup) as svc:
+        code, out = await run_sipp(svc, "-sf", str(SIPP_DIR / "options.xml"))
+        assert code == 0, out
+        assert svc.stats["options"] == 1
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_sipp_basic_call_bye_from_sipp(transport: str) -> None:
+    rec = Recorder(wait_for_hangup)
+    async with service(rec) as svc:
+        code, out = await run_sipp(svc, "-sn", "uac", "-t", transport, "-d", "500")
+        assert code == 0, out
+        await asyncio.wait_for(rec.finished.wait(), 10)
+        assert rec.sinks[0].reason == "bye"
+        assert rec.legs[0].g711 == "pcmu"
+
+
+@pytest.mark.interop
+async def test_sipp_basic_call_bye_from_us() -> None:
+    async def short(leg: SipLeg, sink: Sink) -> None:
+        await asyncio.sleep(0.3)
+
+    rec = Recorder(short)
+    async with service(rec) as svc:
+        code, out = await run_sipp(svc, "-sf", str(SIPP_DIR / "uac_wait_bye.xml"))
+        assert code == 0, out
+        assert rec.finished.is_set()
+        assert rec.legs[0].g711 == "pcma"  # SIPp offered PCMA first
