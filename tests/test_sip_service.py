@@ -17,7 +17,7 @@ from bridge.call.leg import LegSink
 from bridge.sip.message import Response, parse_message, parse_request, parse_response
 from bridge.sip.service import SipLeg, SipService, SipSettings
 from tests.conftest import require_binary
-from tests.test_sip_flows import Uac
+from tests.test_sip_flows import Uac, respond
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 
@@ -269,3 +269,48 @@ async def test_sipp_basic_call_bye_from_us() -> None:
         assert code == 0, out
         assert rec.finished.is_set()
         assert rec.legs[0].g711 == "pcma"  # SIPp offered PCMA first
+
+
+async def test_leg_dtmf_info_hold_resume_and_transfer() -> None:
+    rec = Recorder(wait_for_hangup)
+    async with service(rec) as svc:
+        sip, rtp = await udp_peer(), await udp_peer()
+        assert sip.transport is not None
+        alice = Uac(rport=True)
+        target = ("127.0.0.1", svc.port)
+        sdp = caller_sdp(rtp.port)
+        sip.transport.sendto(alice.invite(sdp=sdp), target)
+        await sip.recv_sip()
+        ok = await sip.recv_sip()
+        sip.transport.sendto(alice.ack(ok), target)
+        await asyncio.wait_for(rec.started.wait(), 10)
+        leg, sink = rec.legs[0], rec.sinks[0]
+        # INFO DTMF reaches the sink.
+        info = alice.in_dialog("INFO", b"Signal=5\r\nDuration=160\r\n").replace(
+            b"application/sdp", b"application/dtmf-relay")
+        sip.transport.sendto(info, target)
+        assert (await sip.recv_sip()).status == 200
+        assert sink.dtmf == ["5"]
+        # Hold (sendonly) stops our sending; resume restarts it.
+        for direction, allowed in ((b"a=sendonly\r\n", False), (b"a=sendrecv\r\n", True)):
+            sip.transport.sendto(alice.in_dialog("INVITE", sdp + direction), target)
+            assert (await sip.recv_sip()).status == 100
+            reok = await sip.recv_sip()
+            assert reok.status == 200
+            sip.transport.sendto(alice.ack(reok), target)
+            assert leg.sending_allowed is allowed
+        # Blind transfer: REFER out, NOTIFY sipfrag back.
+        transfer = asyncio.ensure_future(leg.transfer("sip:agent@127.0.0.1"))
+        refer = parse_request(await sip.recv())
+        assert refer.method == "REFER"
+        sip.transport.sendto(respond(refer, 202, "Accepted"), target)
+        notify = alice.in_dialog("NOTIFY", b"SIP/2.0 200 OK\r\n", extra=(
+            "Event: refer", "Subscription-State: terminated;reason=noresource")).replace(
+            b"application/sdp", b"message/sipfrag")
+        sip.transport.sendto(notify, target)
+        assert (await sip.recv_sip()).status == 200
+        outcome = await asyncio.wait_for(transfer, 10)
+        assert (outcome.ok, outcome.status) == (True, 200)
+        sip.transport.sendto(alice.in_dialog("BYE"), target)
+        assert (await sip.recv_sip()).status == 200
+        await asyncio.wait_for(rec.finished.wait(), 10)
