@@ -256,6 +256,7 @@ class Emulator:
         log.info("emulator: session %s opened on %s (%s)", core.session_id, hs.path, hs.dialect)
         writer = asyncio.create_task(self._writer(conn),
                                      name=f"emulator-writer-{record.session_id}")
+        writer.add_done_callback(lambda task: self._writer_done(task, conn))
         try:
             core.start(loop.time())
             conn.wake.set()
@@ -272,13 +273,15 @@ class Emulator:
             pass
         finally:
             self._conns.discard(conn)
-            writer.cancel()
-            try:
-                await writer
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            writer.cancel()  # no-op if it already ended
+            failed = writer.done() and not writer.cancelled() and writer.exception() is not None
+            if not failed:  # a failed writer was reported by _writer_done
+                try:
+                    await writer
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
             core.abandon(ws.close_code if ws.close_code is not None else 1006)
             log.info("emulator: session %s closed (%s)", record.session_id, record.close_code)
             self._notify()
@@ -311,6 +314,16 @@ class Emulator:
                 return
             if out:
                 self._notify()
+
+    @staticmethod
+    def _writer_done(task: asyncio.Task[None], conn: _Conn) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug in the core must not leave a caller talking to a session that never
+        # answers: drop the connection (the client sees 1006 and reconnects).
+        log.error("emulator: session %s failed", conn.core.session_id,
+                  exc_info=task.exception())
+        conn.ws.transport.abort()
 
     async def _close(self, conn: _Conn, code: int, reason: str) -> None:
         conn.core.closed = True

@@ -234,7 +234,9 @@ class SessionCore:
 
     def start(self, now: float) -> None:
         """Send ``session.created`` and arm the expiry."""
-        self._emit({"type": "session.created", "session": self._session_view()})
+        view = self._session_view()
+        self.record.config = json.loads(_DUMPS(view))
+        self._emit({"type": "session.created", "session": view})
         self._schedule(now + self._session_max_s, "expire", 0)
         self._trigger("on_session", self._session_index, now)
 
@@ -420,8 +422,8 @@ class SessionCore:
                         param="audio", event_id=event_id)
             return
         try:
-            data = base64.b64decode(audio, validate=True)
-        except binascii.Error:
+            data = binascii.a2b_base64(audio, strict_mode=True)
+        except (binascii.Error, ValueError):
             self._error("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.",
                         param="audio", event_id=event_id)
             return
