@@ -22,7 +22,12 @@ import pytest
 from bridge.call.call import Call
 from bridge.call.clock import MediaClock
 from bridge.call.leg import LegInfo, Source, TransferOutcome
-from bridge.call.manager import CallManager, CallRejected, client_factory
+from bridge.call.manager import (
+    DEFAULT_CLIENT_OPTIONS,
+    CallManager,
+    CallRejected,
+    client_factory,
+)
 from bridge.call.memory import MemoryLeg
 from bridge.call.records import CallRecord, MemoryRecordStore, SqliteRecordStore
 from bridge.dialplans.announce import load_announcement
@@ -46,7 +51,7 @@ default = true
 
 [agent]
 instructions = "test agent"
-audio_format = "pcm16"
+audio_format = "{audio_format}"
 {greeting}
 
 [agent.turn_detection]
@@ -69,6 +74,7 @@ to_model = true
 
 [dtmf.actions]
 "0" = {{ action = "transfer", target = "operator" }}
+"9" = {{ action = "say", text = "We are open nine to five." }}
 
 [fallback]
 announcement = "{announcement}"
@@ -93,7 +99,8 @@ def make_plans(tmp: Path, *, tools: tuple[str, ...] = ("transfer_call", "hang_up
                greeting: bool = True, max_call_s: float = 120,
                silence_s: float | None = None,
                extra_tools: dict[str, Tool] | None = None,
-               announcement: str = "unavailable-transfer") -> DialplanSet:
+               announcement: str = "unavailable-transfer",
+               audio_format: str = "pcm16") -> DialplanSet:
     folder = tmp / "plans"
     folder.mkdir(exist_ok=True)
     text = PLAN.format(
@@ -101,7 +108,7 @@ def make_plans(tmp: Path, *, tools: tuple[str, ...] = ("transfer_call", "hang_up
         greeting='greeting = "Greet the caller."' if greeting else "",
         sales=SALES, operator=OPERATOR, max_call_s=max_call_s,
         silence=f"caller_silence_s = {silence_s}" if silence_s else "",
-        announcement=announcement)
+        announcement=announcement, audio_format=audio_format)
     (folder / "test.toml").write_text(text)
     return load_dialplans(folder, tools=extra_tools)
 
@@ -431,8 +438,8 @@ async def test_upstream_lost_mid_call_plays_the_fallback_and_transfers(tmp_path:
     store = SqliteRecordStore(tmp_path / "calls.sqlite")
     first = load_announcement("unavailable-transfer", 8000)[:320]
     async with Emulator(EmulatorConfig(greeting_ms=400)) as emu:
-        h = Harness(emu.url, plans.default, store,
-                    client_options={"max_reconnects": 2, "reconnect_backoff_s": 0.2})
+        # The production reconnect policy (3 attempts): they all fail (refused).
+        h = Harness(emu.url, plans.default, store, client_options=DEFAULT_CLIENT_OPTIONS)
         h.start()
         await h.until(lambda: h.agent_frames() >= 20 and not h.call.playout.playing)
         lost_at = h.clock.time()
@@ -513,12 +520,37 @@ async def test_dtmf_goes_to_the_dialplan_or_the_model(tmp_path: Path) -> None:
         h.leg.press("4")
         await emu_wait(emu, lambda r: "caller pressed 4" in session(emu).user_texts)
         await emu_wait(emu, lambda r: session(emu).response_creates >= 1)
+        h.leg.press("9")                      # dialplan action: the agent says a text
+        await emu_wait(emu, lambda r: any(
+            "nine to five" in json.dumps(e) for e in session(emu).received
+            if e.get("type") == "response.create"))
         h.leg.press("0")                      # dialplan action: transfer to the operator
         record = await h.finish()
     assert h.leg.transfers == [OPERATOR]
     assert [(d.digit, d.direction, d.action) for d in record.dtmf] == [
-        ("4", "in", "model"), ("0", "in", "transfer")]
+        ("4", "in", "model"), ("9", "in", "say"), ("0", "in", "transfer")]
     assert record.end_reason == "transferred"
+
+
+async def test_g711_passthrough_call(tmp_path: Path) -> None:
+    """audio_format g711 on a G.711 leg: the session is µ-law both ways, the echo plays."""
+    plans = make_plans(tmp_path, greeting=False, audio_format="g711")
+    async with Emulator(EmulatorConfig()) as emu:
+        h = Harness(emu.url, plans.default, MemoryRecordStore())
+        h.start()
+        await h.until(lambda: h.call.record.connected_at is not None)
+        await h.speak(600)
+        await emu_wait(emu, lambda r: any(
+            i.audio_ms_sent > 500 for i in session(emu).assistant_items.values()))
+        await h.until(lambda: h.agent_frames() >= 25)
+        h.leg.far_end_hangup()
+        record = await h.finish()
+    cfg = session(emu).config["audio"]
+    assert cfg["input"]["format"]["type"] == "audio/pcmu"
+    assert cfg["output"]["format"]["type"] == "audio/pcmu"
+    # 600 ms of caller audio went up as µ-law (8 bytes per ms) and came back as an echo.
+    assert session(emu).appended_audio_ms >= 600
+    assert any("echo" in t.text for t in record.transcript)
 
 
 async def test_max_duration_and_caller_silence_end_the_call(tmp_path: Path) -> None:
