@@ -30,7 +30,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from bridge.codecs.g711 import CODECS
 from bridge.errors import BridgeError
@@ -129,8 +129,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     # -- asyncio.DatagramProtocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # The selector loop's datagram transport does not subclass DatagramTransport
+        # on every Python version; it always has ``sendto``.
+        self._transport = cast(asyncio.DatagramTransport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Expedited forwarding for voice (RFC 4594); harmless where unsupported.
@@ -271,7 +272,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         return self._session.stats
 
     def close(self) -> None:
-        """Close the socket and give the port back. Idempotent."""
+        """Close the socket and give the port back (after the loop's next iteration).
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -279,8 +281,11 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self._timer.cancel()
             self._timer = None
         if self._transport is not None:
+            # The port goes back to the allocator in connection_lost, once the socket
+            # is really closed (the loop closes it on its next iteration).
             self._transport.close()
-        self._release()
+        else:
+            self._release()
 
     def _release(self) -> None:
         self._closed = True

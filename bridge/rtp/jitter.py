@@ -13,6 +13,7 @@ does not hold a fixed playout depth. It is *pass-through until reordering is see
   packet arrives in time it was reordering: it and everything held behind it are released
   in order. If the wait runs out the gap is loss: it is concealed with silence frames of
   the lost packets' size (PLC = silence, counted in ``lost``), and the held packets follow.
+  No packet is ever held longer than ``wait`` after its own arrival.
 * ``wait`` adapts: it starts at ``depth_ms`` and grows by ``step_ms`` (up to
   ``max_depth_ms``) each time a packet arrives after its gap was already concealed
   (``late``), and shrinks by ``step_ms`` (down to ``min_depth_ms``) after
@@ -164,11 +165,12 @@ class JitterBuffer:
             if entry is not None:
                 self._deliver(entry[0], entry[1])
                 continue
-            first = min(held)
-            ts, _payload, arrived = held[first]
-            if now < arrived + self.wait and len(held) <= self.max_held:
+            # The packet held longest decides: it waited ``wait`` for the head gap.
+            if (now < min(entry[2] for entry in held.values()) + self.wait
+                    and len(held) <= self.max_held):
                 return
-            self._conceal(first - ext, ts)
+            first = min(held)
+            self._conceal(first - ext, held[first][0])
 
     def _conceal(self, missing: int, next_ts: int) -> None:
         """Fill ``missing`` lost packets with silence sized from the timestamp gap."""

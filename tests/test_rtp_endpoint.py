@@ -1,0 +1,202 @@
+"""Real RtpEndpoints on loopback: audio, DTMF, latching (RTP bleed), hold, ports."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from bridge.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from bridge.codecs.level import tone
+from bridge.rtp.endpoint import FRAME_BYTES, PortAllocator, PortsExhausted, RtpEndpoint
+from bridge.rtp.packet import pack_header, parse
+
+HOST = "127.0.0.1"
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Wait for loopback delivery (the assertion that follows is what is tested)."""
+    # Polls counters that datagram callbacks update; no event to wait on there.
+    async with asyncio.timeout(5.0):
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[RtpEndpoint, RtpEndpoint, PortAllocator]]:
+    alloc = PortAllocator(43000, 43999)
+    a = await RtpEndpoint.open(HOST, alloc)
+    b = await RtpEndpoint.open(HOST, alloc)
+    try:
+        yield a, b, alloc
+    finally:
+        a.close()
+        b.close()
+
+
+def frames(n: int) -> list[bytes]:
+    pcm = tone(440, 20 * n, 8000)
+    return [pcm[i * FRAME_BYTES:(i + 1) * FRAME_BYTES] for i in range(n)]
+
+
+@pytest.mark.parametrize(("codec", "pt", "enc", "dec"), [
+    ("pcmu", 0, ulaw_encode, ulaw_decode), ("pcma", 8, alaw_encode, alaw_decode)])
+async def test_audio_both_ways(pair: tuple[RtpEndpoint, RtpEndpoint, PortAllocator],
+                               codec: str, pt: int, enc: Callable[[bytes], bytes],
+                               dec: Callable[[bytes], bytes]) -> None:
+    a, b, _ = pair
+    a.configure((HOST, b.local_port), codec, pt, 101)
+    b.configure((HOST, a.local_port), codec, pt, 101)
+    got_a: list[bytes] = []
+    got_b: list[bytes] = []
+    a.on_audio, b.on_audio = got_a.append, got_b.append
+    sent = frames(10)
+    for f in sent:
+        a.send_audio(f)
+    await until(lambda: len(got_b) == 10)
+    assert got_b == [dec(enc(f)) for f in sent]          # exactly G.711 of what was sent
+    assert b.stats.latched == (HOST, a.local_port)
+    for f in sent[:3]:
+        b.send_audio(f)                                   # symmetric: back to the latch
+    await until(lambda: len(got_a) == 3)
+    assert got_a == [dec(enc(f)) for f in sent[:3]]
+    assert (a.stats.sent, a.stats.received, b.stats.received) == (10, 3, 10)
+
+
+async def test_ptime_30_packets_become_20ms_frames(
+        pair: tuple[RtpEndpoint, RtpEndpoint, PortAllocator]) -> None:
+    a, b, _ = pair
+    a.configure((HOST, b.local_port), "pcmu", 0, None, ptime_ms=30)
+    b.configure((HOST, a.local_port), "pcmu", 0, None, ptime_ms=30)
+    got: list[bytes] = []
+    b.on_audio = got.append
+    sent = frames(6)
+    for f in sent:
+        a.send_audio(f)
+    await until(lambda: len(got) == 6)
+    assert a.stats.sent == 4                              # 6 x 20 ms = 4 x 30 ms
+    assert all(len(f) == FRAME_BYTES for f in got)
+    assert b"".join(got) == ulaw_decode(ulaw_encode(b"".join(sent)))
+
+
+async def test_dtmf_both_ways(pair: tuple[RtpEndpoint, RtpEndpoint, PortAllocator]) -> None:
+    a, b, _ = pair
+    a.configure((HOST, b.local_port), "pcmu", 0, 101)
+    b.configure((HOST, a.local_port), "pcmu", 0, 101)
+    digits: list[str] = []
+    b.on_dtmf = digits.append
+    audio: list[bytes] = []
+    b.on_audio = audio.append
+    a.send_audio(frames(1)[0])
+    await a.send_dtmf("1#9", tone_ms=60, gap_ms=40)
+    await until(lambda: len(digits) == 3)
+    assert digits == ["1", "#", "9"]
+    assert b.stats.dtmf_received == 3 and a.stats.dtmf_sent == 3
+    assert b.stats.lost == 0 and len(audio) == 1          # events are not audio
+    back: list[str] = []
+    a.on_dtmf = back.append
+    await b.send_dtmf("*", tone_ms=60, gap_ms=0)
+    await until(lambda: back == ["*"])
+
+
+async def test_second_source_never_reaches_on_audio(
+        pair: tuple[RtpEndpoint, RtpEndpoint, PortAllocator]) -> None:
+    """RTP from a second, unlatched source during a call is dropped and counted."""
+    a, b, _ = pair
+    a.configure((HOST, b.local_port), "pcmu", 0, 101)
+    b.configure((HOST, a.local_port), "pcmu", 0, 101)
+    got: list[bytes] = []
+    digits: list[str] = []
+    b.on_audio, b.on_dtmf = got.append, digits.append
+    a.send_audio(bytes(FRAME_BYTES))
+    await until(lambda: len(got) == 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+        intruder.bind((HOST, 0))
+        # valid RTP, negotiated payload type, plausible sequence/timestamp, loud audio
+        for i in range(5):
+            intruder.sendto(pack_header(False, 0, i, 160 * i, 0xBAD) + b"\x80" * 160,
+                            (HOST, b.local_port))
+        intruder.sendto(pack_header(True, 101, 9, 0, 0xBAD) + bytes.fromhex("05000000"),
+                        (HOST, b.local_port))
+        await until(lambda: b.stats.dropped.get("source", 0) == 6)
+    a.send_audio(bytes(FRAME_BYTES))
+    await until(lambda: len(got) == 2)
+    assert got == [bytes(FRAME_BYTES)] * 2                # only the latched caller's audio
+    assert digits == []
+    assert b.stats.latched == (HOST, a.local_port) and b.stats.received == 2
+
+
+async def test_unlatched_host_cannot_win_the_latch(
+        pair: tuple[RtpEndpoint, RtpEndpoint, PortAllocator]) -> None:
+    a, b, _ = pair
+    a.configure((HOST, b.local_port), "pcmu", 0, None)
+    b.configure((HOST, a.local_port), "pcmu", 0, None)
+    got: list[bytes] = []
+    b.on_audio = got.append
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+        intruder.bind(("127.0.0.2", 0))               # another host, first to send
+        intruder.sendto(pack_header(True, 0, 1, 0, 0xBAD) + b"\x80" * 160,
+                        (HOST, b.local_port))
+        await until(lambda: b.stats.dropped.get("source", 0) == 1)
+    assert b.stats.latched is None and got == []
+    a.send_audio(bytes(FRAME_BYTES))
+    await until(lambda: len(got) == 1)
+    assert b.stats.latched == (HOST, a.local_port)
+
+
+async def test_hold_stops_sending_and_resume_marks_a_talkspurt(
+        pair: tuple[RtpEndpoint, RtpEndpoint, PortAllocator]) -> None:
+    a, b, _ = pair
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind((HOST, 0))
+        peer.setblocking(False)
+        a.configure(peer.getsockname(), "pcmu", 0, None)
+        loop = asyncio.get_running_loop()
+        a.send_audio(bytes(FRAME_BYTES))
+        a.send_audio(bytes(FRAME_BYTES))
+        a.set_sending(False)
+        assert not a.sending_allowed
+        a.send_audio(bytes(FRAME_BYTES))
+        a.set_sending(True)
+        a.send_audio(bytes(FRAME_BYTES))
+        pkts = [parse(await asyncio.wait_for(loop.sock_recv(peer, 2048), 5)) for _ in range(3)]
+    assert [p.marker for p in pkts] == [True, False, True]
+    assert a.stats.sent == 3
+
+
+def test_port_allocator_even_ports_reuse_and_exhaustion() -> None:
+    alloc = PortAllocator(40001, 40007)                  # pairs 40002/3, 40004/5, 40006/7
+    ports = [alloc.allocate() for _ in range(3)]
+    assert ports == [40002, 40004, 40006]
+    with pytest.raises(PortsExhausted, match="40001-40007"):
+        alloc.allocate()
+    alloc.release(40004)
+    alloc.release(40004)                                  # idempotent
+    assert alloc.allocate() == 40004
+    with pytest.raises(ValueError):
+        PortAllocator(40001, 40002)
+
+
+async def test_close_frees_the_port_and_busy_ports_are_skipped() -> None:
+    alloc = PortAllocator(43900, 43905)
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        blocker.bind((HOST, 43900))                       # someone else holds the first
+        e1 = await RtpEndpoint.open(HOST, alloc)
+        e2 = await RtpEndpoint.open(HOST, alloc)
+        assert {e1.local_port, e2.local_port} == {43902, 43904}
+        with pytest.raises(PortsExhausted):
+            await RtpEndpoint.open(HOST, alloc)
+        e1.close()
+        e1.close()
+        await asyncio.sleep(0)                            # the loop closes the socket
+        e3 = await RtpEndpoint.open(HOST, alloc)
+        assert e3.local_port == e1.local_port
+        e2.close()
+        e3.close()
+        await asyncio.sleep(0)
+        assert alloc.in_use == 0
+    finally:
+        blocker.close()
