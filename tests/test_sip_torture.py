@@ -309,12 +309,10 @@ def test_malformed_answer_names_the_reason() -> None:
     assert addr == ("192.0.2.95", 5060)
 
 
-@pytest.mark.parametrize("name", VALID)
+# dblreq and inv2543 rely on datagram framing (trailing octets, no Content-Length).
+@pytest.mark.parametrize("name", [n for n in VALID if n not in ("dblreq", "inv2543")])
 def test_valid_vectors_survive_the_stream_parser_byte_by_byte(name: str) -> None:
     data = load(name)
-    if name in ("dblreq", "inv2543") or b"Content-Length" not in data and b"\nl:" not in data \
-            and b"\nL:" not in data:
-        pytest.skip("no usable Content-Length for stream framing")
     parser = StreamParser()
     out = []
     for i in range(len(data)):
