@@ -37,6 +37,7 @@ from bridge.dialplans.tools import Tool, tool_from_function
 from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.realtime.emulator.record import EmulatorRecord
+from bridge.realtime.events import AudioDelta
 
 SALES = "sip:sales@pbx.example.com"
 OPERATOR = "sip:operator@pbx.example.com"
@@ -507,6 +508,39 @@ async def test_connect_that_hangs_gets_a_comfort_tone_then_the_fallback(tmp_path
     assert first_sound - t0 <= 2.0
     assert record.fallback is not None and "Timeout" in record.fallback
     assert h.leg.transfers == [OPERATOR]
+
+
+async def test_a_bug_in_the_call_logic_runs_the_fallback(tmp_path: Path) -> None:
+    plans = make_plans(tmp_path, announcement=TONES)
+    store = MemoryRecordStore()
+    async with Emulator(EmulatorConfig(greeting_ms=400)) as emu:
+        h = Harness(emu.url, plans.default, store)
+
+        def broken(_event: Any) -> None:
+            raise KeyError("bug")
+
+        h.call._sync_handlers[AudioDelta] = broken
+        h.start()
+        await h.until(lambda: bool(h.leg.transfers), 20)
+        record = await h.finish()
+    assert record.fallback == "internal error: KeyError"
+    assert record.errors == ["internal: KeyError"]
+    assert h.leg.transfers == [OPERATOR] and record.end_reason == "transferred"
+    assert await store.get(record.call_id) is not None
+
+
+async def test_a_factory_that_fails_runs_the_fallback(tmp_path: Path) -> None:
+    plans = make_plans(tmp_path, announcement=TONES)
+
+    def factory(profile: Any, log: Any) -> Any:
+        raise RuntimeError("no credentials")
+
+    clock = MediaClock()
+    leg = MemoryLeg(clock=clock)
+    record = await asyncio.wait_for(
+        Call(leg, plans.default, factory, clock, MemoryRecordStore()).run(), 20)
+    assert record.fallback == "connect: RuntimeError"
+    assert leg.transfers == [OPERATOR]
 
 
 # ---------------------------------------------------------------------------- DTMF, limits

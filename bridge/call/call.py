@@ -330,21 +330,41 @@ class Call:
     # ================================================================== upstream session
     async def _session(self) -> None:
         self.playout.comfort = True        # a beep if connecting takes long
-        client = self._factory(self.profile, self.log)
-        self._client = client
         try:
+            client = self._factory(self.profile, self.log)
+            self._client = client
             await asyncio.wait_for(client.connect(), self.connect_timeout_s)
         except (RealtimeError, TimeoutError, OSError) as exc:
             self.log.warning("upstream unavailable at connect: %r", exc)
+            await self._fallback(f"connect: {type(exc).__name__}")
+            return
+        except Exception as exc:
+            # Whatever else stops us from having an upstream (a token provider, a bad
+            # target): the caller still gets the fallback, never dead air.
+            self.log.exception("could not set up the upstream")
             await self._fallback(f"connect: {type(exc).__name__}")
             return
         self.playout.comfort = False
         self._ready = True
         self.record.connected_at = time.time()
         self._arm_silence()
-        greeting = self.dialplan.agent.greeting
-        if greeting:
-            await client.create_response(instructions=greeting)
+        try:
+            greeting = self.dialplan.agent.greeting
+            if greeting:
+                await client.create_response(instructions=greeting)
+            await self._pump(client)
+        except Exception as exc:
+            # The one boundary for our own bugs: the call falls back instead of the
+            # caller being cut off (CancelledError is not an Exception: it propagates).
+            self.log.exception("call logic failed")
+            self.record.errors.append(f"internal: {type(exc).__name__}")
+            await self._fallback(f"internal error: {type(exc).__name__}")
+            return
+        if not self.ended and not self._fallback_started:
+            await self._fallback("upstream event stream ended")
+
+    async def _pump(self, client: RealtimeSession) -> None:
+        """Hand every upstream event to its handler (dispatch table by type)."""
         sync, asyn = self._sync_handlers, self._async_handlers
         async for event in client.events():
             handler = sync.get(type(event))
@@ -356,8 +376,6 @@ class Call:
                 await ahandler(event)
             if self._fallback_started:
                 return
-        if not self.ended and not self._fallback_started:
-            await self._fallback("upstream event stream ended")
 
     # ---------------------------------------------------------------- inbound media
     def on_leg_audio(self, pcm: bytes) -> None:
