@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import dataclasses
 import json
 import math
 import socket
@@ -686,3 +687,18 @@ async def test_manager_admits_runs_streams_events_and_hangs_up(tmp_path: Path) -
 
 
 
+
+
+async def test_manager_records_a_call_that_cannot_even_start(tmp_path: Path) -> None:
+    plans = make_plans(tmp_path)
+    plan = plans.default
+    broken = dataclasses.replace(
+        plan, agent=dataclasses.replace(plan.agent, turn_detection={"type": "bogus"}))
+    store = MemoryRecordStore()
+    mgr = CallManager(DialplanSet([broken]), client_factory(
+        RealtimeSettings.from_env({}).target(emulator_url="ws://127.0.0.1:9")), store)
+    leg = MemoryLeg()
+    record = await mgr.handle(leg)
+    assert record.end_reason == "error" and record.end_detail == "ConfigError"
+    assert leg.hangups == ["error"]
+    assert await store.get(record.call_id) == record

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -96,8 +97,14 @@ class CallManager:
         info = leg.info
         plan = self.dialplans.match(called=info.called, caller=info.caller,
                                     source=info.source.value)
-        call = Call(leg, plan, self.realtime_factory, self.clock, self.store,
-                    on_event=self._publish, **self.call_options)
+        try:
+            call = Call(leg, plan, self.realtime_factory, self.clock, self.store,
+                        on_event=self._publish, **self.call_options)
+        except Exception as exc:
+            # Not even a call could be built (e.g. a profile the dialplan cannot make):
+            # the leg is released and the attempt still leaves a record.
+            log.exception("cannot start a call on dialplan %s", plan.name)
+            return await self._record_failed(leg, plan.name, exc)
         self.calls[call.call_id] = call
         task = asyncio.current_task()
         if task is not None:
@@ -109,6 +116,21 @@ class CallManager:
             self.calls.pop(call.call_id, None)
             self._tasks.pop(call.call_id, None)
             self.ended += 1
+
+    async def _record_failed(self, leg: MediaLeg, plan: str, exc: Exception) -> CallRecord:
+        info = leg.info
+        now = time.time()
+        record = CallRecord(call_id="c_" + uuid.uuid4().hex[:16], leg_call_id=info.call_id,
+                            source=info.source.value, caller=info.caller, called=info.called,
+                            dialplan=plan, started_at=now, ended_at=now, end_reason="error",
+                            end_detail=type(exc).__name__)
+        with contextlib.suppress(Exception):
+            await leg.hang_up("error")
+        try:
+            await self.store.save(record)
+        except Exception:
+            log.exception("could not save the call record")
+        return record
 
     # ``start_call`` is the name the signalling side uses.
     start_call = handle
