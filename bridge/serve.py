@@ -178,11 +178,8 @@ class Bridge:
             host=s.sip.host, port=s.sip.port, transports=s.sip.transports,
             public_address=s.sip.public_address, rtp_ports=(s.rtp.port_low, s.rtp.port_high),
             max_calls=s.sip.max_calls, allow_from=s.sip.allow_from, latch_any=s.sip.latch_any)
-        kwargs: dict[str, Any] = {}
-        params = getattr(service_mod.SipService.__init__, "__code__", None)
-        if params is not None and "can_admit" in params.co_varnames:
-            kwargs["can_admit"] = self.manager.can_admit
-        self.sip = service_mod.SipService(sip_settings, self._on_sip_call, **kwargs)
+        self.sip = service_mod.SipService(sip_settings, self._on_sip_call,
+                                          can_admit=self.manager.can_admit)
         await self.sip.start()
         self._closers.append(self.sip.stop)
 
@@ -251,8 +248,8 @@ class Bridge:
     def sip_uri(self) -> str | None:
         if self.sip is None:
             return None
-        host = self.settings.sip.public_address or getattr(self.sip, "address", None) \
-            or self.settings.sip.host
+        host = self.settings.sip.public_address or getattr(self.sip, "public_address", None) \
+            or getattr(self.sip, "address", None) or self.settings.sip.host
         if host in ("0.0.0.0", "::"):
             host = _local_address()
         port = getattr(self.sip, "port", self.settings.sip.port)
