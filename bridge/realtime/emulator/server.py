@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -112,7 +113,9 @@ class Emulator:
         self._script: Script | None = None
         self._speech: dict[str, bytes] = {}
         self._conns: set[_Conn] = set()
-        self._handshakes: dict[object, _Handshake] = {}
+        # keyed weakly: a handshake accepted here whose upgrade then fails leaves nothing
+        self._handshakes: weakref.WeakKeyDictionary[ServerConnection, _Handshake] = (
+            weakref.WeakKeyDictionary())
         self._waiters: list[asyncio.Future[None]] = []
         self._session_count = itertools.count(1)
         self.port = 0

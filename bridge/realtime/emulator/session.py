@@ -422,8 +422,8 @@ class SessionCore:
                         param="audio", event_id=event_id)
             return
         try:
-            data = binascii.a2b_base64(audio, strict_mode=True)
-        except (binascii.Error, ValueError):
+            data = base64.b64decode(audio, validate=True)
+        except binascii.Error:
             self._error("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.",
                         param="audio", event_id=event_id)
             return
