@@ -171,3 +171,21 @@ def test_sixty_seconds_of_agent_audio_paced_without_drift() -> None:
     assert abs(drift) <= 0.002
     assert p.heard_ms("long") == 60000
     assert clock.stats().late_ticks >= 1          # the stalls happened and were caught up
+
+
+def test_comfort_beeps_fill_silence_while_waiting() -> None:
+    sched, _clock, leg, p, _ = setup()
+    p.comfort = True
+    sched.advance(4.0)
+    beeps = [f.tick_time for f in agent_frames(leg)]
+    assert beeps, "no comfort tone"
+    # Never more than 2 s of dead air: the first beep within 1.6 s, then every ~1.7 s.
+    assert beeps[0] - 100.0 <= 1.6
+    starts = [b for a, b in zip([100.0, *beeps], beeps, strict=False) if b - a > 0.021]
+    assert all(b - a <= 2.0 for a, b in zip(starts, starts[1:], strict=False))
+    # Comfort audio is not agent audio: it is never "heard" for truncation.
+    assert p.heard == {}
+    p.comfort = False
+    n = len(agent_frames(leg))
+    sched.advance(4.0)
+    assert len(agent_frames(leg)) <= n + 10          # at most the beep that was queued

@@ -206,13 +206,14 @@ class Playout:
             if self._on_active is not None:
                 self._on_active(False)
         self._check_drained()
-        if self.comfort:
-            self._idle_ticks += 1
-            if self._idle_ticks >= COMFORT_EVERY_TICKS:
-                self._idle_ticks = 0
-                if not self._comfort_pcm:
-                    self._comfort_pcm = tone(440.0, COMFORT_TONE_MS, self.rate, -24.0)
-                self.push_leg_audio(self._comfort_pcm)
+        # Counted whether or not comfort is on: a wait that starts after a silence
+        # already counts that silence toward the 1.5 s.
+        self._idle_ticks += 1
+        if self.comfort and self._idle_ticks >= COMFORT_EVERY_TICKS:
+            self._idle_ticks = 0
+            if not self._comfort_pcm:
+                self._comfort_pcm = tone(440.0, COMFORT_TONE_MS, self.rate, -24.0)
+            self.push_leg_audio(self._comfort_pcm)
         if self.leg.underrun is Underrun.SILENCE:
             self.leg.write_silence()
 
