@@ -211,6 +211,10 @@ args = { target = "sales" }
         await emu_wait(emu, lambda r: r.last is not None and r.last.turns >= 1)
         await h.until(lambda: h.agent_frames() >= greeting_frames + 30)
         await h.until(lambda: not h.call.playout.playing)
+        # Written as the call goes: the live call's record already holds both replies.
+        live = await store.get(h.call.call_id)
+        assert live is not None and live.ended_at is None
+        assert [t.role for t in live.transcript].count("agent") == 2
         # Caller turn 2 -> the scripted model says a line and calls transfer_call(sales).
         await h.speak(600)
         record = await h.finish()
