@@ -592,6 +592,22 @@ async def test_g711_passthrough_call(tmp_path: Path) -> None:
     assert any("echo" in t.text for t in record.transcript)
 
 
+async def test_appends_of_40_ms_halve_the_messages(tmp_path: Path) -> None:
+    plans = make_plans(tmp_path, greeting=False)
+    async with Emulator(EmulatorConfig()) as emu:
+        h = Harness(emu.url, plans.default, MemoryRecordStore(), append_ms=40)
+        h.start()
+        await h.until(lambda: h.call.record.connected_at is not None)
+        await h.speak(600)
+        await emu_wait(emu, lambda r: session(emu).turns >= 1)
+        h.leg.far_end_hangup()
+        await h.finish()
+    s = session(emu)
+    appends = s.received_types.count("input_audio_buffer.append")
+    assert appends > 10
+    assert s.appended_audio_ms / appends == pytest.approx(40, abs=1)
+
+
 async def test_max_duration_and_caller_silence_end_the_call(tmp_path: Path) -> None:
     plans = make_plans(tmp_path / "a", greeting=False, max_call_s=0.5) if (
         (tmp_path / "a").mkdir() or True) else None

@@ -76,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use this running emulator instead of starting one")
     parser.add_argument("--leg-rate", type=int, default=8000, choices=(8000, 16000, 48000))
     parser.add_argument("--audio-format", default="pcm16", choices=("pcm16", "g711"))
+    parser.add_argument("--append-ms", type=int, default=20, choices=(20, 40),
+                        help="caller audio per input_audio_buffer.append (default 20)")
     parser.add_argument("--seed", type=int, default=1)
 
 
@@ -171,7 +173,7 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     clock = MediaClock()
     store = MemoryRecordStore()
     manager = CallManager(plans, client_factory(target, max_reconnects=0), store, clock,
-                          max_calls=n)
+                          max_calls=n, call_options={"append_ms": args.append_ms})
     frame = 2 * rate // 50
     burst_pcm = _burst(rate, 900)
     burst = [burst_pcm[i:i + frame] for i in range(0, len(burst_pcm), frame)]
@@ -182,7 +184,8 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     legs: list[MemoryLeg] = []
     scripts: list[CallerScript] = []
     tasks: list[asyncio.Task[Any]] = []
-    print(f"starting {n} calls against {url} (leg {rate} Hz, {args.audio_format}) ...",
+    print(f"starting {n} calls against {url} (leg {rate} Hz, {args.audio_format}, "
+          f"{args.append_ms} ms appends) ...",
           flush=True)
     for i in range(n):
         info = LegInfo(call_id=f"bench-{i}", source=Source.MEMORY, caller=f"+1555{i:06d}",

@@ -164,7 +164,8 @@ class Call:
     def __init__(self, leg: MediaLeg, dialplan: Dialplan, realtime_factory: RealtimeFactory,
                  clock: MediaClock, store: RecordStore, *, call_id: str | None = None,
                  connect_timeout_s: float = 10.0, drain_timeout_s: float = 10.0,
-                 close_timeout_s: float = 2.0, on_event: EventHook | None = None) -> None:
+                 close_timeout_s: float = 2.0, on_event: EventHook | None = None,
+                 append_ms: int = 20) -> None:
         self.leg = leg
         self.dialplan = dialplan
         self.clock = clock
@@ -178,6 +179,14 @@ class Call:
         self.drain_timeout_s = drain_timeout_s
         self.close_timeout_s = close_timeout_s
         self._on_event = on_event
+        if append_ms % leg.frame_ms or not 0 < append_ms <= 100:
+            raise ValueError(f"append_ms must be a multiple of {leg.frame_ms} up to 100")
+        # Frames per input_audio_buffer.append: 1 (20 ms, the default) costs one WebSocket
+        # message per frame; 2 halves that for up to 20 ms more inbound latency
+        # (PROTOCOL.md §7: 20-40 ms appends keep server VAD responsive).
+        self._append_frames = append_ms // leg.frame_ms
+        self._up = bytearray()
+        self._up_frames = 0
 
         self.profile = dialplan.session_profile(leg_g711=leg.g711)
         td = self.profile.turn_detection
@@ -383,12 +392,20 @@ class Call:
         if not self._ready or client is None:
             return
         if self._g711_in:
-            client.append_audio(g711.encode(self._g711_in, pcm))
+            data = g711.encode(self._g711_in, pcm)
+        else:
+            assert self._in_resampler is not None
+            data = self._in_resampler.process(pcm)
+        if self._append_frames == 1:
+            if data:
+                client.append_audio(data)
             return
-        assert self._in_resampler is not None
-        data = self._in_resampler.process(pcm)
-        if data:
-            client.append_audio(data)
+        self._up += data
+        self._up_frames += 1
+        if self._up_frames >= self._append_frames:
+            client.append_audio(bytes(self._up))
+            self._up.clear()
+            self._up_frames = 0
 
     def on_leg_hangup(self, reason: str) -> None:
         self.end("caller_hangup", reason)
