@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "media": ("bridge.bench.media", "µs per 20 ms frame of the media conversions"),
     "realtime": ("bridge.bench.realtime", "Realtime client cost against the emulator"),
+    "emulator": ("bridge.realtime.emulator.loadtest", "N emulated calls against one emulator"),
     "call": ("bridge.bench.call", "N concurrent calls over in-memory legs"),
     "sip": ("bridge.bench.sip", "SIPp load with RTP both ways"),
     "webrtc": ("bridge.bench.webrtc", "N aiortc peers calling the bridge"),
