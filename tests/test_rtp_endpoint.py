@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from bridge import metrics
 from bridge.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from bridge.codecs.level import tone
 from bridge.rtp.endpoint import FRAME_BYTES, PortAllocator, PortsExhausted, RtpEndpoint
@@ -112,6 +113,7 @@ async def test_second_source_never_reaches_on_audio(
     b.on_audio, b.on_dtmf = got.append, digits.append
     a.send_audio(bytes(FRAME_BYTES))
     await until(lambda: len(got) == 1)
+    metric_before = source_drops()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
         intruder.bind((HOST, 0))
         # valid RTP, negotiated payload type, plausible sequence/timestamp, loud audio
@@ -126,6 +128,30 @@ async def test_second_source_never_reaches_on_audio(
     assert got == [bytes(FRAME_BYTES)] * 2                # only the latched caller's audio
     assert digits == []
     assert b.stats.latched == (HOST, a.local_port) and b.stats.received == 2
+    assert source_drops() - metric_before == 6
+
+
+def source_drops() -> float:
+    value = metrics.REGISTRY.get_sample_value("voicebridge_rtp_dropped_total",
+                                              {"reason": "source"})
+    return value or 0.0
+
+
+async def test_gap_is_concealed_by_the_endpoint_timer(
+        pair: tuple[RtpEndpoint, RtpEndpoint, PortAllocator]) -> None:
+    _, b, _ = pair
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller:
+        caller.bind((HOST, 0))
+        b.configure(caller.getsockname(), "pcmu", 0, None)
+        got: list[bytes] = []
+        b.on_audio = got.append
+        one, three = b"\x10" * 160, b"\x30" * 160
+        caller.sendto(pack_header(True, 0, 1, 0, 7) + one, (HOST, b.local_port))
+        caller.sendto(pack_header(False, 0, 3, 320, 7) + three, (HOST, b.local_port))
+        # nothing else arrives: only the endpoint's own timer can release frame 3
+        await until(lambda: len(got) == 3)
+    assert got == [ulaw_decode(one), bytes(FRAME_BYTES), ulaw_decode(three)]
+    assert b.stats.lost == 1
 
 
 async def test_unlatched_host_cannot_win_the_latch(

@@ -202,3 +202,12 @@ def test_ptime_30_regroups_20ms_frames() -> None:
 def test_unsupported_ptime_is_refused() -> None:
     with pytest.raises(ValueError):
         RtpSession(payload_type=0, ptime_ms=25)
+
+
+def test_unspecified_address_means_do_not_send_and_keeps_the_latch() -> None:
+    s = RtpSession(payload_type=0, remote=A)
+    s.receive(pack_header(False, 0, 1, 0, 5) + SIL, A, 0.0)
+    s.configure(remote=("0.0.0.0", 0), payload_type=0)       # old-style hold
+    assert s.destination is None and s.latched == A
+    s.configure(remote=A, payload_type=0)                    # resumed, same address
+    assert s.destination == A and s.latched == A

@@ -32,6 +32,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
+from bridge import metrics
 from bridge.codecs.g711 import CODECS
 from bridge.errors import BridgeError
 from bridge.rtp.dtmf import tone_packets
@@ -102,6 +103,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._closed = False
         self._port_released = False
         self._sending = True
+        self._unconfigured = 0
 
     @classmethod
     async def open(cls, bind_host: str, allocator: PortAllocator, *,
@@ -150,6 +152,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         session = self._session
         if session is None:
+            self._unconfigured += 1           # before the SDP exchange: nothing to match
             return
         now = self._loop.time()
         digit = session.receive(data, addr, now)
@@ -171,6 +174,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                 dtmf_payload_type=dtmf_payload_type, remote=remote,
                 latch_any=self.latch_any, ptime_ms=ptime_ms)
             self._session.set_sending(self._sending)
+            self._session.on_drop = _count_drop
         else:
             self._session.configure(remote=remote, payload_type=payload_type,
                                     codec=codec.lower(), dtmf_payload_type=dtmf_payload_type,
@@ -248,6 +252,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                 transport, dest = self._transport, session.destination
                 if transport is None or dest is None or self._closed:
                     return
+                if not session.sending:
+                    continue                  # on hold: the far end asked for no media
                 transport.sendto(session.event_packet(packet.payload, packet.marker,
                                                       loop.time()), dest)
         finally:
@@ -268,8 +274,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     @property
     def stats(self) -> RtpStats:
         if self._session is None:
-            return RtpStats()
-        return self._session.stats
+            return RtpStats(dropped={"unconfigured": self._unconfigured}
+                            if self._unconfigured else {})
+        stats = self._session.stats
+        if self._unconfigured:
+            stats.dropped["unconfigured"] = self._unconfigured
+        return stats
 
     def close(self) -> None:
         """Close the socket and give the port back (after the loop's next iteration).
@@ -292,6 +302,28 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if not self._port_released:
             self._port_released = True
             self._allocator.release(self.local_port)
+            if self._session is not None:
+                # Late and duplicate packets are jitter-buffer outcomes, not parse
+                # errors; they join the drop metric once, when the call ends.
+                jb = self._session.jitter
+                for reason, count in (("late", jb.late), ("duplicate", jb.duplicates)):
+                    if count:
+                        _drop_counter(reason).inc(count)
+
+
+_DROP_COUNTERS: dict[str, Any] = {}
+
+
+def _drop_counter(reason: str) -> Any:
+    """The metric child for ``reason``, bound once (``.labels`` hashes on every call)."""
+    child = _DROP_COUNTERS.get(reason)
+    if child is None:
+        child = _DROP_COUNTERS[reason] = metrics.RTP_DROPPED.labels(reason=reason)
+    return child
+
+
+def _count_drop(reason: str) -> None:
+    _drop_counter(reason).inc()
 
 
 def _ignore(_arg: Any) -> None:

@@ -163,6 +163,12 @@ def parse_fast(data: bytes, max_size: int = MAX_PACKET_SIZE
     Same checks and errors as :func:`parse`, without building an object; CSRCs and the
     header extension are validated and skipped.
     """
+    if HEADER_SIZE <= len(data) <= max_size and data[0] == 0x80:
+        # The header nearly every telephony packet has: version 2, no padding, no
+        # extension, no CSRC. Only the RTCP check remains to be made.
+        b0, b1, seq, ts, ssrc = _unpack_header(data)
+        if not _RTCP_FIRST <= b1 <= _RTCP_LAST:
+            return b1 > 127, b1 & 0x7F, seq, ts, ssrc, data[HEADER_SIZE:]
     b1, _cc, start, end = _bounds(data, max_size)
     _b0, _b1, seq, ts, ssrc = _unpack_header(data)
     return b1 > 127, b1 & 0x7F, seq, ts, ssrc, data[start:end]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.errors import RtpError
@@ -52,6 +53,7 @@ Address = tuple[str, int]
 PT_COMFORT_NOISE = 13
 #: G.711 silence octets: what a concealment frame is made of.
 SILENCE_BYTE = {"pcmu": 0xFF, "pcma": 0xD5}
+_UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class RtpSession:
         self._latched: Address | None = None
         self._remote_ssrc: int | None = None
         self._remote: Address | None = None
+        self._sending_to_unspecified = False
         self._sending = True
         self._in_event = False
         self._talkspurt = True
@@ -110,6 +113,8 @@ class RtpSession:
         self.rtcp = 0
         self.dtmf_sent = 0
         self.dropped: dict[str, int] = {}
+        #: Called with the reason of every dropped packet (the adapter feeds metrics).
+        self.on_drop: Callable[[str], None] | None = None
         self.configure(remote=remote, payload_type=payload_type, codec=codec,
                        dtmf_payload_type=dtmf_payload_type, ptime_ms=ptime_ms)
 
@@ -120,9 +125,16 @@ class RtpSession:
         """(Re)apply the negotiated media. A new remote address drops the latch."""
         if not 10 <= ptime_ms <= 200 or ptime_ms % 10:
             raise ValueError(f"unsupported ptime {ptime_ms} ms")
-        if remote != self._remote:
-            self._latched = None
-        self._remote = remote
+        if remote is not None and remote[0] in _UNSPECIFIED:
+            # RFC 3264 §8.4 (and RFC 2543 before it): c=0.0.0.0 means "do not send";
+            # sendto() to 0.0.0.0 would reach this very host. Keep the latch.
+            remote = None
+            self._sending_to_unspecified = True
+        else:
+            self._sending_to_unspecified = False
+            if remote != self._remote:
+                self._latched = None
+            self._remote = remote
         self.codec = codec
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
@@ -136,13 +148,18 @@ class RtpSession:
 
     @property
     def destination(self) -> Address | None:
-        """Where our packets go: the latched source (symmetric RTP), else the SDP address."""
+        """Where our packets go: the latched source (symmetric RTP), else the SDP address;
+        None while the far end's SDP says not to send (c=0.0.0.0)."""
+        if self._sending_to_unspecified:
+            return None
         return self._latched or self._remote
 
     # -- receive ---------------------------------------------------------------------
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        if self.on_drop is not None:
+            self.on_drop(reason)
 
     def receive(self, data: bytes, addr: Address, now: float) -> str | None:
         """Take one datagram. Returns a DTMF digit when this packet starts a key press.
