@@ -35,7 +35,7 @@ from typing import Any, cast
 from bridge import metrics
 from bridge.codecs.g711 import CODECS
 from bridge.errors import BridgeError
-from bridge.rtp.dtmf import tone_packets
+from bridge.rtp.dtmf import EventPacket, tone_packets
 from bridge.rtp.session import Address, RtpSession, RtpStats
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,11 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             transport.sendto(packet, dest)
 
     async def send_dtmf(self, digits: str, *, tone_ms: int = 100, gap_ms: int = 100) -> None:
-        """Send ``digits`` as RFC 4733 events, one after another; audio pauses meanwhile."""
+        """Send ``digits`` as RFC 4733 events, one after another; audio pauses meanwhile.
+
+        Raises ``ValueError`` for a character outside ``0-9*#A-D`` and
+        :class:`BridgeError` when telephone-event was not negotiated (use SIP INFO).
+        """
         session = self._session
         if session is None or session.dtmf_payload_type is None:
             raise BridgeError("telephone-event was not negotiated for this call")
@@ -239,7 +243,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                 await self._send_event(session, schedule, tone_ms)
                 await asyncio.sleep(gap_ms / 1000)
 
-    async def _send_event(self, session: RtpSession, schedule: tuple[Any, ...],
+    async def _send_event(self, session: RtpSession, schedule: tuple[EventPacket, ...],
                           tone_ms: int) -> None:
         loop = self._loop
         start = loop.time()
