@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: How long a readiness answer about the upstream is reused (a TCP connect per probe is cheap,
 #: but a load balancer probing every second should not open a connection every second).
 UPSTREAM_CHECK_TTL_S = 10.0
+#: How long shutdown waits for the last calls to leave the registry after ending them.
+CALLS_DRAIN_S = 10.0
 
 
 class Bridge:
@@ -118,6 +120,11 @@ class Bridge:
         if live:
             log.info("ending %d live call(s)", live)
         await self.manager.shutdown("shutdown")
+        # A call still finishing (closing its upstream, writing its record) needs the
+        # emulator and the record store a little longer: they close after this returns.
+        async with asyncio.timeout(CALLS_DRAIN_S):
+            while self.manager.calls:  # noqa: ASYNC110 (no event for "registry empty")
+                await asyncio.sleep(0.05)
 
     # ---- parts ---------------------------------------------------------------------------
 
