@@ -65,6 +65,8 @@ class SipConfig:
     #: CIDRs allowed to call; empty = everyone.
     allow_from: tuple[str, ...] = ()
     latch_any: bool = False
+    #: Send 180 Ringing and wait this long before answering (0: answer at once).
+    ring_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,7 @@ def _validate(s: Settings) -> None:
                           f"(got {list(s.webrtc.codecs)})")
     checks: tuple[tuple[str, int], ...] = (
         ("[sip] max_calls", s.sip.max_calls), ("[webrtc] max_legs", s.webrtc.max_legs),
+        ("[sip] ring_ms", s.sip.ring_ms),
         ("[http] recent_calls", s.http.recent_calls))
     for where, number in checks:
         if number < 0:

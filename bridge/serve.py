@@ -184,7 +184,8 @@ class Bridge:
         sip_settings = service_mod.SipSettings(
             host=s.sip.host, port=s.sip.port, transports=s.sip.transports,
             public_address=s.sip.public_address, rtp_ports=(s.rtp.port_low, s.rtp.port_high),
-            max_calls=s.sip.max_calls, allow_from=s.sip.allow_from, latch_any=s.sip.latch_any)
+            max_calls=s.sip.max_calls, allow_from=s.sip.allow_from, latch_any=s.sip.latch_any,
+            ring_ms=s.sip.ring_ms)
         self.sip = service_mod.SipService(sip_settings, self._on_sip_call,
                                           can_admit=self.manager.can_admit)
         await self.sip.start()

@@ -79,6 +79,9 @@ class SipSettings:
     #: Latch RTP onto the first packet from any address (callers behind NAT).
     latch_any: bool = False
     codecs: tuple[str, ...] = ("pcmu", "pcma")
+    #: Ring before answering: send ``180 Ringing`` and wait this long (a caller may CANCEL
+    #: meanwhile). 0 answers at once, without a 180.
+    ring_ms: int = 0
 
 
 class SipLeg(MediaLeg):
@@ -406,6 +409,14 @@ class SipService:
                 rtp.close()
                 why = f"Not Acceptable Here ({exc})"
                 self._command(lambda ua, now: ua.reject(key, 488, now, reason=why))
+                return
+            if self.settings.ring_ms > 0:
+                self._command(lambda ua, now: ua.ringing(key, now))
+                await asyncio.wait((pending.established,), timeout=self.settings.ring_ms / 1000)
+            if pending.established.done():
+                # CANCELled (or otherwise ended) before we answered: the core has already
+                # sent the 487; answering now would be an error.
+                rtp.close()
                 return
             info = LegInfo(call_id=call_id, source=Source.SIP, caller=event.caller,
                            called=event.called,
