@@ -71,6 +71,10 @@ async def test_g711_preferred_audio_both_ways_dtmf_and_bye() -> None:
         leg.attach(sink)
         await until(lambda: len(sink.frames) >= 25)
         assert {len(f) for f in sink.frames} == {320}     # exact 20 ms frames at 8 kHz
+        # decoded on the event loop from the packets, not by aiortc's decoder thread
+        assert leg._g711_receive is not None
+        assert leg._g711_receive.jitter.delivered >= len(sink.frames)
+        assert any(max(abs(v) for v in struct.unpack("<160h", f)) > 4000 for f in sink.frames)
 
         # outbound: feed frames as the media clock would; the caller hears a loud tone
         out = tone(1000, 20, 8000)
@@ -78,6 +82,15 @@ async def test_g711_preferred_audio_both_ways_dtmf_and_bye() -> None:
             leg.write_frame(out)
             await asyncio.sleep(0.02)
         await until(lambda: caller.received.loud_frames(-30) >= 10)
+        # sent by the leg itself (not aiortc's sender loop), which never paced silence
+        direct = leg._g711_send
+        assert direct is not None and direct.direct is True and direct.sent >= 50
+        assert leg.track.silent == 0 and not leg.track._queue
+        # a pause in the feed: RTP time keeps step with real time (≥ 10 frames skipped)
+        before = direct._timestamp
+        await asyncio.sleep(0.25)
+        leg.write_frame(out)
+        assert (direct._timestamp - before) % (1 << 32) >= 11 * 160
 
         await until(lambda: caller.dtmf.readyState == "open")
         caller.send_dtmf("5")

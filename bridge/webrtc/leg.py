@@ -12,10 +12,24 @@ audio transceiver is added with our preferences (PCMU, PCMA, then Opus, from
 leaves Opus first. The answer's ``m=audio`` line is then read back, and the first payload
 type in it decides the leg's ``sample_rate`` (8000 for G.711, 48000 for Opus) and ``g711``.
 
-Inbound audio. aiortc decodes in its own thread and hands frames to a ``RemoteStreamTrack``;
-one reader task per leg awaits ``recv()``, downmixes to mono, resamples only if the decoded
-rate differs from the leg rate (never for a negotiated codec), reframes into exact 20 ms
-frames and pushes them to the sink. Frames that arrive before a sink is attached are dropped.
+Inbound audio, G.711. aiortc's receiver would hold every packet in its jitter buffer
+(a fixed 4-packet prefetch: 80 ms before the first frame), hand it to a decoder *thread*
+through a ``queue.Queue``, and hand the decoded ``av.AudioFrame`` back to the event loop
+with ``run_coroutine_threadsafe`` for a reader task to pick up. Measured on a 2-core box at
+20 calls, that thread round trip and the GIL hand-offs it causes were the largest single
+cost of a leg. :class:`_G711Receive` takes the packets off the receiver instead: it
+replaces the receiver's ``_handle_rtp_packet`` on that one instance, so the packet that
+the DTLS transport has just decrypted and parsed is decoded with ``audioop`` and pushed to
+the sink in the same call, like the SIP leg does. Ordering and loss are handled by the
+RTP module's pass-through jitter buffer (no delay unless a gap is seen; a timer only while
+one is open). The receiver's RTCP statistics are still fed, so its receiver reports stay
+right. Packets of another payload type (Opus) take aiortc's own path.
+
+Inbound audio, Opus. aiortc decodes in its own thread and hands frames to a
+``RemoteStreamTrack``; one reader task per leg awaits ``recv()``, downmixes to mono,
+resamples only if the decoded rate differs from the leg rate (never for a negotiated
+codec), reframes into exact 20 ms frames and pushes them to the sink. Frames that arrive
+before a sink is attached are dropped.
 
 Outbound audio, and the two clocks. aiortc's ``RTCRtpSender`` *pulls* frames by awaiting
 ``track.recv()`` in its own loop and sends each as soon as it gets it; it does no pacing of
@@ -29,6 +43,20 @@ paces itself: it waits until one frame period after the last frame it returned p
 grace period, then returns silence, so the RTP stream keeps its timing and the browser's
 jitter buffer does not drain. RTP timestamps follow ``pts``, which advances by exactly one
 frame per returned frame, queued or silent.
+
+Outbound audio, G.711. Even with encoded packets, aiortc's sender costs a task wake-up,
+an ``av.Packet``, ``Fraction`` time-base arithmetic and three awaited coroutines per frame.
+:class:`_G711Send` writes the RTP packet from ``write_frame`` itself: encode, RTP header
+(with the negotiated ``mid`` extension), SRTP protect with the DTLS transport's session,
+``sendto`` on the nominated ICE pair's socket, all in the media clock's tick. It takes
+over at the first frame after DTLS is up, provided the ICE pair is a plain UDP socket (a
+TURN relay needs aiortc's own send path): until that decision the track is *parked*
+(``recv()`` waits instead of pacing silence, so the two paths never interleave on one
+SSRC), and on a relayed pair it is unparked and the track path above carries the audio.
+The sender's RTCP sender-report counters are kept up to date. RTP timestamps advance by
+one frame per packet; after a pause in the feed (no call attached) they jump by the
+elapsed time and the packet carries the marker bit (RFC 3550 §5.1: the first packet of a
+talkspurt), as the SIP leg does.
 
 DTMF and hang-up travel over data channels the page opens: ``dtmf`` (one message per key,
 the digit), ``bye`` (any message: the page hung up), and ``events`` (JSON call events the
@@ -46,12 +74,15 @@ import fractions
 import json
 import logging
 import re
+import secrets
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import av
 import numpy as np
+from aioice.ice import StunProtocol
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -60,12 +91,17 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.rtp import RtpPacket
 
 from bridge import metrics
 from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome, Underrun
 from bridge.codecs import g711
 from bridge.config import WebRtcConfig
 from bridge.errors import ProtocolError
+from bridge.rtp.jitter import JitterBuffer
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +113,11 @@ GRACE_S = 0.030
 MAX_PENDING_EVENTS = 200
 
 _MIME = {"pcmu": "audio/PCMU", "pcma": "audio/PCMA", "opus": "audio/opus"}
+#: G.711 by MIME type: decoder and the codec's silence byte (for concealed packets).
+_G711_DECODE: dict[str, tuple[Callable[[bytes], bytes], int]] = {
+    "audio/pcmu": (g711.ulaw_decode, 0xFF),
+    "audio/pcma": (g711.alaw_decode, 0xD5),
+}
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
@@ -93,6 +134,14 @@ def _preferred_codecs(names: tuple[str, ...]) -> list[Any]:
         mime = _MIME[name].lower()
         chosen += [c for c in capabilities if c.mimeType.lower() == mime]
     return chosen
+
+
+def answer_payload_type(sdp: str) -> int:
+    """The first payload type of the ``m=audio`` line in ``sdp`` (the one we send with)."""
+    m_line = re.search(r"^m=audio \d+ \S+ ([\d ]+)\r?$", sdp, re.MULTILINE)
+    if m_line is None:
+        raise WebRtcOfferError("answer has no m=audio line")
+    return int(m_line.group(1).split()[0])
 
 
 def answer_audio_codec(sdp: str) -> tuple[str, int]:
@@ -136,6 +185,18 @@ class OutboundTrack(MediaStreamTrack):
         self._due: float | None = None
         self.dropped = 0       # frames dropped because the sender stalled
         self.silent = 0        # frames of silence sent because nothing was fed in time
+        self._parked = False
+        self._unparked: asyncio.Future[None] | None = None
+
+    def park(self) -> None:
+        """Stop producing: ``recv()`` waits (no silence) until :meth:`unpark` or stop."""
+        self._parked = True
+
+    def unpark(self) -> None:
+        self._parked = False
+        waiter = self._unparked
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def push(self, pcm: bytes) -> None:
         if len(pcm) != self.frame_bytes:
@@ -152,6 +213,14 @@ class OutboundTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
+        while self._parked:
+            self._unparked = loop.create_future()
+            try:
+                await self._unparked
+            finally:
+                self._unparked = None
+            if self.readyState != "live":
+                raise MediaStreamError
         if not self._queue:
             now = loop.time()
             due = (self._due if self._due is not None else now) + GRACE_S
@@ -198,9 +267,9 @@ class OutboundTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self._waiter, self._unparked):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -243,6 +312,190 @@ class _Inbound:
         return b"".join(f.to_ndarray().tobytes() for f in self._resampler.resample(frame))
 
 
+class _G711Send:
+    """G.711 RTP sent from ``write_frame`` itself (see module doc).
+
+    Reads aiortc internals: the DTLS transport's state, SRTP session and header extension
+    map, the ICE connection's nominated pair, and (optionally) the sender's report
+    counters. :meth:`send` returns False while it cannot send (not connected yet, or the
+    pair is relayed): the caller then uses the track path.
+    """
+
+    _REPORT = ("_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+               "_RTCRtpSender__octet_count", "_RTCRtpSender__packet_count")
+
+    def __init__(self, leg: WebRtcLeg, transceiver: RTCRtpTransceiver, payload_type: int,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._leg = leg
+        self._transceiver = transceiver
+        self._sender = transceiver.sender
+        self._payload_type = payload_type
+        self._loop = loop
+        self._encode = g711.ulaw_encode if leg.g711 == "pcmu" else g711.alaw_encode
+        self._frame_s = leg.frame_ms / 1000
+        self._samples = leg.frame_samples
+        self._sequence = secrets.randbelow(1 << 16)
+        self._timestamp = secrets.randbelow(1 << 32)
+        self._last_sent: float | None = None
+        self._reports = all(hasattr(self._sender, name) for name in self._REPORT)
+        #: None until decided at the first connected frame; then True (ours) or False.
+        self.direct: bool | None = None
+        self.sent = 0
+        self.dropped = 0
+
+    def _pair(self) -> Any:
+        dtls = self._sender.transport
+        if getattr(dtls, "_state", None) is not DtlsState.CONNECTED:
+            return None
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        nominated = getattr(connection, "_nominated", None)
+        return nominated.get(1) if isinstance(nominated, dict) else None
+
+    def send(self, pcm: bytes) -> bool:
+        """Send one frame; False: not ours to send (the track path takes it)."""
+        if self.direct is False:
+            return False
+        pair = self._pair()
+        if pair is None:
+            if self.direct:
+                self.dropped += 1          # the connection went away under a live call
+                return True
+            return False                   # not connected yet: the parked track keeps it
+        if self.direct is None:
+            self.direct = type(pair.protocol) is StunProtocol and \
+                getattr(pair.protocol, "transport", None) is not None
+            log.debug("webrtc %s: G.711 sent by %s", self._leg.info.call_id,
+                      "the leg" if self.direct else "aiortc (relayed pair)")
+            if not self.direct:
+                self._leg.track.unpark()
+                return False
+        now = self._loop.time()
+        marker = 0
+        last = self._last_sent
+        if last is None:
+            marker = 1
+        elif now - last > 2.5 * self._frame_s:
+            # The feed paused: keep RTP time in step with real time; a new talkspurt.
+            gap = round((now - last) / self._frame_s) - 1
+            self._timestamp = (self._timestamp + gap * self._samples) & 0xFFFFFFFF
+            marker = 1
+        self._last_sent = now
+        payload = self._encode(pcm)
+        packet = RtpPacket(payload_type=self._payload_type, marker=marker,
+                           sequence_number=self._sequence, timestamp=self._timestamp,
+                           ssrc=self._sender._ssrc, payload=payload)
+        packet.extensions.mid = self._transceiver.mid
+        dtls = self._sender.transport
+        data = dtls._tx_srtp.protect(packet.serialize(dtls._rtp_header_extensions_map))
+        pair.protocol.transport.sendto(data, pair.remote_addr)
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        self._timestamp = (self._timestamp + self._samples) & 0xFFFFFFFF
+        self.sent += 1
+        if self._reports:                  # what the sender's RTCP SR reports
+            sender = self._sender
+            name = self._REPORT
+            setattr(sender, name[0], _ntp_now())
+            setattr(sender, name[1], packet.timestamp)
+            setattr(sender, name[2], getattr(sender, name[2]) + len(payload))
+            setattr(sender, name[3], getattr(sender, name[3]) + 1)
+        return True
+
+
+def _ntp_now() -> int:
+    """NTP timestamp (64-bit fixed point) of the wall clock, for RTCP sender reports."""
+    return int((time.time() + 2208988800) * (1 << 32))
+
+
+class _G711Receive:
+    """G.711 RTP from an aiortc receiver straight to the leg's sink (see module doc).
+
+    Installed by replacing ``_handle_rtp_packet`` on one receiver instance; the DTLS
+    transport awaits it for every decrypted RTP packet routed to that receiver. It reads
+    two of the receiver's private tables (the negotiated codecs by payload type and the
+    per-SSRC RTCP statistics): :meth:`install` returns None when an aiortc release no
+    longer has them, and the leg then stays on aiortc's own decoding path.
+    """
+
+    _CODECS = "_RTCRtpReceiver__codecs"
+    _STREAMS = "_RTCRtpReceiver__remote_streams"
+
+    def __init__(self, leg: WebRtcLeg, receiver: RTCRtpReceiver,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._leg = leg
+        self._receiver = receiver
+        self._loop = loop
+        self._fallback = receiver._handle_rtp_packet
+        self._codecs: dict[int, Any] = getattr(receiver, self._CODECS)
+        self._streams: dict[int, StreamStatistics] = getattr(receiver, self._STREAMS)
+        silence = _G711_DECODE.get(_MIME.get(leg.g711, "").lower(), (g711.ulaw_decode, 0xFF))[1]
+        self.jitter = JitterBuffer(silence_byte=silence)
+        self._ssrc: int | None = None
+        self._partial = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    @classmethod
+    def install(cls, leg: WebRtcLeg, receiver: RTCRtpReceiver) -> _G711Receive | None:
+        if not (isinstance(getattr(receiver, cls._CODECS, None), dict)
+                and isinstance(getattr(receiver, cls._STREAMS, None), dict)):
+            log.warning("webrtc: this aiortc has no receiver tables to read; G.711 goes "
+                        "through its decoder thread")
+            return None
+        self = cls(leg, receiver, asyncio.get_running_loop())
+        # An instance attribute shadows the method: the transport calls this one.
+        receiver._handle_rtp_packet = self.handle  # type: ignore[method-assign]
+        return self
+
+    async def handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        codec = self._codecs.get(packet.payload_type)
+        entry = _G711_DECODE.get(codec.mimeType.lower()) if codec is not None else None
+        if codec is None or entry is None or not self._receiver._enabled:
+            await self._fallback(packet, arrival_time_ms)
+            return
+        stats = self._streams.get(packet.ssrc)
+        if stats is None:
+            stats = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)                     # for the receiver's RTCP receiver reports
+        if packet.ssrc != self._ssrc:
+            if self._ssrc is not None:
+                self.jitter.reset()           # a new stream: its own sequence space
+            self._ssrc = packet.ssrc
+        now = self._loop.time()
+        self.jitter.push(packet.sequence_number, packet.timestamp, packet.payload, now)
+        self._drain(entry[0], now)
+
+    def _drain(self, decode: Callable[[bytes], bytes], now: float) -> None:
+        leg = self._leg
+        size = leg.frame_bytes
+        while (payload := self.jitter.pop(now)) is not None:
+            pcm = decode(payload)
+            if not self._partial and len(pcm) == size:
+                leg._deliver(pcm)             # 20 ms packets: the common case
+                continue
+            pcm = self._partial + pcm
+            at = 0
+            while len(pcm) - at >= size:
+                leg._deliver(pcm[at:at + size])
+                at += size
+            self._partial = pcm[at:]
+        deadline = self.jitter.get_timer()
+        if deadline is not None and (self._timer is None or self._timer_at != deadline):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer, decode)
+
+    def _on_timer(self, decode: Callable[[bytes], bytes]) -> None:
+        self._timer = None
+        if not self._leg.closed:
+            self._drain(decode, self._loop.time())
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class WebRtcLeg(MediaLeg):
     """One browser call. Build it with :meth:`answer`."""
 
@@ -258,6 +511,8 @@ class WebRtcLeg(MediaLeg):
         self._sink: LegSink | None = None
         self._inbound = _Inbound(sample_rate, self.frame_bytes)
         self._reader: asyncio.Task[None] | None = None
+        self._g711_receive: _G711Receive | None = None
+        self._g711_send: _G711Send | None = None
         self._channels: dict[str, Any] = {}
         self._pending_events: collections.deque[str] = collections.deque(
             maxlen=MAX_PENDING_EVENTS)
@@ -300,14 +555,19 @@ class WebRtcLeg(MediaLeg):
                 if type(exc).__module__.startswith("aiortc"):
                     raise WebRtcOfferError(f"offer not usable: {exc}") from None
                 raise
-            codec, rate = answer_audio_codec(
-                # the answer is what we are about to send; read its m= line back
-                (await pc.createAnswer()).sdp)
+            # the answer is what we are about to send; read its m= line back
+            draft = (await pc.createAnswer()).sdp
+            codec, rate = answer_audio_codec(draft)
             info = LegInfo(call_id=f"webrtc-{uuid.uuid4().hex[:16]}", source=Source.WEBRTC,
                            caller=caller, called=called, remote=remote,
                            extra=dict(extra or {}))
             leg = cls(info, pc, codec, rate)
             transceiver.sender.replaceTrack(leg.track)
+            if leg.g711:
+                leg._g711_receive = _G711Receive.install(leg, transceiver.receiver)
+                leg._g711_send = _G711Send(leg, transceiver, answer_payload_type(draft),
+                                           asyncio.get_running_loop())
+                leg.track.park()
             leg._wire()
             # The "track" event fired inside setRemoteDescription, before the leg existed.
             if transceiver.receiver.track is not None:
@@ -338,7 +598,9 @@ class WebRtcLeg(MediaLeg):
     def write_frame(self, pcm: bytes) -> None:
         if self._closed:
             return
-        self.track.push(pcm)
+        direct = self._g711_send
+        if direct is None or not direct.send(pcm):
+            self.track.push(pcm)
         self.frames_out += 1
         self._m_out.inc()
 
@@ -394,6 +656,8 @@ class WebRtcLeg(MediaLeg):
 
     async def _close(self) -> None:
         self.track.stop()
+        if self._g711_receive is not None:
+            self._g711_receive.close()
         reader = self._reader
         if reader is not None and not reader.done():
             reader.cancel()
@@ -402,9 +666,11 @@ class WebRtcLeg(MediaLeg):
         await self.pc.close()
         metrics.WEBRTC_LEGS_ACTIVE.dec()
         self.ended.set()
-        log.info("webrtc %s: closed (in %d frames, out %d, silent %d, dropped %d)",
-                 self.info.call_id, self.frames_in, self.frames_out, self.track.silent,
-                 self.track.dropped)
+        jitter = self._g711_receive.jitter if self._g711_receive is not None else None
+        log.info("webrtc %s: closed (in %d frames, out %d, silent %d, dropped %d, "
+                 "lost %d, late %d)", self.info.call_id, self.frames_in, self.frames_out,
+                 self.track.silent, self.track.dropped, jitter.lost if jitter else 0,
+                 jitter.late if jitter else 0)
 
     def _report_hangup(self, reason: str) -> None:
         if self._hangup_reported:
@@ -437,11 +703,15 @@ class WebRtcLeg(MediaLeg):
             if not isinstance(frame, av.AudioFrame):
                 continue
             for pcm in self._inbound.frames(frame):
-                self.frames_in += 1
-                self._m_in.inc()
-                sink = self._sink
-                if sink is not None:
-                    sink.on_leg_audio(pcm)
+                self._deliver(pcm)
+
+    def _deliver(self, pcm: bytes) -> None:
+        """One inbound frame of exactly ``frame_bytes`` to the sink (dropped if none)."""
+        self.frames_in += 1
+        self._m_in.inc()
+        sink = self._sink
+        if sink is not None:
+            sink.on_leg_audio(pcm)
 
     def _on_datachannel(self, channel: Any) -> None:
         handler = self._on_message.get(channel.label)
