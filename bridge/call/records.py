@@ -17,7 +17,7 @@ import asyncio
 import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -112,8 +112,15 @@ class CallRecord:
             _sum_into(self.usage, usage)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["turns"] = [dict(asdict(t), total_ms=t.total_ms) for t in self.turns]
+        # Saved after every turn of every call, on the event loop: a shallow copy per
+        # entry (the entries are flat frozen values) instead of asdict's deep recursion.
+        d = dict(vars(self))
+        for key in ("transcript", "barge_ins", "tool_calls", "dtmf"):
+            d[key] = [dict(vars(e)) for e in d[key]]
+        d["turns"] = [dict(vars(t), total_ms=t.total_ms) for t in self.turns]
+        d["session_ids"] = list(self.session_ids)
+        d["errors"] = list(self.errors)
+        d["usage"] = json.loads(json.dumps(self.usage))
         return d
 
     @classmethod
