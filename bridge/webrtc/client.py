@@ -3,6 +3,11 @@
 Used by the tests and by ``voicebridge bench webrtc``: it opens the same data channels as
 the page (``dtmf``, ``bye``, ``events``), sends audio from a PCM source paced in real time,
 and keeps what it receives (levels and arrival times) for checks and jitter figures.
+
+``light=True`` (the benchmark's peers) makes a peer cheap enough that dozens of them do
+not starve on a shared machine: it sends pre-encoded G.711 packets (aiortc only packetizes
+them: no encoder call in a thread pool per frame) and counts received RTP packets from the
+receiver's packet hook (arrival time and level of the decoded payload, no decoder thread).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import asyncio
 import fractions
 import json
 import math
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +27,16 @@ import httpx
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
+
+from bridge.codecs import g711
+
+if sys.version_info >= (3, 13):  # pragma: no cover - audioop-lts provides the same module
+    import audioop
+else:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
 
 
 class PcmSourceTrack(MediaStreamTrack):
@@ -27,8 +44,12 @@ class PcmSourceTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, pcm: bytes, rate: int = 8000, loop: bool = True) -> None:
+    def __init__(self, pcm: bytes, rate: int = 8000, loop: bool = True,
+                 encoded: str = "") -> None:
         super().__init__()
+        #: "pcmu"/"pcma": return encoded ``av.Packet``s (8 kHz only) instead of frames.
+        self.encoded = encoded if rate == 8000 else ""
+        self.sent = 0
         self.rate = rate
         self.samples = rate // 50
         self.pcm = pcm or bytes(2 * self.samples)
@@ -38,7 +59,7 @@ class PcmSourceTrack(MediaStreamTrack):
         self._start: float | None = None
         self._base = fractions.Fraction(1, rate)
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -56,6 +77,13 @@ class PcmSourceTrack(MediaStreamTrack):
             if not self.loop_audio:
                 self.pcm = bytes(size)
         chunk = chunk.ljust(size, b"\0")
+        self.sent += 1
+        if self.encoded:
+            packet = av.Packet(g711.encode(self.encoded, chunk))
+            packet.pts = self._pts
+            packet.time_base = self._base
+            self._pts += self.samples
+            return packet
         frame = av.AudioFrame(format="s16", layout="mono", samples=self.samples)
         frame.planes[0].update(chunk)
         frame.sample_rate = self.rate
@@ -89,9 +117,10 @@ class WebRtcCaller:
     """One aiortc peer calling ``POST /webrtc/offer`` on a running bridge."""
 
     def __init__(self, base_url: str, pcm: bytes = b"", rate: int = 8000,
-                 codecs: tuple[str, ...] = (), called: str = "") -> None:
+                 codecs: tuple[str, ...] = (), called: str = "", *, light: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
         self.pc = RTCPeerConnection()
+        self.light = light
         self.source = PcmSourceTrack(pcm, rate)
         self.received = Received()
         self.events: list[dict[str, Any]] = []
@@ -133,10 +162,27 @@ class WebRtcCaller:
                 self.received.arrivals.append(loop.time())
                 self.received.samples += frame.samples
 
+    async def _count_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        loop = asyncio.get_running_loop()
+        payload = packet.payload
+        if payload:
+            rms = audioop.rms(g711.ulaw_decode(payload), 2)
+            self.received.levels.append(20 * math.log10(rms / 32768) if rms > 0 else -120.0)
+            self.received.arrivals.append(loop.time())
+            self.received.samples += len(payload)
+
     async def make_offer(self) -> str:
         """Gather and return a complete offer (no trickle ICE), as the page does."""
         transceiver = self.pc.addTransceiver(self.source, direction="sendrecv")
-        if self._codecs:
+        if self.light:
+            # Only G.711 (sent pre-encoded), and packets counted at the receiver's hook.
+            from bridge.webrtc.leg import _preferred_codecs  # noqa: PLC0415
+
+            transceiver.setCodecPreferences(_preferred_codecs(("pcmu",)))
+            self.source.encoded = "pcmu"
+            receiver = transceiver.receiver
+            receiver._handle_rtp_packet = self._count_packet  # type: ignore[method-assign]
+        elif self._codecs:
             from bridge.webrtc.leg import _preferred_codecs  # noqa: PLC0415
 
             transceiver.setCodecPreferences(_preferred_codecs(self._codecs))
