@@ -584,12 +584,11 @@ class Scenario:
     """
 
     def __init__(self, name: str, *, service: str = "echo", codecs: Sequence[str] = ("pcmu",),
-                 media_port: int | None = None, call_id: str | None = None) -> None:
+                 media_port: int | None = None) -> None:
         self.name = name
         self.service = service
         self.codecs = tuple(codecs)
         self.media = str(media_port) if media_port is not None else "[media_port]"
-        self.call_id = call_id or "[call_id]"
         self.cseq = 1
         self.sdp_version = 1
         self.steps: list[str] = []
@@ -601,7 +600,7 @@ class Scenario:
                 "[call_number]\n"
                 f"      To: <sip:{self.service}@[remote_ip]:[remote_port]>"
                 f"{'[peer_tag_param]' if to_tag else ''}\n"
-                f"      Call-ID: {self.call_id}\n"
+                "      Call-ID: [call_id]\n"
                 f"      CSeq: {cseq} {method}\n"
                 "      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>\n"
                 "      Max-Forwards: 70\n")
@@ -719,11 +718,12 @@ async def run_sipp(scenario: Path | str, sip_port: int, *, workdir: Path,
                    media_port: int | None = None, local_port: int | None = None,
                    calls: int = 1, rate: float | None = None, limit: int | None = None,
                    args: Sequence[str] = (), limit_s: float = 60.0,
-                   sipp: str = "sipp") -> SippRun:
+                   call_id_prefix: str | None = None, sipp: str = "sipp") -> SippRun:
     """Run SIPp as a UAC against ``127.0.0.1:sip_port`` until ``calls`` calls are done.
 
     ``scenario`` is a file, or a built-in scenario name (``uac``). SIPp's error log and
-    statistics file are collected from ``workdir`` (which must exist).
+    statistics file are collected from ``workdir`` (which must exist). With
+    ``call_id_prefix`` call number N gets the Call-ID ``<prefix>-N@127.0.0.1``.
     """
     stem = f"sipp-{os.getpid()}-{time.monotonic_ns()}"
     stats_file = workdir / f"{stem}.csv"
@@ -737,6 +737,8 @@ async def run_sipp(scenario: Path | str, sip_port: int, *, workdir: Path,
            "-m", str(calls), "-nostdin", "-timeout", f"{int(limit_s)}s",
            "-trace_err", "-error_file", str(errors_file),
            "-trace_stat", "-stf", str(stats_file), "-fd", "1"]
+    if call_id_prefix is not None:
+        cmd += ["-cid_str", f"{call_id_prefix}-%u@%s"]
     if rate is not None:
         cmd += ["-r", f"{rate:g}", "-rp", "1000"]
     if limit is not None:
