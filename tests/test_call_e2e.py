@@ -676,7 +676,7 @@ async def test_manager_admits_runs_streams_events_and_hangs_up(tmp_path: Path) -
     async with Emulator(EmulatorConfig()) as emu:
         target = RealtimeSettings.from_env({}).target(emulator_url=emu.url)
         clock = MediaClock()
-        mgr = CallManager(plans, client_factory(target), store, clock, max_calls=1)
+        mgr = CallManager(plans, target, store, clock, max_calls=1)
         events: list[dict[str, Any]] = []
 
         async def collect() -> None:

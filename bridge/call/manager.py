@@ -59,12 +59,16 @@ class CallRejected(Exception):
 class CallManager:
     """All calls of the process."""
 
-    def __init__(self, dialplans: DialplanSet, realtime_factory: RealtimeFactory,
+    def __init__(self, dialplans: DialplanSet, realtime: RealtimeFactory | RealtimeTarget,
                  store: RecordStore, clock: MediaClock | None = None, max_calls: int = 200,
                  *, call_options: dict[str, Any] | None = None,
                  subscriber_queue: int = 1000) -> None:
+        """``realtime``: a ``RealtimeTarget`` (each call gets a ``RealtimeClient`` to it with
+        ``DEFAULT_CLIENT_OPTIONS``) or any ``RealtimeFactory``. ``call_options`` go to every
+        ``Call`` (e.g. ``append_ms``, ``connect_timeout_s``)."""
         self.dialplans = dialplans
-        self.realtime_factory = realtime_factory
+        self.realtime_factory: RealtimeFactory = (
+            client_factory(realtime) if isinstance(realtime, RealtimeTarget) else realtime)
         self.store = store
         self.clock = clock or shared_clock()
         self.max_calls = max_calls
