@@ -42,8 +42,9 @@ DEFAULT_FILE = "voicebridge.toml"
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
-    #: Bearer token for the dashboard, call data and admin actions. Unset: those stay
-    #: locked (401) and the start-up banner says how to set one.
+    #: Bearer token for the dashboard, call data and admin actions. Unset: ``serve`` makes
+    #: a random one for this run and prints a login URL with it in its start-up banner
+    #: (stdout only, never logged); without the token those routes answer 401.
     token: str | None = field(default=None, repr=False)
     #: Serve the softphone page ``/`` and ``POST /webrtc/offer``. Switch off in production.
     softphone: bool = True

@@ -6,6 +6,12 @@ target (an in-process emulator when nothing is configured), the shared media clo
 is optional in the sense that a build without it (no ``bridge.sip.service``) still serves
 the others, and says so.
 
+Dashboard access. With ``[http] token`` set, the dashboard, call data and admin actions
+need it and the banner never shows it. Without one, a random per-run token
+(``secrets.token_urlsafe``) is made at start-up and the banner shows a one-click login URL
+(``/login?token=...``) on stdout, so a developer on a fresh machine gets in while anyone
+else still gets 401; the token is never written to the log.
+
 Shutdown on SIGINT/SIGTERM: stop admitting, end every live call (each writes its record),
 then close the listeners, the emulator and the record store, in that order.
 
@@ -23,6 +29,7 @@ import contextlib
 import importlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -44,6 +51,8 @@ log = logging.getLogger(__name__)
 UPSTREAM_CHECK_TTL_S = 10.0
 #: How long shutdown waits for the last calls to leave the registry after ending them.
 CALLS_DRAIN_S = 10.0
+#: Bytes of randomness in a per-run dashboard token (32 URL-safe characters).
+RUN_TOKEN_BYTES = 24
 
 
 class Bridge:
@@ -51,6 +60,11 @@ class Bridge:
 
     def __init__(self, settings: Settings, env: Mapping[str, str] | None = None, *,
                  sip: bool | None = None) -> None:
+        #: True when the dashboard token was made for this run (none configured).
+        self.token_generated = not settings.http.token
+        if self.token_generated:
+            settings = replace(settings, http=replace(
+                settings.http, token=secrets.token_urlsafe(RUN_TOKEN_BYTES)))
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.sip_wanted = settings.sip.enabled if sip is None else sip
@@ -253,6 +267,11 @@ class Bridge:
         return f"http://{host}:{self.http_port}"
 
     @property
+    def login_url(self) -> str:
+        """The dashboard's one-click login URL. It carries the token: stdout only."""
+        return f"{self.http_url}/login?token={self.settings.http.token}"
+
+    @property
     def sip_uri(self) -> str | None:
         if self.sip is None:
             return None
@@ -272,9 +291,13 @@ class Bridge:
             lines.append("  SIP:               off")
         if self.settings.http.softphone:
             lines.append(f"  softphone page:    {self.http_url}/")
-        lines.append(f"  dashboard:         {self.http_url}/dashboard"
-                     + ("" if self.settings.http.token else
-                        "  (off: set VOICEBRIDGE_HTTP_TOKEN to turn it on)"))
+        if self.token_generated:
+            lines.append(f"  dashboard:         {self.login_url}")
+            lines.append("                     (one-click login with a token made for this run; "
+                         "set [http] token / VOICEBRIDGE_HTTP_TOKEN for a fixed one)")
+        else:
+            lines.append(f"  dashboard:         {self.http_url}/dashboard  "
+                         "(log in with the configured [http] token)")
         lines.append(f"  metrics:           {self.http_url}/metrics")
         lines.append(f"  Realtime target:   {self.target.describe()}"
                      + ("  (built-in emulator: an echo agent)" if self.emulator else ""))

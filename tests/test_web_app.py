@@ -115,15 +115,25 @@ async def test_login_sets_a_cookie_that_opens_the_dashboard(bridge: Bridge) -> N
     assert (await client.get("/calls")).status_code == 200
 
 
-async def test_without_a_configured_token_everything_protected_is_closed(
+async def test_without_a_configured_token_a_run_token_opens_it_and_nothing_else(
         tmp_path: Path) -> None:
     async with Bridge(settings_for(tmp_path), env={}) as bridge:
+        assert bridge.token_generated
+        run_token = bridge.settings.http.token
+        assert run_token and len(run_token) >= 32 and run_token in bridge.login_url
         client = bridge.app.test_client()
         for method, path in PROTECTED:
-            response = await client.open(path, method=method, headers=AUTH)
-            assert response.status_code == 401
-        assert "dashboard is off" in (await (await client.get("/calls")).get_json())["detail"]
+            for headers in ({}, AUTH, {"Authorization": "Bearer "}):
+                response = await client.open(path, method=method, headers=headers)
+                assert response.status_code == 401, (method, path, headers)
         assert (await client.get("/login?token=")).status_code == 401
+        ok = await client.get("/calls", headers={"Authorization": f"Bearer {run_token}"})
+        assert ok.status_code == 200
+    async with Bridge(settings_for(tmp_path), env={}) as other:
+        assert other.settings.http.token != run_token          # a new one every run
+    async with Bridge(settings_for(tmp_path, VOICEBRIDGE_HTTP_TOKEN=TOKEN), env={}) as fixed:
+        assert not fixed.token_generated and fixed.settings.http.token == TOKEN
+        assert TOKEN not in fixed.banner()
 
 
 async def test_softphone_can_be_switched_off_and_cors_is_closed(tmp_path: Path) -> None:

@@ -23,8 +23,9 @@ Token-protected (``[http] token``; ``Authorization: Bearer`` or the cookie set b
     GET  /calls/<id>/timeline.svg
     POST /calls/<id>/hangup     end a live call
 
-Without a configured token the protected routes answer 401 to everyone: the dashboard is
-off until an operator sets one. CORS is closed unless ``[http] cors_origins`` lists origins.
+An app built with no token keeps the protected routes closed (401) to everyone;
+``voicebridge serve`` always has one: the configured ``[http] token``, or one made for the
+run and shown only in its start-up banner. CORS is closed unless ``[http] cors_origins`` lists origins.
 """
 
 from __future__ import annotations
