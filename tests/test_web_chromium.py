@@ -60,6 +60,10 @@ async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
         yield running
 
 
+async def error_shown(page: Any) -> bool:
+    return bool(await page.get_attribute("#state", "data-state") == "error")
+
+
 INBOUND_ENERGY = """async () => {
   const pc = window.softphone.pc;
   if (!pc) return 0;
@@ -143,5 +147,26 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
             await page.goto(f"{bridge.http_url}/dashboard")
             assert await page.locator(f'#recent tr[data-call="{call_id}"]').count() == 1
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            # Failures are said plainly: the microphone refused, the bridge unreachable.
+            denied = await context.new_page()
+            await denied.add_init_script(
+                "navigator.mediaDevices.getUserMedia = () => Promise.reject("
+                "new DOMException('Permission denied', 'NotAllowedError'));")
+            await denied.goto(f"{bridge.http_url}/")
+            await denied.click("#call")
+            await until(lambda: error_shown(denied), 10, "the microphone error")
+            assert "blocked the microphone" in await denied.inner_text("#info")
+            await denied.screenshot(path=str(ARTIFACTS / "softphone-mic-denied.png"))
+            assert not await denied.is_disabled("#call")        # can try again
+
+            gone = await context.new_page()
+            await gone.goto(f"{bridge.http_url}/")
+            await gone.route("**/webrtc/offer", lambda route: route.abort())
+            await gone.click("#call")
+            await until(lambda: error_shown(gone), 15, "the unreachable-bridge error")
+            assert "Cannot reach the bridge" in await gone.inner_text("#info")
+            await gone.screenshot(path=str(ARTIFACTS / "softphone-unreachable.png"))
+            assert not bridge.manager.calls
         finally:
             await context.close()

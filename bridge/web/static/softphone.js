@@ -17,21 +17,58 @@
 
   const phone = {
     state: "idle", callId: null, codec: null, pc: null, stream: null, channels: {},
-    events: [], dtmfSent: "", audioContext: null, meters: null,
+    events: [], dtmfSent: "", audioContext: null, meters: null, error: null,
   };
   window.softphone = phone;   // for people poking in the console, and for tests
 
+  const STATE_LABELS = {
+    idle: "ready", connecting: "calling…", connected: "in call", ended: "call ended",
+    error: "could not call",
+  };
+
+  // What went wrong, in words a newcomer can act on (err.name is the DOMException name).
+  function explain(err) {
+    const name = (err && err.name) || "";
+    if (name === "NotAllowedError" || name === "SecurityError") {
+      return "The browser blocked the microphone. Allow microphone access for this page " +
+             "(the icon in the address bar), then press Call again.";
+    }
+    if (name === "NotFoundError" || name === "OverconstrainedError") {
+      return "No microphone found (or the chosen one is gone). Connect one or pick " +
+             "another in the list, then press Call again.";
+    }
+    if (name === "NotReadableError") {
+      return "The microphone is in use by another program or could not be opened.";
+    }
+    if (name === "NoMicrophoneApi") {
+      return "This browser only gives a page the microphone over https:// or on " +
+             "http://localhost. Open the page that way (or put the bridge behind https).";
+    }
+    if (name === "BridgeUnreachable" || name === "TypeError") {
+      return "Cannot reach the bridge at " + location.host + ". Is voicebridge serve " +
+             "still running?";
+    }
+    return (err && err.message) || String(err);
+  }
+
+  function failure(name, message) {
+    const err = new Error(message || name);
+    err.name = name;
+    return err;
+  }
+
   function setState(state, info) {
     phone.state = state;
-    ui.state.textContent = state;
     ui.state.dataset.state = state;
     ui.state.className = "state " + state;
+    ui.state.textContent = STATE_LABELS[state] || state;
     const inCall = state === "connecting" || state === "connected";
     ui.call.disabled = inCall;
     ui.hangup.disabled = !inCall;
     ui.mute.disabled = !inCall;
     ui.keys.forEach((k) => { k.disabled = state !== "connected"; });
     if (info !== undefined) ui.info.textContent = info;
+    ui.info.classList.toggle("error", state === "error");
   }
 
   function addLine(kind, text, extra) {
@@ -116,7 +153,11 @@
     setState("connecting", "Asking for the microphone…");
     ui.transcript.innerHTML = "";
     phone.events = [];
+    phone.error = null;
     try {
+      if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+        throw failure("NoMicrophoneApi");
+      }
       const constraints = { audio: ui.mic.value ? { deviceId: { exact: ui.mic.value } } : true };
       phone.stream = await navigator.mediaDevices.getUserMedia(constraints);
       await listMicrophones();
@@ -135,7 +176,11 @@
         if (phone.audioContext && phone.meters) phone.meters.push(meter(ui.remote.srcObject, ui.levelOut));
       };
       pc.onconnectionstatechange = () => {
-        if (pc.connectionState === "failed") finish("connection failed");
+        if (pc.connectionState === "failed") {
+          fail("The audio connection to the bridge failed (no network path for the media). " +
+               "Across NAT or a firewall the bridge needs STUN/TURN servers in [webrtc] " +
+               "ice_servers.");
+        }
       };
       phone.audioContext = new (window.AudioContext || window.webkitAudioContext)();
       phone.meters = [meter(phone.stream, ui.levelIn)];
@@ -145,26 +190,42 @@
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIce(pc, 3000);
       ui.info.textContent = "Calling…";
-      const response = await fetch("webrtc/offer", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp,
-                               called: ui.called.value.trim() }),
-      });
-      const answer = await response.json();
-      if (!response.ok) throw new Error(answer.error || response.statusText);
+      let response;
+      try {
+        response = await fetch("webrtc/offer", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp,
+                                 called: ui.called.value.trim() }),
+        });
+      } catch (err) {
+        throw failure("BridgeUnreachable");
+      }
+      const answer = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        const why = answer.error || response.statusText || "error";
+        throw failure("Refused", "The bridge refused the call (HTTP " + response.status +
+                      "): " + why + ".");
+      }
       phone.callId = answer.call_id;
       phone.codec = answer.codec;
       await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
       ui.info.textContent = "Connecting media (" + answer.codec + ")…";
     } catch (err) {
-      finish("could not call: " + err.message);
+      fail(explain(err));
     }
+  }
+
+  // The call could not be made or its media failed: clean up and say why, plainly.
+  function fail(why) {
+    phone.error = why;
+    finish(why);
+    setState("error", why);
   }
 
   // remoteEnded: the bridge ended the call (no bye to send back).
   function finish(why, remoteEnded) {
-    if (phone.state === "ended" || phone.state === "idle") {
+    if (phone.state === "ended" || phone.state === "idle" || phone.state === "error") {
       if (why) ui.info.textContent = why;
       return;
     }
@@ -206,6 +267,6 @@
       press(e.key);
     }
   });
-  setState("idle", "Press Call to talk to the agent.");
+  setState("idle", "Press Call to talk to the agent. The browser will ask for the microphone.");
   listMicrophones();
 })();
