@@ -14,9 +14,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from bridge.call.clock import MediaClock
+from bridge.call.clock import Histogram, MediaClock
 from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome, Underrun
 
 
@@ -35,8 +35,9 @@ class LegStats:
     frames_out: int = 0
     silence_out: int = 0
     frames_in: int = 0
-    #: handed_at - tick_time of every frame, seconds (jitter of the hand-off)
-    handoff_lateness: list[float] = field(default_factory=list)
+    #: |handed_at - tick_time| of every frame (jitter of the hand-off); may be shared by
+    #: many legs (a benchmark's one histogram), None to not measure
+    handoff: Histogram | None = None
 
 
 class MemoryLeg(MediaLeg):
@@ -67,7 +68,6 @@ class MemoryLeg(MediaLeg):
         self._ticking = False
         self.frames: list[OutFrame] = []
         self.stats = LegStats()
-        self.record_lateness = True
         self.transfers: list[str] = []
         #: clock time of each transfer request (for "after the last words" checks)
         self.transfer_times: list[float] = []
@@ -185,8 +185,8 @@ class MemoryLeg(MediaLeg):
         self.stats.frames_out += 1
         if silent:
             self.stats.silence_out += 1
-        if self.record_lateness:
-            self.stats.handoff_lateness.append(handed - tick)
+        if self.stats.handoff is not None:
+            self.stats.handoff.add(abs(handed - tick))
         if self.keep_audio:
             self.frames.append(OutFrame(tick, handed, pcm, silent))
 
