@@ -107,10 +107,10 @@ class Pacer:
 
 
 class Histogram:
-    """Histogram of |offset| from the grid: 0.1 ms buckets up to 100 ms, O(1) per sample."""
+    """Histogram of |offset| from the grid: 0.1 ms buckets up to 1 s, O(1) per sample."""
 
     BUCKET_S = 0.0001
-    BUCKETS = 1000
+    BUCKETS = 10000
 
     def __init__(self) -> None:
         self.counts = [0] * (self.BUCKETS + 1)
