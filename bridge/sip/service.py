@@ -433,6 +433,9 @@ class SipService:
                 leg.g711 = established.media.codec
             if leg.ended:
                 return
+            # Established: from pending to live (in both, a call counted twice against
+            # max_calls and the service refused calls at half its capacity).
+            self._pending.pop(key, None)
             self._legs[key] = leg
             self.stats["calls"] += 1
             try:
