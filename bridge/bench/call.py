@@ -156,6 +156,16 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], limit_s: float = 20.0) 
     raise RuntimeError(f"the emulator did not listen on port {port} in {limit_s:g} s")
 
 
+def _runqueue_wait_s() -> float:
+    """Seconds this process has spent runnable but waiting for a CPU (Linux schedstat):
+    how much other load on the machine held the media loop back."""
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -239,9 +249,9 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
         c.barge_in_seen.clear()
     frames0 = sum(leg.stats.frames_out for leg in legs)
     clock.reset_stats()
-    cpu0, wall0 = time.process_time(), time.monotonic()
+    cpu0, wall0, rq0 = time.process_time(), time.monotonic(), _runqueue_wait_s()
     await asyncio.sleep(args.seconds)
-    cpu1, wall1 = time.process_time(), time.monotonic()
+    cpu1, wall1, rq1 = time.process_time(), time.monotonic(), _runqueue_wait_s()
     rss1 = _rss_bytes()
     st = clock.stats()
     for leg in legs:
@@ -269,6 +279,9 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     print(f"CPU                    {cpu / wall * 100:.1f} % of one core for the process; "
           f"{cpu / n / wall * ms:.2f} ms CPU per call per second "
           f"({cpu / n / wall * 100:.3f} % of a core per call)")
+    print(f"CPU contention         {rq1 - rq0:.1f} s of the {wall:.1f} s spent runnable but "
+          f"waiting for a CPU (other processes; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"frames to legs         {frames} ({frames / n / wall:.1f} per call per second; "
           f"50 expected)")
     print(f"pacing |hand-off-grid| p50 {handoff.percentile(50) * ms:.2f} ms, "
