@@ -605,8 +605,7 @@ async def test_session_is_rotated_before_expiry_at_a_quiet_moment() -> None:
         client.set_playout_active(False)  # quiet, but the rotation is not due yet
         now[0] += 1750  # 50 s before expiry: due
         client.set_playout_active(True)  # not quiet: the due rotation must wait
-        await asyncio.sleep(0.3)
-        assert len(server.sessions) == 1
+        assert client.stats.rotation_attempts == 0
         client.set_playout_active(False)
         rotated = await events.until(ev.SessionRotated)
         assert (rotated.previous_session_id, rotated.session_id) == ("sess_1", "sess_2")
@@ -620,3 +619,53 @@ async def test_session_is_rotated_before_expiry_at_a_quiet_moment() -> None:
         assert not [e for e in events.seen if isinstance(e, ev.Reconnecting)]
         await client.close()
         check_conformance(server, "ga")
+
+
+async def test_rotation_waits_until_response_playout_caller_and_turn_are_all_quiet() -> None:
+    """Each busy state on its own holds a due rotation back; the rotation starts at the
+    first moment none holds (checked synchronously: every trigger below runs the rotation
+    check before the event reaches the call)."""
+    async with FakeRealtime(responder=respond_on_create) as server:
+        import time  # noqa: PLC0415
+
+        now = [time.time()]
+        client = client_for(azure(server.base), rotate_margin_s=120.0,
+                            wall_clock=lambda: now[0])
+        await client.connect()
+        events = Events(client)
+        now[0] += 1750  # 50 s before expiry: due from here on
+        # A response of the call's own is running.
+        await client.create_response("hello")
+        await events.until(ev.ResponseCreated)
+        client.set_playout_active(True)
+        client.set_playout_active(False)
+        assert client.stats.rotation_attempts == 0
+        # Its audio is still playing out when it is done.
+        client.set_playout_active(True)
+        await server.send({"type": "response.done", "event_id": "s",
+                           "response": {"id": "r1", "status": "completed"}})
+        await events.until(ev.ResponseDone)
+        assert client.stats.rotation_attempts == 0
+        # The caller starts speaking as the playout ends.
+        await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
+                           "audio_start_ms": 900, "item_id": "u1"})
+        await events.until(ev.SpeechStarted)
+        client.set_playout_active(False)
+        assert client.stats.rotation_attempts == 0
+        # The caller's turn ends; server VAD is about to answer it on this session.
+        for e in [{"type": "input_audio_buffer.speech_stopped", "event_id": "s",
+                   "audio_end_ms": 2400, "item_id": "u1"},
+                  {"type": "input_audio_buffer.committed", "event_id": "s", "item_id": "u1"}]:
+            await server.send(e)
+        await events.until(ev.InputCommitted)
+        assert client.stats.rotation_attempts == 0
+        # The answer comes and goes: now nothing is happening.
+        await server.send({"type": "response.created", "event_id": "s",
+                           "response": {"id": "r_vad"}})
+        await server.send({"type": "response.done", "event_id": "s",
+                           "response": {"id": "r_vad", "status": "completed"}})
+        await events.until(ev.ResponseDone)
+        assert client.stats.rotation_attempts == 1
+        rotated = await events.until(ev.SessionRotated)
+        assert rotated.previous_session_id == "sess_1"
+        await client.close()

@@ -17,7 +17,8 @@ adapter around them and owns exactly one task: the reader. It
   to a new session; on auth (HTTP 401/403, close 3000) or bad-request failures (HTTP
   400/404, close 4000) gives up at once with ``UpstreamLost``;
 * rotates the session before ``expires_at`` at a quiet moment (no response active,
-  playout idle, caller not speaking, no tool call outstanding) in a short-lived task that
+  playout idle, caller not speaking, no caller turn waiting for server VAD's answer, no
+  tool call outstanding) in a short-lived task that
   opens the new session beside the old one and swaps them.
 
 Writing never awaits. Every client event is one unfragmented text frame, so the client
@@ -86,6 +87,7 @@ class ClientStats:
     connects: int = 0
     reconnects: int = 0
     rotations: int = 0
+    rotation_attempts: int = 0   # rotations started (a busy call may defer one)
     frames_appended: int = 0
     frames_dropped: int = 0
     bytes_appended: int = 0
@@ -151,6 +153,11 @@ class RealtimeClient:
         self._queued: deque[str | None] = deque()
         self._suppressed: set[str] = set()      # responses being cancelled: no audio, no tools
         self._caller_speaking = False
+        # Server VAD ended a caller turn and will answer it on *this* session: swapping
+        # sessions before its response.created would lose the caller's words.
+        self._answer_due = False
+        self._server_answers = (profile.turn_detection is not None
+                                and profile.turn_detection.create_response)
         self._playout_active = False
         self._tools_outstanding: set[str] = set()
         self._calls: dict[str, ev.FunctionCall] = {}
@@ -536,6 +543,7 @@ class RealtimeClient:
         self._create_event_id = None
         self._cancel_on_create = False
         self._caller_speaking = False
+        self._answer_due = False
         self._tools_outstanding.clear()
         if rid:
             self._emit(ev.ResponseDone(rid, "failed", "connection_lost", None,
@@ -572,6 +580,7 @@ class RealtimeClient:
     def _t_response_created(self, conn: _Conn, event: ev.Event) -> bool:
         assert isinstance(event, ev.ResponseCreated)
         self._active = event.response_id
+        self._answer_due = False
         if self._cancel_on_create:
             self._cancel_on_create = False
             self._suppress(event.response_id)
@@ -637,7 +646,13 @@ class RealtimeClient:
 
     def _t_speech_stopped(self, conn: _Conn, event: ev.Event) -> bool:
         self._caller_speaking = False
+        self._answer_due = self._server_answers
         self._maybe_rotate()
+        return True
+
+    def _t_input_timeout(self, conn: _Conn, event: ev.Event) -> bool:
+        # The server commits the silence and answers it (a "still there?").
+        self._answer_due = self._server_answers
         return True
 
     def _t_committed(self, conn: _Conn, event: ev.Event) -> bool:
@@ -712,7 +727,8 @@ class RealtimeClient:
 
     def _quiet(self) -> bool:
         return (self._active is None and not self._queued and not self._playout_active
-                and not self._caller_speaking and not self._tools_outstanding)
+                and not self._caller_speaking and not self._answer_due
+                and not self._tools_outstanding)
 
     def _rotate_at(self, conn: _Conn) -> float:
         """When ``conn`` should be replaced: ``rotate_margin_s`` before it expires, but not
@@ -733,6 +749,7 @@ class RealtimeClient:
             return
         if not self._rotation_due() or not self._quiet():
             return
+        self.stats.rotation_attempts += 1
         self._rotation = asyncio.get_running_loop().create_task(self._rotate(),
                                                                 name="realtime-rotate")
 
@@ -771,6 +788,7 @@ _TRACKERS: dict[type, Callable[[RealtimeClient, _Conn, ev.Event], bool]] = {
     ev.FunctionCall: RealtimeClient._t_function_call,
     ev.SpeechStarted: RealtimeClient._t_speech_started,
     ev.SpeechStopped: RealtimeClient._t_speech_stopped,
+    ev.InputTimeout: RealtimeClient._t_input_timeout,
     ev.InputCommitted: RealtimeClient._t_committed,
     ev.UserTranscript: RealtimeClient._t_user_transcript,
     ev.ServerError: RealtimeClient._t_error,
