@@ -140,7 +140,11 @@ async def test_no_key_or_token_in_any_log_record_or_error(
                            (RealtimeSettings.from_env({"OPENAI_API_KEY": OA_KEY,
                                                        "OPENAI_REALTIME_URL": server.base}
                                                       ).target(), {}),
-                           (azure(server.base, key=None), {"token_provider": provider})]:
+                           (azure(server.base, key=None), {"token_provider": provider}),
+                           # The preview path also takes the key in the query string.
+                           (RealtimeTarget("azure-preview", f"{server.base}/openai/realtime?"
+                                           "api-version=2025-04-01-preview&deployment=d&"
+                                           f"api-key={AZ_KEY}", "preview", AZ_KEY), {})]:
             client = client_for(target, **kw)
             await client.connect()
             client.append_audio(b"\x00" * 960)
@@ -179,6 +183,21 @@ async def test_no_key_or_token_in_any_log_record_or_error(
     for message in errors:
         for secret in (AZ_KEY, OA_KEY, token):
             assert secret not in message
+
+
+@pytest.mark.parametrize("url", [
+    "ws://127.0.0.1:notaport/openai/realtime?api-version=1&deployment=d&api-key=" + AZ_KEY,
+    "wss://[::1/openai/realtime?api-version=1&deployment=d&api-key=" + AZ_KEY,
+    "https://127.0.0.1:9/openai/realtime?api-version=1&deployment=d&api-key=" + AZ_KEY,
+])
+async def test_unusable_url_is_refused_without_showing_its_key(url: str) -> None:
+    client = client_for(RealtimeTarget("azure-preview", url, "preview", AZ_KEY),
+                        max_reconnects=3)
+    with pytest.raises(RealtimeRejected, match="not a usable WebSocket URL") as info:
+        await client.connect()
+    assert AZ_KEY not in str(info.value)
+    assert "api-key=***" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
 # -- Entra ID -------------------------------------------------------------------------------

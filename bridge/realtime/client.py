@@ -47,7 +47,7 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
 from bridge import __version__, metrics
@@ -392,6 +392,11 @@ class RealtimeClient:
             raise _Retryable(f"HTTP {status} at the handshake") from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise _Retryable(f"{type(exc).__name__}: {_safe_text(exc)}") from None
+        except (InvalidURI, ValueError) as exc:
+            # A URL that cannot be parsed: no retry helps, and the exception's text is the
+            # URL itself, api-key query and all -- never let it out.
+            raise RealtimeRejected(f"{self.target.kind}: {self.target.safe_url} is not a "
+                                   f"usable WebSocket URL ({type(exc).__name__})") from None
         conn = _Conn(ws, EventMapper(self.target.dialect))
         try:
             await asyncio.wait_for(self._handshake(conn), self.open_timeout_s)
