@@ -843,6 +843,9 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
             packets += len(times)
             deviations += [abs((b - a) - 0.020) * 1000 for a, b in zip(times, times[1:],
                                                                          strict=False)]
+    if args.keep:
+        with (workdir / "arrivals.json").open("w") as f:
+            json.dump({str(k): v for k, v in streams.items()}, f)
     per_call = 100 * cpu / wall / max(n, 1)
     total = run.successful + run.failed
     print(f"calls: {n} wanted, {live:.0f} live at the window's start; SIPp: "
