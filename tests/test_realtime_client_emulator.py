@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from bridge.codecs import g711
+from bridge.codecs.level import tone as level_tone
 from bridge.errors import RealtimeAuthError
 from bridge.realtime import events as ev
 from bridge.realtime.client import RealtimeClient
@@ -242,5 +244,42 @@ async def test_rotation_against_the_emulator() -> None:
         await emu.wait_for(lambda r: "keep this" in r.sessions[1].user_texts, 5.0)
         await asyncio.wait_for(round_trip(client, events), 10.0)
         assert emu.record.sessions[1].turns == 1
+        await client.close()
+        conformance(emu.record)
+
+
+async def test_g711_passthrough_with_an_azure_transcription_deployment() -> None:
+    """A G.711 caller passed through untranscoded: µ-law both ways, the transcription
+    model given as an Azure deployment name, noise reduction for a handset; audio is
+    counted in milliseconds of µ-law (8 bytes per ms), so a truncation lands where the
+    caller stopped hearing."""
+    profile = SessionProfile(audio_format="pcmu",
+                             turn_detection=TurnDetection(silence_duration_ms=300),
+                             transcription_model="my-transcribe-deployment",
+                             noise_reduction="near_field")
+    async with emulator() as emu:
+        client = make(emu, profile=profile)
+        await client.connect()
+        config = emu.record.sessions[0].config
+        assert config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+        assert config["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+        assert config["audio"]["input"]["transcription"]["model"] == "my-transcribe-deployment"
+        assert config["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
+        events = Events(client)
+        ulaw = g711.ulaw_encode(level_tone(440.0, 600, 8000, dbfs=-14.0) + bytes(2 * 8 * 600))
+        for i in range(0, len(ulaw), 160):  # 20 ms of µ-law per append
+            client.append_audio(ulaw[i:i + 160])
+        heard = await events.until(ev.UserTranscript)
+        done = await events.until(ev.ResponseDone)
+        assert done.status == "completed"
+        deltas = [e for e in events.seen if isinstance(e, ev.AudioDelta)]
+        echoed = sum(len(e.audio) for e in deltas)
+        assert abs(echoed - 8 * 600) <= 8 * 10  # the 600 ms utterance, in µ-law bytes
+        assert emu.record.sessions[0].appended_audio_ms == pytest.approx(1200)
+        await client.truncate(deltas[0].item_id, 300)
+        await emu.wait_for(lambda r: bool(r.truncations), 5.0)
+        (cut,) = emu.record.truncations
+        assert (cut.item_id, cut.audio_end_ms) == (deltas[0].item_id, 300)
+        assert heard.item_id == emu.record.sessions[0].user_items[0].item_id
         await client.close()
         conformance(emu.record)
