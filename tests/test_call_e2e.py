@@ -669,6 +669,30 @@ async def test_cancelled_call_still_writes_its_record(tmp_path: Path) -> None:
     assert not h.clock.running                           # the playout left the clock
 
 
+async def test_a_second_cancel_does_not_stop_the_record_being_written(tmp_path: Path) -> None:
+    class SlowStore(MemoryRecordStore):
+        async def save(self, record: CallRecord) -> None:
+            if record.ended_at is not None:
+                await asyncio.sleep(0.3)          # a slow disk at the worst moment
+            await super().save(record)
+
+    plans = make_plans(tmp_path)
+    store = SlowStore()
+    async with Emulator(EmulatorConfig()) as emu:
+        h = Harness(emu.url, plans.default, store)
+        h.start()
+        await h.until(lambda: h.call.record.connected_at is not None)
+        assert h.task is not None
+        h.task.cancel()
+        await asyncio.sleep(0.05)
+        h.task.cancel()                           # impatient shutdown: cancel again
+        with pytest.raises(asyncio.CancelledError):
+            await h.task
+        await asyncio.wait_for(h.call.finished.wait(), 10)
+    saved = await store.get(h.call.call_id)
+    assert saved is not None and saved.end_reason == "shutdown"
+
+
 # ---------------------------------------------------------------------------- manager
 async def test_manager_admits_runs_streams_events_and_hangs_up(tmp_path: Path) -> None:
     plans = make_plans(tmp_path, greeting=False)

@@ -205,6 +205,9 @@ class Call:
         self._client: RealtimeSession | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._ended = asyncio.Event()
+        #: set once the call is over and its record written
+        self.finished = asyncio.Event()
+        self._finish_task: asyncio.Task[None] | None = None
         self._ready = False                    # caller audio may flow upstream
         self._fallback_started = False
         self._end_requested: tuple[str, str] | None = None
@@ -306,6 +309,14 @@ class Call:
         return self._ended.is_set()
 
     async def _finish(self) -> None:
+        """Clean up and write the record, in a task of its own: a second cancellation
+        (a shutdown running out of patience) cannot stop the record being written."""
+        if self._finish_task is None:
+            self._finish_task = asyncio.get_running_loop().create_task(
+                self._finish_inner(), name=f"{self.call_id}-finish")
+        await asyncio.shield(self._finish_task)
+
+    async def _finish_inner(self) -> None:
         self._ready = False
         self._tg = None
         for timer in self._timers:
@@ -313,21 +324,28 @@ class Call:
         if self._silence_timer is not None:
             self._silence_timer.cancel()
         self.clock.unsubscribe(self.playout)
-        if self._client is not None:
-            try:
-                await asyncio.wait_for(self._client.close(), self.close_timeout_s)
-            except Exception as exc:     # closing is best effort; the record must be written
-                self.log.warning("closing the Realtime client failed: %r", exc)
-        try:
-            await self.leg.hang_up(self.record.end_reason)
-        except Exception as exc:
-            self.log.warning("hanging up the leg failed: %r", exc)
+        # The record first: it is complete now, and the far ends may be slow to close.
         self.record.ended_at = time.time()
         try:
             await self.store.save(self.record)
         except Exception:
             self.log.exception("could not save the call record")
+        await asyncio.gather(self._close_client(), self._hang_up_leg())
         self._emit("call.ended", reason=self.record.end_reason)
+        self.finished.set()
+
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            try:
+                await asyncio.wait_for(self._client.close(), self.close_timeout_s)
+            except Exception as exc:     # closing is best effort
+                self.log.warning("closing the Realtime client failed: %r", exc)
+
+    async def _hang_up_leg(self) -> None:
+        try:
+            await self.leg.hang_up(self.record.end_reason)
+        except Exception as exc:
+            self.log.warning("hanging up the leg failed: %r", exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` in the call's task group (dropped if the call is over)."""

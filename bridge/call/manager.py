@@ -158,15 +158,22 @@ class CallManager:
     async def shutdown(self, reason: str = "shutdown", grace_s: float = 5.0) -> None:
         """Stop admitting, end every live call, wait (bounded) for their records."""
         self._closing = True
-        for call in list(self.calls.values()):
+        calls = list(self.calls.values())
+        for call in calls:
             call.end(reason)
         tasks = [t for t in self._tasks.values() if t is not asyncio.current_task()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             for t in pending:
                 t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=grace_s)
+        # A cancelled call still finishes writing its record in the background: wait for
+        # that too, so the store is not closed under it.
+        waits = [asyncio.ensure_future(c.finished.wait()) for c in calls
+                 if not c.finished.is_set()]
+        if waits:
+            _, pending_waits = await asyncio.wait(waits, timeout=grace_s)
+            for w in pending_waits:
+                w.cancel()
         for q in list(self._queues):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait({"type": "manager.closed"})
