@@ -25,7 +25,8 @@ Token-protected (``[http] token``; ``Authorization: Bearer`` or the cookie set b
 
 An app built with no token keeps the protected routes closed (401) to everyone;
 ``voicebridge serve`` always has one: the configured ``[http] token``, or one made for the
-run and shown only in its start-up banner. CORS is closed unless ``[http] cors_origins`` lists origins.
+run and shown only in its start-up banner. CORS is closed unless ``[http] cors_origins``
+lists origins.
 """
 
 from __future__ import annotations
