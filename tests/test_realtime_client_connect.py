@@ -9,10 +9,12 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import pytest
+from azure.core.credentials import AccessToken
 from websockets.asyncio.server import ServerConnection
 
 from bridge.errors import RealtimeAuthError, RealtimeUnavailable
@@ -223,6 +225,51 @@ async def test_entra_token_is_fetched_fresh_on_every_connect() -> None:
         assert server.sessions[1].headers["Authorization"] == "Bearer entra-token-2"
         assert calls == 2
         await client.close()
+
+
+class FakeAzureCredential:
+    """Stands in for ``azure.identity.aio.DefaultAzureCredential``: an async credential
+    with ``get_token`` and ``close``, no network. Each token expires inside azure-core's
+    300 s refresh window, so the bearer-token provider must fetch a new one per call."""
+
+    made: list[FakeAzureCredential] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.scopes: list[tuple[str, ...]] = []
+        self.closed = False
+        FakeAzureCredential.made.append(self)
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.scopes.append(scopes)
+        return AccessToken(f"entra-fake-{len(self.scopes)}", int(time.time()) + 200)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_entra_through_azure_identity_with_a_fake_credential(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key and no token provider given: the client builds its own Entra provider
+    (DefaultAzureCredential + get_bearer_token_provider, the real azure-identity code),
+    asks for the Cognitive Services scope, presents a refreshed token on the reconnect,
+    and closes the credential with the client."""
+    monkeypatch.setattr("azure.identity.aio.DefaultAzureCredential", FakeAzureCredential)
+    monkeypatch.setattr(FakeAzureCredential, "made", [])
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base, key=None))
+        await client.connect()
+        events = Events(client)
+        (credential,) = FakeAzureCredential.made
+        assert credential.scopes == [("https://cognitiveservices.azure.com/.default",)]
+        assert server.sessions[0].headers["Authorization"] == "Bearer entra-fake-1"
+        assert "api-key" not in server.sessions[0].headers
+        await server.drop(1011)
+        await events.until(ev.Reconnected)
+        assert server.sessions[1].headers["Authorization"] == "Bearer entra-fake-2"
+        assert not credential.closed
+        await client.close()
+        assert credential.closed
+        assert len(FakeAzureCredential.made) == 1  # one credential for the client's life
 
 
 # -- fatal failures never loop --------------------------------------------------------------
@@ -612,8 +659,6 @@ async def test_append_audio_is_sent_verbatim_and_dropped_before_ready() -> None:
 async def test_session_is_rotated_before_expiry_at_a_quiet_moment() -> None:
     now = [0.0]
     async with FakeRealtime(expires_in_s=1800) as server:
-        import time  # noqa: PLC0415
-
         now[0] = time.time()  # a virtual wall clock
         client = client_for(azure(server.base), rotate_margin_s=120.0,
                             wall_clock=lambda: now[0])
@@ -645,8 +690,6 @@ async def test_rotation_waits_until_response_playout_caller_and_turn_are_all_qui
     first moment none holds (checked synchronously: every trigger below runs the rotation
     check before the event reaches the call)."""
     async with FakeRealtime(responder=respond_on_create) as server:
-        import time  # noqa: PLC0415
-
         now = [time.time()]
         client = client_for(azure(server.base), rotate_margin_s=120.0,
                             wall_clock=lambda: now[0])
@@ -672,9 +715,11 @@ async def test_rotation_waits_until_response_playout_caller_and_turn_are_all_qui
         client.set_playout_active(False)
         assert client.stats.rotation_attempts == 0
         # The caller's turn ends; server VAD is about to answer it on this session.
-        for e in [{"type": "input_audio_buffer.speech_stopped", "event_id": "s",
-                   "audio_end_ms": 2400, "item_id": "u1"},
-                  {"type": "input_audio_buffer.committed", "event_id": "s", "item_id": "u1"}]:
+        turn_end: list[dict[str, Any]] = [
+            {"type": "input_audio_buffer.speech_stopped", "event_id": "s",
+             "audio_end_ms": 2400, "item_id": "u1"},
+            {"type": "input_audio_buffer.committed", "event_id": "s", "item_id": "u1"}]
+        for e in turn_end:
             await server.send(e)
         await events.until(ev.InputCommitted)
         assert client.stats.rotation_attempts == 0
