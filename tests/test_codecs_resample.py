@@ -20,7 +20,10 @@ from bridge.codecs.resample import (
 SOXR_MODES = [m for m in MODES if m.startswith("soxr-")]
 ALL_MODES = ["fir", *SOXR_MODES]
 RATE_PAIRS = [(8000, 24000), (16000, 24000), (48000, 24000),
-              (24000, 8000), (24000, 16000), (24000, 48000)]
+              (24000, 8000), (24000, 16000), (24000, 48000),
+              # not on the bridge's paths today, but every pair of 8/16/24/48 kHz is offered
+              (8000, 16000), (16000, 8000), (8000, 48000), (48000, 8000),
+              (16000, 48000), (48000, 16000)]
 rng = np.random.default_rng(20)
 
 
