@@ -19,7 +19,7 @@ from bridge.codecs import g711
 from bridge.codecs.level import tone as level_tone
 from bridge.errors import RealtimeAuthError
 from bridge.realtime import events as ev
-from bridge.realtime.client import RealtimeClient
+from bridge.realtime.client import RealtimeClient, RealtimeRejected
 from bridge.realtime.config import RealtimeSettings, RealtimeTarget
 from bridge.realtime.emulator import Emulator, EmulatorConfig, EmulatorRecord
 from bridge.realtime.profile import SessionProfile, TurnDetection
@@ -283,3 +283,16 @@ async def test_g711_passthrough_with_an_azure_transcription_deployment() -> None
         assert heard.item_id == emu.record.sessions[0].user_items[0].item_id
         await client.close()
         conformance(emu.record)
+
+
+async def test_a_refused_session_update_is_not_retried() -> None:
+    # The service validates the session itself (here idle_timeout_ms below its 5000 ms
+    # minimum): the same update would be refused again, so connect() gives up at once.
+    profile = SessionProfile(turn_detection=TurnDetection(idle_timeout_ms=1000))
+    async with emulator() as emu:
+        client = make(emu, profile=profile, max_reconnects=3, open_timeout_s=3.0)
+        with pytest.raises(RealtimeRejected, match="integer_below_min_value"):
+            await client.connect()
+        assert len(emu.record) == 1
+        assert emu.record.sessions[0].error_codes() == ["integer_below_min_value"]
+        await client.close()
