@@ -426,6 +426,31 @@ async def test_response_running_at_the_drop_is_closed_for_the_call() -> None:
         await client.close()
 
 
+async def test_junk_from_the_server_is_skipped_and_the_session_carries_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="bridge.realtime")
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        (conn,) = server.live
+        for junk in ['{"type": "response.output_audio.delta", "delta": "AAA',   # cut short
+                     "[1, 2, 3]", b"\x00\x01binary",
+                     json.dumps({"type": "response.mcp_call.in_progress", "item_id": "x"}),
+                     json.dumps({"type": "input_audio_buffer.speech_started",
+                                 "item_id": "u0"})]:                # lacks audio_start_ms
+            await conn.send(junk)
+        await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
+                           "audio_start_ms": 20, "item_id": "u1", "obfuscation": "zz",
+                           "some_future_field": {"nested": [1]}})
+        started = await events.until(ev.SpeechStarted)
+        assert started == ev.SpeechStarted("u1", 20)
+        assert [type(e) for e in events.seen] == [ev.SessionReady, ev.SpeechStarted]
+        assert client.connected
+        assert any("malformed JSON" in r.getMessage() for r in caplog.records)
+        await client.close()
+
+
 # -- responses, tools, barge-in, truncation -------------------------------------------------
 
 async def respond_on_create(server: FakeRealtime, conn: ServerConnection,
