@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import subprocess
 import time
 import wave
@@ -133,6 +134,7 @@ async def test_baresip_hears_its_phrase_echoed(serve: ServeProcess, tmp_path: Pa
         if proc.returncode is None:
             proc.kill()
         output = (await proc.communicate())[0].decode(errors="replace")
+    output = re.sub(r"\[\d+:\d+:\d+\] audio=\S+ \(bit/s\)\s*", "", output)   # status ticker
     info = f"--- baresip ---\n{output[-2500:]}\n{serve.log_tail()}"
     [enc] = sounds.glob("dump-*-enc.wav")
     [dec] = sounds.glob("dump-*-dec.wav")
@@ -152,7 +154,9 @@ async def test_baresip_hears_its_phrase_echoed(serve: ServeProcess, tmp_path: Pa
     assert loud >= 0.5 * np.count_nonzero(sent_levels[first:last] > -40), \
         f"echo window {window}\nsent {sent_levels[first:last]}\n{info}"
     corr, delay = _envelope_alignment(sent, heard)
-    assert corr > 0.8 and delay >= phrase_bins * BIN_S, \
+    # (A tone or noise scores near 0; the echo scores ~0.9 on an idle machine and stays
+    # well above 0.6 on a loaded one, where the phone's playout timing wobbles.)
+    assert corr > 0.6 and delay >= phrase_bins * BIN_S, \
         f"heard audio is not the echoed phrase (r={corr:.2f}, delay {delay} s)\n{info}"
 
     # The record of the call, as the serve process stored it.
