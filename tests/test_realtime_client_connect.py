@@ -758,3 +758,35 @@ async def test_rotation_waits_until_response_playout_caller_and_turn_are_all_qui
         rotated = await events.until(ev.SessionRotated)
         assert rotated.previous_session_id == "sess_1"
         await client.close()
+
+
+async def test_an_upstream_that_keeps_dropping_is_given_up() -> None:
+    # Every reconnect succeeds, every new session drops again: without a bound on drops
+    # the per-drop retry count starts afresh each time and the caller waits for ever.
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base), max_reconnects=2, flap_window_s=60.0)
+        await client.connect()
+        events = Events(client)
+        for _ in range(2):
+            await server.drop(1011)
+            await events.until(ev.Reconnected)
+        await server.drop(1011)
+        lost = await events.until(ev.UpstreamLost)
+        assert not lost.fatal_auth
+        assert "3 sessions dropped within 60 s" in lost.reason
+        assert len(server.sessions) == 3  # no fourth session was opened
+        await events.drain_to_end()
+        await client.close()
+
+
+async def test_drops_far_apart_are_each_reconnected() -> None:
+    async with FakeRealtime() as server:
+        # A window of 0 s: no two drops count together however close they come.
+        client = client_for(azure(server.base), max_reconnects=1, flap_window_s=0.0)
+        await client.connect()
+        events = Events(client)
+        for _ in range(3):
+            await server.drop(1006)
+            await events.until(ev.Reconnected)
+        assert client.stats.reconnects == 3
+        await client.close()

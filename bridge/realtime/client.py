@@ -15,7 +15,9 @@ adapter around them and owns exactly one task: the reader. It
   and hands the events to the call through ``events()``;
 * on a close worth retrying (1001, 1005, 1006, 1011, 1012, 1013) reconnects with back-off
   to a new session; on auth (HTTP 401/403, close 3000) or bad-request failures (HTTP
-  400/404, close 4000) gives up at once with ``UpstreamLost``;
+  400/404, close 4000) gives up at once with ``UpstreamLost``, and so it does when sessions
+  keep dropping (more than ``max_reconnects`` drops within ``flap_window_s``: each
+  reconnect succeeding on its own would otherwise keep the caller in silence for ever);
 * rotates the session before ``expires_at`` at a quiet moment (no response active,
   playout idle, caller not speaking, no caller turn waiting for server VAD's answer, no
   tool call outstanding) in a short-lived task that
@@ -119,6 +121,7 @@ class RealtimeClient:
                  log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
                  max_reconnects: int = 3, rotate_margin_s: float = 120.0,
                  reconnect_backoff_s: float = 0.5, open_timeout_s: float = 15.0,
+                 flap_window_s: float = 60.0,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.target = target
         self.profile = profile
@@ -132,6 +135,8 @@ class RealtimeClient:
         self.rotate_margin_s = rotate_margin_s
         self.reconnect_backoff_s = reconnect_backoff_s
         self.open_timeout_s = open_timeout_s
+        self.flap_window_s = flap_window_s
+        self._drops: deque[float] = deque()   # monotonic times of recent session drops
         self._wall = wall_clock
         self.stats = ClientStats()
         self.history = History()
@@ -513,6 +518,14 @@ class RealtimeClient:
 
     async def _reconnect(self, reason: str) -> bool:
         self._end_session_state(reason)
+        now = time.monotonic()
+        self._drops.append(now)
+        while now - self._drops[0] > self.flap_window_s:
+            self._drops.popleft()
+        if len(self._drops) > self.max_reconnects:
+            self._lose(f"{len(self._drops)} sessions dropped within {self.flap_window_s:.0f} s: "
+                       f"{reason}", False)
+            return False
         for attempt in range(1, self.max_reconnects + 1):
             self._emit(ev.Reconnecting(attempt, reason))
             await asyncio.sleep(self._backoff(attempt))
