@@ -166,7 +166,7 @@ def check_echo_call(capture: LoopbackCapture, media_port: int, payload_type: int
     origin = min(sent.packets[0][0], back.packets[0][0])
     bins = int((max(sent.packets[-1][0], back.packets[-1][0]) - origin) / BIN_S) + 1
     corr, delay = _best_alignment(_envelope(sent, origin, bins), _envelope(back, origin, bins))
-    assert corr > 0.8, f"echo envelope does not match the caller's (r={corr:.2f} at {delay} s)"
+    assert corr > 0.7, f"echo envelope does not match the caller's (r={corr:.2f} at {delay} s)"
 
 
 # ---- calls with audio ---------------------------------------------------------------------
