@@ -486,10 +486,13 @@ class Call:
         self._audio_response = None
         client = self._client
         truncated: int | None = None
-        if item is not None and heard > 0 and client is not None:
-            truncated = min(heard, received)
+        if item is not None and client is not None:
+            # At 0 ms the client only trims its history (truncating an item with no audio
+            # is an error on the wire, PROTOCOL.md §6.3), so the conversation it would
+            # re-seed after a reconnect holds what the caller heard, and nothing more.
+            truncated = min(heard, received) if heard > 0 else None
             try:
-                await client.truncate(item, truncated)
+                await client.truncate(item, truncated or 0)
             except RealtimeError as exc:
                 self.log.warning("truncate failed: %r", exc)
         if item is not None:
