@@ -114,3 +114,34 @@ def test_update_validation_is_all_or_nothing() -> None:
     assert preview["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert preview["audio"]["input"]["turn_detection"] is None
     assert extras == {"temperature": 0.9}
+
+
+def turn_events(core: SessionCore, turn_detection: dict[str, Any],
+                audio: bytes) -> list[dict[str, Any]]:
+    send(core, 0.0, type="session.update", session={
+        "type": "realtime", "audio": {"input": {"turn_detection": turn_detection}}})
+    events(core)
+    send(core, 0.0, type="input_audio_buffer.append", audio=base64.b64encode(audio).decode())
+    return [e for e in events(core) if e["type"].startswith("input_audio_buffer.speech")]
+
+
+@pytest.mark.parametrize(("threshold", "heard"), [(0.2, True), (0.5, True), (0.9, False)])
+def test_session_threshold_reaches_the_vad(threshold: float, heard: bool) -> None:
+    # A -30 dBFS voice: speech at the default threshold, too quiet for a high one.
+    core = make_core(pace=0.0)
+    got = turn_events(core, {"type": "server_vad", "threshold": threshold,
+                             "silence_duration_ms": 300, "create_response": False},
+                      silence(200) + tone(500, dbfs=-30) + silence(600))
+    assert bool(got) == heard
+
+
+@pytest.mark.parametrize(("eagerness", "wait_ms"), [("high", 400), ("auto", 800),
+                                                    ("low", 1500)])
+def test_semantic_vad_eagerness_sets_how_long_silence_must_last(eagerness: str,
+                                                                wait_ms: int) -> None:
+    core = make_core(pace=0.0)
+    got = turn_events(core, {"type": "semantic_vad", "eagerness": eagerness,
+                             "create_response": False},
+                      silence(200) + tone(500) + silence(1600))
+    assert [(e["type"].rsplit(".", 1)[1], e.get("audio_end_ms")) for e in got] == [
+        ("speech_started", None), ("speech_stopped", 700 + wait_ms)]
