@@ -38,10 +38,12 @@ def transfer_tool(targets: Mapping[str, str], descriptions: Mapping[str, str]) -
     listing = "; ".join(
         f"{name}: {descriptions[name]}" if descriptions.get(name) else name for name in names
     )
+    # A Literal built at run time from the plan's names: typed Any for the checker.
+    target_type: Any = Literal[names]
     model = create_model(
         "transfer_call_arguments",
         __config__=ARGUMENTS_CONFIG,
-        target=(Literal[names], Field(description=f"Where to transfer the caller. {listing}")),
+        target=(target_type, Field(description=f"Where to transfer the caller. {listing}")),
     )
 
     async def handler(args: dict[str, Any], ctx: ToolContext) -> Any:
