@@ -240,7 +240,6 @@ def test_successful_session_2_1() -> None:
         "Accept: application/sdp\r\n"
         "Accept-Encoding: identity\r\n"
         "Accept-Language: en\r\n"
-        "Supported: \r\n"
         "Content-Type: application/sdp\r\n"
         f"Content-Length: {len(EXPECTED_200_SDP)}\r\n\r\n").encode() + EXPECTED_200_SDP
     # F4 ACK -> established; the 2xx is no longer retransmitted.

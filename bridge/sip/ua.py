@@ -83,6 +83,8 @@ KNOWN_METHODS = frozenset({
 })
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY")
 SUPPORTED_SCHEMES = ("sip", "sips")
+#: SIP extensions (option tags) we implement: none yet (no 100rel, timer, replaces).
+SUPPORTED_OPTION_TAGS: tuple[str, ...] = ()
 DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _DTMF_ALIASES = {"10": "*", "11": "#", "12": "A", "13": "B", "14": "C", "15": "D"}
@@ -968,10 +970,15 @@ class UserAgent:
 
     def _capabilities(self) -> Headers:
         # §11.2: Allow, Accept, Accept-Encoding, Accept-Language and Supported SHOULD be
-        # in a 200 to OPTIONS. We support no option tags, so Supported is empty.
-        return Headers((("Allow", ", ".join(ALLOWED_METHODS)), ("Accept", "application/sdp"),
-                        ("Accept-Encoding", "identity"), ("Accept-Language", "en"),
-                        ("Supported", "")))
+        # in a 200 to OPTIONS. §25.1 lets Supported be empty, but an empty header field
+        # trips some peers' parsers, and leaving it out says the same (§20.37: no option
+        # tags), so it is sent only when there is a tag to list.
+        items: tuple[tuple[str, str], ...] = (
+            ("Allow", ", ".join(ALLOWED_METHODS)), ("Accept", "application/sdp"),
+            ("Accept-Encoding", "identity"), ("Accept-Language", "en"))
+        if SUPPORTED_OPTION_TAGS:
+            items += (("Supported", ", ".join(SUPPORTED_OPTION_TAGS)),)
+        return Headers(items)
 
     def _sent_by(self) -> str:
         host = self.config.host
