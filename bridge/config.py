@@ -65,6 +65,8 @@ class SipConfig:
     max_calls: int = 200
     #: CIDRs allowed to call; empty = everyone.
     allow_from: tuple[str, ...] = ()
+    #: Latch RTP on the first packet from any address, not only from the SDP address or
+    #: the caller's signalling address (see ``bridge.sip.service.SipSettings``).
     latch_any: bool = False
     #: Send 180 Ringing and wait this long before answering (0: answer at once).
     ring_ms: int = 0

@@ -53,12 +53,11 @@ def _phrase(folder: Path) -> Path:
 def _config(folder: Path, source: Path, sounds: Path) -> Path:
     cfg = folder / "baresip"
     cfg.mkdir()
-    # net_interface: the address baresip writes into its SDP must be the one it sends
-    # from, or the bridge's RTP-bleed protection rightly drops its media (its default is
-    # the host's first interface while it sends from loopback).
+    # No net_interface: baresip then writes the host's first interface into its SDP
+    # while it sends from loopback, so its media latches only because it comes from
+    # where its SIP came from (the bridge's pre-latch rule; no latch_any needed).
     (cfg / "config").write_text(f"""poll_method epoll
 sip_listen 127.0.0.1:{free_udp_port()}
-net_interface 127.0.0.1
 audio_player aufile,/dev/null
 audio_source aufile,{source}
 audio_alert aufile,/dev/null

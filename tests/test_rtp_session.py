@@ -136,6 +136,19 @@ def test_latch_any_latches_on_any_host_then_locks() -> None:
     assert rx.stats.dropped == {"source": 1}
 
 
+def test_signalling_host_may_latch_when_the_sdp_address_is_not_the_source() -> None:
+    """A caller behind NAT (SDP: its private address) or a softphone whose SDP names
+    another interface: its media comes from where its SIP came from, and latches; any
+    third host is still refused before and after."""
+    rx = RtpSession(payload_type=0, remote=("10.1.1.1", 4000), peer_host="198.51.100.7")
+    rx.receive(pack_header(False, 0, 1, 0, 5) + SIL, ("203.0.113.66", 3333), 0.0)
+    assert rx.latched is None and rx.stats.dropped == {"source": 1}
+    rx.receive(pack_header(False, 0, 1, 0, 5) + SIL, ("198.51.100.7", 40000), 0.0)
+    assert rx.latched == ("198.51.100.7", 40000) == rx.destination
+    rx.receive(pack_header(False, 0, 2, 160, 6) + SIL, ("10.1.1.1", 4000), 0.02)
+    assert rx.stats.dropped == {"source": 2} and rx.stats.received == 1
+
+
 def test_malformed_rtcp_cn_and_wrong_payload_type_are_counted() -> None:
     rx = RtpSession(payload_type=8, codec="pcma", dtmf_payload_type=101, remote=A)
     rx.receive(b"\x80\x08\x00", A, 0)                               # short

@@ -173,6 +173,40 @@ async def test_udp_call_with_rtp_both_ways_and_bye_from_caller() -> None:
         assert svc.active_calls == 0
 
 
+async def test_media_from_the_signalling_host_latches_whatever_the_sdp_says() -> None:
+    """A caller whose SDP names an address it does not send from (NAT, or a softphone
+    naming another interface): its RTP comes from where its SIP came from, latches, and
+    our audio follows it there."""
+    async def body(leg: SipLeg, sink: Sink) -> None:
+        await sink.hangup.wait()
+
+    rec = Recorder(body)
+    async with service(rec) as svc:
+        sip, rtp = await udp_peer(), await udp_peer()
+        assert sip.transport is not None and rtp.transport is not None
+        alice = Uac(rport=True)
+        target = ("127.0.0.1", svc.port)
+        sdp = caller_sdp(rtp.port).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 203.0.113.9")
+        sip.transport.sendto(alice.invite(sdp=sdp), target)
+        await sip.recv_sip()
+        ok = await sip.recv_sip()
+        our_rtp = int(ok.body.decode().split("m=audio ")[1].split()[0])
+        sip.transport.sendto(alice.ack(ok), target)
+        await asyncio.wait_for(rec.started.wait(), 10)
+        leg, sink = rec.legs[0], rec.sinks[0]
+        rtp.transport.sendto(rtp_packet(1, 0, b"\xff" * 160), ("127.0.0.1", our_rtp))
+        for _ in range(250):
+            if sink.audio:
+                break
+            await asyncio.sleep(0.02)
+        assert len(sink.audio) == 1
+        assert leg.rtp.stats.latched == ("127.0.0.1", rtp.port)
+        leg.write_frame(b"\x00\x10" * 160)
+        assert len(await rtp.recv()) == 12 + 160          # symmetric: back to the latch
+        sip.transport.sendto(alice.in_dialog("BYE"), target)
+        await asyncio.wait_for(rec.finished.wait(), 10)
+
+
 async def test_on_call_return_sends_bye_over_tcp() -> None:
     async def body(leg: SipLeg, sink: Sink) -> None:
         await asyncio.sleep(0.05)

@@ -85,10 +85,12 @@ class PortAllocator:
 class RtpEndpoint(asyncio.DatagramProtocol):
     """One call's RTP socket. Build with :meth:`open`, then :meth:`configure` from SDP."""
 
-    def __init__(self, allocator: PortAllocator, port: int, *, latch_any: bool) -> None:
+    def __init__(self, allocator: PortAllocator, port: int, *, latch_any: bool,
+                 peer_host: str | None = None) -> None:
         self._allocator = allocator
         self.local_port = port
         self.latch_any = latch_any
+        self.peer_host = peer_host
         self.on_audio: Callable[[bytes], None] = _ignore
         self.on_dtmf: Callable[[str], None] = _ignore
         self._loop = asyncio.get_running_loop()
@@ -107,12 +109,15 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     @classmethod
     async def open(cls, bind_host: str, allocator: PortAllocator, *,
-                   latch_any: bool = False) -> RtpEndpoint:
-        """Bind a UDP socket on the next free even port (skipping ports taken by others)."""
+                   latch_any: bool = False, peer_host: str | None = None) -> RtpEndpoint:
+        """Bind a UDP socket on the next free even port (skipping ports taken by others).
+
+        ``peer_host``: the address the call's signalling came from; media from it may
+        latch as well as media from the SDP address (see :mod:`bridge.rtp.session`)."""
         loop = asyncio.get_running_loop()
         for _ in range(allocator.capacity):
             port = allocator.allocate()
-            endpoint = cls(allocator, port, latch_any=latch_any)
+            endpoint = cls(allocator, port, latch_any=latch_any, peer_host=peer_host)
             try:
                 await loop.create_datagram_endpoint(endpoint._self,
                                                     local_addr=(bind_host, port))
@@ -172,7 +177,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self._session = RtpSession(
                 payload_type=payload_type, codec=codec.lower(),
                 dtmf_payload_type=dtmf_payload_type, remote=remote,
-                latch_any=self.latch_any, ptime_ms=ptime_ms)
+                latch_any=self.latch_any, peer_host=self.peer_host, ptime_ms=ptime_ms)
             self._session.set_sending(self._sending)
             self._session.on_drop = _count_drop
         else:

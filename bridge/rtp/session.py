@@ -9,12 +9,19 @@ asks it for packets to send.
 Receive (:meth:`receive`), in this order, each step a counted drop reason:
 
 1. *Source* (RTP bleed protection). Symmetric RTP: before latching we accept packets
-   only from the host the SDP named (any host when ``latch_any``, for callers behind
-   NAT whose SDP carries a private address). The first packet that is valid RTP of a
-   negotiated payload type latches the session onto its exact ``(host, port)``; from
-   then on anything from another address is dropped as ``source`` before it is even
-   parsed, and our audio goes to the latched address. Only the host (not the port) is
-   matched before latching because NATs and SBCs rewrite ports.
+   only from the host the SDP named or the host the call's signalling came from
+   (``peer_host``), or from any host when ``latch_any``. The signalling host covers the
+   two common cases of an SDP address we cannot trust, without opening the latch to
+   the whole network: a caller behind NAT whose SDP carries its private address (its
+   media comes from the same public address as its SIP), and a softphone whose SDP
+   names another interface than the one it sends from (baresip names the host's first
+   interface while calling over loopback). ``latch_any`` remains for media that comes
+   from neither (a caller behind NAT reaching us through a proxy that does not anchor
+   media). The first packet that is valid RTP of a negotiated payload type latches the
+   session onto its exact ``(host, port)``; from then on anything from another address
+   is dropped as ``source`` before it is even parsed, and our audio goes to the
+   latched address. Only the host (not the port) is matched before latching because
+   NATs and SBCs rewrite ports.
 2. *Parse*: ``short``, ``version``, ``padding``, ``extension``, ``oversized``
    (see :mod:`bridge.rtp.packet`). RTCP on the RTP port is counted as ``rtcp``, not
    as a drop.
@@ -81,7 +88,8 @@ class RtpSession:
 
     def __init__(self, *, payload_type: int, codec: str = "pcmu",
                  dtmf_payload_type: int | None = None, remote: Address | None = None,
-                 latch_any: bool = False, clock_rate: int = 8000, ptime_ms: int = 20,
+                 latch_any: bool = False, peer_host: str | None = None,
+                 clock_rate: int = 8000, ptime_ms: int = 20,
                  gap_ms: float = 100.0, max_packet_size: int = MAX_PACKET_SIZE,
                  rng: random.Random | None = None,
                  jitter: JitterBuffer | None = None) -> None:
@@ -91,6 +99,8 @@ class RtpSession:
         self._next_ts = rng.getrandbits(32)
         self.clock_rate = clock_rate
         self.latch_any = latch_any
+        #: Where the call's signalling came from: also trusted before latching.
+        self.peer_host = peer_host
         self.max_packet_size = max_packet_size
         self.gap = gap_ms / 1000.0
         self.jitter = jitter or JitterBuffer(clock_rate=clock_rate,
@@ -206,7 +216,8 @@ class RtpSession:
 
     def _latch(self, addr: Address) -> bool:
         remote = self._remote
-        if not self.latch_any and remote is not None and addr[0] != remote[0]:
+        if (not self.latch_any and remote is not None and addr[0] != remote[0]
+                and addr[0] != self.peer_host):
             self._drop("source")
             return False
         self._latched = addr

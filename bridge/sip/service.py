@@ -76,7 +76,11 @@ class SipSettings:
     max_calls: int = 200
     #: CIDRs allowed to send us requests; empty allows everyone. Others get 403.
     allow_from: tuple[str, ...] = ()
-    #: Latch RTP onto the first packet from any address (callers behind NAT).
+    #: Latch RTP onto the first packet from any address. Off, RTP may latch from the
+    #: SDP address or the address the call's signalling came from, which is enough for
+    #: callers behind NAT that call us directly; on, for media from anywhere else (a
+    #: caller behind NAT through a proxy that does not anchor media), at the price of
+    #: letting whoever sends first at call start take the stream.
     latch_any: bool = False
     codecs: tuple[str, ...] = ("pcmu", "pcma")
     #: Ring before answering: send ``180 Ringing`` and wait this long (a caller may CANCEL
@@ -388,7 +392,7 @@ class SipService:
             try:
                 rtp = await RtpEndpoint.open(self.address if self.address not in (
                     "0.0.0.0", "::") else self.settings.host, self._ports,
-                    latch_any=self.settings.latch_any)
+                    latch_any=self.settings.latch_any, peer_host=event.peer.addr[0])
             except (OSError, BridgeError) as exc:
                 log.warning("call %s: no RTP port (%s); refusing", call_id, exc)
                 self._command(lambda ua, now: ua.reject(
