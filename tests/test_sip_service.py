@@ -207,6 +207,71 @@ async def test_media_from_the_signalling_host_latches_whatever_the_sdp_says() ->
         await asyncio.wait_for(rec.finished.wait(), 10)
 
 
+async def test_offerless_invite_offer_in_200_answer_in_ack_with_media() -> None:
+    """INVITE without SDP: our offer (from the configured RTP range, at the public
+    address) goes in the 200, the caller's answer in the ACK sets the codec and where
+    media goes, and RTP flows both ways."""
+    async def body(leg: SipLeg, sink: Sink) -> None:
+        leg.write_frame(b"\x00\x10" * 160)
+        await sink.hangup.wait()
+
+    rec = Recorder(body)
+    async with service(rec, public_address="198.51.100.20") as svc:
+        low, high = svc.settings.rtp_ports
+        sip, rtp = await udp_peer(), await udp_peer()
+        assert sip.transport is not None and rtp.transport is not None
+        alice = Uac(rport=True)
+        target = ("127.0.0.1", svc.port)
+        sip.transport.sendto(alice.invite(sdp=None), target)
+        assert (await sip.recv_sip()).status == 100
+        ok = await sip.recv_sip()
+        assert ok.status == 200 and ok.content_type == "application/sdp"
+        # NAT: the public address in Contact, Via-independent, and in the SDP.
+        assert ok.headers.get("Contact") == f"<sip:198.51.100.20:{svc.port}>"
+        offer = ok.body.decode()
+        assert "c=IN IP4 198.51.100.20\r\n" in offer and " IN IP4 198.51.100.20\r\n" in offer
+        m_line = offer.split("m=audio ")[1].split("\r\n")[0].split()
+        our_rtp = int(m_line[0])
+        assert low <= our_rtp <= high and our_rtp % 2 == 0
+        assert m_line[2:] == ["0", "8", "101"]
+        answer = caller_sdp(rtp.port).replace(b"RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000",
+                                              b"RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000")
+        sip.transport.sendto(alice.ack(ok, body=answer), target)
+        await asyncio.wait_for(rec.started.wait(), 10)
+        leg, sink = rec.legs[0], rec.sinks[0]
+        assert leg.g711 == "pcma"
+        packet = await rtp.recv()                         # the answer told us where
+        assert packet[1] & 0x7F == 8 and len(packet) == 12 + 160
+        rtp.transport.sendto(rtp_packet(1, 0, b"\xd5" * 160, pt=8), ("127.0.0.1", our_rtp))
+        for _ in range(250):
+            if sink.audio:
+                break
+            await asyncio.sleep(0.02)
+        assert [len(f) for f in sink.audio] == [320]
+        sip.transport.sendto(alice.in_dialog("BYE"), target)
+        await asyncio.wait_for(rec.finished.wait(), 10)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_malformed_request_gets_400_with_the_reason(transport: str) -> None:
+    async with service(wait_for_hangup) as svc:
+        bad = Uac(rport=True).invite()
+        bad = b"\r\n".join(line for line in bad.split(b"\r\n")
+                            if not line.startswith(b"From:"))
+        if transport == "udp":
+            sip = await udp_peer()
+            assert sip.transport is not None
+            sip.transport.sendto(bad, ("127.0.0.1", svc.port))
+            data = await sip.recv()
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", svc.port)
+            writer.write(bad.replace(b"/UDP", b"/TCP"))
+            data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writer.close()
+        assert data.startswith(b"SIP/2.0 400 Bad Request (missing From)\r\n"), data
+        assert svc.active_calls == 0
+
+
 async def test_on_call_return_sends_bye_over_tcp() -> None:
     async def body(leg: SipLeg, sink: Sink) -> None:
         await asyncio.sleep(0.05)
@@ -345,6 +410,18 @@ async def test_leg_dtmf_info_hold_resume_and_transfer() -> None:
         assert (await sip.recv_sip()).status == 200
         outcome = await asyncio.wait_for(transfer, 10)
         assert (outcome.ok, outcome.status) == (True, 200)
+        # A refused transfer: the outcome says so and the call goes on.
+        transfer = asyncio.ensure_future(leg.transfer("sip:busy@127.0.0.1"))
+        refer = parse_request(await sip.recv())
+        sip.transport.sendto(respond(refer, 202, "Accepted"), target)
+        notify = alice.in_dialog("NOTIFY", b"SIP/2.0 486 Busy Here\r\n", extra=(
+            "Event: refer", "Subscription-State: terminated;reason=noresource")).replace(
+            b"application/sdp", b"message/sipfrag")
+        sip.transport.sendto(notify, target)
+        assert (await sip.recv_sip()).status == 200
+        outcome = await asyncio.wait_for(transfer, 10)
+        assert (outcome.ok, outcome.status) == (False, 486)
+        assert not leg.ended and svc.active_calls == 1
         sip.transport.sendto(alice.in_dialog("BYE"), target)
         assert (await sip.recv_sip()).status == 200
         await asyncio.wait_for(rec.finished.wait(), 10)
