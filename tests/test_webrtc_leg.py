@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import struct
 from collections.abc import Callable
 
@@ -118,6 +119,49 @@ async def test_opus_only_offer_gives_a_48k_leg() -> None:
         leg.attach(sink)
         await until(lambda: len(sink.frames) >= 10)
         assert {len(f) for f in sink.frames} == {1920}    # 20 ms mono at 48 kHz
+    finally:
+        await leg.close()
+        await caller.close()
+
+
+def ice_ports(leg: WebRtcLeg) -> list[tuple[str, int]]:
+    """The UDP (address, port) pairs the leg's ICE agent holds: its host candidates."""
+    ice = leg.pc.getTransceivers()[0].receiver.transport.transport
+    return [(c.ip, c.port) for c in ice.iceGatherer.getLocalCandidates()
+            if c.protocol.lower() == "udp" and ":" not in c.ip]
+
+
+def bindable(addr: tuple[str, int]) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(addr)
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("who", ["caller", "bridge"])
+async def test_hang_up_either_way_closes_the_peer_connection_and_frees_its_ports(
+        who: str) -> None:
+    caller = WebRtcCaller("")
+    leg, _ = await connect(caller)
+    sink = Sink()
+    leg.attach(sink)
+    try:
+        await until(lambda: caller.bye_channel.readyState == "open"
+                    and "bye" in leg._channels)
+        ports = ice_ports(leg)
+        assert ports and not any(bindable(a) for a in ports)     # held while the call runs
+        if who == "caller":
+            caller.bye_channel.send("bye")
+            await asyncio.wait_for(sink.hungup.wait(), 10)
+            assert sink.hangups == ["bye"]
+            await leg.close()                  # what the call does when its leg hangs up
+        else:
+            await leg.hang_up("agent")
+            await asyncio.wait_for(caller.bye.wait(), 10)
+        assert leg.pc.connectionState == "closed"
+        await until(lambda: all(bindable(a) for a in ports))
     finally:
         await leg.close()
         await caller.close()
