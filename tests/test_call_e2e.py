@@ -148,10 +148,12 @@ class Harness:
     """One call on a MemoryLeg against an emulator, with helpers to wait on things."""
 
     def __init__(self, emu_url: str, plan: Dialplan, store: Any, *,
-                 client_options: dict[str, Any] | None = None, **call_options: Any) -> None:
+                 client_options: dict[str, Any] | None = None, idle_silence: bool = True,
+                 **call_options: Any) -> None:
         self.clock = MediaClock()
         self.leg = MemoryLeg(LegInfo(call_id="leg-1", source=Source.MEMORY,
-                                     caller="+15550123", called="100"), clock=self.clock)
+                                     caller="+15550123", called="100"), clock=self.clock,
+                             idle_silence=idle_silence)
         target = RealtimeSettings.from_env({}).target(emulator_url=emu_url)
         opts = {"max_reconnects": 0, **(client_options or {})}
         self.call = Call(self.leg, plan, client_factory(target, **opts), self.clock, store,

@@ -15,6 +15,12 @@ Media never creates a task: inbound frames arrive on the leg's callback and go s
 through the inbound resampler (or G.711 encode) into ``client.append_audio``; outbound
 audio goes into the ``Playout``, which the shared ``MediaClock`` drives.
 
+Gaps in the caller's audio (the end of a recording, silence suppression / DTX, comfort
+noise) would leave server VAD waiting for the end of the turn forever: it counts audio
+time. On each clock tick the call asks ``InboundGaps`` (gaps.py) whether caller audio has
+stopped for more than ~3 ticks and, if so, appends silence in the upstream format for
+each missing tick, never doubling up real audio that is merely jittery.
+
 Upstream events are handled through a dispatch table keyed by event type.
 
 Barge-in (PROTOCOL.md §6)
@@ -62,6 +68,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.call.clock import MediaClock
+from bridge.call.gaps import InboundGaps
 from bridge.call.leg import MediaLeg, TransferOutcome
 from bridge.call.playout import Playout
 from bridge.call.records import (
@@ -195,6 +202,15 @@ class Call:
         self._g711_in = fmt if fmt in ("pcmu", "pcma") else ""
         self._in_resampler: StreamResampler | None = (
             None if self._g711_in else inbound_resampler(leg.sample_rate))
+        # Silence standing in for caller audio that stopped coming (gaps.py): one frame
+        # in the upstream format, and one at the leg's rate to ring the resampler out.
+        self.gaps = InboundGaps(period=leg.frame_ms / 1000)
+        self._leg_zero = bytes(leg.frame_bytes)
+        if self._g711_in:
+            byte = 0xFF if self._g711_in == "pcmu" else 0xD5   # G.711 silence (-0 level)
+            self._up_silence = bytes([byte]) * (8 * leg.frame_ms)
+        else:
+            self._up_silence = bytes(48 * leg.frame_ms)        # PCM16 24 kHz zeros
         self.playout = Playout(leg, audio_format=fmt, on_first_frame=self._on_first_frame,
                                on_active=self._on_playout_active)
 
@@ -262,6 +278,7 @@ class Call:
         self._started_mono = loop.time()
         self.leg.attach(self)
         self.clock.subscribe(self.playout, first=True)
+        self.clock.subscribe(self)             # inbound gap filling (on_tick)
         self.log.info("call from %r to %r on %s, dialplan %s", self.caller, self.called,
                       self.record.source, self.dialplan.name)
         self._emit("call.started")
@@ -324,6 +341,8 @@ class Call:
         if self._silence_timer is not None:
             self._silence_timer.cancel()
         self.clock.unsubscribe(self.playout)
+        self.clock.unsubscribe(self)
+        self.gaps.stop()
         # The record first: it is complete now, and the far ends may be slow to close.
         self.record.ended_at = time.time()
         try:
@@ -373,6 +392,7 @@ class Call:
             return
         self.playout.comfort = False
         self._ready = True
+        self.gaps.start(self.clock.time())
         self.record.connected_at = time.time()
         self._arm_silence()
         try:
@@ -409,11 +429,15 @@ class Call:
         client = self._client
         if not self._ready or client is None:
             return
+        self.gaps.on_frame(self.clock.time())
         if self._g711_in:
             data = g711.encode(self._g711_in, pcm)
         else:
             assert self._in_resampler is not None
             data = self._in_resampler.process(pcm)
+        self._send_up(client, data)
+
+    def _send_up(self, client: RealtimeSession, data: bytes) -> None:
         if self._append_frames == 1:
             if data:
                 client.append_audio(data)
@@ -424,6 +448,22 @@ class Call:
             client.append_audio(bytes(self._up))
             self._up.clear()
             self._up_frames = 0
+
+    def on_tick(self, now: float) -> None:
+        """Media clock tick: stand in silence for caller audio that stopped coming."""
+        if not self._ready:
+            return
+        n = self.gaps.on_tick(now)
+        client = self._client
+        if n == 0 or client is None:
+            return
+        if self._in_resampler is not None and self.gaps.filled_in_gap == n:
+            # The gap's first silent frame goes through the filter: it carries the
+            # ring-out of the last real audio and leaves the filter's history silent.
+            self._send_up(client, self._in_resampler.process(self._leg_zero))
+            n -= 1
+        for _ in range(n):
+            self._send_up(client, self._up_silence)
 
     def on_leg_hangup(self, reason: str) -> None:
         self.end("caller_hangup", reason)
