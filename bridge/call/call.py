@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import time
 import uuid
@@ -70,12 +71,13 @@ from typing import Any, Protocol
 from bridge.call.clock import MediaClock
 from bridge.call.gaps import InboundGaps
 from bridge.call.leg import MediaLeg, TransferOutcome
-from bridge.call.playout import Playout
+from bridge.call.playout import BYTES_PER_MS, Playout
 from bridge.call.records import (
     BargeIn,
     CallRecord,
     DtmfRecord,
     RecordStore,
+    SpeechSpan,
     ToolCallRecord,
     TranscriptEntry,
     TurnLatency,
@@ -212,7 +214,20 @@ class Call:
         else:
             self._up_silence = bytes(48 * leg.frame_ms)        # PCM16 24 kHz zeros
         self.playout = Playout(leg, audio_format=fmt, on_first_frame=self._on_first_frame,
-                               on_active=self._on_playout_active)
+                               on_active=self._on_playout_active, on_span=self._on_agent_span)
+        # Caller speech intervals: session audio time -> when that audio went upstream.
+        self._up_bytes = 0          # caller audio handed to the client (all sessions)
+        self._up_base = 0           # ... when the current session started
+        self._up_bytes_per_ms = BYTES_PER_MS[fmt]
+        self._prefix_ms = 0
+        self._silence_ms = 0
+        if td is not None and td.type == "server_vad":
+            # audio_start_ms includes the prefix padding and audio_end_ms the silence
+            # waited for (PROTOCOL.md §9; 300 ms is the documented padding default).
+            self._prefix_ms = 300 if td.prefix_padding_ms is None else td.prefix_padding_ms
+            self._silence_ms = td.silence_duration_ms or 0
+        self._caller_open: tuple[str, float] | None = None
+        self._mono_to_wall = 0.0
 
         self.record = CallRecord(
             call_id=self.call_id, leg_call_id=leg.info.call_id, source=leg.info.source.value,
@@ -265,6 +280,7 @@ class Call:
             ev.ServerError: self._on_server_error,
             ev.Reconnecting: self._on_reconnecting,
             ev.Reconnected: self._on_reconnected,
+            ev.SessionRotated: self._on_session_rotated,
         }
         self._async_handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
             ev.SpeechStarted: self._on_speech_started,
@@ -276,6 +292,7 @@ class Call:
     async def run(self) -> CallRecord:
         loop = asyncio.get_running_loop()
         self._started_mono = loop.time()
+        self._mono_to_wall = time.time() - self.clock.time()
         self.leg.attach(self)
         self.clock.subscribe(self.playout, first=True)
         self.clock.subscribe(self)             # inbound gap filling (on_tick)
@@ -344,7 +361,15 @@ class Call:
         self.clock.unsubscribe(self)
         self.gaps.stop()
         # The record first: it is complete now, and the far ends may be slow to close.
-        self.record.ended_at = time.time()
+        self.playout.close_span()
+        ended = self.record.ended_at = time.time()
+        speech = self.record.speech
+        if speech and speech[-1].end > ended:      # the leg hung up mid-frame
+            speech[-1] = dataclasses.replace(speech[-1], end=max(speech[-1].start, ended))
+        if self._caller_open is not None:
+            item, start = self._caller_open
+            self._caller_open = None
+            self.record.speech.append(SpeechSpan("caller", item, start, self.record.ended_at))
         try:
             await self.store.save(self.record)
         except Exception:
@@ -441,11 +466,13 @@ class Call:
         if self._append_frames == 1:
             if data:
                 client.append_audio(data)
+                self._up_bytes += len(data)
             return
         self._up += data
         self._up_frames += 1
         if self._up_frames >= self._append_frames:
             client.append_audio(bytes(self._up))
+            self._up_bytes += len(self._up)
             self._up.clear()
             self._up_frames = 0
 
@@ -480,7 +507,25 @@ class Call:
     def _on_reconnected(self, e: ev.Reconnected) -> None:
         self.log.info("upstream reconnected")
         self.record.session_ids.append(e.session_id)
+        self._new_session()
         self.playout.comfort = self._tools_running > 0
+
+    def _on_session_rotated(self, e: ev.SessionRotated) -> None:
+        self.log.info("upstream session rotated")
+        if e.session_id not in self.record.session_ids:
+            self.record.session_ids.append(e.session_id)
+        self._new_session()
+        self._save_soon()
+
+    def _new_session(self) -> None:
+        # The new session counts its audio from zero (audio_start_ms/audio_end_ms). A
+        # frame or two may have gone to it before this event was handled: the caller
+        # spans of the first turn after a switch may be that much late.
+        self._up_base = self._up_bytes
+        if self._caller_open is not None:
+            item, start = self._caller_open      # that session's turn will not stop
+            self._caller_open = None
+            self.record.speech.append(SpeechSpan("caller", item, start, time.time()))
 
     def _on_server_error(self, e: ev.ServerError) -> None:
         self.log.warning("upstream error %s: %s", e.code, e.message)
@@ -495,15 +540,43 @@ class Call:
         loop_now = self.clock.time()
         self._caller_speaking = True
         self._disarm_silence()
-        _put(self._speech_wall, e.item_id, time.time())
+        now = time.time()
+        _put(self._speech_wall, e.item_id, now)
+        start = self._audio_wall(e.audio_start_ms + self._prefix_ms, now)
+        self._caller_open = (e.item_id, start)
         client = self._client
         if self.playout.playing or (client is not None and client.response_active):
             await self._barge_in(loop_now, own=False)
 
     def _on_speech_stopped(self, e: ev.SpeechStopped) -> None:
+        now = time.time()
+        opened, self._caller_open = self._caller_open, None
+        if opened is not None:
+            item, start = opened
+            end = max(start, self._audio_wall(e.audio_end_ms - self._silence_ms, now))
+            self.record.speech.append(SpeechSpan("caller", e.item_id or item, start, end))
         self._caller_speaking = False
         self._turn = _Turn(speech_stopped=self.clock.time())
         self._arm_silence()
+
+    def _audio_wall(self, audio_ms: int, received: float) -> float:
+        """Epoch time the caller said what sits at ``audio_ms`` of the session's input.
+
+        Caller audio goes upstream in real time (gaps are filled with silence), so audio
+        that many milliseconds behind the newest appended audio went up that long before
+        ``received`` (when the event reached the bridge): independent of network and
+        server delays. Falls back to ``received`` when the counts disagree (audio the
+        client dropped while the upstream was not draining, a session switch)."""
+        sent_ms = (self._up_bytes - self._up_base) / self._up_bytes_per_ms
+        lag_s = (sent_ms - audio_ms) / 1000.0
+        if lag_s < 0 or received - lag_s < self.record.started_at:
+            return received
+        return received - lag_s
+
+    def _on_agent_span(self, item_id: str, start: float, end: float) -> None:
+        # ``end``: when the last frame handed over finishes playing (the leg sends it).
+        offset = self._mono_to_wall
+        self.record.speech.append(SpeechSpan("agent", item_id, start + offset, end + offset))
 
     def _on_user_transcript(self, e: ev.UserTranscript) -> None:
         at = self._speech_wall.pop(e.item_id, time.time())

@@ -12,6 +12,11 @@ It counts, per assistant item, the samples actually handed to the leg: ``heard_m
 is attributed to items through a queue of segments (item id, samples) parallel to the
 buffer, so a frame that straddles two items credits each with its own share.
 
+Each continuous run of one item's audio to the leg is reported once it closes (another
+item, an underrun, hold, barge-in, ``close_span()`` at the end of the call) through
+``on_span(item, start, end)`` in clock seconds, ``end`` being when the last frame handed
+over finishes playing: the agent's speech intervals in the call record.
+
 ``barge_in()`` clears the buffer and resets the resampler at once (the next tick plays no
 agent audio) and returns the item being heard with its heard/received milliseconds, which
 the call uses for ``conversation.item.truncate``. ``end_of_response()`` flushes the
@@ -65,7 +70,8 @@ class Playout:
 
     def __init__(self, leg: MediaLeg, *, audio_format: str = "pcm16",
                  on_first_frame: Callable[[str, float], None] | None = None,
-                 on_active: Callable[[bool], None] | None = None) -> None:
+                 on_active: Callable[[bool], None] | None = None,
+                 on_span: Callable[[str, float, float], None] | None = None) -> None:
         self.leg = leg
         self.rate = leg.sample_rate
         self.frame_samples = leg.frame_samples
@@ -88,6 +94,12 @@ class Playout:
         self._started: set[str] = set()        # items whose first frame went out
         self._on_first_frame = on_first_frame
         self._on_active = on_active
+        # The run of one item's audio going out without a break: (item, start, end) in
+        # clock seconds, reported through on_span when it closes.
+        self._on_span = on_span
+        self._span_item: str | None = None
+        self._span_start = 0.0
+        self._span_end = 0.0
         self.active = False                    # audio is going out (not underrun)
         self._waiters: list[asyncio.Future[None]] = []
         self.comfort = False
@@ -171,6 +183,7 @@ class Playout:
         if seen_at is not None and self._pending and len(self.stop_latencies) < 1000:
             self._barge_seen = seen_at
         dropped = self._pending * 1000 // self.rate
+        self.close_span()
         self._buf.clear()
         self._resampler.reset()
         self._segments.clear()
@@ -189,6 +202,8 @@ class Playout:
             self.stop_latencies.append(now - self._barge_seen)
             self._barge_seen = None
         if not leg.sending_allowed:
+            if self._span_item is not None:
+                self.close_span()
             return
         if self._pending >= self.frame_samples or (self._draining and self._pending):
             frame = self._buf.pop_frame(partial=True)
@@ -202,6 +217,7 @@ class Playout:
     def _underrun(self) -> None:
         self.underruns += 1
         if self.active:
+            self.close_span()
             self.active = False
             if self._on_active is not None:
                 self._on_active(False)
@@ -225,6 +241,7 @@ class Playout:
             if self._on_active is not None:
                 self._on_active(True)
         segs = self._segments
+        pos = 0                                # samples of this frame already credited
         while samples > 0 and segs:
             seg = segs[0]
             take = min(samples, seg[1])
@@ -235,12 +252,30 @@ class Playout:
                     if self._on_first_frame is not None:
                         self._on_first_frame(item, now)
                 self.heard[item] = self.heard.get(item, 0) + take
+                if item != self._span_item:
+                    self.close_span()
+                    self._span_item = item
+                    self._span_start = now + pos / self.rate
+                self._span_end = now + (pos + take) / self.rate
+            elif self._span_item is not None:
+                self.close_span()
             seg[1] -= take
             samples -= take
+            pos += take
             if seg[1] == 0:
                 segs.popleft()
         if self._pending == 0:
             self._check_drained()
+
+    def close_span(self) -> None:
+        """Report the item being played as a finished span (underrun, hold, barge-in,
+        another item, the end of the call)."""
+        item = self._span_item
+        if item is None:
+            return
+        self._span_item = None
+        if self._on_span is not None:
+            self._on_span(item, self._span_start, self._span_end)
 
     # -- drained -------------------------------------------------------------------------
     def _check_drained(self) -> None:

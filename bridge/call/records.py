@@ -63,6 +63,24 @@ class DtmfRecord:
 
 
 @dataclass(frozen=True)
+class SpeechSpan:
+    """When someone was speaking (the dashboard's timeline lanes), epoch seconds like every
+    other time in the record.
+
+    agent: from the first to the end of the last frame of the item handed to the leg in
+    one continuous run (an underrun, hold or barge-in closes it; a resumed item opens a
+    new span). caller: server VAD's ``audio_start_ms`` (+ prefix padding) to
+    ``audio_end_ms`` (- the silence it waited for), mapped from session audio time onto
+    the times that audio went upstream; see ``Call._audio_wall``.
+    """
+
+    role: str                 # "caller" | "agent"
+    item_id: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class TurnLatency:
     """Bridge-added latency of one reply: speech_stopped -> first reply frame to the leg.
 
@@ -102,6 +120,7 @@ class CallRecord:
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     dtmf: list[DtmfRecord] = field(default_factory=list)
     turns: list[TurnLatency] = field(default_factory=list)
+    speech: list[SpeechSpan] = field(default_factory=list)
     usage: dict[str, Any] = field(default_factory=dict)
     responses: int = 0
     errors: list[str] = field(default_factory=list)
@@ -115,7 +134,7 @@ class CallRecord:
         # Saved after every turn of every call, on the event loop: a shallow copy per
         # entry (the entries are flat frozen values) instead of asdict's deep recursion.
         d = dict(vars(self))
-        for key in ("transcript", "barge_ins", "tool_calls", "dtmf"):
+        for key in ("transcript", "barge_ins", "tool_calls", "dtmf", "speech"):
             d[key] = [dict(vars(e)) for e in d[key]]
         d["turns"] = [dict(vars(t), total_ms=t.total_ms) for t in self.turns]
         d["session_ids"] = list(self.session_ids)
@@ -128,7 +147,7 @@ class CallRecord:
         d = dict(d)
         lists: dict[str, Any] = {
             "transcript": TranscriptEntry, "barge_ins": BargeIn, "tool_calls": ToolCallRecord,
-            "dtmf": DtmfRecord,
+            "dtmf": DtmfRecord, "speech": SpeechSpan,
         }
         for key, typ in lists.items():
             d[key] = [typ(**x) for x in d.get(key, [])]
@@ -289,5 +308,5 @@ class SqliteRecordStore:
 
 __all__ = [
     "BargeIn", "CallRecord", "DtmfRecord", "MemoryRecordStore", "RecordStore",
-    "SqliteRecordStore", "ToolCallRecord", "TranscriptEntry", "TurnLatency",
+    "SpeechSpan", "SqliteRecordStore", "ToolCallRecord", "TranscriptEntry", "TurnLatency",
 ]
