@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,12 @@ __all__ = [
 ]
 
 Float32Array = npt.NDArray[np.float32]
+
+#: The clip ufunc itself (``np.clip`` is a Python wrapper around it).
+_numpy_core: Any = np._core if hasattr(np, "_core") else np.core   # numpy 2 / 1.26
+_clip: Callable[..., Any] = _numpy_core.umath.clip
+_LOW, _HIGH = np.array(-32768.0, dtype=np.float32), np.array(32767.0, dtype=np.float32)
+_PCM16 = np.dtype("<i2")
 
 #: The Realtime API's PCM16 rate.
 API_RATE = 24000
@@ -172,6 +178,61 @@ def fir_design(in_rate: int, out_rate: int,
                      matrix.astype(np.float32), per_phase, width)
 
 
+#: Output periods per row of the grouped product (see ``_FramePlan``).
+_GROUP = 16
+_block_matrices: dict[tuple[int, int], tuple[FirDesign, Float32Array]] = {}
+
+
+def _block_matrix(d: FirDesign, group: int) -> Float32Array:
+    """``group`` copies of the polyphase matrix on a staircase, so that one window of
+    ``width + (group - 1) * down`` inputs gives ``group * up`` consecutive outputs. Shared
+    by every stream of the same design (designs are cached, so ``id`` is stable)."""
+    key = (id(d), group)
+    hit = _block_matrices.get(key)
+    if hit is None:
+        m = np.zeros((d.width + (group - 1) * d.down, group * d.up), dtype=np.float32)
+        for g in range(group):
+            m[g * d.down:g * d.down + d.width, g * d.up:(g + 1) * d.up] = d.matrix
+        hit = _block_matrices[key] = (d, m)
+    return hit[1]
+
+
+class _FramePlan:
+    """Preallocated arrays for a steady stream of ``n``-sample chunks (the 20 ms frames of
+    a call), so that a chunk costs a handful of numpy calls and no allocation.
+
+    ``buf`` holds the ``hist`` samples of history followed by the chunk; ``windows`` is a
+    fixed strided view of it, ``group`` output periods per row: a 160-row product of
+    width 30 (what the general path does at 8k->24k) becomes 10 rows of width 45 against a
+    45x48 staircase matrix, which BLAS does in half the time and with 1/10 of the copying.
+    The plan applies when a chunk leaves exactly ``hist`` samples of history again
+    (``n`` a multiple of ``down``), which is every chunk of a steady frame size.
+    """
+
+    __slots__ = ("n", "hist", "buf", "head", "body", "tail", "windows", "matrix", "y",
+                 "flat", "out16")
+
+    def __init__(self, d: FirDesign, hist: int, n: int) -> None:
+        periods = n // d.down
+        group = math.gcd(periods, _GROUP)
+        self.n, self.hist = n, hist
+        self.buf: Float32Array = np.zeros(hist + n, dtype=np.float32)
+        # Views made once: the history, the new chunk, and the next chunk's history.
+        self.head, self.body, self.tail = self.buf[:hist], self.buf[hist:], self.buf[n:]
+        self.matrix = _block_matrix(d, group)
+        rows = periods // group
+        self.windows: Float32Array = np.lib.stride_tricks.as_strided(
+            self.buf, (rows, self.matrix.shape[0]), (group * d.down * 4, 4), writeable=False)
+        self.y: Float32Array = np.empty((rows, group * d.up), dtype=np.float32)
+        self.flat: Float32Array = self.y.reshape(-1)
+        self.out16 = np.empty(periods * d.up, dtype="<i2")
+
+    @staticmethod
+    def fits(d: FirDesign, hist: int, n: int) -> bool:
+        return n > 0 and n % d.down == 0 and hist + n >= d.width and \
+            hist == (hist + n - d.width) % d.down + d.width - d.down
+
+
 class _Fir:
     """Streaming polyphase FIR: a window per output period, one matrix product per chunk.
 
@@ -181,6 +242,8 @@ class _Fir:
 
     def __init__(self, design: FirDesign) -> None:
         self._d = design
+        self._plan: _FramePlan | None = None
+        self._last_n = -1
         self.reset()
 
     @property
@@ -210,6 +273,36 @@ class _Fir:
         y = self._run(x)
         self._out += len(y)
         return y
+
+    def process_pcm(self, pcm: bytes, n: int) -> bytes | None:
+        """``n`` whole samples of PCM16LE in, PCM16LE out, through the frame plan; None
+        when the plan does not apply (the caller takes the general path)."""
+        plan = self._plan
+        hist = len(self._buf)
+        if plan is None or plan.n != n or plan.hist != hist:
+            # Build a plan only for a size seen twice running: outbound deltas of
+            # varying sizes stay on the general path instead of churning plans.
+            repeat, self._last_n = self._last_n == n, n
+            if not repeat or not _FramePlan.fits(self._d, hist, n):
+                return None
+            plan = self._plan = _FramePlan(self._d, hist, n)
+        head = plan.head
+        if self._buf is not head:               # history last left by the general path
+            np.copyto(head, self._buf)
+            self._buf = head
+        np.copyto(plan.body, np.frombuffer(pcm, _PCM16, n))
+        y = plan.y
+        np.dot(plan.windows, plan.matrix, out=y)
+        np.copyto(head, plan.tail)              # the history for the next chunk
+        self._in += n
+        out16 = plan.out16
+        self._out += out16.size
+        # Round, saturate, convert: the ufuncs themselves, in place (np.clip's wrapper
+        # costs more than the clipping at this size).
+        np.rint(y, out=y)
+        _clip(y, _LOW, _HIGH, out=y)
+        np.copyto(out16, plan.flat, casting="unsafe")
+        return out16.tobytes()
 
     def flush(self) -> Float32Array:
         """Everything the last input still contributes to (the whole convolution tail)."""
@@ -317,6 +410,10 @@ class StreamResampler:
         self._engine: _Engine = (_Identity() if self._identity
                                  else _ENGINES[name](in_rate, out_rate))
         self._odd = b""
+        # Steady frame sizes take the FIR's preallocated path (the inbound per-frame cost
+        # of every call: DESIGN.md, "Where the time goes").
+        engine = self._engine
+        self._fast = engine.process_pcm if isinstance(engine, _Fir) else None
 
     def __repr__(self) -> str:
         return f"StreamResampler({self.in_rate}, {self.out_rate}, mode={self.mode!r})"
@@ -334,6 +431,11 @@ class StreamResampler:
         self._odd = pcm[whole:]
         if self._identity:   # no float round trip for a leg already at the API's rate
             return bytes(pcm[:whole]) if self._odd else bytes(pcm)
+        fast = self._fast
+        if fast is not None:
+            out = fast(pcm, whole // 2)
+            if out is not None:
+                return out
         x = np.frombuffer(pcm, dtype="<i2", count=whole // 2).astype(np.float32)
         return _to_pcm16(self._engine.process(x))
 
