@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator, Callable
 
@@ -205,14 +206,36 @@ def test_port_allocator_even_ports_reuse_and_exhaustion() -> None:
         PortAllocator(40001, 40002)
 
 
+def _free_even_range(size: int) -> int:
+    """An even base port whose next ``size`` ports are free right now (others run tests
+    on this machine too, so no fixed numbers)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(30000, 60000, 2)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((HOST, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
 async def test_close_frees_the_port_and_busy_ports_are_skipped() -> None:
-    alloc = PortAllocator(43900, 43905)
+    base = _free_even_range(6)
+    alloc = PortAllocator(base, base + 5)
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        blocker.bind((HOST, 43900))                       # someone else holds the first
+        blocker.bind((HOST, base))                        # someone else holds the first
         e1 = await RtpEndpoint.open(HOST, alloc)
         e2 = await RtpEndpoint.open(HOST, alloc)
-        assert {e1.local_port, e2.local_port} == {43902, 43904}
+        assert {e1.local_port, e2.local_port} == {base + 2, base + 4}
         with pytest.raises(PortsExhausted):
             await RtpEndpoint.open(HOST, alloc)
         e1.close()
