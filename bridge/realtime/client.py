@@ -35,13 +35,15 @@ instead of piling up latency; control events are always written.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import json
 import logging
+import os
 import random
+import struct
 import time
+from binascii import b2a_base64
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
+from websockets.utils import apply_mask as _apply_mask_py
 
 from bridge import __version__, metrics
 from bridge.errors import RealtimeAuthError, RealtimeError, RealtimeUnavailable
@@ -61,6 +64,11 @@ from bridge.realtime.config import RealtimeTarget, redact_url
 from bridge.realtime.dialects import APPEND_PREFIX, APPEND_SUFFIX, EventMapper
 from bridge.realtime.history import History
 from bridge.realtime.profile import SessionProfile, build_session_update
+
+try:   # websockets' C masking, as its own framing uses
+    from websockets.speedups import apply_mask
+except ImportError:   # pragma: no cover - websockets built without its C extension
+    apply_mask = _apply_mask_py
 
 #: Close codes worth a reconnect (PROTOCOL.md §8).
 RETRY_CLOSE_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013})
@@ -73,6 +81,36 @@ REJECT_HTTP = frozenset({400, 404})
 #: Audio waiting in the transport beyond this is a stalled upstream: drop frames, not latency.
 AUDIO_HIGH_WATER = 256 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024
+
+
+def _text_frame_header(length: int) -> bytes:
+    """FIN + text opcode and a masked length (RFC 6455 §5.2; client frames are masked)."""
+    if length < 126:
+        return struct.pack("!BB", 0x81, 0x80 | length)
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 0x80 | 126, length)
+    return struct.pack("!BBQ", 0x81, 0x80 | 127, length)
+
+
+class _Masks:
+    """Masking keys for client frames. RFC 6455 §5.3: the client MUST pick a fresh key
+    for each frame, unpredictable, "derived from a strong source of entropy": each key is
+    4 fresh bytes of ``os.urandom``, fetched 1 KiB at a time instead of one syscall per
+    frame."""
+
+    __slots__ = ("_pool", "_at")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def apply(self, payload: bytes) -> bytes:
+        at = self._at
+        if at + 4 > len(self._pool):
+            self._pool, at = os.urandom(1024), 0
+        key = self._pool[at:at + 4]
+        self._at = at + 4
+        return key + apply_mask(payload, key)
 
 
 class RealtimeRejected(RealtimeUnavailable):
@@ -150,6 +188,7 @@ class RealtimeClient:
         self._finished = False
         self._ids = itertools.count(1)
         self._drop_warned = False
+        self._masks = _Masks()
 
         # Response bookkeeping: PROTOCOL.md §5.4, one active response at a time.
         self._active: str | None = None         # response id, or "" while our create is unacked
@@ -262,9 +301,19 @@ class RealtimeClient:
                 self._log.warning("Realtime upstream not draining: dropping caller audio")
             return
         self._drop_warned = False
-        ws.protocol.send_text(APPEND_PREFIX + base64.b64encode(data) + APPEND_SUFFIX)
-        for chunk in ws.protocol.data_to_send():
-            transport.write(chunk)
+        payload = APPEND_PREFIX + b2a_base64(data, newline=False) + APPEND_SUFFIX
+        proto = ws.protocol
+        if proto.extensions or proto.expect_continuation_frame:
+            proto.send_text(payload)          # not expected (compression=None); be correct
+            for chunk in proto.data_to_send():
+                transport.write(chunk)
+        else:
+            # The frame is built here, not through Frame.serialize (a dataclass, a BytesIO
+            # and a getrandom syscall per frame): 50 times a second per call, the framing
+            # cost as much as the base64. Anything the protocol has pending goes first.
+            for chunk in proto.data_to_send():
+                transport.write(chunk)
+            transport.write(_text_frame_header(len(payload)) + self._masks.apply(payload))
         self.stats.frames_appended += 1
         self.stats.bytes_appended += len(data)
 
