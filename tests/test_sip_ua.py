@@ -3,8 +3,10 @@ hold/resume re-INVITEs, INFO DTMF, REFER with NOTIFY sipfrag, 488, TCP framing."
 
 from __future__ import annotations
 
+import itertools
+
 from bridge.sip.message import parse_request, parse_response
-from bridge.sip.sdp import Direction, make_offer, parse_sdp
+from bridge.sip.sdp import Direction, answer_offer, make_offer, parse_sdp
 from bridge.sip.ua import (
     ByeReceived,
     CallEstablished,
@@ -20,7 +22,16 @@ from bridge.sip.ua import (
     UaConfig,
     UserAgent,
 )
-from tests.test_sip_flows import ALICE, ALICE_SDP, CountingIds, Harness, Uac, respond, statuses
+from tests.test_sip_flows import (
+    ALICE,
+    ALICE_SDP,
+    BOB,
+    CountingIds,
+    Harness,
+    Uac,
+    respond,
+    statuses,
+)
 
 
 def established() -> tuple[Harness, Uac, IncomingCall]:
@@ -271,3 +282,46 @@ def test_receive_never_raises_on_garbage() -> None:
         ua.receive(junk, ALICE, "udp", 0.0)
         ua.receive(junk, ALICE, "tcp", 0.0)
     assert ua.events() == []
+
+
+def test_each_call_advertises_the_local_host_its_invite_arrived_on() -> None:
+    """A wildcard-bound adapter passes the address each request reached: a call keeps it
+    in its Contact, the SDP built from the event, re-INVITE answers and the Via and
+    Contact of requests we send in it; without one, the configured host is used."""
+    h = Harness()
+    lan, vpn = "10.0.0.5", "192.168.1.20"
+    calls: list[tuple[Uac, IncomingCall, str]] = []
+    for n, local in enumerate((lan, vpn, None), start=1):
+        alice = Uac(call_id=f"call-{n}", from_tag=f"tag-{n}",
+                    branches=itertools.count(100 * n))
+        h.ua.receive(alice.invite(), ALICE, "udp", h.now, local_host=local)
+        h.out()
+        call = h.incoming()
+        assert call.local_host == (local or BOB[0])
+        calls.append((alice, call, call.local_host))
+    for alice, call, host in calls:
+        assert call.offer is not None
+        sdp, media = answer_offer(call.offer, address=call.local_host, port=3456,
+                                  session_id="1", session_version=1)
+        h.ua.answer(call.call, sdp, h.now, media)
+        (data,) = h.out()
+        ok = parse_response(data)
+        assert ok.headers.get("Contact") == f"<sip:{host}:{BOB[1]}>"
+        assert f"c=IN IP4 {host}\r\n".encode() in ok.body
+        h.send(alice.ack(ok))
+    assert {e.call for e in h.events() if isinstance(e, CallEstablished)} == {
+        c.call for _, c, _ in calls}
+    # A re-INVITE keeps the call's address (its own arrival address is not asked for).
+    alice, call, host = calls[0]
+    (trying, reok) = h.send(alice.in_dialog("INVITE", ALICE_SDP))
+    reanswer = parse_response(reok)
+    assert reanswer.headers.get("Contact") == f"<sip:{lan}:{BOB[1]}>"
+    assert f"c=IN IP4 {lan}\r\n".encode() in reanswer.body
+    # Requests we originate: the Via sent-by and Contact carry that call's address.
+    for _alice, call, host in calls[1:]:
+        h.ua.bye(call.call, h.now)
+        (data,) = h.out()
+        bye = parse_request(data)
+        assert bye.method == "BYE"
+        assert bye.via[0].host == host and bye.via[0].port == BOB[1]
+        assert bye.headers.get("Contact") == f"<sip:{host}:{BOB[1]}>"

@@ -16,6 +16,16 @@ the 200, waits for the ACK and then awaits ``on_call(leg)`` for the call's durat
 drive the leg: BYE from the far end and the ACK timeout end it, re-INVITEs reconfigure
 RTP and hold/resume its sending, INFO digits and NOTIFY sipfrag go to the leg.
 
+Which address we advertise: a configured ``public_address`` (NAT) always; else a specific
+bound address as is; else (bound to a wildcard) the address of ours the caller reached, per
+peer: for TCP the connection's own address, for UDP (where ``recvfrom`` on a wildcard
+socket does not say which address a datagram came in on) the source address the routing
+table picks toward the peer, which is the one it reached except on asymmetric routes. It
+goes to the core with every message (``local_host``), which puts it in the call's Contact
+and in-dialog Via, and into the call's SDP. One host-wide guess (``gethostname()``) would
+be 127.0.1.1 on many Linux hosts: callers on the LAN would send their RTP and BYE into
+their own loopback.
+
 There is no call logic here beyond that: what a call does belongs to ``on_call``.
 """
 
@@ -63,6 +73,10 @@ Address = tuple[str, int]
 #: How long a transfer may take from REFER to the final NOTIFY before we call it failed.
 TRANSFER_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 5
+#: Peers whose route source address is remembered; past this the memory starts over (a
+#: spray of requests from many addresses must not grow it without bound).
+LOCAL_HOST_CACHE = 4096
+_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,8 @@ class SipSettings:
     host: str = "0.0.0.0"
     port: int = 5060
     transports: tuple[str, ...] = ("udp", "tcp")
-    #: The address written in Via, Contact and SDP (NAT); default: the bound address.
+    #: The address written in Via, Contact and SDP (NAT); default: the bound address, or
+    #: with a wildcard bind, per caller, our address that caller reached.
     public_address: str | None = None
     rtp_ports: tuple[int, int] = (20000, 20999)
     max_calls: int = 200
@@ -206,6 +221,10 @@ class SipService:
         self.address = settings.host
         self.port = settings.port
         self.public_address = settings.public_address or settings.host
+        #: Advertise, per peer, the address of ours it reached (wildcard bind, no NAT).
+        self._per_peer = False
+        #: Peer IP -> our address toward it (see the module docstring).
+        self._local_hosts: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
@@ -232,11 +251,14 @@ class SipService:
                 if port != 0 or attempt == 4:
                     raise
         self.public_address = self.settings.public_address or _public_guess(self.address)
+        self._per_peer = not self.settings.public_address and self.address in _WILDCARDS
         self.ua = UserAgent(UaConfig(host=self.public_address, port=self.port,
                                      codecs=self.settings.codecs),
                             admission=self._admit)
         log.info("SIP listening on %s:%d (%s), contact address %s", self.address, self.port,
-                 "/".join(self.settings.transports), self.public_address)
+                 "/".join(self.settings.transports),
+                 "per caller: the address it reached" if self._per_peer
+                 else self.public_address)
 
     async def _bind(self, host: str, port: int) -> None:
         assert self._loop is not None
@@ -288,10 +310,43 @@ class SipService:
 
     # -- feeding the core ---------------------------------------------------------------
 
-    def _feed(self, data: bytes, addr: Address, transport: str) -> None:
+    def _feed(self, data: bytes, addr: Address, transport: str,
+              local_host: str | None = None) -> None:
         assert self.ua is not None and self._loop is not None
-        self.ua.receive(data, (addr[0], addr[1]), transport, self._loop.time())
+        if local_host is None and self._per_peer:
+            local_host = self._route_source(addr)
+        self.ua.receive(data, (addr[0], addr[1]), transport, self._loop.time(),
+                        local_host=local_host)
         self._pump()
+
+    def _route_source(self, addr: Address) -> str:
+        """Our address toward ``addr`` by the routing table (a UDP ``connect`` sends
+        nothing); remembered per peer IP, the configured guess when there is no route."""
+        local = self._local_hosts.get(addr[0])
+        if local is None:
+            local = _local_address_toward(addr) or self.public_address
+            self._remember_local(addr[0], local)
+        return local
+
+    def _remember_local(self, peer_ip: str, local: str) -> None:
+        if self._local_hosts.get(peer_ip) == local:
+            return
+        if len(self._local_hosts) >= LOCAL_HOST_CACHE:
+            self._local_hosts.clear()
+        self._local_hosts[peer_ip] = local
+        log.debug("SIP peer %s: advertising our address %s to it", peer_ip, local)
+
+    def _connection_local(self, transport: asyncio.BaseTransport, peer: Address
+                          ) -> str | None:
+        """For TCP the connection's own address is the one the peer reached."""
+        if not self._per_peer:
+            return None
+        sockname = transport.get_extra_info("sockname")
+        if not sockname:
+            return None
+        local = _plain_host(sockname[0])
+        self._remember_local(peer[0], local)
+        return local
 
     def _command(self, command: Callable[[UserAgent, float], None]) -> None:
         assert self.ua is not None and self._loop is not None
@@ -400,13 +455,15 @@ class SipService:
                 return
             media: NegotiatedMedia | None = None
             try:
+                # The address the call's Contact carries: the public one, or the one
+                # of ours this caller reached (see the module docstring).
                 if event.offer is not None:
                     sdp, media = answer_offer(
-                        event.offer, address=self.public_address, port=rtp.local_port,
+                        event.offer, address=event.local_host, port=rtp.local_port,
                         codecs=self.settings.codecs, session_id=str(rtp.local_port),
                         session_version=1)
                 else:
-                    sdp = make_offer(address=self.public_address, port=rtp.local_port,
+                    sdp = make_offer(address=event.local_host, port=rtp.local_port,
                                      codecs=self.settings.codecs,
                                      session_id=str(rtp.local_port), session_version=1)
             except SdpError as exc:
@@ -550,16 +607,18 @@ class _TcpProtocol(asyncio.Protocol):
     def __init__(self, service: SipService) -> None:
         self._service = service
         self._addr: Address | None = None
+        self._local_host: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
         self._addr = (peer[0], peer[1])
         self._service._tcp[self._addr] = transport
+        self._local_host = self._service._connection_local(transport, self._addr)
 
     def data_received(self, data: bytes) -> None:
         if self._addr is not None:
-            self._service._feed(data, self._addr, "tcp")
+            self._service._feed(data, self._addr, "tcp", self._local_host)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._addr is not None:
@@ -572,9 +631,39 @@ def _bye(call: CallKey, ua: UserAgent, now: float) -> None:
     ua.bye(call, now)
 
 
+def _plain_host(host: str) -> str:
+    """``host`` as it goes in SIP and SDP: an IPv4-mapped IPv6 address (a dual-stack
+    socket's view of an IPv4 peer) as IPv4, without an IPv6 zone (``%eth0``)."""
+    host = host.split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return host
+
+
+def _local_address_toward(peer: Address) -> str | None:
+    """The source address the routing table picks toward ``peer``, or None (no route).
+
+    ``connect`` on a UDP socket only looks the route up and fixes the source address; it
+    sends nothing, so this costs no traffic and needs no answer from the peer.
+    """
+    host = _plain_host(peer[0])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, peer[1] or 9))
+            return _plain_host(str(probe.getsockname()[0]))
+    except OSError as exc:
+        log.debug("no route toward %s (%s)", host, exc)
+        return None
+
+
 def _public_guess(bound: str) -> str:
     """The address to advertise when none is configured: the bound one, unless wildcard."""
-    if bound not in ("0.0.0.0", "::", ""):
+    if bound not in _WILDCARDS:
         return bound
     try:
         return socket.gethostbyname(socket.gethostname())

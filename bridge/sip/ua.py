@@ -92,10 +92,16 @@ _DTMF_ALIASES = {"10": "*", "11": "#", "12": "A", "13": "B", "14": "C", "15": "D
 
 @dataclass(frozen=True)
 class Peer:
-    """Where a message came from: ``transport`` is ``"udp"`` or ``"tcp"``."""
+    """Where a message came from: ``transport`` is ``"udp"`` or ``"tcp"``.
+
+    ``local_host`` is our address the message arrived on, when the adapter knows it (a
+    socket bound to a wildcard address serves several interfaces); None means
+    :attr:`UaConfig.host`.
+    """
 
     transport: str
     addr: Address
+    local_host: str | None = None
 
     @property
     def reliable(self) -> bool:
@@ -127,7 +133,11 @@ class RandomIds:
 
 @dataclass(frozen=True)
 class UaConfig:
-    """``host``/``port`` are what we write in Via, Contact and SDP (the public address)."""
+    """``host``/``port`` are what we write in Via, Contact and SDP (the public address).
+
+    ``host`` is the default: a call whose INVITE came with a ``local_host`` (see
+    :meth:`UserAgent.receive`) uses that one for its Contact and in-dialog Via instead.
+    """
 
     host: str
     port: int
@@ -147,6 +157,8 @@ class IncomingCall:
     invite: Request
     peer: Peer
     offer: SessionDescription | None
+    #: The address this call advertises (its Contact, and what the SDP should carry).
+    local_host: str
 
     @property
     def caller(self) -> str:
@@ -273,6 +285,8 @@ class _Call:
     tx: InviteServerTransaction
     dialog: Dialog
     offer: SessionDescription | None
+    #: Our address for this call: Contact, and sent-by of the requests we send in it.
+    local_host: str
     state: CallState = CallState.OFFERED
     local_sdp: SessionDescription | None = None    # what we last sent (answer or offer)
     sdp_version: int = 0
@@ -316,9 +330,16 @@ class UserAgent:
 
     # ------------------------------------------------------------------------ interface
 
-    def receive(self, data: bytes, addr: Address, transport: str, now: float) -> None:
-        """Feed a datagram (``"udp"``) or a chunk of a stream (``"tcp"``). Never raises."""
-        peer = Peer(transport, addr)
+    def receive(self, data: bytes, addr: Address, transport: str, now: float,
+                local_host: str | None = None) -> None:
+        """Feed a datagram (``"udp"``) or a chunk of a stream (``"tcp"``). Never raises.
+
+        ``local_host``: our address the bytes arrived on, if the adapter knows it and it
+        may differ from :attr:`UaConfig.host` (a wildcard bind on a multi-homed host). A
+        call started by an INVITE received this way advertises it instead of the
+        configured host, so a caller on the LAN is not handed a loopback Contact.
+        """
+        peer = Peer(transport, addr, local_host)
         if transport == "udp":
             if not data.strip(b"\r\n"):
                 return  # keep-alive
@@ -404,7 +425,7 @@ class UserAgent:
         c = self._call(call)
         if c.state is CallState.OFFERED:
             self._respond_tx(c.tx, c.invite, 180, to_tag=c.dialog.local_tag,
-                             contact=True, now=now)
+                             contact=c.dialog.local_contact, now=now)
 
     def answer(self, call: CallKey, sdp: SessionDescription, now: float,
                media: NegotiatedMedia | None = None) -> None:
@@ -415,9 +436,9 @@ class UserAgent:
         c.sdp_version = sdp.origin.session_version
         c.media = media
         c.dialog.move(DialogInput.SEND_2XX)
-        self._respond_tx(c.tx, c.invite, 200, to_tag=c.dialog.local_tag, contact=True,
-                         body=sdp.serialize(), content_type="application/sdp", now=now,
-                         extra=self._capabilities())
+        self._respond_tx(c.tx, c.invite, 200, to_tag=c.dialog.local_tag,
+                         contact=c.dialog.local_contact, body=sdp.serialize(),
+                         content_type="application/sdp", now=now, extra=self._capabilities())
 
     def reject(self, call: CallKey, status: int, now: float, reason: str | None = None,
                headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -591,15 +612,16 @@ class UserAgent:
                              to_tag=Tag(self._ids.token()))
             return
         local_tag = Tag(self._ids.token())
+        local_host = peer.local_host or self.config.host
         dialog = Dialog.from_invite(request, local_tag=local_tag,
-                                    local_contact=self._contact(peer))
+                                    local_contact=self._contact(peer, local_host))
         key = CallKey(local_tag)
-        call = _Call(key, request, peer, tx, dialog, offer)
+        call = _Call(key, request, peer, tx, dialog, offer, local_host)
         self._calls[key] = call
         self._by_dialog[(request.call_id, local_tag)] = key
         log.info("call %s: INVITE from %s for %s via %s:%d", request.call_id,
                  request.from_.uri, request.uri, peer.addr[0], peer.addr[1])
-        self._events.append(IncomingCall(key, request, peer, offer))
+        self._events.append(IncomingCall(key, request, peer, offer, local_host))
 
     def _check_invite_body(self, request: Request) -> tuple[int, str | None, Headers] | None:
         accept = request.headers.get_list("Accept")
@@ -655,9 +677,9 @@ class UserAgent:
             call.reinvite_offer = local
         call.reinvite = tx
         call.dialog.refresh_target(request)
-        self._respond_tx(tx, request, 200, to_tag=call.dialog.local_tag, contact=True,
-                         body=body.serialize(), content_type="application/sdp", now=now,
-                         extra=self._capabilities())
+        self._respond_tx(tx, request, 200, to_tag=call.dialog.local_tag,
+                         contact=self._contact(peer, call.local_host), body=body.serialize(),
+                         content_type="application/sdp", now=now, extra=self._capabilities())
 
     def _apply_media(self, call: _Call, media: NegotiatedMedia) -> None:
         was_held = call.media is not None and call.media.on_hold
@@ -877,7 +899,7 @@ class UserAgent:
     def _send_in_dialog(self, call: _Call, method: str, now: float, *,
                         extra: Headers = _NO_HEADERS) -> NonInviteClientTransaction:
         peer = self._request_peer(call)
-        via = (f"SIP/2.0/{peer.transport.upper()} {self._sent_by()}"
+        via = (f"SIP/2.0/{peer.transport.upper()} {self._sent_by(call.local_host)}"
                f";branch={MAGIC_COOKIE}{self._ids.token()};rport")
         request = call.dialog.new_request(method, via=via, extra=extra,
                                           user_agent=self.config.user_agent)
@@ -933,8 +955,8 @@ class UserAgent:
 
     def _respond_tx(self, tx: InviteServerTransaction, request: Request, status: int, *,
                     now: float, reason: str | None = None, to_tag: str | None = None,
-                    contact: bool = False, body: bytes = b"", content_type: str | None = None,
-                    extra: Headers = _NO_HEADERS) -> None:
+                    contact: str | None = None, body: bytes = b"",
+                    content_type: str | None = None, extra: Headers = _NO_HEADERS) -> None:
         peer, _ = self._tx_peer[tx.key]
         response = self._make_response(request, status, peer, reason=reason, to_tag=to_tag,
                                        contact=contact, body=body, content_type=content_type,
@@ -944,7 +966,7 @@ class UserAgent:
 
     def _make_response(self, request: Request, status: int, peer: Peer, *,
                        reason: str | None = None, to_tag: str | None = None,
-                       contact: bool = False, body: bytes = b"",
+                       contact: str | None = None, body: bytes = b"",
                        content_type: str | None = None,
                        extra: Headers = _NO_HEADERS) -> Response:
         """§8.2.6.2: Via, From, Call-ID, CSeq copied; To copied plus our tag."""
@@ -960,8 +982,8 @@ class UserAgent:
         if status > 100 and request.method == "INVITE":
             # §12.1.1: a UAS copies Record-Route into dialog-creating responses.
             items += [("Record-Route", rr) for rr in request.headers.get_lines("Record-Route")]
-        if contact:
-            items.append(("Contact", self._contact(peer)))
+        if contact is not None:
+            items.append(("Contact", contact))
         items.append(("Server", self.config.user_agent))
         items.extend(extra.items)
         if content_type is not None:
@@ -980,15 +1002,14 @@ class UserAgent:
             items += (("Supported", ", ".join(SUPPORTED_OPTION_TAGS)),)
         return Headers(items)
 
-    def _sent_by(self) -> str:
-        host = self.config.host
+    def _sent_by(self, host: str) -> str:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{host}:{self.config.port}"
 
-    def _contact(self, peer: Peer) -> str:
+    def _contact(self, peer: Peer, host: str) -> str:
         suffix = ";transport=tcp" if peer.transport == "tcp" else ""
-        return f"<sip:{self._sent_by()}{suffix}>"
+        return f"<sip:{self._sent_by(host)}{suffix}>"
 
     def _flush_server(self, key: TransactionKey, tx: ServerTransaction) -> None:
         messages = tx.take_messages()
