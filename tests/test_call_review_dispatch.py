@@ -1,0 +1,530 @@
+"""The call's decisions, step by step: barge-in, the response.cancel policy, tool dispatch.
+
+A ``Call`` runs against ``ScriptedSession`` (the ``RealtimeSession`` the call talks to,
+driven by the test: events in, every request recorded) on a media clock with a virtual
+scheduler: time moves only when the test ticks it, so "10 ticks = 200 ms handed to the
+leg" is exact and nothing here depends on how loaded the machine is. The same behaviour
+over a real socket and the emulator is covered by test_call_e2e.py and
+test_call_review_frontdesk.py.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.call.call import Call
+from bridge.call.clock import MediaClock, VirtualScheduler
+from bridge.call.leg import LegInfo, Source, TransferOutcome
+from bridge.call.memory import MemoryLeg
+from bridge.call.records import CallRecord, MemoryRecordStore, RecordStore
+from bridge.dialplans.loader import load_dialplans
+from bridge.dialplans.plan import Dialplan
+from bridge.dialplans.tools import Tool, tool_from_function
+from bridge.realtime import events as ev
+
+SALES = "sip:sales@pbx.example.com"
+OPERATOR = "sip:operator@pbx.example.com"
+
+PLAN = """
+tools = {tools}
+
+[match]
+default = true
+
+[agent]
+instructions = "review plan"
+audio_format = "{audio_format}"
+{greeting}
+
+[agent.turn_detection]
+type = "server_vad"
+interrupt_response = {interrupt}
+
+[targets]
+sales = {{ uri = "{sales}" }}
+operator = {{ uri = "{operator}" }}
+
+[limits]
+max_call_s = {max_call_s}
+{silence}
+
+[dtmf]
+to_model = true
+
+[dtmf.actions]
+"0" = {{ action = "transfer", target = "operator" }}
+
+[fallback]
+tones = "440:100,0:60,440:100"
+action = "{fallback_action}"
+{fallback_target}
+"""
+
+
+def make_plan(tmp: Path, *, tools: tuple[str, ...] = ("transfer_call", "hang_up"),
+              extra_tools: dict[str, Tool] | None = None, greeting: str | None = None,
+              interrupt: bool = True, audio_format: str = "pcm16", max_call_s: float = 600,
+              silence_s: float | None = None, fallback: str = "hangup") -> Dialplan:
+    folder = tmp / f"plan{len(list(tmp.glob('plan*')))}"
+    folder.mkdir()
+    (folder / "review.toml").write_text(PLAN.format(
+        tools=json.dumps(list(tools)), audio_format=audio_format,
+        greeting=f'greeting = "{greeting}"' if greeting else "",
+        interrupt=str(interrupt).lower(), sales=SALES, operator=OPERATOR,
+        max_call_s=max_call_s,
+        silence=f"caller_silence_s = {silence_s}" if silence_s is not None else "",
+        fallback_action=fallback,
+        fallback_target='target = "operator"' if fallback == "transfer" else ""))
+    return load_dialplans(folder, tools=extra_tools).default
+
+
+def tone24(ms: int, freq: float = 440.0, amp: int = 8000) -> bytes:
+    """Agent audio as the service sends it: PCM16 at 24 kHz."""
+    n = 24 * ms
+    out = array.array("h", (int(amp * math.sin(2 * math.pi * freq * i / 24000))
+                            for i in range(n)))
+    return out.tobytes()
+
+
+class ScriptedSession:
+    """A ``RealtimeSession`` driven by the test: ``emit`` events, read ``log``."""
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
+        self.log: list[tuple[Any, ...]] = []
+        self.appended: list[bytes] = []
+        self.response_active = False
+        self.closed = False
+
+    # -- RealtimeSession ------------------------------------------------------------------
+    async def connect(self) -> None:
+        self.log.append(("connect",))
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            yield event
+
+    def append_audio(self, data: bytes) -> None:
+        if len(self.appended) < 5000:
+            self.appended.append(data)
+
+    async def create_response(self, instructions: str | None = None) -> None:
+        self.log.append(("create_response", instructions))
+
+    async def cancel_response(self) -> None:
+        self.log.append(("cancel_response",))
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        self.log.append(("truncate", item_id, audio_end_ms))
+
+    async def send_tool_output(self, call_id: str, output: str) -> None:
+        self.log.append(("tool_output", call_id, output))
+
+    async def add_user_text(self, text: str) -> None:
+        self.log.append(("user_text", text))
+
+    def set_playout_active(self, active: bool) -> None:
+        pass
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._events.put_nowait(None)
+
+    # -- test side --------------------------------------------------------------------------
+    def emit(self, *events: ev.Event) -> None:
+        for event in events:
+            self._events.put_nowait(event)
+
+    def sent(self, kind: str) -> list[tuple[Any, ...]]:
+        return [entry for entry in self.log if entry[0] == kind]
+
+    def kinds(self) -> list[str]:
+        return [str(entry[0]) for entry in self.log]
+
+
+async def settle(rounds: int = 50) -> None:
+    """Let every ready task run (nothing here waits on real I/O)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+class Rig:
+    """A call on a MemoryLeg and a ScriptedSession, on a virtual media clock."""
+
+    def __init__(self, plan: Dialplan, *, store: RecordStore | None = None,
+                 transfer_outcome: TransferOutcome | None = None,
+                 idle_silence: bool = True) -> None:
+        self.sched = VirtualScheduler(start=1000.0)
+        self.clock = MediaClock(scheduler=self.sched)
+        self.leg = MemoryLeg(LegInfo(call_id="leg-r", source=Source.MEMORY,
+                                     caller="+15550123", called="100"),
+                             clock=self.clock, transfer_outcome=transfer_outcome,
+                             idle_silence=idle_silence)
+        self.session = ScriptedSession()
+        self.store: RecordStore = store or MemoryRecordStore()
+        self.call = Call(self.leg, plan, lambda _profile, _log: self.session, self.clock,
+                         self.store, drain_timeout_s=30.0)
+        self.task: asyncio.Task[CallRecord] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.call.run())
+        await self.until(lambda: self.call.record.connected_at is not None)
+
+    async def until(self, cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+        """Wait for ``cond``: a few loop rounds, then (a store's thread, a loop timer)
+        short real sleeps, bounded generously; never a timing assertion."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        spins = 0
+        while not cond():
+            if loop.time() > deadline:
+                raise AssertionError("condition not reached")
+            await asyncio.sleep(0 if spins < 200 else 0.002)
+            spins += 1
+
+    async def tick(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.sched.advance(0.020)
+            await settle(5)
+        await settle()
+
+    async def emit(self, *events: ev.Event) -> None:
+        self.session.emit(*events)
+        await settle()
+
+    def agent_frames(self) -> list[bytes]:
+        return [f.pcm for f in self.leg.frames if not f.silent]
+
+    async def finish(self) -> CallRecord:
+        assert self.task is not None
+        for _ in range(200):
+            if self.task.done():
+                break
+            await self.tick()
+        async with asyncio.timeout(10):
+            return await self.task
+
+    async def speak_over(self, item: str = "u1") -> None:
+        await self.emit(ev.SpeechStarted(item, 1000))
+
+    async def reply(self, response: str, item: str, ms: int, text: str = "",
+                    done: bool = False) -> None:
+        """A response starts streaming ``ms`` of audio (faster than real time)."""
+        self.session.response_active = True
+        events: list[ev.Event] = [ev.ResponseCreated(response),
+                                  ev.AudioDelta(response, item, tone24(ms))]
+        if text:
+            events.append(ev.TranscriptDelta(response, item, text))
+        if done:
+            events.append(ev.AudioDone(response, item))
+            if text:
+                events.append(ev.TranscriptDone(response, item, text))
+        await self.emit(*events)
+
+    async def done(self, response: str, status: str = "completed",
+                   reason: str | None = None) -> None:
+        self.session.response_active = False
+        await self.emit(ev.ResponseDone(response, status, reason, None, None))
+
+
+TEXT = "one two three four five six seven eight nine ten"
+
+
+# ---------------------------------------------------------------------------- barge-in
+async def test_barge_in_truncates_at_what_the_leg_was_handed_and_trims_the_text(
+        tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    await rig.reply("r1", "i1", 500, TEXT)
+    await rig.tick(10)                                   # 200 ms handed to the leg
+    assert len(rig.agent_frames()) == 10
+    await rig.speak_over()
+    # PROTOCOL.md §6.3: truncate at exactly what was handed to the leg.
+    assert rig.session.sent("truncate") == [("truncate", "i1", 200)]
+    # §6.4: interrupt_response is on, so the server cancels; the bridge does not.
+    assert rig.session.sent("cancel_response") == []
+    frames = len(rig.leg.frames)
+    await rig.emit(ev.AudioDelta("r1", "i1", tone24(300)))   # late audio of that reply
+    await rig.tick(5)
+    assert all(f.silent for f in rig.leg.frames[frames:])  # nothing of it is played
+    await rig.emit(ev.AudioDone("r1", "i1"), ev.TranscriptDone("r1", "i1", TEXT))
+    await rig.done("r1", "cancelled", "turn_detected")
+    rig.leg.far_end_hangup()
+    record = await rig.finish()
+    (barge,) = record.barge_ins
+    assert (barge.item_id, barge.heard_ms, barge.received_ms, barge.truncated_ms) == (
+        "i1", 200, 500, 200)
+    assert 280 <= barge.dropped_ms <= 300
+    # The agent transcript keeps what was heard (2/5 of the audio -> the first words),
+    # and the complete transcript arriving later does not bring the rest back.
+    agent = [t for t in record.transcript if t.role == "agent"]
+    assert [(t.text, t.truncated) for t in agent] == [("one two three four", True)]
+
+
+async def test_barge_in_after_the_whole_item_was_heard_keeps_the_text(tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    await rig.reply("r1", "i1", 100, TEXT, done=True)
+    await rig.tick(6)                               # all 100 ms handed to the leg
+    await rig.speak_over()          # response still active: the caller talks at its end
+    await rig.done("r1", "cancelled", "turn_detected")
+    rig.leg.far_end_hangup()
+    record = await rig.finish()
+    assert all(entry[2] <= 100 for entry in rig.session.sent("truncate"))  # ≤ received
+    agent = [t for t in record.transcript if t.role == "agent"]
+    assert [(t.text, t.truncated) for t in agent] == [(TEXT, False)]
+
+
+async def test_after_a_barge_in_the_next_reply_starts_clean(tmp_path: Path) -> None:
+    """The flush covers the playout buffer AND the outbound resampler: nothing of the
+    interrupted reply (not even the resampler's history) reaches the next one."""
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    await rig.reply("r1", "i1", 500)
+    await rig.tick(5)
+    await rig.speak_over()
+    await rig.done("r1", "cancelled", "turn_detected")
+    await rig.emit(ev.SpeechStopped("u1", 2000))
+    frames = len(rig.leg.frames)
+    # The next reply is digital silence: any non-zero sample is left over from the tone.
+    rig.session.response_active = True
+    await rig.emit(ev.ResponseCreated("r2"), ev.AudioDelta("r2", "i2", bytes(48 * 200)),
+                   ev.AudioDone("r2", "i2"))
+    await rig.tick(12)
+    out = rig.leg.frames[frames:]
+    played = [f for f in out if not f.silent]
+    # All of r2 (plus, padded, the few samples the resampler flushes at its end).
+    assert len(played) in (10, 11)
+    assert all(f.pcm == bytes(len(f.pcm)) for f in played)
+    assert rig.call.playout.heard_ms("i2") == 200
+    rig.leg.far_end_hangup()
+    await rig.finish()
+
+
+async def test_barge_in_before_any_audio_was_heard_sends_no_truncation(tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    await rig.reply("r1", "i1", 300, TEXT)
+    await rig.speak_over()                             # before the first tick
+    await rig.tick(3)
+    assert rig.agent_frames() == []
+    # PROTOCOL.md §6.3: at 0 ms nothing goes on the wire (the client only trims its
+    # history: audio_end_ms 0 is the one value it never sends).
+    assert all(ms == 0 for _, _, ms in rig.session.sent("truncate"))
+    rig.leg.far_end_hangup()
+    record = await rig.finish()
+    assert record.barge_ins[0].heard_ms == 0 and record.barge_ins[0].truncated_ms is None
+
+
+async def test_without_interrupt_response_the_bridge_cancels(tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path, interrupt=False))
+    await rig.start()
+    await rig.reply("r1", "i1", 500)
+    await rig.tick(4)
+    await rig.speak_over()
+    # PROTOCOL.md §6.4: the server will not cancel by itself: the bridge must.
+    assert rig.session.kinds().count("cancel_response") == 1
+    assert rig.session.sent("truncate") == [("truncate", "i1", 80)]
+    rig.leg.far_end_hangup()
+    await rig.finish()
+
+
+async def test_a_dtmf_transfer_interrupts_the_agent_and_cancels(tmp_path: Path) -> None:
+    """Our own interruption (DTMF): cancel even though the server would on speech."""
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    await rig.reply("r1", "i1", 500)
+    await rig.tick(6)
+    rig.leg.press("0")
+    await settle()
+    record = await rig.finish()
+    kinds = rig.session.kinds()
+    assert kinds.count("cancel_response") == 1
+    assert rig.session.sent("truncate") == [("truncate", "i1", 120)]
+    assert rig.leg.transfers == [OPERATOR]
+    assert record.end_reason == "transferred" and record.transferred_to == "operator"
+    assert len(rig.agent_frames()) == 6
+
+
+# ---------------------------------------------------------------------------- tools
+def counting_tools() -> tuple[dict[str, Tool], dict[str, Any]]:
+    state: dict[str, Any] = {"runs": [], "gate": asyncio.Event()}
+
+    async def slow_lookup(order: str) -> dict[str, str]:
+        """Look an order up (waits for the test to let it finish)."""
+        state["runs"].append(("slow_lookup", order))
+        await state["gate"].wait()
+        return {"order": order, "status": "shipped"}
+
+    async def quick_lookup(order: str) -> dict[str, str]:
+        """Look an order up at once."""
+        state["runs"].append(("quick_lookup", order))
+        return {"order": order, "status": "packed"}
+
+    return ({"slow_lookup": tool_from_function(slow_lookup, timeout_s=30),
+             "quick_lookup": tool_from_function(quick_lookup)}, state)
+
+
+async def test_two_calls_of_one_response_then_exactly_one_response_create(
+        tmp_path: Path) -> None:
+    tools, state = counting_tools()
+    plan = make_plan(tmp_path, tools=("slow_lookup", "quick_lookup", "hang_up"),
+                     extra_tools=tools)
+    rig = Rig(plan)
+    await rig.start()
+    rig.session.response_active = True
+    await rig.emit(ev.ResponseCreated("r1"),
+                   ev.FunctionCall("r1", "f1", "call_a", "slow_lookup", '{"order": "1"}'),
+                   ev.FunctionCall("r1", "f2", "call_b", "quick_lookup", '{"order": "2"}'))
+    await settle()
+    assert state["runs"] == []                 # not before the response is done
+    await rig.done("r1")
+    # Both run at once; the quick one answers while the slow one is still running ...
+    assert sorted(state["runs"]) == [("quick_lookup", "2"), ("slow_lookup", "1")]
+    assert rig.session.kinds()[-1:] == ["tool_output"]
+    assert rig.session.sent("create_response") == []   # ... and no response.create yet
+    state["gate"].set()
+    await settle()
+    # PROTOCOL.md §5.4: one response.create, after all outputs of the response.
+    outputs = rig.session.sent("tool_output")
+    assert [o[1] for o in outputs] == ["call_b", "call_a"]
+    assert json.loads(outputs[1][2]) == {"order": "1", "status": "shipped"}
+    assert rig.session.kinds()[-3:] == ["tool_output", "tool_output", "create_response"]
+    assert rig.session.kinds().count("create_response") == 1
+    rig.leg.far_end_hangup()
+    record = await rig.finish()
+    assert sorted((t.name, t.ok) for t in record.tool_calls) == [
+        ("quick_lookup", True), ("slow_lookup", True)]
+
+
+@pytest.mark.parametrize("how", ["cancelled", "failed", "barged_in"])
+async def test_tools_of_a_response_that_did_not_complete_never_run(tmp_path: Path,
+                                                                   how: str) -> None:
+    tools, state = counting_tools()
+    plan = make_plan(tmp_path, tools=("quick_lookup", "transfer_call"), extra_tools=tools)
+    rig = Rig(plan)
+    await rig.start()
+    await rig.reply("r1", "i1", 400)
+    await rig.tick(3)
+    await rig.emit(ev.FunctionCall("r1", "f1", "call_a", "quick_lookup", '{"order": "1"}'),
+                   ev.FunctionCall("r1", "f2", "call_b", "transfer_call",
+                                   '{"target": "sales"}'))
+    if how == "barged_in":
+        await rig.speak_over()
+        await rig.done("r1", "completed")      # raced the barge-in: still not run
+    else:
+        await rig.done("r1", how)
+    await rig.tick(30)
+    assert state["runs"] == []
+    assert rig.leg.transfers == []
+    assert rig.session.sent("tool_output") == []
+    assert rig.session.sent("create_response") == []
+    assert not rig.call.ended
+    rig.leg.far_end_hangup()
+    record = await rig.finish()
+    assert record.tool_calls == []
+
+
+async def test_a_failed_transfer_tells_the_model_and_the_call_goes_on(tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path),
+              transfer_outcome=TransferOutcome(ok=False, status=486, detail="busy here"))
+    await rig.start()
+    await rig.reply("r1", "i1", 200, "Transferring you to sales.", done=True)
+    await rig.emit(ev.FunctionCall("r1", "f1", "call_t", "transfer_call",
+                                   '{"target": "sales"}'))
+    await rig.done("r1")
+    await rig.tick(12)                          # the last words play, then the REFER
+    assert rig.leg.transfers == [SALES]
+    (output,) = rig.session.sent("tool_output")
+    error = json.loads(output[2])["error"]
+    assert (error["type"], error["status"]) == ("transfer_failed", 486)
+    assert rig.session.kinds()[-1] == "create_response"     # the model answers the caller
+    assert not rig.call.ended and not rig.leg.closed.is_set()
+    await rig.reply("r2", "i2", 200, "Sales is busy; can I help?", done=True)
+    await rig.done("r2")
+    await rig.tick(12)
+    rig.leg.far_end_hangup()
+    record = await rig.finish()
+    assert record.end_reason == "caller_hangup"
+    assert record.transferred_to is None
+    assert record.errors == ["transfer to sales failed: 486"]
+    assert [(t.name, t.ok, t.error) for t in record.tool_calls] == [
+        ("transfer_call", False, "transfer_failed")]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bridge/call/call.py _dtmf_transfer: when the dialplan's DTMF transfer fails the "
+    "agent's reply has already been cancelled and nothing tells the model, so the caller "
+    "sits in silence until they speak again"))
+async def test_a_failed_dtmf_transfer_tells_the_model(tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path),
+              transfer_outcome=TransferOutcome(ok=False, status=503, detail="unavailable"))
+    await rig.start()
+    await rig.reply("r1", "i1", 400)
+    await rig.tick(5)
+    rig.leg.press("0")
+    await rig.tick(5)
+    assert rig.leg.transfers == [OPERATOR]
+    assert not rig.call.ended
+    told = [entry for entry in rig.session.log
+            if entry[0] in ("user_text", "create_response")
+            and "transfer" in str(entry[1] or "").lower()]
+    rig.leg.far_end_hangup()
+    await rig.finish()
+    assert told, rig.session.log
+
+
+async def test_hang_up_waits_for_the_last_words_to_play(tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    await rig.reply("r1", "i1", 300, "Goodbye.", done=True)
+    await rig.emit(ev.FunctionCall("r1", "f1", "call_h", "hang_up", '{"reason": "done"}'))
+    await rig.done("r1")
+    await rig.tick(8)
+    assert not rig.call.ended and rig.leg.hangups == []     # 160 of 300 ms played
+    record = await rig.finish()
+    assert record.end_reason == "agent_hangup" and record.end_detail == "done"
+    assert len(rig.agent_frames()) >= 15                     # all of the goodbye
+    assert rig.call.playout.heard_ms("i1") == 300
+    assert rig.leg.hangups == ["agent_hangup"]
+    assert rig.session.sent("tool_output")                   # the result went back first
+    assert rig.session.sent("create_response") == []         # no reply after a hang-up
+
+
+async def test_a_tool_still_running_when_the_call_ends_is_cancelled(tmp_path: Path) -> None:
+    tools, state = counting_tools()
+    cancelled = asyncio.Event()
+
+    async def stuck(order: str) -> str:
+        """Never answers."""
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return ""
+
+    tools["stuck"] = tool_from_function(stuck, timeout_s=60)
+    rig = Rig(make_plan(tmp_path, tools=("stuck",), extra_tools=tools))
+    await rig.start()
+    rig.session.response_active = True
+    await rig.emit(ev.ResponseCreated("r1"),
+                   ev.FunctionCall("r1", "f1", "call_s", "stuck", '{"order": "1"}'))
+    await rig.done("r1")
+    rig.leg.far_end_hangup()
+    record = await rig.finish()
+    assert cancelled.is_set()
+    assert record.end_reason == "caller_hangup"
+    assert rig.session.sent("tool_output") == [] and rig.session.closed
