@@ -47,3 +47,17 @@ def test_broken_folder_fails_with_file_line_field() -> None:
     proc = check("--dir", str(DATA / "two-defaults"))
     assert proc.returncode == 1
     assert "b.toml:2: match.default" in proc.stderr
+
+
+def test_serve_refuses_to_start_on_a_broken_dialplan(tmp_path: Path) -> None:
+    """The same error stops ``voicebridge serve`` at start-up, before it answers a call."""
+    folder = DATA / "with-broken"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VOICEBRIDGE_", "AZURE_OPENAI_", "OPENAI_"))}
+    env.update(VOICEBRIDGE_DIALPLANS=str(folder),
+               VOICEBRIDGE_RECORDS_PATH=str(tmp_path / "calls.db"))
+    proc = subprocess.run([sys.executable, "-m", "bridge.cli", "serve"], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert f"{folder / 'unknown_voice.toml'}:10: agent.voice: unknown voice" in proc.stderr
+    assert "voicebridge is running" not in proc.stdout     # no banner: nothing started
