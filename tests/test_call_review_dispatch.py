@@ -165,9 +165,12 @@ class Rig:
 
     def __init__(self, plan: Dialplan, *, store: RecordStore | None = None,
                  transfer_outcome: TransferOutcome | None = None,
-                 idle_silence: bool = True) -> None:
-        self.sched = VirtualScheduler(start=1000.0)
-        self.clock = MediaClock(scheduler=self.sched)
+                 idle_silence: bool = True,
+                 shared: tuple[VirtualScheduler, MediaClock] | None = None) -> None:
+        if shared is None:
+            sched = VirtualScheduler(start=1000.0)
+            shared = (sched, MediaClock(scheduler=sched))
+        self.sched, self.clock = shared
         self.leg = MemoryLeg(LegInfo(call_id="leg-r", source=Source.MEMORY,
                                      caller="+15550123", called="100"),
                              clock=self.clock, transfer_outcome=transfer_outcome,

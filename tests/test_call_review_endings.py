@@ -196,3 +196,29 @@ async def test_a_g711_leg_with_a_g711_profile_appends_its_own_bytes_every_20_ms(
 def test_the_leg_used_here_carries_g711() -> None:
     # The passthrough test above relies on MemoryLeg's default (a µ-law 8 kHz leg).
     assert MemoryLeg().g711 == "pcmu"
+
+
+async def test_calls_share_one_clock_chain_and_keep_no_timer_task_of_their_own(
+        tmp_path: Path) -> None:
+    """Media costs one wake-up per 20 ms for all calls; a call's idle cost is its two
+    tasks (the upstream event pump and the wait for its end), nothing per frame."""
+    plan = make_plan(tmp_path)
+    first = Rig(plan)
+    rigs = [first] + [Rig(plan, shared=(first.sched, first.clock)) for _ in range(2)]
+    before = set(asyncio.all_tasks())
+    for rig in rigs:
+        await rig.start()
+    await rigs[0].tick(5)
+    for rig in rigs:
+        await rig.reply("r1", "i1", 400)             # all three are playing
+    wakeups = rigs[0].clock.wakeups
+    await rigs[0].tick(10)
+    assert rigs[0].clock.wakeups - wakeups == 10     # 10 ticks, one wake-up each
+    assert all(len(rig.agent_frames()) == 10 for rig in rigs)
+    new = set(asyncio.all_tasks()) - before - {rig.task for rig in rigs}
+    names = sorted(t.get_name().split("-", 1)[1] for t in new if not t.done())
+    assert names == ["end", "end", "end", "session", "session", "session"]
+    for rig in rigs:
+        rig.leg.far_end_hangup()
+        await rig.finish()
+    assert first.clock.subscribers == 0
