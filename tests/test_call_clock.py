@@ -181,3 +181,69 @@ async def test_real_loop_clock_ticks() -> None:
     assert len(rec.sends) >= 3
     grid = [g for g, _ in rec.sends]
     assert all(abs(b - a - 0.02) < 1e-9 for a, b in zip(grid, grid[1:], strict=False))
+
+
+class Costly:
+    """A non-first subscriber that costs ``cost`` seconds of (virtual) time per tick."""
+
+    def __init__(self, clock: MediaClock, sched: VirtualScheduler, cost: float) -> None:
+        self.clock, self.sched, self.cost = clock, sched, cost
+        self.ticks: list[float] = []
+
+    def on_tick(self, now: float) -> None:
+        self.ticks.append(self.clock.tick_time)
+        self.sched._now += self.cost     # the work takes time: the loop runs late after it
+
+
+def _stall_then_load(slice_s: float) -> tuple[list[tuple[float, float]], list[Costly]]:
+    """200 inbound subscribers costing 60 % of each period, and one 70 ms stall."""
+    stalls = {500.5}
+
+    def wake_delay(when: float) -> float:
+        for t in list(stalls):
+            if when >= t:
+                stalls.discard(t)
+                return 0.070
+        return 0.0
+
+    sched = VirtualScheduler(start=500.0, wake_delay=wake_delay)
+    clock = MediaClock(scheduler=sched, slice_s=slice_s)
+    playout = Recorder(clock)
+    clock.subscribe(playout, first=True)
+    legs = [Costly(clock, sched, 0.012 / 200) for _ in range(200)]
+    for leg in legs:
+        clock.subscribe(leg)
+    sched.run_until(502.0)
+    return playout.sends, legs
+
+
+def test_inbound_work_is_sliced_so_a_stall_does_not_make_every_later_tick_late() -> None:
+    sends, legs = _stall_then_load(slice_s=0.004)
+    late = [h - g for g, h in sends if h - g > 0.005]
+    # Only the stall's own overdue ticks are late; the grid is met again right after.
+    assert 1 <= len(late) <= 5
+    # Every inbound subscriber got every delivered tick, in grid order.
+    for leg in legs:
+        assert leg.ticks == sorted(leg.ticks)
+        assert len(leg.ticks) >= len(sends) - 2
+
+    # One slice for everything (the old behaviour): the catch-up work after the stall
+    # pushes the following ticks late as well.
+    sends_1, _ = _stall_then_load(slice_s=10.0)
+    assert len([1 for g, h in sends_1 if h - g > 0.005]) > len(late) + 3
+
+
+def test_backlog_beyond_the_catch_up_bound_drops_the_oldest_ticks() -> None:
+    sched = VirtualScheduler(start=10.0)
+    clock = MediaClock(scheduler=sched, max_catch_up=2)
+    playout = Recorder(clock)
+    clock.subscribe(playout, first=True)
+    legs = [Costly(clock, sched, 0.030 / 100) for _ in range(100)]   # 150 % load
+    for leg in legs:
+        clock.subscribe(leg)
+    sched.advance(1.0)
+    st = clock.stats()
+    assert st.backlog_dropped > 0
+    assert len(clock._backlog) <= 3
+    # The playout still ticks on the grid at every period.
+    assert all(abs(h - g) <= 0.0045 for g, h in playout.sends[-10:])

@@ -22,6 +22,20 @@ back, up to ``max_catch_up`` extra ticks (default 5 = 100 ms, inside any phone's
 buffer), counts them as late, and skips the rest (counted as skipped). Skipping moves
 ``n`` forward but keeps ``t0``: the grid stays where it was.
 
+Long slices (policy)
+--------------------
+A tick's work is two kinds: ``first`` subscribers (outbound playouts: one frame each, the
+hand-off the far end's jitter buffer sees) and the rest (inbound legs' frames going
+upstream, gap checks), which at a few hundred calls costs several milliseconds per tick.
+Running it all in the one timer callback made a late wake-up expensive: k overdue ticks
+meant k x (every call's inbound work) in one slice, which made the next tick late too,
+and the loop stayed 100+ ms behind (measured: 200 calls, callbacks of 40-180 ms). So the
+first subscribers get every due tick at once, and the rest is queued and worked off in
+slices of at most ``slice_s`` (default 4 ms), each slice a separate loop callback: the
+next tick, socket reads and everything else wait for one slice at most, never for the
+whole backlog. The order of ticks for each subscriber is kept (FIFO); a backlog longer
+than the catch-up bound loses its oldest ticks (counted), as a stalled loop skips ticks.
+
 Statistics: a histogram of each tick's |offset| from the grid (p50/p99/max), late
 (catch-up) and skipped ticks, wake-ups.
 
@@ -35,6 +49,7 @@ import asyncio
 import heapq
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,6 +62,10 @@ PERIOD_S = 0.020
 #: LEAD_S + 0.1 ms early counts as due: hand-offs then land within about ±0.5 ms of the
 #: grid instead of 0..+1 ms, and never more than 0.6 ms ahead of real time.
 LEAD_S = 0.0005
+#: Longest run of non-first subscriber work in one loop callback (see "Long slices").
+SLICE_S = 0.004
+#: Subscribers between two clock reads while working off the backlog.
+_SLICE_CHECK = 16
 
 
 @dataclass(frozen=True)
@@ -154,6 +173,7 @@ class ClockStats:
     lateness_p99_ms: float
     lateness_max_ms: float
     subscribers: int
+    backlog_dropped: int = 0   # queued non-first ticks dropped (overload beyond catch-up)
 
 
 class TickSubscriber(Protocol):
@@ -186,6 +206,17 @@ class _LoopScheduler:
         return self._loop.call_at(when, callback)
 
 
+class _Pending:
+    """One tick's non-first subscribers, worked off from ``next`` on."""
+
+    __slots__ = ("tick_time", "subs", "next")
+
+    def __init__(self, tick_time: float, subs: tuple[TickSubscriber, ...]) -> None:
+        self.tick_time = tick_time
+        self.subs = subs
+        self.next = 0
+
+
 class MediaClock:
     """One per process: a single ``call_at`` chain on a 20 ms grid for all subscribers.
 
@@ -195,15 +226,22 @@ class MediaClock:
     """
 
     def __init__(self, period: float = PERIOD_S, *, scheduler: Scheduler | None = None,
-                 max_catch_up: int = 5, lead_s: float = LEAD_S) -> None:
+                 max_catch_up: int = 5, lead_s: float = LEAD_S,
+                 slice_s: float = SLICE_S) -> None:
         self.period = period
         self.lead_s = lead_s
+        self.slice_s = slice_s
         self.max_catch_up = max_catch_up
         self._scheduler = scheduler
         self._injected = scheduler is not None
         self._subs: dict[int, TickSubscriber] = {}
         self._first: set[int] = set()
         self._snapshot: tuple[TickSubscriber, ...] = ()
+        self._firsts: tuple[TickSubscriber, ...] = ()
+        self._rest: tuple[TickSubscriber, ...] = ()
+        # Non-first work not done yet, oldest tick first.
+        self._backlog: deque[_Pending] = deque()
+        self._drain_handle: TimerHandle | None = None
         self._pacer: Pacer | None = None
         self._handle: TimerHandle | None = None
         self.tick_time = 0.0
@@ -211,6 +249,7 @@ class MediaClock:
         self.lateness = Histogram()
         self.wakeups = 0
         self._ticks = self._late = self._skipped = 0
+        self._backlog_dropped = 0
 
     # -- subscribers -------------------------------------------------------------------
     def subscribe(self, sub: TickSubscriber, *, first: bool = False) -> None:
@@ -234,8 +273,9 @@ class MediaClock:
 
     def _rebuild(self) -> None:
         subs = self._subs
-        self._snapshot = (tuple(s for k, s in subs.items() if k in self._first)
-                          + tuple(s for k, s in subs.items() if k not in self._first))
+        self._firsts = tuple(s for k, s in subs.items() if k in self._first)
+        self._rest = tuple(s for k, s in subs.items() if k not in self._first)
+        self._snapshot = self._firsts + self._rest
 
     @property
     def subscribers(self) -> int:
@@ -269,6 +309,10 @@ class MediaClock:
         if self._handle is not None:
             self._handle.cancel()
         self._handle = None
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+        self._drain_handle = None
+        self._backlog.clear()
         if self._pacer is not None:
             self._ticks += self._pacer.delivered
             self._late += self._pacer.late
@@ -284,20 +328,67 @@ class MediaClock:
         self.now = now
         self.wakeups += 1
         due = pacer.advance(now)
+        firsts, rest = self._firsts, self._rest
         for k in range(due.count):
-            n = due.first + k
-            self.tick_time = pacer.due_time(n)
-            self.lateness.add(abs(now - self.tick_time))
-            for sub in self._snapshot:
-                try:
-                    sub.on_tick(now)
-                except Exception:
-                    # One broken call must not stop media for every other call.
-                    log.exception("media clock subscriber %r failed; unsubscribed", sub)
-                    self.unsubscribe(sub)
+            self.tick_time = tick_time = pacer.due_time(due.first + k)
+            self.lateness.add(abs(now - tick_time))
+            for sub in firsts:
+                self._call(sub, now)
             if self._pacer is not pacer:
                 return      # the last subscriber left during this tick
+            if rest:
+                self._backlog.append(_Pending(tick_time, rest))
+        # Overloaded for longer than the catch-up bound: the oldest queued ticks go, like
+        # the skipped ones (inbound work falls behind; memory and delay must not grow).
+        while len(self._backlog) > self.max_catch_up + 1:
+            self._backlog.popleft()
+            self._backlog_dropped += 1
         self._handle = sched.call_at(pacer.deadline - self.lead_s, self._fire)
+        if self._drain_handle is None:
+            self._drain(now)
+
+    def _call(self, sub: TickSubscriber, now: float) -> None:
+        try:
+            sub.on_tick(now)
+        except Exception:
+            # One broken call must not stop media for every other call.
+            log.exception("media clock subscriber %r failed; unsubscribed", sub)
+            self.unsubscribe(sub)
+
+    def _drain(self, start: float) -> None:
+        """Work off queued non-first ticks for at most ``slice_s``; continue in a new loop
+        callback when there is more (the next tick and I/O go in between)."""
+        sched = self._sched()
+        backlog, subs = self._backlog, self._subs
+        deadline = start + self.slice_s
+        now = start
+        checks = 0
+        while backlog:
+            entry = backlog[0]
+            self.tick_time = entry.tick_time
+            group, i = entry.subs, entry.next
+            n = len(group)
+            while i < n:
+                sub = group[i]
+                i += 1
+                if id(sub) in subs:
+                    self._call(sub, now)
+                checks += 1
+                if checks >= _SLICE_CHECK:
+                    checks = 0
+                    now = sched.time()
+                    if now >= deadline and (i < n or len(backlog) > 1):
+                        entry.next = i
+                        self._drain_handle = sched.call_at(now, self._drain_next)
+                        return
+            backlog.popleft()
+        self._drain_handle = None
+
+    def _drain_next(self) -> None:
+        self._drain_handle = None
+        if self._pacer is None:
+            return
+        self._drain(self._sched().time())
 
     def stats(self) -> ClockStats:
         p = self._pacer
@@ -306,12 +397,14 @@ class MediaClock:
         skipped = self._skipped + (p.skipped if p else 0)
         h = self.lateness
         return ClockStats(ticks, late, skipped, self.wakeups, h.percentile(50) * 1000,
-                          h.percentile(99) * 1000, h.max * 1000, len(self._subs))
+                          h.percentile(99) * 1000, h.max * 1000, len(self._subs),
+                          self._backlog_dropped)
 
     def reset_stats(self) -> None:
         self.lateness = Histogram()
         self.wakeups = 0
         self._ticks = self._late = self._skipped = 0
+        self._backlog_dropped = 0
         if self._pacer is not None:
             self._pacer.delivered = self._pacer.late = self._pacer.skipped = 0
 
