@@ -467,10 +467,6 @@ async def test_a_failed_transfer_tells_the_model_and_the_call_goes_on(tmp_path: 
         ("transfer_call", False, "transfer_failed")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bridge/call/call.py _dtmf_transfer: when the dialplan's DTMF transfer fails the "
-    "agent's reply has already been cancelled and nothing tells the model, so the caller "
-    "sits in silence until they speak again"))
 async def test_a_failed_dtmf_transfer_tells_the_model(tmp_path: Path) -> None:
     rig = Rig(make_plan(tmp_path),
               transfer_outcome=TransferOutcome(ok=False, status=503, detail="unavailable"))
@@ -489,10 +485,6 @@ async def test_a_failed_dtmf_transfer_tells_the_model(tmp_path: Path) -> None:
     assert told, rig.session.log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bridge/call/call.py _transfer_uri (DTMF and fallback paths): playout.comfort stays off "
-    "while leg.transfer() is pending, so a REFER that takes seconds (and may then fail) "
-    "leaves the caller in dead air longer than 2 s; the tool path has comfort on"))
 async def test_a_slow_dtmf_transfer_is_not_dead_air(tmp_path: Path) -> None:
     rig = Rig(make_plan(tmp_path),
               transfer_outcome=TransferOutcome(ok=False, status=408, detail="timeout"))

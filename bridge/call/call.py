@@ -756,7 +756,14 @@ class Call:
 
     async def _transfer_uri(self, uri: str, label: str) -> TransferOutcome:
         self.log.info("transferring to %s", label)
-        outcome = await self.leg.transfer(uri)
+        # A REFER can take seconds (and then fail): the caller hears the comfort beep
+        # rather than dead air while it is pending, whichever path asked for it.
+        comfort = self.playout.comfort
+        self.playout.comfort = True
+        try:
+            outcome = await self.leg.transfer(uri)
+        finally:
+            self.playout.comfort = comfort or self._tools_running > 0
         if outcome.ok:
             self.record.transferred_to = label
             self._request_end("transferred", label)
@@ -817,7 +824,16 @@ class Call:
         if uri is None:
             self.log.warning("DTMF transfer target %r is not in the dialplan", target)
             return
-        await self._transfer_uri(uri, target)
+        outcome = await self._transfer_uri(uri, target)
+        client = self._client
+        if not outcome.ok and client is not None and self._ready and not self.ended:
+            # The agent's reply was cancelled for the transfer: without this the caller
+            # would wait in silence until they spoke again.
+            await client.add_user_text(
+                f"The caller pressed a key to be transferred to {target}, but the transfer "
+                f"failed ({outcome.status or 'no answer'}). Tell the caller and offer "
+                "another way to help.")
+            await client.create_response()
 
     async def _dtmf_hangup(self, action: DtmfAction) -> None:
         self.end("caller_dtmf_hangup")
