@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import math
 import os
 import random
@@ -166,6 +167,25 @@ def _runqueue_wait_s() -> float:
         return float("nan")
 
 
+class GcPauses:
+    """Wall time of each garbage collection, per generation (a full collection of a busy
+    heap stops the loop, and with it every call's media, for as long as it runs)."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.pauses[int(info["generation"])].append(time.perf_counter() - self._t)
+
+    def summary(self) -> str:
+        return "; ".join(f"gen{g} {len(p)} x max {max(p, default=0.0) * 1000:.1f} ms"
+                         for g, p in self.pauses.items())
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -227,6 +247,11 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
 
     for leg in legs:
         scripts.append(CallerScript(leg, burst, short, silence, rng))
+    # What 'serve' does after start-up: everything alive now (modules, dialplans, the
+    # calls' set-up) goes to the permanent generation, so a full collection during calls
+    # walks only what the calls allocate since (measured: 136 ms gen2 pauses at 200 calls).
+    gc.collect()
+    gc.freeze()
 
     def top_up_all() -> None:
         for s in scripts:
@@ -248,11 +273,14 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
         c.playout.stop_latencies.clear()
         c.barge_in_seen.clear()
     frames0 = sum(leg.stats.frames_out for leg in legs)
+    gc_pauses = GcPauses()
+    gc.callbacks.append(gc_pauses)
     clock.reset_stats()
     cpu0, wall0, rq0 = time.process_time(), time.monotonic(), _runqueue_wait_s()
     await asyncio.sleep(args.seconds)
     cpu1, wall1, rq1 = time.process_time(), time.monotonic(), _runqueue_wait_s()
     rss1 = _rss_bytes()
+    gc.callbacks.remove(gc_pauses)
     st = clock.stats()
     for leg in legs:
         leg.stats.handoff = None
@@ -291,7 +319,9 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
           f"tick |offset| p50 {st.lateness_p50_ms:.3f} / p99 {st.lateness_p99_ms:.3f} / "
           f"max {st.lateness_max_ms:.3f} ms")
     print(f"late frames            {st.late_ticks} late ticks x {n} legs = "
-          f"{st.late_ticks * n} frames; {st.skipped_ticks} ticks skipped")
+          f"{st.late_ticks * n} frames; {st.skipped_ticks} ticks skipped; "
+          f"{st.backlog_dropped} inbound ticks dropped")
+    print(f"gc pauses              {gc_pauses.summary()}")
     print(f"memory                 {(rss1 - rss0) / n / 1024:.0f} KiB RSS per call "
           f"({(rss1 - rss0) / 2**20:.1f} MiB for {n} calls)")
     print(f"barge-ins              {barges} in the window; speech_started -> agent audio "
