@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from bridge.call import records
 from bridge.call.records import (
     BargeIn,
     CallRecord,
@@ -76,3 +80,49 @@ async def test_memory_store_round_trip() -> None:
     got = await store.get("c1")
     assert got is not None and got.end_reason == ""
     assert [x.call_id for x in await store.recent()] == ["c1"]
+
+
+def test_record_encoder_matches_to_json_and_encodes_only_what_changed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[str] = []
+    real = records._entry_json
+
+    def counting(key: str, entry: object) -> str:
+        encoded.append(key)
+        return real(key, entry)
+
+    monkeypatch.setattr(records, "_entry_json", counting)
+    r = _record()
+    enc = records.RecordEncoder()
+    assert enc.encode(r) == r.to_json()
+    first = len(encoded)
+    assert first == 6                      # every entry once
+    encoded.clear()
+    r.turns.append(TurnLatency(105.0, "resp_3", 200.0, 30.0))
+    r.transcript.append(TranscriptEntry("agent", "item_3", "Sure.", 105.5))
+    assert enc.encode(r) == r.to_json()
+    assert sorted(encoded) == ["transcript", "turns"]   # only the new entries
+    encoded.clear()
+    # Replaced in place (a reply trimmed at barge-in) and removed: encoded afresh, exact.
+    r.transcript[0] = dataclasses.replace(r.transcript[0], text="Hello", truncated=True)
+    del r.dtmf[:]
+    r.end_reason = "caller_hangup"
+    assert enc.encode(r) == r.to_json()
+    assert encoded == ["transcript", "transcript", "transcript"]
+
+
+async def test_stores_save_what_to_json_says(tmp_path: Path) -> None:
+    r = _record()
+    mem, sql = MemoryRecordStore(), SqliteRecordStore(tmp_path / "r.db")
+    try:
+        for step in range(3):
+            r.turns.append(TurnLatency(110.0 + step, f"resp_{step}", 100.0, 10.0))
+            if step == 2:
+                r.ended_at = 120.0
+            await mem.save(r)
+            await sql.save(r)
+            assert (await mem.get("c1")) == r
+            assert (await sql.get("c1")) == r
+        assert not mem._encoders and not sql._encoders   # let go when the call ended
+    finally:
+        await sql.close()

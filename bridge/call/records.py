@@ -159,6 +159,59 @@ class CallRecord:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
 
+_LIST_FIELDS = ("transcript", "barge_ins", "tool_calls", "dtmf", "speech", "turns")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _entry_json(key: str, entry: Any) -> str:
+    if key == "turns":
+        return _dumps(dict(vars(entry), total_ms=entry.total_ms))
+    return _dumps(dict(vars(entry)))
+
+
+class RecordEncoder:
+    """``CallRecord.to_json`` for one call saved again and again, in O(what changed).
+
+    A record is saved after every turn; its lists (transcript, speech spans, turns...)
+    only grow, so re-encoding all of them made each save cost more than the last
+    (quadratic over a long call) and ran on the event loop. The entries are frozen values:
+    each one's JSON is kept and reused while the same object sits at the same position
+    (an entry replaced in place, such as a transcript trimmed at barge-in, is encoded
+    again). The output is byte for byte ``record.to_json()``.
+    """
+
+    __slots__ = ("_lists",)
+
+    def __init__(self) -> None:
+        self._lists: dict[str, tuple[list[Any], list[str]]] = {}
+
+    def encode(self, record: CallRecord) -> str:
+        parts: list[str] = []
+        for key, value in vars(record).items():
+            if key in _LIST_FIELDS:
+                text = "[" + ",".join(self._encode_list(key, value)) + "]"
+            else:
+                text = _dumps(value)
+            parts.append(_dumps(key) + ":" + text)
+        return "{" + ",".join(parts) + "}"
+
+    def _encode_list(self, key: str, entries: list[Any]) -> list[str]:
+        seen, texts = self._lists.get(key) or ([], [])
+        n = min(len(seen), len(entries))
+        same = 0
+        while same < n and seen[same] is entries[same]:
+            same += 1
+        del seen[same:], texts[same:]
+        for e in entries[same:]:
+            seen.append(e)
+            texts.append(_entry_json(key, e))
+        self._lists[key] = (seen, texts)
+        return texts
+
+
 def _sum_into(acc: dict[str, Any], add: dict[str, Any]) -> None:
     for k, v in add.items():
         if isinstance(v, bool):
@@ -185,15 +238,28 @@ class RecordStore(Protocol):
     async def close(self) -> None: ...
 
 
+def _encode(encoders: dict[str, RecordEncoder], record: CallRecord) -> str:
+    """Encode through the call's own ``RecordEncoder``; the last save (the call ended)
+    lets it go."""
+    if record.ended_at is not None:
+        enc = encoders.pop(record.call_id, None)
+        return enc.encode(record) if enc is not None else record.to_json()
+    enc = encoders.get(record.call_id)
+    if enc is None:
+        enc = encoders[record.call_id] = RecordEncoder()
+    return enc.encode(record)
+
+
 class MemoryRecordStore:
     """Records in a dict (tests, benchmarks). Saves a copy, like a real store would."""
 
     def __init__(self) -> None:
         self._rows: dict[str, str] = {}
+        self._encoders: dict[str, RecordEncoder] = {}
         self.saves = 0
 
     async def save(self, record: CallRecord) -> None:
-        self._rows[record.call_id] = record.to_json()
+        self._rows[record.call_id] = _encode(self._encoders, record)
         self.saves += 1
 
     async def get(self, call_id: str) -> CallRecord | None:
@@ -242,6 +308,7 @@ class SqliteRecordStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._encoders: dict[str, RecordEncoder] = {}
 
     def _db(self) -> sqlite3.Connection:
         # Runs on the worker thread only: the connection never leaves it.
@@ -272,7 +339,7 @@ class SqliteRecordStore:
         # Serialize on the loop thread: the record keeps changing while the worker writes.
         row = (record.call_id, record.started_at, record.ended_at, record.caller,
                record.called, record.source, record.dialplan, record.end_reason,
-               record.to_json())
+               _encode(self._encoders, record))
         await self._run(self._save, row)
 
     def _get(self, call_id: str) -> str | None:
@@ -307,6 +374,6 @@ class SqliteRecordStore:
 
 
 __all__ = [
-    "BargeIn", "CallRecord", "DtmfRecord", "MemoryRecordStore", "RecordStore",
+    "BargeIn", "CallRecord", "DtmfRecord", "MemoryRecordStore", "RecordEncoder", "RecordStore",
     "SpeechSpan", "SqliteRecordStore", "ToolCallRecord", "TranscriptEntry", "TurnLatency",
 ]
