@@ -31,7 +31,7 @@ Running it all in the one timer callback made a late wake-up expensive: k overdu
 meant k x (every call's inbound work) in one slice, which made the next tick late too,
 and the loop stayed 100+ ms behind (measured: 200 calls, callbacks of 40-180 ms). So the
 first subscribers get every due tick at once, and the rest is queued and worked off in
-slices of at most ``slice_s`` (default 4 ms), each slice a separate loop callback: the
+slices of at most ``slice_s`` (default 1.5 ms), each slice a separate loop callback: the
 next tick, socket reads and everything else wait for one slice at most, never for the
 whole backlog. The order of ticks for each subscriber is kept (FIFO); a backlog longer
 than the catch-up bound loses its oldest ticks (counted), as a stalled loop skips ticks.
@@ -63,7 +63,7 @@ PERIOD_S = 0.020
 #: grid instead of 0..+1 ms, and never more than 0.6 ms ahead of real time.
 LEAD_S = 0.0005
 #: Longest run of non-first subscriber work in one loop callback (see "Long slices").
-SLICE_S = 0.004
+SLICE_S = 0.0015
 #: Subscribers between two clock reads while working off the backlog.
 _SLICE_CHECK = 16
 
