@@ -45,7 +45,7 @@ async def test_speech_spans_of_a_greeting_and_a_caller_turn(tmp_path: Path) -> N
     frames = [f for f in h.leg.frames if not f.silent]
     got = [20 * greeting_frames, 20 * (len(frames) - greeting_frames)]
     for span, ms in zip(agent, got, strict=True):
-        assert abs((span.end - span.start) * 1000 - ms) <= 20
+        assert abs((span.end - span.start) * 1000 - ms) <= 40   # a frame + scheduling slack
     assert all(record.started_at <= x.start <= x.end <= (record.ended_at or 0)
                for x in record.speech)
     # The caller's one turn: 700 ms of speech, starting when the leg began sending it,
@@ -56,7 +56,7 @@ async def test_speech_spans_of_a_greeting_and_a_caller_turn(tmp_path: Path) -> N
     assert abs((c.end - c.start) - 0.7) <= 0.06
     assert said_at - 0.05 <= c.start <= said_at + 0.5
     # (the mapping onto wall time is good to about a frame)
-    assert agent[0].end <= c.start + 0.025 and c.end <= agent[1].start
+    assert agent[0].end <= c.start + 0.05 and c.end <= agent[1].start
     # The dashboard's timeline draws these spans rather than estimates.
     tl = timeline_from_record(record.to_dict())
     drawn = [(sp.role, sp.item_id) for sp in tl.spans]
@@ -81,11 +81,11 @@ async def test_a_barge_in_ends_the_agent_span_where_the_caller_stopped_hearing(
     bi = record.barge_ins[0]
     agent = spans(record, "agent")
     assert agent[0].item_id == bi.item_id
-    assert abs((agent[0].end - agent[0].start) * 1000 - bi.heard_ms) <= 20
+    assert abs((agent[0].end - agent[0].start) * 1000 - bi.heard_ms) <= 40
     # The caller started talking before the agent stopped (that is what a barge-in is),
     # and the agent stopped within a tick of speech_started reaching the bridge.
     caller = spans(record, "caller")[0]
-    assert caller.start < agent[0].end <= bi.at + 0.025
+    assert caller.start < agent[0].end <= bi.at + 0.05
 
 
 async def test_session_rotation_is_recorded_and_caller_spans_follow_the_new_session(
