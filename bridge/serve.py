@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -376,6 +377,11 @@ async def serve(settings: Settings, *, ready: Callable[[Bridge], None] | None = 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     async with Bridge(settings) as bridge:
+        # Everything imported and built at start-up lives for the whole process: move it
+        # out of the collector's reach, so full collections stay short while calls run
+        # (a full collection of the start-up heap stalled the media clock for >100 ms).
+        gc.collect()
+        gc.freeze()
         print(bridge.banner(), flush=True)
         if ready is not None:
             ready(bridge)
