@@ -10,7 +10,14 @@ Printed figures:
 
 * CPU per call: ``process_time`` of this process over the measured window / N / seconds,
   and the whole process as % of one core;
-* pacing: lateness of each frame hand-off to a leg versus its grid time (p50/p99/max),
+* pacing, two figures:
+  - grid offset: |hand-off - grid time| of every frame to every leg (p50/p99/max). With N
+    calls served one after another in one tick, the last call's frames go out a fixed
+    couple of milliseconds after the grid every tick: an offset no receiver can see;
+  - inter-frame jitter, what a receiver's jitter buffer sees: per leg, the variation of
+    the spacing of consecutive hand-offs, |(t[n] - t[n-1]) - 20 ms| (20 ms = the grid
+    step between the two ticks) over all legs' frames (p50/p99/max), and the RFC 3550
+    §6.4.1 running interarrival jitter estimate (J += (|D| - J)/16) averaged over legs;
   late ticks (catch-up after a stalled loop) and skipped ticks;
 * memory per call: RSS growth from before the calls to the end of the window / N;
 * barge-in: speech_started reaching the bridge -> the first tick that hands the leg no
@@ -267,8 +274,12 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
 
     # ---- measured window
     handoff = Histogram()                   # one for all legs: no per-frame allocation
+    spacing = Histogram()
     for leg in legs:
         leg.stats.handoff = handoff
+        leg.stats.spacing = spacing
+        leg.stats.last_tick = -1.0          # spacing starts with the window's first frame
+        leg.stats.jitter = 0.0
     for c in calls_by_leg.values():
         c.playout.stop_latencies.clear()
         c.barge_in_seen.clear()
@@ -283,7 +294,8 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     gc.callbacks.remove(gc_pauses)
     st = clock.stats()
     for leg in legs:
-        leg.stats.handoff = None
+        leg.stats.handoff = leg.stats.spacing = None
+    rfc_jitter = sorted(leg.stats.jitter for leg in legs)
     frames = sum(leg.stats.frames_out for leg in legs) - frames0
     stops = sorted(x for c in calls_by_leg.values() for x in c.playout.stop_latencies)
     barges = sum(len(c.barge_in_seen) for c in calls_by_leg.values())
@@ -314,7 +326,13 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
           f"50 expected)")
     print(f"pacing |hand-off-grid| p50 {handoff.percentile(50) * ms:.2f} ms, "
           f"p99 {handoff.percentile(99) * ms:.2f} ms, max {handoff.max * ms:.2f} ms "
-          f"({handoff.n} frames)")
+          f"({handoff.n} frames) -- grid offset: a call's constant offset is invisible "
+          "to the far end")
+    print(f"inter-frame jitter     per call |(t[n] - t[n-1]) - 20 ms| "
+          f"p50 {spacing.percentile(50) * ms:.2f} ms, p99 {spacing.percentile(99) * ms:.2f} ms, "
+          f"max {spacing.max * ms:.2f} ms ({spacing.n} spacings); RFC 3550 jitter estimate "
+          f"mean {sum(rfc_jitter) / max(len(rfc_jitter), 1) * ms:.2f} ms, "
+          f"worst call {(rfc_jitter[-1] if rfc_jitter else 0.0) * ms:.2f} ms")
     print(f"clock                  {st.ticks} ticks, {st.wakeups} wake-ups, "
           f"tick |offset| p50 {st.lateness_p50_ms:.3f} / p99 {st.lateness_p99_ms:.3f} / "
           f"max {st.lateness_max_ms:.3f} ms")

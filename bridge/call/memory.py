@@ -35,9 +35,18 @@ class LegStats:
     frames_out: int = 0
     silence_out: int = 0
     frames_in: int = 0
-    #: |handed_at - tick_time| of every frame (jitter of the hand-off); may be shared by
-    #: many legs (a benchmark's one histogram), None to not measure
+    #: |handed_at - tick_time| of every frame (offset of the hand-off from the grid); may
+    #: be shared by many legs (a benchmark's one histogram), None to not measure
     handoff: Histogram | None = None
+    #: |(t[n] - t[n-1]) - (grid[n] - grid[n-1])| between this leg's consecutive hand-offs:
+    #: the spacing variation a receiver's jitter buffer sees (a constant offset from the
+    #: grid is invisible to it); may be shared, None to not measure
+    spacing: Histogram | None = None
+    #: RFC 3550 §6.4.1 interarrival jitter estimate of the hand-offs, seconds:
+    #: J += (|D(i-1, i)| - J) / 16, D the spacing difference above
+    jitter: float = 0.0
+    last_tick: float = -1.0
+    last_handed: float = 0.0
 
 
 class MemoryLeg(MediaLeg):
@@ -182,11 +191,18 @@ class MemoryLeg(MediaLeg):
             tick, handed = self.clock.tick_time, self.clock.time()
         else:
             tick = handed = time.monotonic()
-        self.stats.frames_out += 1
+        stats = self.stats
+        stats.frames_out += 1
         if silent:
-            self.stats.silence_out += 1
-        if self.stats.handoff is not None:
-            self.stats.handoff.add(abs(handed - tick))
+            stats.silence_out += 1
+        if stats.handoff is not None:
+            stats.handoff.add(abs(handed - tick))
+        if stats.spacing is not None:
+            if stats.last_tick >= 0.0:
+                d = abs((handed - stats.last_handed) - (tick - stats.last_tick))
+                stats.spacing.add(d)
+                stats.jitter += (d - stats.jitter) / 16.0
+            stats.last_tick, stats.last_handed = tick, handed
         if self.keep_audio:
             self.frames.append(OutFrame(tick, handed, pcm, silent))
 
