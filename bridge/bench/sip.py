@@ -13,8 +13,13 @@ are up it measures for ``S`` seconds:
 * memory: the bridge's RSS before the calls and during them;
 * RTP send jitter: every packet the bridge sends to SIPp is captured on the loopback
   interface (an ``AF_PACKET`` socket with a BPF filter, kernel receive timestamps); per
-  stream, the deviation of each inter-arrival gap from 20 ms, p50/p99/max over all calls;
-  plus the bridge's own ``voicebridge_late_frames_total`` counter.
+  stream, the deviation of each inter-arrival gap from 20 ms, p50/p99/max over all calls
+  (the spacing variation a receiver's jitter buffer sees), and the RFC 3550 §6.4.1
+  interarrival jitter estimate per stream (from the RTP timestamps), mean and worst; plus
+  the bridge's own ``voicebridge_late_frames_total`` counter. The media clock's grid is
+  not on the wire, so its offset is only approximated: each packet's delay after the first
+  packet of its tick (packets grouped by a pause of more than 5 ms) -- how far into a
+  tick the calls served last go out.
 
 The goal the bridge is held to: ≥ 200 concurrent calls per core, 0 failed, p99 ≤ 2 ms.
 
@@ -114,6 +119,46 @@ def percentile(values: Sequence[float], p: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * p / 100) - 1))]
+
+
+@dataclass(frozen=True)
+class WireJitter:
+    """Pacing figures from captured RTP arrivals, milliseconds."""
+
+    deviations: list[float]     # per stream |(t[n] - t[n-1]) - 20 ms|, all streams
+    rfc3550: list[float]        # per stream: final RFC 3550 §6.4.1 jitter estimate
+    tick_offsets: list[float]   # each packet's delay after the first packet of its tick
+
+
+def wire_jitter(streams: Mapping[int, Sequence[tuple[float, int]]], *,
+                clock_rate: int = 8000, period_s: float = 0.020,
+                tick_gap_s: float = 0.005) -> WireJitter:
+    """``streams``: per stream, (arrival time in seconds, RTP timestamp) in arrival order.
+
+    RFC 3550 §6.4.1: D(i,j) = (Rj - Ri) - (Sj - Si) and J += (|D(i-1,i)| - J) / 16, with
+    S the RTP timestamp in seconds (a skipped frame does not count as jitter there).
+    """
+    deviations: list[float] = []
+    rfc: list[float] = []
+    arrivals: list[float] = []
+    for pkts in streams.values():
+        j = 0.0
+        for (ra, sa), (rb, sb) in zip(pkts, pkts[1:], strict=False):
+            deviations.append(abs((rb - ra) - period_s) * 1000)
+            d = (rb - ra) - ((sb - sa) & 0xFFFFFFFF) / clock_rate
+            j += (abs(d) - j) / 16
+        if len(pkts) > 1:
+            rfc.append(j * 1000)
+        arrivals += [at for at, _ in pkts]
+    arrivals.sort()
+    offsets: list[float] = []
+    first = prev = -1.0
+    for at in arrivals:
+        if at - prev > tick_gap_s:
+            first = at
+        offsets.append((at - first) * 1000)
+        prev = at
+    return WireJitter(deviations, rfc, offsets)
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -844,16 +889,16 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
             rss = rss_mib(pid)
             late = bridge.metric("voicebridge_late_frames_total") - late0
             run = await sipp_task
-        deviations: list[float] = []
         streams: dict[int, list[float]] = {}
+        stamped: dict[int, list[tuple[float, int]]] = {}
         for d in capture.datagrams:
             if t0 <= d.at < t1:
                 streams.setdefault(d.src[1], []).append(d.at)
-        packets = 0
-        for times in streams.values():
-            packets += len(times)
-            deviations += [abs((b - a) - 0.020) * 1000 for a, b in zip(times, times[1:],
-                                                                         strict=False)]
+                ts = struct.unpack_from("!I", d.payload, 4)[0] if len(d.payload) >= 8 else 0
+                stamped.setdefault(d.src[1], []).append((d.at, ts))
+        packets = sum(len(times) for times in streams.values())
+        wire = wire_jitter(stamped)
+        deviations = wire.deviations
     if args.keep:
         with (workdir / "arrivals.json").open("w") as f:
             json.dump({str(k): v for k, v in streams.items()}, f)
@@ -873,6 +918,13 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
     print(f"RTP send jitter |Δt - 20 ms|: p50 {percentile(deviations, 50):.3f} ms, "
           f"p99 {percentile(deviations, 99):.3f} ms, max {max(deviations, default=0):.1f} ms; "
           f"media clock ticks late by more than a frame: {late:.0f}")
+    print(f"RFC 3550 jitter estimate per stream: mean "
+          f"{sum(wire.rfc3550) / max(len(wire.rfc3550), 1):.3f} ms, "
+          f"worst {max(wire.rfc3550, default=0):.3f} ms")
+    print(f"offset into the tick (after its first packet; the grid itself is not on the "
+          f"wire): p50 {percentile(wire.tick_offsets, 50):.3f} ms, "
+          f"p99 {percentile(wire.tick_offsets, 99):.3f} ms, "
+          f"max {max(wire.tick_offsets, default=0):.1f} ms")
     goal = run.failed == 0 and run.successful == n and percentile(deviations, 99) <= 2.0
     print(f"goal (0 failed, p99 <= 2 ms at this load): {'met' if goal else 'NOT met'}")
     if run.returncode != 0 or run.failed:
@@ -894,7 +946,7 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "Datagram", "EmulatorProcess", "LoopbackCapture", "RtpTrace", "Scenario", "ServeProcess",
-    "SippRun", "add_arguments", "cpu_seconds", "free_rtp_range", "free_udp_port",
-    "percentile", "rss_mib", "run", "run_sipp",
+    "SippRun", "WireJitter", "add_arguments", "cpu_seconds", "free_rtp_range",
+    "free_udp_port", "percentile", "rss_mib", "run", "run_sipp", "wire_jitter",
 ]
 
