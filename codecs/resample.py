@@ -201,31 +201,38 @@ class _FramePlan:
     """Preallocated arrays for a steady stream of ``n``-sample chunks (the 20 ms frames of
     a call), so that a chunk costs a handful of numpy calls and no allocation.
 
-    ``buf`` holds the ``hist`` samples of history followed by the chunk; ``windows`` is a
-    fixed strided view of it, ``group`` output periods per row: a 160-row product of
-    width 30 (what the general path does at 8k->24k) becomes 10 rows of width 45 against a
-    45x48 staircase matrix, which BLAS does in half the time and with 1/10 of the copying.
-    The plan applies when a chunk leaves exactly ``hist`` samples of history again
-    (``n`` a multiple of ``down``), which is every chunk of a steady frame size.
+    ``raw`` (a bytearray) holds the ``hist`` samples of history followed by the chunk as
+    PCM16, and ``buf16`` is an int16 view of it: the chunk goes in and the history moves
+    up with plain bytearray slice assignments, no numpy call. ``windows16`` is a fixed
+    strided view of it, ``group`` output periods per row: a 160-row product of width 30
+    (what the general path does at 8k->24k) becomes 10 rows of width 45 against a 45x48
+    staircase matrix. The rows overlap, which BLAS cannot take directly (numpy would
+    allocate a contiguous copy per call), so they are copied -- and converted to float32
+    in the same pass -- into the preallocated ``windows``. The plan applies when a chunk
+    leaves exactly ``hist`` samples of history again (``n`` a multiple of ``down``),
+    which is every chunk of a steady frame size.
     """
 
-    __slots__ = ("n", "hist", "buf", "head", "body", "tail", "windows", "matrix", "y",
-                 "flat", "out16")
+    __slots__ = ("n", "hist", "raw", "buf16", "head", "windows16", "windows", "matrix",
+                 "y", "out16", "body_at", "tail_at", "end")
 
     def __init__(self, d: FirDesign, hist: int, n: int) -> None:
         periods = n // d.down
         group = math.gcd(periods, _GROUP)
         self.n, self.hist = n, hist
-        self.buf: Float32Array = np.zeros(hist + n, dtype=np.float32)
-        # Views made once: the history, the new chunk, and the next chunk's history.
-        self.head, self.body, self.tail = self.buf[:hist], self.buf[hist:], self.buf[n:]
+        self.raw = bytearray(2 * (hist + n))
+        self.buf16: npt.NDArray[np.int16] = np.frombuffer(self.raw, _PCM16)
+        self.head = self.buf16[:hist]
+        # Byte offsets: where the chunk goes, where the next chunk's history starts.
+        self.body_at, self.tail_at, self.end = 2 * hist, 2 * n, 2 * (hist + n)
         self.matrix = _block_matrix(d, group)
         rows = periods // group
-        self.windows: Float32Array = np.lib.stride_tricks.as_strided(
-            self.buf, (rows, self.matrix.shape[0]), (group * d.down * 4, 4), writeable=False)
+        self.windows16: npt.NDArray[np.int16] = np.lib.stride_tricks.as_strided(
+            self.buf16, (rows, self.matrix.shape[0]), (group * d.down * 2, 2),
+            writeable=False)
+        self.windows: Float32Array = np.empty(self.windows16.shape, dtype=np.float32)
         self.y: Float32Array = np.empty((rows, group * d.up), dtype=np.float32)
-        self.flat: Float32Array = self.y.reshape(-1)
-        self.out16 = np.empty(periods * d.up, dtype="<i2")
+        self.out16 = np.empty((rows, group * d.up), dtype="<i2")
 
     @staticmethod
     def fits(d: FirDesign, hist: int, n: int) -> bool:
@@ -251,7 +258,8 @@ class _Fir:
         return self._d.latency_ms
 
     def reset(self) -> None:
-        self._buf: Float32Array = np.zeros(self._d.per_phase - 1, dtype=np.float32)
+        # float32, or the frame plan's int16 history (exact PCM16 values) while it runs
+        self._buf: npt.NDArray[Any] = np.zeros(self._d.per_phase - 1, dtype=np.float32)
         self._in = 0      # input samples since reset (for the flush length)
         self._out = 0     # output samples since reset
 
@@ -278,7 +286,8 @@ class _Fir:
         """``n`` whole samples of PCM16LE in, PCM16LE out, through the frame plan; None
         when the plan does not apply (the caller takes the general path)."""
         plan = self._plan
-        hist = len(self._buf)
+        buf = self._buf
+        hist = len(buf)
         if plan is None or plan.n != n or plan.hist != hist:
             # Build a plan only for a size seen twice running: outbound deltas of
             # varying sizes stay on the general path instead of churning plans.
@@ -287,21 +296,25 @@ class _Fir:
                 return None
             plan = self._plan = _FramePlan(self._d, hist, n)
         head = plan.head
-        if self._buf is not head:               # history last left by the general path
-            np.copyto(head, self._buf)
+        if buf is not head:
+            # History last left by the general path (float32): the plan holds int16,
+            # exact for history that came from PCM16 (process_float's may not have).
+            if buf.dtype != np.int16 and not np.array_equal(buf, np.rint(buf)):
+                return None
+            np.copyto(head, buf, casting="unsafe")
             self._buf = head
-        np.copyto(plan.body, np.frombuffer(pcm, _PCM16, n))
-        y = plan.y
-        np.dot(plan.windows, plan.matrix, out=y)
-        np.copyto(head, plan.tail)              # the history for the next chunk
+        raw = plan.raw
+        raw[plan.body_at:plan.end] = pcm if len(pcm) == 2 * n else pcm[:2 * n]
+        windows, y, out16 = plan.windows, plan.y, plan.out16
+        np.copyto(windows, plan.windows16)      # int16 -> float32, rows made contiguous
+        raw[:plan.body_at] = raw[plan.tail_at:plan.end]   # the history for the next chunk
+        np.dot(windows, plan.matrix, out=y)
         self._in += n
-        out16 = plan.out16
         self._out += out16.size
-        # Round, saturate, convert: the ufuncs themselves, in place (np.clip's wrapper
-        # costs more than the clipping at this size).
-        np.rint(y, out=y)
+        # Saturate, then round and convert in one pass (the bounds are integers, so this
+        # is the same as rounding first): the ufuncs themselves, in place.
         _clip(y, _LOW, _HIGH, out=y)
-        np.copyto(out16, plan.flat, casting="unsafe")
+        np.rint(y, out=out16, casting="unsafe")
         return out16.tobytes()
 
     def flush(self) -> Float32Array:
