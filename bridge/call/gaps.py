@@ -96,10 +96,13 @@ class InboundGaps:
         """Frames of silence to append at this tick (0 unless a gap is open)."""
         if not self.started:
             return 0
-        self._advance(now)
         idle = now - self._last_frame
         if idle <= self.threshold:
+            # While audio flows (every tick of a live call but the gaps), nothing else:
+            # the credit is brought up to date lazily by the next on_frame/on_tick, which
+            # is the same figure (min(min(c + a, M) + b, M) == min(c + a + b, M), b >= 0).
             return 0
+        self._advance(now)
         # Fill each missing period of the gap once (rounded: arrivals and ticks are out of
         # phase by up to a period), never beyond real time (the credit).
         missing = int(idle / self.period + 0.5) - self._filled

@@ -64,6 +64,7 @@ class MemoryLeg(MediaLeg):
         self.info = info or LegInfo(call_id="mem-1", source=Source.MEMORY,
                                     caller="+15550100", called="100")
         self.sample_rate = sample_rate
+        self._silence = bytes(self.frame_bytes)   # one shared frame, not one per tick
         self.g711 = g711 if sample_rate == 8000 else ""
         self.underrun = underrun
         self.clock = clock
@@ -104,7 +105,7 @@ class MemoryLeg(MediaLeg):
         self._record(pcm, silent=False)
 
     def write_silence(self) -> None:
-        self._record(bytes(self.frame_bytes), silent=True)
+        self._record(self._silence, silent=True)
 
     async def hang_up(self, reason: str) -> None:
         if not self.closed.is_set():
@@ -173,7 +174,7 @@ class MemoryLeg(MediaLeg):
         if self._script:
             self._deliver(self._script.popleft())
         elif self.idle_silence:
-            self._deliver(bytes(self.frame_bytes))
+            self._deliver(self._silence)
 
     # -- helpers -----------------------------------------------------------------------
     def _deliver(self, frame: bytes) -> None:

@@ -47,6 +47,7 @@ from bridge.codecs.resample import StreamResampler, outbound_resampler
 
 #: Bytes of upstream audio per millisecond for each session audio format (PROTOCOL.md §7).
 BYTES_PER_MS = {"pcm16": 48, "pcmu": 8, "pcma": 8}
+_SILENCE = Underrun.SILENCE
 _KEEP_ITEMS = 8           # heard/received counters kept for this many recent items
 #: Comfort tone while waiting on the upstream: a soft beep so the line is never dead > 2 s.
 COMFORT_EVERY_TICKS = 75  # 1.5 s
@@ -197,41 +198,47 @@ class Playout:
 
     # -- clock ---------------------------------------------------------------------------
     def on_tick(self, now: float) -> None:
-        leg = self.leg
+        # Once per call per 20 ms for every call in the process: locals, no property or
+        # method indirection on the common paths (a frame out; nothing to play).
         if self._barge_seen is not None:
             self.stop_latencies.append(now - self._barge_seen)
             self._barge_seen = None
+        leg = self.leg
         if not leg.sending_allowed:
             if self._span_item is not None:
                 self.close_span()
             return
-        if self._pending >= self.frame_samples or (self._draining and self._pending):
+        pending = self._pending
+        fs = self.frame_samples
+        if pending >= fs or (pending and self._draining):
             frame = self._buf.pop_frame(partial=True)
             if frame is not None:
-                self._account(min(self._pending, self.frame_samples), now)
+                self._account(pending if pending < fs else fs, now)
                 self.frames_out += 1
                 leg.write_frame(frame)
                 return
-        self._underrun()
-
-    def _underrun(self) -> None:
+        # Underrun (the idle call's every tick).
         self.underruns += 1
         if self.active:
             self.close_span()
             self.active = False
             if self._on_active is not None:
                 self._on_active(False)
-        self._check_drained()
+        if self._waiters:
+            self._check_drained()
         # Counted whether or not comfort is on: a wait that starts after a silence
         # already counts that silence toward the 1.5 s.
         self._idle_ticks += 1
         if self.comfort and self._idle_ticks >= COMFORT_EVERY_TICKS:
-            self._idle_ticks = 0
-            if not self._comfort_pcm:
-                self._comfort_pcm = tone(440.0, COMFORT_TONE_MS, self.rate, -24.0)
-            self.push_leg_audio(self._comfort_pcm)
-        if self.leg.underrun is Underrun.SILENCE:
-            self.leg.write_silence()
+            self._comfort()
+        if leg.underrun is _SILENCE:
+            leg.write_silence()
+
+    def _comfort(self) -> None:
+        self._idle_ticks = 0
+        if not self._comfort_pcm:
+            self._comfort_pcm = tone(440.0, COMFORT_TONE_MS, self.rate, -24.0)
+        self.push_leg_audio(self._comfort_pcm)
 
     def _account(self, samples: int, now: float) -> None:
         self._pending -= samples
