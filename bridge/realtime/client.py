@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -80,9 +81,11 @@ REJECT_HTTP = frozenset({400, 404})
 
 #: Audio waiting in the transport beyond this is a stalled upstream: drop frames, not latency.
 AUDIO_HIGH_WATER = 256 * 1024
+_OPEN = State.OPEN
 MAX_MESSAGE = 16 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=64)
 def _text_frame_header(length: int) -> bytes:
     """FIN + text opcode and a masked length (RFC 6455 §5.2; client frames are masked)."""
     if length < 126:
@@ -105,12 +108,16 @@ class _Masks:
         self._at = 0
 
     def apply(self, payload: bytes) -> bytes:
+        key = self.key()
+        return key + apply_mask(payload, key)
+
+    def key(self) -> bytes:
+        """The next fresh 4-byte masking key."""
         at = self._at
         if at + 4 > len(self._pool):
             self._pool, at = os.urandom(1024), 0
-        key = self._pool[at:at + 4]
         self._at = at + 4
-        return key + apply_mask(payload, key)
+        return self._pool[at:at + 4]
 
 
 class RealtimeRejected(RealtimeUnavailable):
@@ -290,7 +297,8 @@ class RealtimeClient:
             self.stats.frames_dropped += 1
             return
         ws = conn.ws
-        if ws.protocol.state is not State.OPEN:
+        proto = ws.protocol
+        if proto.state is not _OPEN:
             self.stats.frames_dropped += 1
             return
         transport = ws.transport
@@ -301,8 +309,7 @@ class RealtimeClient:
                 self._log.warning("Realtime upstream not draining: dropping caller audio")
             return
         self._drop_warned = False
-        payload = APPEND_PREFIX + b2a_base64(data, newline=False) + APPEND_SUFFIX
-        proto = ws.protocol
+        payload = b"".join((APPEND_PREFIX, b2a_base64(data, newline=False), APPEND_SUFFIX))
         if proto.extensions or proto.expect_continuation_frame:
             proto.send_text(payload)          # not expected (compression=None); be correct
             for chunk in proto.data_to_send():
@@ -310,10 +317,14 @@ class RealtimeClient:
         else:
             # The frame is built here, not through Frame.serialize (a dataclass, a BytesIO
             # and a getrandom syscall per frame): 50 times a second per call, the framing
-            # cost as much as the base64. Anything the protocol has pending goes first.
-            for chunk in proto.data_to_send():
-                transport.write(chunk)
-            transport.write(_text_frame_header(len(payload)) + self._masks.apply(payload))
+            # cost as much as the base64. Anything the protocol has pending goes first
+            # (checked before calling data_to_send, which allocates a list every time).
+            if proto.writes:
+                for chunk in proto.data_to_send():
+                    transport.write(chunk)
+            key = self._masks.key()
+            transport.write(b"".join((_text_frame_header(len(payload)), key,
+                                      apply_mask(payload, key))))
         self.stats.frames_appended += 1
         self.stats.bytes_appended += len(data)
 
