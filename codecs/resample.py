@@ -178,6 +178,8 @@ def fir_design(in_rate: int, out_rate: int,
                      matrix.astype(np.float32), per_phase, width)
 
 
+#: Frame plans kept per stream (one per chunk size and history length seen repeatedly).
+_MAX_PLANS = 4
 #: Output periods per row of the grouped product (see ``_FramePlan``).
 _GROUP = 16
 _block_matrices: dict[tuple[int, int], tuple[FirDesign, Float32Array]] = {}
@@ -250,6 +252,7 @@ class _Fir:
     def __init__(self, design: FirDesign) -> None:
         self._d = design
         self._plan: _FramePlan | None = None
+        self._plans: dict[tuple[int, int], _FramePlan] = {}
         self._last_n = -1
         self.reset()
 
@@ -289,12 +292,20 @@ class _Fir:
         buf = self._buf
         hist = len(buf)
         if plan is None or plan.n != n or plan.hist != hist:
-            # Build a plan only for a size seen twice running: outbound deltas of
+            # Plans are kept per (size, history) -- outbound deltas alternate between a
+            # few sizes -- and built only for a size seen twice running: deltas of
             # varying sizes stay on the general path instead of churning plans.
-            repeat, self._last_n = self._last_n == n, n
-            if not repeat or not _FramePlan.fits(self._d, hist, n):
-                return None
-            plan = self._plan = _FramePlan(self._d, hist, n)
+            plans = self._plans
+            plan = plans.get((n, hist))
+            if plan is None:
+                repeat, self._last_n = self._last_n == n, n
+                if not repeat or not _FramePlan.fits(self._d, hist, n):
+                    return None
+                plan = _FramePlan(self._d, hist, n)
+                if len(plans) >= _MAX_PLANS:
+                    del plans[next(iter(plans))]
+                plans[(n, hist)] = plan
+            self._plan = plan
         head = plan.head
         if buf is not head:
             # History last left by the general path (float32): the plan holds int16,
