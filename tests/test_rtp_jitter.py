@@ -158,3 +158,25 @@ def test_reset_releases_held_packets_in_order() -> None:
     jb.reset()
     jb.push(7000, 5, frame(9), 0.1)
     assert drain(jb, 0.1) == [frame(0), frame(2), frame(3), frame(9)]
+
+
+def test_release_and_ready_give_what_pop_gives_and_holding_survives_reset() -> None:
+    # The endpoint's hot path drains ``ready`` after one ``release`` instead of calling
+    # ``pop``; both must see the same frames, and ``holding`` must keep aliasing the held
+    # packets across a reset (the adapter reads it to decide whether to arm the timer).
+    jb = JitterBuffer(depth_ms=40)
+    holding = jb.holding
+    jb.push(1, 0, frame(1), 0.00)
+    assert list(jb.ready) == [frame(1)] and not holding
+    jb.ready.popleft()
+    jb.push(3, 320, frame(3), 0.02)             # 2 is missing: 3 is held
+    jb.push(4, 480, frame(4), 0.03)
+    jb.release(0.05)
+    assert not jb.ready and len(holding) == 2
+    jb.release(0.06)                            # the wait for 2 ran out at 0.06
+    assert list(jb.ready) == [SIL, frame(3), frame(4)] and not holding
+    jb.ready.clear()
+    jb.push(10, 1440, frame(10), 0.07)          # gap again, then a new stream
+    assert holding
+    jb.reset()
+    assert jb.holding is holding and not holding and list(jb.ready) == [frame(10)]

@@ -192,21 +192,34 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     # -- inbound ----------------------------------------------------------------------
 
     def _drain(self, session: RtpSession, now: float) -> None:
-        """Deliver every payload that is ready as 20 ms PCM frames; arm the gap timer."""
-        decode = self._decode
-        on_audio = self.on_audio
-        while (payload := session.pop_audio(now)) is not None:
-            pcm = decode(payload)
-            if not self._partial and len(pcm) == FRAME_BYTES:
-                on_audio(pcm)                      # 20 ms packets: the common case
-                continue
-            pcm = self._partial + pcm
-            at = 0
-            while len(pcm) - at >= FRAME_BYTES:
-                on_audio(pcm[at:at + FRAME_BYTES])
-                at += FRAME_BYTES
-            self._partial = pcm[at:]
-        deadline = session.get_timer()
+        """Deliver every payload that is ready as 20 ms PCM frames; arm the gap timer.
+
+        Works on the jitter buffer's ``ready`` deque and ``holding`` dict directly rather
+        than through ``pop_audio``/``get_timer`` (same outcome: one release at ``now``
+        moves everything the gap no longer holds back): this runs for every packet of
+        every call, and the wrappers were five calls per packet.
+        """
+        jitter = session.jitter
+        if jitter.holding:
+            jitter.release(now)
+        ready = jitter.ready
+        if ready:
+            decode = self._decode
+            on_audio = self.on_audio
+            while ready:
+                pcm = decode(ready.popleft())
+                if not self._partial and len(pcm) == FRAME_BYTES:
+                    on_audio(pcm)                  # 20 ms packets: the common case
+                    continue
+                pcm = self._partial + pcm
+                at = 0
+                while len(pcm) - at >= FRAME_BYTES:
+                    on_audio(pcm[at:at + FRAME_BYTES])
+                    at += FRAME_BYTES
+                self._partial = pcm[at:]
+        if not jitter.holding:
+            return                                 # no gap open: no timer (steady state)
+        deadline = jitter.get_timer()
         if deadline is not None and (self._timer is None or self._timer_at != deadline):
             if self._timer is not None:
                 self._timer.cancel()

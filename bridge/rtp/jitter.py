@@ -75,6 +75,14 @@ class JitterBuffer:
         self.reordered = 0
         self.resyncs = 0
         self._out: deque[bytes] = deque()
+        self._held: dict[int, tuple[int, bytes, float]] = {}
+        #: Payloads ready for playout, in order (what :meth:`pop` hands out). The adapter's
+        #: datagram callback drains it directly: one deque per packet instead of two method
+        #: calls per packet is measurable at a hundred calls.
+        self.ready = self._out
+        #: Packets held behind an open gap, by extended sequence number; empty (falsy) in
+        #: steady state, so the adapter can skip :meth:`release` and :meth:`get_timer`.
+        self.holding = self._held
         self._start()
 
     def _start(self) -> None:
@@ -83,7 +91,7 @@ class JitterBuffer:
         self._last_samples = self._default_samples
         self._mask = 0                    # bit k set: packet (expected - 1 - k) was delivered
         self._since_late = 0
-        self._held: dict[int, tuple[int, bytes, float]] = {}
+        self._held.clear()                # cleared, not replaced: ``holding`` aliases it
 
     def reset(self) -> None:
         """Forget the stream (new SSRC): release what is held, in order, then start over."""
@@ -132,6 +140,11 @@ class JitterBuffer:
             self._release(now)
         out = self._out
         return out.popleft() if out else None
+
+    def release(self, now: float) -> None:
+        """Move what the open gap no longer holds back (by ``now``) to :attr:`ready`."""
+        if self._held:
+            self._release(now)
 
     def get_timer(self) -> float | None:
         """When :meth:`pop` must be called again to conceal an open gap (None: no gap)."""

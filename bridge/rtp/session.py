@@ -284,7 +284,11 @@ class RtpSession:
         return self._next_ts, False
 
     def _audio_packet(self, payload: bytes, now: float) -> bytes:
-        ts, marker = self._timestamp_now(now)
+        last = self._last_sent
+        if last is not None and not self._talkspurt and now - last <= self.gap:
+            ts, marker = self._next_ts, False      # mid-talkspurt: _timestamp_now inlined
+        else:
+            ts, marker = self._timestamp_now(now)
         self._talkspurt = False
         seq = self._seq = (self._seq + 1) & 0xFFFF
         self._next_ts = (ts + len(payload)) & 0xFFFFFFFF
