@@ -250,7 +250,8 @@ class Bridge:
         self._http_stop.set()
         if self._http_task is not None:
             try:
-                await asyncio.wait_for(self._http_task, 5)
+                async with asyncio.timeout(5):
+                    await self._http_task
             except TimeoutError:
                 log.warning("HTTP server did not stop in time")
         if self._http_socket is not None:
@@ -326,7 +327,8 @@ class Bridge:
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "wss" else 80)
         try:
-            _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+            async with asyncio.timeout(2.0):
+                _reader, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError) as exc:
             result = (False, f"{host}:{port} unreachable ({type(exc).__name__})")
         else:

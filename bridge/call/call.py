@@ -381,7 +381,8 @@ class Call:
     async def _close_client(self) -> None:
         if self._client is not None:
             try:
-                await asyncio.wait_for(self._client.close(), self.close_timeout_s)
+                async with asyncio.timeout(self.close_timeout_s):
+                    await self._client.close()
             except Exception as exc:     # closing is best effort
                 self.log.warning("closing the Realtime client failed: %r", exc)
 
@@ -404,7 +405,8 @@ class Call:
         try:
             client = self._factory(self.profile, self.log)
             self._client = client
-            await asyncio.wait_for(client.connect(), self.connect_timeout_s)
+            async with asyncio.timeout(self.connect_timeout_s):
+                await client.connect()
         except (RealtimeError, TimeoutError, OSError) as exc:
             self.log.warning("upstream unavailable at connect: %r", exc)
             await self._fallback(f"connect: {type(exc).__name__}")
@@ -866,7 +868,8 @@ class Call:
         self._emit("fallback", reason=reason)
         if self._client is not None:
             try:
-                await asyncio.wait_for(self._client.close(), self.close_timeout_s)
+                async with asyncio.timeout(self.close_timeout_s):
+                    await self._client.close()
             except Exception as exc:
                 self.log.warning("closing the lost upstream failed: %r", exc)
         played = await self.playout.wait_drained(self.drain_timeout_s + 60.0)

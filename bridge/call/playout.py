@@ -299,7 +299,8 @@ class Playout:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            await asyncio.wait_for(fut, limit_s)
+            async with asyncio.timeout(limit_s):
+                await fut
         except TimeoutError:
             return False
         return True

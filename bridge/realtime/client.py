@@ -405,7 +405,8 @@ class RealtimeClient:
         if conn is not None:
             conn.retired = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.ws.close(1000), 2.0)
+                async with asyncio.timeout(2.0):
+                    await conn.ws.close(1000)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -464,7 +465,8 @@ class RealtimeClient:
                                    f"usable WebSocket URL ({type(exc).__name__})") from None
         conn = _Conn(ws, EventMapper(self.target.dialect))
         try:
-            await asyncio.wait_for(self._handshake(conn), self.open_timeout_s)
+            async with asyncio.timeout(self.open_timeout_s):
+                await self._handshake(conn)
         except TimeoutError:
             await _abort(ws)
             raise _Retryable("no session.updated in time") from None
@@ -900,9 +902,11 @@ def _safe_text(exc: BaseException) -> str:
 async def _abort(ws: ClientConnection) -> None:
     ws.transport.abort()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.wait_closed(), 1.0)
+        async with asyncio.timeout(1.0):
+            await ws.wait_closed()
 
 
 async def _close_quietly(ws: ClientConnection) -> None:
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(1000), 2.0)
+        async with asyncio.timeout(2.0):
+            await ws.close(1000)

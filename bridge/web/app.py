@@ -318,7 +318,8 @@ def create_app(manager: Manager, settings: Settings, *,
                 yield b"retry: 2000\n\n"
                 while True:
                     try:
-                        event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                        async with asyncio.timeout(SSE_KEEPALIVE_S):
+                            event = await queue.get()
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
