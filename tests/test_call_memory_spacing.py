@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
-from bridge.call.clock import Histogram, MediaClock, VirtualScheduler
+from array import array
+
+from bridge.call.clock import MediaClock, VirtualScheduler
 from bridge.call.leg import Underrun
-from bridge.call.memory import MemoryLeg
+from bridge.call.memory import MemoryLeg, PacingFigures
 from bridge.call.playout import Playout
 
 
-def run(wake_delay) -> MemoryLeg:
+def run(wake_delay) -> PacingFigures:
     sched = VirtualScheduler(start=100.0, wake_delay=wake_delay)
     clock = MediaClock(scheduler=sched)
     leg = MemoryLeg(sample_rate=8000, underrun=Underrun.SILENCE, idle_silence=False,
                     keep_audio=False)
     leg.clock = clock
-    leg.stats.handoff, leg.stats.spacing = Histogram(), Histogram()
+    leg.stats.timeline = array("d")
     clock.subscribe(Playout(leg), first=True)
     sched.advance(2.0 + 1e-6)
-    return leg
+    assert len(leg.stats.timeline) == 2 * leg.stats.frames_out >= 2 * 96
+    figures = PacingFigures()
+    figures.add(leg.stats.timeline)
+    return figures
 
 
 def test_a_constant_offset_is_not_jitter() -> None:
-    leg = run(lambda when: 0.004)              # every tick 3.5 ms after the grid
-    assert leg.stats.handoff is not None and leg.stats.spacing is not None
-    assert leg.stats.handoff.percentile(50) >= 0.003
-    assert leg.stats.spacing.n == leg.stats.frames_out - 1 >= 95
-    assert leg.stats.spacing.max < 1e-6
-    assert leg.stats.jitter < 1e-6
+    fig = run(lambda when: 0.004)              # every tick 3.5 ms after the grid
+    assert fig.handoff.percentile(50) >= 0.003
+    assert fig.spacing.n == fig.handoff.n - 1 >= 95
+    assert fig.spacing.max < 1e-6
+    assert fig.jitter[0] < 1e-6
 
 
 def test_alternating_lateness_is_jitter() -> None:
@@ -36,8 +40,18 @@ def test_alternating_lateness_is_jitter() -> None:
         state["n"] += 1
         return 0.0005 + (0.003 if state["n"] % 2 else 0.0)
 
-    leg = run(delay)
-    assert leg.stats.spacing is not None
-    assert 0.0029 <= leg.stats.spacing.percentile(50) <= 0.0031
+    fig = run(delay)
+    assert 0.0029 <= fig.spacing.percentile(50) <= 0.0031
     # RFC 3550 §6.4.1: J converges on the mean |D| (3 ms here).
-    assert 0.0025 < leg.stats.jitter < 0.0031
+    assert 0.0025 < fig.jitter[0] < 0.0031
+
+
+def test_figures_of_many_legs_are_per_leg() -> None:
+    # Two legs, each on a steady grid but offset from each other: no spacing variation
+    # (a leg is never compared with another), one jitter figure per leg.
+    fig = PacingFigures()
+    for offset in (0.001, 0.007):
+        fig.add(array("d", [x for n in range(50) for x in (n * 0.02, n * 0.02 + offset)]))
+    assert fig.spacing.n == 98 and fig.spacing.max < 1e-9
+    assert fig.handoff.n == 100 and 0.0069 < fig.handoff.max < 0.0071
+    assert fig.jitter == [0.0, 0.0] or max(fig.jitter) < 1e-9

@@ -40,14 +40,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
+from bridge.bench import cpus
+from bridge.bench.cpus import add_pin_argument
 from bridge.call.call import Call
-from bridge.call.clock import Histogram, MediaClock, percentile
+from bridge.call.clock import MediaClock, percentile
 from bridge.call.leg import LegInfo, Source
 from bridge.call.manager import CallManager, client_factory
-from bridge.call.memory import MemoryLeg
+from bridge.call.memory import MemoryLeg, PacingFigures
 from bridge.call.records import MemoryRecordStore
 from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.plan import DialplanSet
@@ -87,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append-ms", type=int, default=20, choices=(20, 40),
                         help="caller audio per input_audio_buffer.append (default 20)")
     parser.add_argument("--seed", type=int, default=1)
+    add_pin_argument(parser)
 
 
 # -------------------------------------------------------------------------- caller audio
@@ -273,13 +277,8 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     await asyncio.sleep(args.warmup)
 
     # ---- measured window
-    handoff = Histogram()                   # one for all legs: no per-frame allocation
-    spacing = Histogram()
     for leg in legs:
-        leg.stats.handoff = handoff
-        leg.stats.spacing = spacing
-        leg.stats.last_tick = -1.0          # spacing starts with the window's first frame
-        leg.stats.jitter = 0.0
+        leg.stats.timeline = array("d")     # two C-level appends per frame, figures after
     for c in calls_by_leg.values():
         c.playout.stop_latencies.clear()
         c.barge_in_seen.clear()
@@ -287,15 +286,22 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     gc_pauses = GcPauses()
     gc.callbacks.append(gc_pauses)
     clock.reset_stats()
+    mine = cpus.own_cpus()
     cpu0, wall0, rq0 = time.process_time(), time.monotonic(), _runqueue_wait_s()
+    steal0 = cpus.stolen_s(mine)
     await asyncio.sleep(args.seconds)
     cpu1, wall1, rq1 = time.process_time(), time.monotonic(), _runqueue_wait_s()
+    steal1 = cpus.stolen_s(mine)
     rss1 = _rss_bytes()
     gc.callbacks.remove(gc_pauses)
     st = clock.stats()
+    pacing = PacingFigures()
     for leg in legs:
-        leg.stats.handoff = leg.stats.spacing = None
-    rfc_jitter = sorted(leg.stats.jitter for leg in legs)
+        if leg.stats.timeline is not None:
+            pacing.add(leg.stats.timeline)
+        leg.stats.timeline = None
+    handoff, spacing = pacing.handoff, pacing.spacing
+    rfc_jitter = sorted(pacing.jitter)
     frames = sum(leg.stats.frames_out for leg in legs) - frames0
     stops = sorted(x for c in calls_by_leg.values() for x in c.playout.stop_latencies)
     barges = sum(len(c.barge_in_seen) for c in calls_by_leg.values())
@@ -321,7 +327,8 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
           f"({cpu / n / wall * 100:.3f} % of a core per call)")
     print(f"CPU contention         {rq1 - rq0:.1f} s of the {wall:.1f} s spent runnable but "
           f"waiting for a CPU (other processes; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs); hypervisor steal on "
+          f"this process's CPUs {(steal1 - steal0) * 1000:.0f} ms")
     print(f"frames to legs         {frames} ({frames / n / wall:.1f} per call per second; "
           f"50 expected)")
     print(f"pacing |hand-off-grid| p50 {handoff.percentile(50) * ms:.2f} ms, "
@@ -333,7 +340,8 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
           f"max {spacing.max * ms:.2f} ms ({spacing.n} spacings); RFC 3550 jitter estimate "
           f"mean {sum(rfc_jitter) / max(len(rfc_jitter), 1) * ms:.2f} ms, "
           f"worst call {(rfc_jitter[-1] if rfc_jitter else 0.0) * ms:.2f} ms")
-    print(f"clock                  {st.ticks} ticks, {st.wakeups} wake-ups, "
+    print(f"clock                  {st.ticks} ticks, {st.wakeups} wake-ups "
+          f"({clock.preempted} preempting other work), "
           f"tick |offset| p50 {st.lateness_p50_ms:.3f} / p99 {st.lateness_p99_ms:.3f} / "
           f"max {st.lateness_max_ms:.3f} ms")
     print(f"late frames            {st.late_ticks} late ticks x {n} legs = "
@@ -362,6 +370,7 @@ def run(args: argparse.Namespace) -> int:
         plans = load_dialplans(Path(tmp))
     proc: subprocess.Popen[bytes] | None = None
     url = args.emulator_url
+    placement = cpus.plan(args.pin)
     if not url:
         port = args.port or _free_port()
         proc = subprocess.Popen(
@@ -369,6 +378,10 @@ def run(args: argparse.Namespace) -> int:
              "--port", str(port)],
             stdout=subprocess.DEVNULL)
         url = f"ws://127.0.0.1:{port}"
+    if placement is not None and not (
+            cpus.pin(0, placement[0]) and (proc is None or cpus.pin(proc.pid, placement[1]))):
+        placement = None
+    print(f"placement              {cpus.describe(placement, 'emulator')}", flush=True)
     try:
         if proc is not None:
             _wait_port(int(url.rsplit(":", 1)[1]), proc)

@@ -59,6 +59,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bridge.bench import cpus
+from bridge.bench.cpus import add_pin_argument
 from bridge.codecs.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from bridge.codecs.level import dbfs
 from bridge.errors import RtpError
@@ -834,6 +836,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to bring all calls up (default: calls / 25)")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep the bridge's log, SIPp's files and the scenario in DIR")
+    add_pin_argument(parser)
 
 
 def _bench_pattern(seconds: float = 3.0) -> bytes:
@@ -864,6 +867,11 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
                 .rtp_stream(pattern, loops=-1, payload_type=PT_PCMU)
                 .pause(int(hold_s * 1000)).bye().write(workdir))
     media_port = free_udp_port(pair=True)
+    # This process (the capture), and the emulator and SIPp it starts, on the load CPUs;
+    # the bridge on its own one (moved there once started).
+    placement = cpus.plan(args.pin)
+    if placement is not None and not cpus.pin(0, placement[1]):
+        placement = None
     with EmulatorProcess() as emulator, ServeProcess(
             workdir / "serve", rtp_ports=free_rtp_range(4 * n + 40), records=False,
             log_level="WARNING",
@@ -871,6 +879,9 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
                  "VOICEBRIDGE_SIP_MAX_CALLS": str(n + 10),
                  "VOICEBRIDGE_SIP_TRANSPORTS": "udp"}) as bridge:
         pid = bridge.pid
+        if placement is not None and not cpus.pin(pid, placement[0]):
+            placement = None
+        print(f"placement: {cpus.describe(placement, 'emulator, SIPp and the capture')}")
         rss_idle = rss_mib(pid)
         print(f"bridge pid {pid} (SIP 127.0.0.1:{bridge.sip_port}), emulator {emulator.url} "
               f"in its own process; {n} calls over {ramp:.1f} s, each {hold_s:.0f} s long")
@@ -883,9 +894,12 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
             await asyncio.sleep(ramp + 2.0)
             late0 = bridge.metric("voicebridge_late_frames_total")
             live = bridge.metric("voicebridge_calls_active", 'source="sip"')
+            steal_cpus = placement[0] if placement is not None else None
             cpu0, wall0, t0 = cpu_seconds(pid), time.monotonic(), time.time()
+            steal0 = cpus.stolen_s(steal_cpus)
             await asyncio.sleep(args.seconds)
             cpu, wall, t1 = cpu_seconds(pid) - cpu0, time.monotonic() - wall0, time.time()
+            steal = cpus.stolen_s(steal_cpus) - steal0
             rss = rss_mib(pid)
             late = bridge.metric("voicebridge_late_frames_total") - late0
             run = await sipp_task
@@ -910,6 +924,8 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
     print(f"bridge CPU: {100 * cpu / wall:.1f} % of a core in {wall:.1f} s, "
           f"{per_call:.3f} % per call -> {100 / per_call if per_call else float('inf'):.0f} "
           "calls per core")
+    print(f"hypervisor steal on the bridge's CPU{'s' if placement is None else ''}: "
+          f"{steal * 1000:.0f} ms in the window (a stolen 10-30 ms shows as late packets)")
     print(f"bridge memory: {rss:.0f} MiB RSS during the calls ({rss_idle:.0f} MiB idle, "
           f"{(rss - rss_idle) / max(n, 1):.2f} MiB per call)")
     print(f"RTP sent by the bridge, on the wire: {len(streams)} streams, "

@@ -68,6 +68,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bridge.call.batch import upstream_batch
 from bridge.call.clock import MediaClock
 from bridge.call.gaps import InboundGaps
 from bridge.call.leg import MediaLeg, TransferOutcome
@@ -204,6 +205,7 @@ class Call:
         self._g711_in = fmt if fmt in ("pcmu", "pcma") else ""
         self._in_resampler: StreamResampler | None = (
             None if self._g711_in else inbound_resampler(leg.sample_rate))
+        self._batch = upstream_batch()
         # Silence standing in for caller audio that stopped coming (gaps.py): one frame
         # in the upstream format, and one at the leg's rate to ring the resampler out.
         self.gaps = InboundGaps(period=leg.frame_ms / 1000)
@@ -405,6 +407,8 @@ class Call:
         try:
             client = self._factory(self.profile, self.log)
             self._client = client
+            if hasattr(client, "on_message"):
+                client.on_message = self.clock.poll   # see MediaClock.poll
             async with asyncio.timeout(self.connect_timeout_s):
                 await client.connect()
         except (RealtimeError, TimeoutError, OSError) as exc:
@@ -440,7 +444,9 @@ class Call:
     async def _pump(self, client: RealtimeSession) -> None:
         """Hand every upstream event to its handler (dispatch table by type)."""
         sync, asyn = self._sync_handlers, self._async_handlers
+        poll = self.clock.poll
         async for event in client.events():
+            poll()
             handler = sync.get(type(event))
             if handler is not None:
                 handler(event)
@@ -460,9 +466,20 @@ class Call:
         if self._g711_in:
             data = g711.encode(self._g711_in, pcm)
         else:
-            assert self._in_resampler is not None
-            data = self._in_resampler.process(pcm)
+            rs = self._in_resampler
+            assert rs is not None
+            if self._batch.submit(rs, pcm, self._deliver_up):
+                return      # resampled with every other call's frame, later this pass
+            data = rs.process(pcm)
         self._send_up(client, data)
+
+    def _deliver_up(self, data: bytes) -> None:
+        """A batched frame, resampled (batch.py). The batch delivers every call's frame
+        in one callback, each a socket write: the clock may preempt between them."""
+        client = self._client
+        if self._ready and client is not None:
+            self._send_up(client, data)
+        self.clock.poll()
 
     def _send_up(self, client: RealtimeSession, data: bytes) -> None:
         if self._append_frames == 1:
@@ -939,6 +956,7 @@ class Call:
         try:
             while True:
                 self._save_again = False
+                self.clock.poll()       # a save can take a while on a long record
                 try:
                     await self.store.save(self.record)
                 except Exception:

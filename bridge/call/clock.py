@@ -49,6 +49,7 @@ import asyncio
 import heapq
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,10 +245,16 @@ class MediaClock:
         self._drain_handle: TimerHandle | None = None
         self._pacer: Pacer | None = None
         self._handle: TimerHandle | None = None
+        self._wake_at = math.inf      # when _handle fires
+        self._time: Callable[[], float] = lambda: 0.0
+        self._firing = False
+        #: ticks delivered by ``poll`` or a drain slice instead of the timer
+        self.preempted = 0
         self.tick_time = 0.0
         self.now = 0.0
         self.lateness = Histogram()
         self.wakeups = 0
+        self.preempted = 0
         self._ticks = self._late = self._skipped = 0
         self._backlog_dropped = 0
 
@@ -287,6 +294,8 @@ class MediaClock:
 
     def time(self) -> float:
         """The clock's time source (monotonic seconds)."""
+        if self._handle is not None:
+            return self._time()         # running: the source bound at start, one call
         return self._sched().time()
 
     # -- the chain ---------------------------------------------------------------------
@@ -303,12 +312,45 @@ class MediaClock:
         # Start the grid one period from now: the first tick is a normal, on-time tick.
         self._pacer = Pacer(sched.time() + self.period, self.period, self.max_catch_up,
                             early_s=self.lead_s + 1e-4 if self.lead_s else 1e-4)
-        self._handle = sched.call_at(self._pacer.deadline - self.lead_s, self._fire)
+        # asyncio's loop.time() is time.monotonic(): read it directly (every leg reads
+        # the clock at every hand-off). Any other loop or scheduler keeps its own time.
+        loop = getattr(sched, "_loop", None)
+        plain = loop is not None and type(loop).time is asyncio.BaseEventLoop.time
+        self._time = time.monotonic if plain else sched.time
+        self._schedule_fire()
+
+    def _schedule_fire(self) -> None:
+        assert self._pacer is not None
+        self._wake_at = wake_at = self._pacer.deadline - self.lead_s
+        self._handle = self._sched().call_at(wake_at, self._fire)
+
+    def poll(self) -> bool:
+        """Deliver a tick that came due while other work runs, now rather than after it.
+
+        A tick waits for every callback already queued in the loop's pass to finish: at a
+        few hundred calls a pass of socket reads and sends lasts milliseconds, which is
+        what a far end's jitter buffer would see. Code that does a lot of work in one
+        callback (the upstream batch, the event pump) calls ``poll()`` between units of
+        work -- one clock read when nothing is due -- and the tick runs there: the
+        outbound hand-offs at once, the inbound work queued as usual. Returns True when a
+        tick was delivered. Not reentrant: a poll from inside a tick does nothing.
+        """
+        if self._firing or self._handle is None or self._time() < self._wake_at:
+            return False
+        self._preempt()
+        return True
+
+    def _preempt(self) -> None:
+        assert self._handle is not None
+        self._handle.cancel()
+        self.preempted += 1
+        self._fire(drain=False)
 
     def _stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
         self._handle = None
+        self._wake_at = math.inf
         if self._drain_handle is not None:
             self._drain_handle.cancel()
         self._drain_handle = None
@@ -319,7 +361,7 @@ class MediaClock:
             self._skipped += self._pacer.skipped
         self._pacer = None
 
-    def _fire(self) -> None:
+    def _fire(self, drain: bool = True) -> None:
         pacer = self._pacer
         if pacer is None:
             return
@@ -329,23 +371,30 @@ class MediaClock:
         self.wakeups += 1
         due = pacer.advance(now)
         firsts, rest = self._firsts, self._rest
-        for k in range(due.count):
-            self.tick_time = tick_time = pacer.due_time(due.first + k)
-            self.lateness.add(abs(now - tick_time))
-            for sub in firsts:
-                self._call(sub, now)
-            if self._pacer is not pacer:
-                return      # the last subscriber left during this tick
-            if rest:
-                self._backlog.append(_Pending(tick_time, rest))
+        self._firing = True
+        try:
+            for k in range(due.count):
+                self.tick_time = tick_time = pacer.due_time(due.first + k)
+                self.lateness.add(abs(now - tick_time))
+                for sub in firsts:
+                    self._call(sub, now)
+                if self._pacer is not pacer:
+                    return      # the last subscriber left during this tick
+                if rest:
+                    self._backlog.append(_Pending(tick_time, rest))
+        finally:
+            self._firing = False
         # Overloaded for longer than the catch-up bound: the oldest queued ticks go, like
         # the skipped ones (inbound work falls behind; memory and delay must not grow).
         while len(self._backlog) > self.max_catch_up + 1:
             self._backlog.popleft()
             self._backlog_dropped += 1
-        self._handle = sched.call_at(pacer.deadline - self.lead_s, self._fire)
+        self._schedule_fire()
         if self._drain_handle is None:
-            self._drain(now)
+            if drain:
+                self._drain(now)
+            else:   # preempted some other work: the inbound side waits its turn
+                self._drain_handle = sched.call_at(now, self._drain_next)
 
     def _call(self, sub: TickSubscriber, now: float) -> None:
         try:
@@ -360,7 +409,9 @@ class MediaClock:
         callback when there is more (the next tick and I/O go in between)."""
         sched = self._sched()
         backlog, subs = self._backlog, self._subs
-        deadline = start + self.slice_s
+        # Behind by several ticks: a longer slice (the next tick's hand-offs still go
+        # out on time, by preemption below), or the backlog would only grow.
+        deadline = start + self.slice_s * len(backlog)
         now = start
         checks = 0
         while backlog:
@@ -377,6 +428,12 @@ class MediaClock:
                 if checks >= _SLICE_CHECK:
                     checks = 0
                     now = sched.time()
+                    if now >= self._wake_at and self._handle is not None:
+                        # The next tick is due: its hand-offs go first, this resumes.
+                        entry.next = i
+                        self._drain_handle = sched.call_at(now, self._drain_next)
+                        self._preempt()
+                        return
                     if now >= deadline and (i < n or len(backlog) > 1):
                         entry.next = i
                         self._drain_handle = sched.call_at(now, self._drain_next)
@@ -403,6 +460,7 @@ class MediaClock:
     def reset_stats(self) -> None:
         self.lateness = Histogram()
         self.wakeups = 0
+        self.preempted = 0
         self._ticks = self._late = self._skipped = 0
         self._backlog_dropped = 0
         if self._pacer is not None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.call.clock import Histogram, MediaClock
 from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome, Underrun
@@ -35,18 +36,40 @@ class LegStats:
     frames_out: int = 0
     silence_out: int = 0
     frames_in: int = 0
-    #: |handed_at - tick_time| of every frame (offset of the hand-off from the grid); may
-    #: be shared by many legs (a benchmark's one histogram), None to not measure
-    handoff: Histogram | None = None
-    #: |(t[n] - t[n-1]) - (grid[n] - grid[n-1])| between this leg's consecutive hand-offs:
+    #: when set, every outbound frame's (tick_time, handed_at), flat: t0, h0, t1, h1, ...
+    #: Two C-level appends per frame: measuring must not slow the tick it measures (a
+    #: benchmark's 200 legs are all handed their frames in one tick). ``PacingFigures``
+    #: turns it into figures afterwards.
+    timeline: array[float] | None = None
+
+
+@dataclass
+class PacingFigures:
+    """Hand-off timing of one or more legs' timelines (``LegStats.timeline``)."""
+
+    #: |handed_at - tick_time| of every frame: the offset of the hand-off from the grid
+    handoff: Histogram = field(default_factory=Histogram)
+    #: |(t[n] - t[n-1]) - (grid[n] - grid[n-1])| between a leg's consecutive hand-offs:
     #: the spacing variation a receiver's jitter buffer sees (a constant offset from the
-    #: grid is invisible to it); may be shared, None to not measure
-    spacing: Histogram | None = None
-    #: RFC 3550 §6.4.1 interarrival jitter estimate of the hand-offs, seconds:
-    #: J += (|D(i-1, i)| - J) / 16, D the spacing difference above
-    jitter: float = 0.0
-    last_tick: float = -1.0
-    last_handed: float = 0.0
+    #: grid is invisible to it)
+    spacing: Histogram = field(default_factory=Histogram)
+    #: per leg, the RFC 3550 §6.4.1 interarrival jitter estimate of the hand-offs,
+    #: seconds: J += (|D(i-1, i)| - J) / 16, D the spacing difference above
+    jitter: list[float] = field(default_factory=list)
+
+    def add(self, timeline: array[float]) -> None:
+        handoff, spacing = self.handoff, self.spacing
+        jitter = 0.0
+        last_tick = last_handed = -1.0
+        for i in range(0, len(timeline) - 1, 2):
+            tick, handed = timeline[i], timeline[i + 1]
+            handoff.add(abs(handed - tick))
+            if last_tick >= 0.0:
+                d = abs((handed - last_handed) - (tick - last_tick))
+                spacing.add(d)
+                jitter += (d - jitter) / 16.0
+            last_tick, last_handed = tick, handed
+        self.jitter.append(jitter)
 
 
 class MemoryLeg(MediaLeg):
@@ -188,22 +211,19 @@ class MemoryLeg(MediaLeg):
         return time.monotonic()
 
     def _record(self, pcm: bytes, *, silent: bool) -> None:
-        if self.clock is not None and self.clock.running:
-            tick, handed = self.clock.tick_time, self.clock.time()
+        clock = self.clock
+        if clock is not None and clock.running:
+            tick, handed = clock.tick_time, clock.time()
         else:
             tick = handed = time.monotonic()
         stats = self.stats
         stats.frames_out += 1
         if silent:
             stats.silence_out += 1
-        if stats.handoff is not None:
-            stats.handoff.add(abs(handed - tick))
-        if stats.spacing is not None:
-            if stats.last_tick >= 0.0:
-                d = abs((handed - stats.last_handed) - (tick - stats.last_tick))
-                stats.spacing.add(d)
-                stats.jitter += (d - stats.jitter) / 16.0
-            stats.last_tick, stats.last_handed = tick, handed
+        timeline = stats.timeline
+        if timeline is not None:
+            timeline.append(tick)
+            timeline.append(handed)
         if self.keep_audio:
             self.frames.append(OutFrame(tick, handed, pcm, silent))
 
