@@ -311,3 +311,114 @@ def test_backlog_beyond_the_catch_up_bound_drops_the_oldest_ticks() -> None:
     assert len(clock._backlog) <= 3
     # The playout still ticks on the grid at every period.
     assert all(abs(h - g) <= 0.0045 for g, h in playout.sends[-10:])
+
+
+# ---------------------------------------------------------------- phase slots
+def _slotted(n_first: int, *, capacity: int = 4, slots: int = 5, rest: int = 0,
+             seconds: float = 1.0) -> tuple[MediaClock, list[Recorder], VirtualScheduler]:
+    sched = VirtualScheduler(start=200.0)
+    clock = MediaClock(scheduler=sched, lead_s=0.0, slots=slots, slot_capacity=capacity)
+    recs = [Recorder(clock) for _ in range(n_first)]
+    for r in recs:
+        clock.subscribe(r, first=True)
+    for _ in range(rest):
+        clock.subscribe(Recorder(clock))
+    sched.advance(seconds)
+    return clock, recs, sched
+
+
+def test_first_subscribers_fill_slots_in_order_up_to_capacity() -> None:
+    clock, recs, _ = _slotted(11, capacity=4, slots=5)
+    assert [clock.slot_of(r) for r in recs] == [0] * 4 + [1] * 4 + [2] * 3
+    # Beyond every slot's capacity: the least loaded slot.
+    clock2, recs2, _ = _slotted(12, capacity=2, slots=5)
+    assert sorted(clock2.slot_of(r) for r in recs2) == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert clock.slot_of(Recorder(clock)) is None
+
+
+def test_each_slot_is_handed_its_frames_on_its_own_phase_one_period_apart() -> None:
+    clock, recs, _ = _slotted(9, capacity=4, slots=5)        # slots 0, 1, 2 (4 ms apart)
+    for r in recs:
+        slot = clock.slot_of(r)
+        assert slot is not None
+        grid = [g for g, _ in r.sends]
+        assert len(grid) >= 49
+        phase = (grid[0] - 200.02) % 0.02
+        assert phase == pytest.approx(slot * 0.004, abs=1e-9)
+        assert all(b - a == pytest.approx(0.02, abs=1e-9)
+                   for a, b in zip(grid, grid[1:], strict=False))
+        assert all(h == pytest.approx(g, abs=2e-4) for g, h in r.sends)
+    st = clock.stats()
+    # Stats count periods, not slot steps; one wake-up per occupied slot per period.
+    assert st.ticks == pytest.approx(50, abs=1) and st.late_ticks == 0
+    assert clock.wakeups == pytest.approx(3 * st.ticks, abs=3)
+
+
+def test_a_few_calls_still_wake_the_loop_once_per_period() -> None:
+    clock, recs, _ = _slotted(3, capacity=16, slots=10, rest=2)
+    assert {clock.slot_of(r) for r in recs} == {0}
+    assert clock.wakeups == clock.stats().ticks
+
+
+def test_a_newly_opened_slot_is_woken_on_time() -> None:
+    sched = VirtualScheduler(start=300.0)
+    clock = MediaClock(scheduler=sched, lead_s=0.0, slots=10, slot_capacity=1)
+    a = Recorder(clock)
+    clock.subscribe(a, first=True)
+    sched.advance(0.1001)                 # the next wake-up is for slot 0 at +0.12
+    b = Recorder(clock)
+    clock.subscribe(b, first=True)        # slot 1: due at +0.102, before that wake-up
+    sched.advance(0.05)
+    assert clock.slot_of(b) == 1
+    assert b.sends and all(h - g <= 1e-9 for g, h in b.sends)
+    assert b.sends[0][0] == pytest.approx(300.102, abs=1e-9)
+
+
+def test_a_stall_catches_up_every_slot_in_order() -> None:
+    stalled = {300.5}
+
+    def wake_delay(when: float) -> float:
+        for t in list(stalled):
+            if when >= t:
+                stalled.discard(t)
+                return 0.045
+        return 0.0
+
+    sched = VirtualScheduler(start=300.0, wake_delay=wake_delay)
+    clock = MediaClock(scheduler=sched, lead_s=0.0, slots=5, slot_capacity=1)
+    recs = [Recorder(clock) for _ in range(3)]
+    for r in recs:
+        clock.subscribe(r, first=True)
+    sched.advance(1.0)
+    for r in recs:
+        grid = [g for g, _ in r.sends]
+        # No period lost for any slot, each slot's grid intact and in order.
+        assert all(b - a == pytest.approx(0.02, abs=1e-9)
+                   for a, b in zip(grid, grid[1:], strict=False))
+        assert len(grid) >= 48
+    st = clock.stats()
+    assert st.late_ticks >= 1 and st.skipped_ticks == 0
+
+
+def test_skipped_ticks_are_counted_in_periods_with_slots() -> None:
+    stalled = {400.5}
+
+    def wake_delay(when: float) -> float:
+        for t in list(stalled):
+            if when >= t:
+                stalled.discard(t)
+                return 1.0                       # a 1 s stall: 50 periods overdue
+        return 0.0
+
+    sched = VirtualScheduler(start=400.0, wake_delay=wake_delay)
+    clock = MediaClock(scheduler=sched, lead_s=0.0, slots=5, slot_capacity=1,
+                       max_catch_up=5)
+    rec = Recorder(clock)
+    clock.subscribe(rec, first=True)
+    sched.advance(2.0)
+    st = clock.stats()
+    # 1 + 5 catch-up ticks delivered back to back, the rest of the 50 skipped -- the
+    # same figures as without slots, not 5 x as many slot steps.
+    assert 40 <= st.skipped_ticks <= 46
+    assert 4 <= st.late_ticks <= 6
+    assert st.ticks + st.skipped_ticks == pytest.approx(100, abs=2)

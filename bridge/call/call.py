@@ -459,6 +459,9 @@ class Call:
 
     # ---------------------------------------------------------------- inbound media
     def on_leg_audio(self, pcm: bytes) -> None:
+        # Datagrams arrive in bursts of dozens per loop pass: a tick due meanwhile goes
+        # out here rather than after the burst (MediaClock.poll).
+        self.clock.poll()
         client = self._client
         if not self._ready or client is None:
             return

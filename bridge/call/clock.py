@@ -36,8 +36,30 @@ next tick, socket reads and everything else wait for one slice at most, never fo
 whole backlog. The order of ticks for each subscriber is kept (FIFO); a backlog longer
 than the catch-up bound loses its oldest ticks (counted), as a stalled loop skips ticks.
 
-Statistics: a histogram of each tick's |offset| from the grid (p50/p99/max), late
-(catch-up) and skipped ticks, wake-ups.
+Phase slots (policy)
+--------------------
+Handing every call its frame at the same instant makes the tick a burst: at 200 calls
+the last call's frame left ~2-5 ms after the first (RTP: a sendto each), and any
+variation in that run -- calls starting or stopping audio, a slow one -- moved the later
+calls' packets from one tick to the next: jitter, seen by every far end. So the ``first``
+subscribers are spread over ``slots`` phases of the period (10: 2 ms apart), at most
+``slot_capacity`` (16) per slot before the next slot opens; each keeps its slot for
+life, so a call's frames stay exactly one period apart. A slot is a step of the one
+timer chain (the pacer counts slot steps; a wake-up only for steps with subscribers), so
+a process with a handful of calls still wakes once per period, and one with 200 wakes
+ten times for ~20 hand-offs each. The other subscribers run once per period (slot 0).
+
+Preemption (policy)
+-------------------
+A timer waits for every callback already queued in the loop's pass: socket reads and
+sends for hundreds of calls make passes of several milliseconds. Code that does a lot of
+work in one callback calls ``poll()`` between units of it (the upstream batch per call,
+the Realtime reader per message, the call per inbound frame, the drain per 16
+subscribers); when a step is due, its hand-offs run right there. One clock read when
+nothing is due.
+
+Statistics: a histogram of each delivered slot step's |offset| from its grid time
+(p50/p99/max), late (catch-up) and skipped period ticks, wake-ups.
 
 The arithmetic lives in the sans-I/O ``Pacer`` (``now`` in, ticks out, next deadline
 exposed) and is unit-tested on a virtual clock; ``MediaClock`` is the thin asyncio part.
@@ -65,6 +87,10 @@ PERIOD_S = 0.020
 LEAD_S = 0.0005
 #: Longest run of non-first subscriber work in one loop callback (see "Long slices").
 SLICE_S = 0.0015
+#: Phase slots per period for first subscribers (see "Phase slots").
+SLOTS = 10
+#: First subscribers a slot takes before the next slot is opened.
+SLOT_CAPACITY = 16
 #: Subscribers between two clock reads while working off the backlog.
 _SLICE_CHECK = 16
 
@@ -228,8 +254,18 @@ class MediaClock:
 
     def __init__(self, period: float = PERIOD_S, *, scheduler: Scheduler | None = None,
                  max_catch_up: int = 5, lead_s: float = LEAD_S,
-                 slice_s: float = SLICE_S) -> None:
+                 slice_s: float = SLICE_S, slots: int = SLOTS,
+                 slot_capacity: int = SLOT_CAPACITY) -> None:
+        if slots < 1 or slot_capacity < 1:
+            raise ValueError("slots and slot_capacity must be >= 1")
         self.period = period
+        self.slots = slots
+        self.slot_capacity = slot_capacity
+        # first subscriber id -> its slot; per slot, its subscribers and how many
+        self._slot_of: dict[int, int] = {}
+        self._slot_count = [0] * slots
+        self._slot_subs: list[tuple[TickSubscriber, ...]] = [()] * slots
+        self._wake_slot: list[bool] = [False] * slots
         self.lead_s = lead_s
         self.slice_s = slice_s
         self.max_catch_up = max_catch_up
@@ -248,6 +284,7 @@ class MediaClock:
         self._wake_at = math.inf      # when _handle fires
         self._time: Callable[[], float] = lambda: 0.0
         self._firing = False
+        self._draining = False      # the drain checks the clock itself
         #: ticks delivered by ``poll`` or a drain slice instead of the timer
         self.preempted = 0
         self.tick_time = 0.0
@@ -263,26 +300,51 @@ class MediaClock:
         """Call ``sub.on_tick`` every tick. ``first``: before the others (outbound
         playouts: their hand-off time is what the far end's jitter buffer sees, so they
         must not wait behind inbound work done in the same tick)."""
+        if id(sub) in self._subs:
+            self.unsubscribe(sub)
         self._subs[id(sub)] = sub
         if first:
             self._first.add(id(sub))
+            counts = self._slot_count
+            slot = next((k for k in range(self.slots) if counts[k] < self.slot_capacity),
+                        None)
+            if slot is None:
+                slot = min(range(self.slots), key=counts.__getitem__)
+            counts[slot] += 1
+            self._slot_of[id(sub)] = slot
         self._rebuild()
         if self._handle is None:
             self._start()
+        else:
+            self._reschedule()
+
+    def slot_of(self, sub: TickSubscriber) -> int | None:
+        """The phase slot of a first subscriber (None for the others)."""
+        return self._slot_of.get(id(sub))
 
     def unsubscribe(self, sub: TickSubscriber) -> None:
         if self._subs.pop(id(sub), None) is None:
             return
         self._first.discard(id(sub))
+        slot = self._slot_of.pop(id(sub), None)
+        if slot is not None:
+            self._slot_count[slot] -= 1
         self._rebuild()
         if not self._subs:
             self._stop()
+        else:
+            self._reschedule()
 
     def _rebuild(self) -> None:
         subs = self._subs
         self._firsts = tuple(s for k, s in subs.items() if k in self._first)
         self._rest = tuple(s for k, s in subs.items() if k not in self._first)
         self._snapshot = self._firsts + self._rest
+        slot_of = self._slot_of
+        self._slot_subs = [tuple(s for s in self._firsts if slot_of[id(s)] == k)
+                           for k in range(self.slots)]
+        self._wake_slot = [bool(self._slot_subs[k]) or (k == 0 and bool(self._rest))
+                           for k in range(self.slots)]
 
     @property
     def subscribers(self) -> int:
@@ -310,7 +372,9 @@ class MediaClock:
             self._scheduler = _LoopScheduler(asyncio.get_running_loop())
         sched = self._sched()
         # Start the grid one period from now: the first tick is a normal, on-time tick.
-        self._pacer = Pacer(sched.time() + self.period, self.period, self.max_catch_up,
+        # The pacer counts slots: ``slots`` steps per period (see "Phase slots").
+        self._pacer = Pacer(sched.time() + self.period, self.period / self.slots,
+                            self.max_catch_up * self.slots,
                             early_s=self.lead_s + 1e-4 if self.lead_s else 1e-4)
         # asyncio's loop.time() is time.monotonic(): read it directly (every leg reads
         # the clock at every hand-off). Any other loop or scheduler keeps its own time.
@@ -320,9 +384,24 @@ class MediaClock:
         self._schedule_fire()
 
     def _schedule_fire(self) -> None:
-        assert self._pacer is not None
-        self._wake_at = wake_at = self._pacer.deadline - self.lead_s
+        """Wake for the next slot step that has work: an occupied slot, or slot 0 (the
+        period tick) when there are other subscribers."""
+        pacer = self._pacer
+        assert pacer is not None
+        m, slots, wake = pacer.next_n, self.slots, self._wake_slot
+        for _ in range(slots):
+            if wake[m % slots]:
+                break
+            m += 1
+        self._wake_at = wake_at = pacer.due_time(m) - self.lead_s
         self._handle = self._sched().call_at(wake_at, self._fire)
+
+    def _reschedule(self) -> None:
+        """The slots changed: wake for the (possibly earlier) next step with work."""
+        if self._handle is None or self._firing or self._pacer is None:
+            return          # a tick in progress schedules the next wake-up itself
+        self._handle.cancel()
+        self._schedule_fire()
 
     def poll(self) -> bool:
         """Deliver a tick that came due while other work runs, now rather than after it.
@@ -335,7 +414,8 @@ class MediaClock:
         outbound hand-offs at once, the inbound work queued as usual. Returns True when a
         tick was delivered. Not reentrant: a poll from inside a tick does nothing.
         """
-        if self._firing or self._handle is None or self._time() < self._wake_at:
+        if (self._firing or self._draining or self._handle is None
+                or self._time() < self._wake_at):
             return False
         self._preempt()
         return True
@@ -355,10 +435,6 @@ class MediaClock:
             self._drain_handle.cancel()
         self._drain_handle = None
         self._backlog.clear()
-        if self._pacer is not None:
-            self._ticks += self._pacer.delivered
-            self._late += self._pacer.late
-            self._skipped += self._pacer.skipped
         self._pacer = None
 
     def _fire(self, drain: bool = True) -> None:
@@ -370,18 +446,32 @@ class MediaClock:
         self.now = now
         self.wakeups += 1
         due = pacer.advance(now)
-        firsts, rest = self._firsts, self._rest
+        slots, slot_subs, rest = self.slots, self._slot_subs, self._rest
+        if due.skipped:
+            # Period ticks among the skipped slot steps [first - skipped, first).
+            a = due.first - due.skipped
+            self._skipped += (due.first - 1) // slots - (a - 1) // slots
         self._firing = True
         try:
             for k in range(due.count):
-                self.tick_time = tick_time = pacer.due_time(due.first + k)
+                m = due.first + k
+                slot = m % slots
+                tick_time = pacer.due_time(m)
+                if slot == 0:
+                    self._ticks += 1
+                    if now - tick_time >= self.period - 1e-9:
+                        self._late += 1         # a catch-up tick
+                    if rest:
+                        self._backlog.append(_Pending(tick_time, rest))
+                subs = slot_subs[slot]
+                if not subs:
+                    continue
+                self.tick_time = tick_time
                 self.lateness.add(abs(now - tick_time))
-                for sub in firsts:
+                for sub in subs:
                     self._call(sub, now)
                 if self._pacer is not pacer:
                     return      # the last subscriber left during this tick
-                if rest:
-                    self._backlog.append(_Pending(tick_time, rest))
         finally:
             self._firing = False
         # Overloaded for longer than the catch-up bound: the oldest queued ticks go, like
@@ -407,6 +497,13 @@ class MediaClock:
     def _drain(self, start: float) -> None:
         """Work off queued non-first ticks for at most ``slice_s``; continue in a new loop
         callback when there is more (the next tick and I/O go in between)."""
+        self._draining = True
+        try:
+            self._drain_slice(start)
+        finally:
+            self._draining = False
+
+    def _drain_slice(self, start: float) -> None:
         sched = self._sched()
         backlog, subs = self._backlog, self._subs
         # Behind by several ticks: a longer slice (the next tick's hand-offs still go
@@ -448,10 +545,7 @@ class MediaClock:
         self._drain(self._sched().time())
 
     def stats(self) -> ClockStats:
-        p = self._pacer
-        ticks = self._ticks + (p.delivered if p else 0)
-        late = self._late + (p.late if p else 0)
-        skipped = self._skipped + (p.skipped if p else 0)
+        ticks, late, skipped = self._ticks, self._late, self._skipped
         h = self.lateness
         return ClockStats(ticks, late, skipped, self.wakeups, h.percentile(50) * 1000,
                           h.percentile(99) * 1000, h.max * 1000, len(self._subs),

@@ -104,6 +104,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._session: RtpSession | None = None
         self._decode: Callable[[bytes], bytes] = _ignore_codec
         self._encode: Callable[[bytes], bytes] = _ignore_codec
+        self._silence_key: tuple[Callable[[bytes], bytes], int] | None = None
+        self._silence = b""
         self._partial = b""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -254,13 +256,26 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     def send_audio(self, pcm: bytes) -> None:
         """Send one 20 ms PCM16 frame (encoded, packetized at the ptime). Never blocks."""
+        self._send_payload(self._encode(pcm))
+
+    def send_silence(self, samples: int = 160) -> None:
+        """Send ``samples`` of silence (an idle call's every tick): the encoded silence is
+        made once per codec and size, not encoded from zeros 50 times a second."""
+        encode = self._encode
+        key = (encode, samples)
+        if self._silence_key != key:
+            self._silence_key = key
+            self._silence = encode(bytes(2 * samples))
+        self._send_payload(self._silence)
+
+    def _send_payload(self, payload: bytes) -> None:
         session, transport = self._session, self._transport
         if session is None or transport is None or self._closed:
             return
         dest = session.destination
         if dest is None:
             return
-        packets = session.send_audio(self._encode(pcm), self._now())
+        packets = session.send_audio(payload, self._now())
         sock = self._sock
         if sock is None or self._buffered():
             for packet in packets:

@@ -140,6 +140,10 @@ class SipLeg(MediaLeg):
         if self._ended is None:
             self.rtp.send_audio(pcm)
 
+    def write_silence(self) -> None:
+        if self._ended is None:
+            self.rtp.send_silence(self.frame_bytes // 2)
+
     async def hang_up(self, reason: str) -> None:
         if self._ended is not None:
             return
