@@ -100,6 +100,23 @@ async def test_echo_round_trip() -> None:
         conformance(emu.record)
 
 
+async def test_on_message_runs_before_each_received_message_is_handled() -> None:
+    # The media clock's hook (MediaClock.poll): called once per message, before the
+    # message's events are emitted.
+    async with emulator() as emu:
+        client = make(emu)
+        calls: list[int] = []
+        client.on_message = lambda: calls.append(client.stats.events_received)
+        await client.connect()
+        events = Events(client)
+        await round_trip(client, events)
+        received = client.stats.events_received
+        assert received >= 8
+        # Before each message: the count of messages handled so far, 0, 1, 2, ...
+        assert calls == list(range(received))
+        await client.close()
+
+
 @pytest.mark.parametrize("code", [1006, 1011])
 async def test_reconnect_after_drop_reseeds_and_carries_on(code: int) -> None:
     async with emulator() as emu:

@@ -271,3 +271,31 @@ async def test_burst_of_frames_arrives_complete_and_in_order(
     await asyncio.sleep(0)
     a.send_audio(sent[0])                     # closed: silently nothing
     assert a.stats.sent == 100
+
+
+@pytest.mark.parametrize(("codec", "pt", "byte"), [("pcmu", 0, 0xFF), ("pcma", 8, 0xD5)])
+async def test_silence_goes_out_as_the_codec_s_silence_in_sequence(
+        codec: str, pt: int, byte: int) -> None:
+    alloc = PortAllocator(44000, 44999)
+    ep = await RtpEndpoint.open(HOST, alloc)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind((HOST, 0))
+    raw.settimeout(2.0)
+    try:
+        ep.configure(raw.getsockname(), codec, pt, 101)
+        ep.send_audio(frames(1)[0])
+        for _ in range(3):
+            ep.send_silence()
+        ep.send_silence(80)                       # half a packet: held for the next
+        ep.send_silence(80)
+        got = [parse(raw.recv(2048)) for _ in range(5)]
+    finally:
+        ep.close()
+        raw.close()
+    assert [p.payload_type for p in got] == [pt] * 5
+    assert all(p.payload == bytes([byte]) * 160 for p in got[1:])
+    assert got[0].payload != got[1].payload           # the tone, then silence
+    seqs = [p.sequence for p in got]
+    stamps = [p.timestamp for p in got]
+    assert [(s - seqs[0]) & 0xFFFF for s in seqs] == [0, 1, 2, 3, 4]
+    assert [(t - stamps[0]) & 0xFFFFFFFF for t in stamps] == [0, 160, 320, 480, 640]
