@@ -31,6 +31,18 @@ def test_a_constant_offset_is_not_jitter() -> None:
     assert fig.spacing.n == fig.handoff.n - 1 >= 95
     assert fig.spacing.max < 1e-6
     assert fig.jitter[0] < 1e-6
+    assert abs(fig.drift[0]) < 1e-9             # late by the same 3.5 ms at the end
+
+
+def test_a_growing_lateness_shows_as_drift() -> None:
+    state = {"n": 0}
+
+    def delay(when: float) -> float:             # each tick 10 us later than the last
+        state["n"] += 1
+        return 0.00001 * state["n"]
+
+    fig = run(delay)
+    assert 0.0009 < fig.drift[0] < 0.0011          # ~100 ticks x 10 us
 
 
 def test_alternating_lateness_is_jitter() -> None:

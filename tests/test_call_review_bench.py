@@ -7,8 +7,12 @@ reader; this machine's load would make any threshold flaky).
 
 from __future__ import annotations
 
+import math
+import os
+
 import pytest
 
+from bridge.bench import cpus
 from bridge.cli import main
 from tests.test_realtime_bench import figure
 
@@ -24,6 +28,34 @@ def test_bench_call_prints_cpu_pacing_late_frames_memory_and_barge_in(
     assert figure(out, r"pacing .* p99 ([\d.]+) ms") >= 0
     assert figure(out, r"pacing .*\((\d+) frames\)") > 0
     assert figure(out, r"late frames\s+(\d+) late ticks") >= 0
+    assert figure(out, r"drift\s+(\d+) clock ticks") > 0
+    assert figure(out, r"at the end minus at the start: max ([\d.]+) ms") >= 0
     assert figure(out, r"memory\s+(-?\d+) KiB RSS per call") is not None
     assert figure(out, r"barge-ins\s+(\d+) in the window") >= 0
     assert figure(out, r"stopped at the leg: p50 ([\d.]+) ms") >= 0
+
+
+def test_bench_call_pins_itself_and_the_emulator_and_restores_its_affinity(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    before = os.sched_getaffinity(0)
+    assert main(["bench", "call", "--calls", "1", "--seconds", "0.5", "--warmup", "0.2"]) == 0
+    out = capsys.readouterr().out
+    if len(before) >= 2:
+        first = min(before)
+        assert f"placement              bridge on CPU {first}, emulator on CPU" in out
+    else:
+        assert "placement              not pinned" in out
+    assert "hypervisor steal on this process's CPUs" in out
+    assert os.sched_getaffinity(0) == before          # the caller is not left pinned
+
+
+def test_cpu_plan_and_steal_counter() -> None:
+    assert cpus.plan("off") is None
+    placement = cpus.plan("auto")
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) >= 2:
+        assert placement == ({mine[0]}, set(mine[1:]))
+    else:
+        assert placement is None
+    stolen = cpus.stolen_s(None)
+    assert math.isnan(stolen) or stolen >= 0.0

@@ -340,6 +340,10 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
           f"max {spacing.max * ms:.2f} ms ({spacing.n} spacings); RFC 3550 jitter estimate "
           f"mean {sum(rfc_jitter) / max(len(rfc_jitter), 1) * ms:.2f} ms, "
           f"worst call {(rfc_jitter[-1] if rfc_jitter else 0.0) * ms:.2f} ms")
+    drift = max((abs(d) for d in pacing.drift), default=0.0)
+    print(f"drift                  {st.ticks} clock ticks in {wall:.3f} s of monotonic time "
+          f"({wall / clock.period:.1f} periods); per call, hand-off offset from its grid at "
+          f"the end minus at the start: max {drift * ms:.2f} ms")
     print(f"clock                  {st.ticks} ticks, {st.wakeups} wake-ups "
           f"({clock.preempted} preempting other work), "
           f"tick |offset| p50 {st.lateness_p50_ms:.3f} / p99 {st.lateness_p99_ms:.3f} / "
@@ -365,6 +369,11 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    with cpus.kept_affinity():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "bench.toml").write_text(_PLAN.replace("{audio_format}", args.audio_format))
         plans = load_dialplans(Path(tmp))

@@ -9,7 +9,9 @@ milliseconds: the bridge's media clock then wakes late for reasons that are not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 
 
 def add_pin_argument(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +29,21 @@ def plan(mode: str) -> tuple[set[int], set[int]] | None:
     if len(cpus) < 2:
         return None
     return {cpus[0]}, set(cpus[1:])
+
+
+@contextlib.contextmanager
+def kept_affinity() -> Iterator[None]:
+    """Restore this process's CPU affinity afterwards (a benchmark run from a test or
+    another program must not leave its caller pinned to one CPU)."""
+    if not hasattr(os, "sched_getaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, before)
 
 
 def pin(pid: int, cpus: set[int]) -> bool:

@@ -56,6 +56,9 @@ class PacingFigures:
     #: per leg, the RFC 3550 §6.4.1 interarrival jitter estimate of the hand-offs,
     #: seconds: J += (|D(i-1, i)| - J) / 16, D the spacing difference above
     jitter: list[float] = field(default_factory=list)
+    #: per leg, how far its hand-offs moved against its grid from the first frame to the
+    #: last, seconds: (handed - tick) at the end minus at the start (cumulative drift)
+    drift: list[float] = field(default_factory=list)
 
     def add(self, timeline: array[float]) -> None:
         handoff, spacing = self.handoff, self.spacing
@@ -70,6 +73,8 @@ class PacingFigures:
                 jitter += (d - jitter) / 16.0
             last_tick, last_handed = tick, handed
         self.jitter.append(jitter)
+        if len(timeline) >= 4:
+            self.drift.append((timeline[-1] - timeline[-2]) - (timeline[1] - timeline[0]))
 
 
 class MemoryLeg(MediaLeg):
