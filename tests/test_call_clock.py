@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -195,18 +196,23 @@ class Costly:
         self.sched._now += self.cost     # the work takes time: the loop runs late after it
 
 
-def _stall_then_load(slice_s: float) -> tuple[list[tuple[float, float]], list[Costly]]:
-    """200 inbound subscribers costing 60 % of each period, and one 70 ms stall."""
-    stalls = {500.5}
+def stall_once(at: float, seconds: float) -> Callable[[float], float]:
+    """A ``wake_delay`` for VirtualScheduler: the first timer due at or after ``at`` runs
+    ``seconds`` late (the loop was blocked), every other one on time."""
+    pending = [at]
 
     def wake_delay(when: float) -> float:
-        for t in list(stalls):
-            if when >= t:
-                stalls.discard(t)
-                return 0.070
+        if pending and when >= pending[0]:
+            pending.clear()
+            return seconds
         return 0.0
 
-    sched = VirtualScheduler(start=500.0, wake_delay=wake_delay)
+    return wake_delay
+
+
+def _stall_then_load(slice_s: float) -> tuple[list[tuple[float, float]], list[Costly]]:
+    """200 inbound subscribers costing 60 % of each period, and one 70 ms stall."""
+    sched = VirtualScheduler(start=500.0, wake_delay=stall_once(500.5, 0.070))
     clock = MediaClock(scheduler=sched, slice_s=slice_s)
     playout = Recorder(clock)
     clock.subscribe(playout, first=True)
@@ -375,16 +381,7 @@ def test_a_newly_opened_slot_is_woken_on_time() -> None:
 
 
 def test_a_stall_catches_up_every_slot_in_order() -> None:
-    stalled = {300.5}
-
-    def wake_delay(when: float) -> float:
-        for t in list(stalled):
-            if when >= t:
-                stalled.discard(t)
-                return 0.045
-        return 0.0
-
-    sched = VirtualScheduler(start=300.0, wake_delay=wake_delay)
+    sched = VirtualScheduler(start=300.0, wake_delay=stall_once(300.5, 0.045))
     clock = MediaClock(scheduler=sched, lead_s=0.0, slots=5, slot_capacity=1)
     recs = [Recorder(clock) for _ in range(3)]
     for r in recs:
@@ -401,16 +398,8 @@ def test_a_stall_catches_up_every_slot_in_order() -> None:
 
 
 def test_skipped_ticks_are_counted_in_periods_with_slots() -> None:
-    stalled = {400.5}
-
-    def wake_delay(when: float) -> float:
-        for t in list(stalled):
-            if when >= t:
-                stalled.discard(t)
-                return 1.0                       # a 1 s stall: 50 periods overdue
-        return 0.0
-
-    sched = VirtualScheduler(start=400.0, wake_delay=wake_delay)
+    # A 1 s stall: 50 periods overdue.
+    sched = VirtualScheduler(start=400.0, wake_delay=stall_once(400.5, 1.0))
     clock = MediaClock(scheduler=sched, lead_s=0.0, slots=5, slot_capacity=1,
                        max_catch_up=5)
     rec = Recorder(clock)
