@@ -110,3 +110,10 @@ async def test_upstream_batch_runs_once_per_loop_pass() -> None:
     await asyncio.sleep(0)
     assert got == [(i, 960) for i in range(5)]
     assert up.batch.runs == 1
+
+
+def test_upstream_batch_outside_a_loop_leaves_the_frame_to_the_caller() -> None:
+    up = UpstreamBatch()
+    rs = inbound_resampler(8000)
+    assert up.submit(rs, bytes(320), lambda d: None) is False
+    assert up.batch.pending == 0 and rs._batch is None

@@ -35,9 +35,12 @@ class UpstreamBatch:
                deliver: Callable[[bytes], object]) -> bool:
         """Queue ``pcm`` for ``rs``; ``deliver`` gets the resampled bytes later in this
         loop pass. False when the stream cannot be batched (use ``rs.process``)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False        # no loop to run the batch: the caller resamples now
         if not self.batch.submit(rs, pcm, deliver):
             return False
-        loop = asyncio.get_running_loop()
         if self._scheduled is not loop:
             # A loop that went away with a run pending (tests) must not block this one.
             self._scheduled = loop

@@ -300,8 +300,11 @@ class MediaClock:
         """Call ``sub.on_tick`` every tick. ``first``: before the others (outbound
         playouts: their hand-off time is what the far end's jitter buffer sees, so they
         must not wait behind inbound work done in the same tick)."""
-        if id(sub) in self._subs:
-            self.unsubscribe(sub)
+        # Subscribing again changes how (first or not), without stopping the clock.
+        old_slot = self._slot_of.pop(id(sub), None)
+        if old_slot is not None:
+            self._slot_count[old_slot] -= 1
+        self._first.discard(id(sub))
         self._subs[id(sub)] = sub
         if first:
             self._first.add(id(sub))
