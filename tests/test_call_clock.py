@@ -431,3 +431,16 @@ def test_subscribing_again_moves_a_subscriber_without_restarting_the_grid() -> N
     grid = [g for g, _ in b.sends]
     assert all(y - x == pytest.approx(0.02, abs=1e-9)
                for x, y in zip(grid, grid[1:], strict=False))
+
+
+def test_poll_delivers_at_the_grid_time_not_the_timer_s_early_wake_up() -> None:
+    sched = VirtualScheduler(start=700.0)
+    clock = MediaClock(scheduler=sched)            # default lead: the timer wakes 0.5 ms early
+    rec = Recorder(clock)
+    clock.subscribe(rec, first=True)
+    due = 700.02
+    sched._now = due - 0.0003                      # the timer would deliver here
+    assert clock.poll() is False
+    sched._now = due - 0.00004
+    assert clock.poll() is True
+    assert rec.sends == [(pytest.approx(due), pytest.approx(due - 0.00004))]

@@ -100,9 +100,10 @@ async def test_echo_round_trip() -> None:
         conformance(emu.record)
 
 
-async def test_on_message_runs_before_each_received_message_is_handled() -> None:
-    # The media clock's hook (MediaClock.poll): called once per message, before the
-    # message's events are emitted.
+async def test_on_message_runs_as_bytes_arrive_and_before_each_message_is_handled() -> None:
+    # The media clock's hook (MediaClock.poll): called from the connection's
+    # data_received (before websockets parses the bytes) and before each message's events
+    # are emitted.
     async with emulator() as emu:
         client = make(emu)
         calls: list[int] = []
@@ -112,8 +113,22 @@ async def test_on_message_runs_before_each_received_message_is_handled() -> None
         await round_trip(client, events)
         received = client.stats.events_received
         assert received >= 8
-        # Before each message: the count of messages handled so far, 0, 1, 2, ...
-        assert calls == list(range(received))
+        assert calls == sorted(calls)
+        # Before each message k was handled, the hook ran with k messages handled so far.
+        assert set(range(received)) <= set(calls)
+        # ... and more often than that: as bytes arrived, too.
+        assert len(calls) > received
+        assert client._conn is not None
+        assert type(client._conn.ws).__name__ == "HookedConnection"
+        await client.close()
+
+
+async def test_without_a_hook_the_plain_connection_class_is_used() -> None:
+    async with emulator() as emu:
+        client = make(emu)
+        await client.connect()
+        assert client._conn is not None
+        assert type(client._conn.ws).__name__ == "ClientConnection"
         await client.close()
 
 

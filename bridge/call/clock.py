@@ -55,8 +55,10 @@ A timer waits for every callback already queued in the loop's pass: socket reads
 sends for hundreds of calls make passes of several milliseconds. Code that does a lot of
 work in one callback calls ``poll()`` between units of it (the upstream batch per call,
 the Realtime reader per message, the call per inbound frame, the drain per 16
-subscribers); when a step is due, its hand-offs run right there. One clock read when
-nothing is due.
+subscribers, and the Realtime connection as bytes arrive); when a step is due, its
+hand-offs run right there. One clock read when nothing is due. A poll delivers a step only
+``POLL_EARLY_S`` before its time, not ``LEAD_S`` like the timer: a hand-off at the grid
+time rather than 0.5 ms before it, so a late one later differs from it by less.
 
 Statistics: a histogram of each delivered slot step's |offset| from its grid time
 (p50/p99/max), late (catch-up) and skipped period ticks, wake-ups.
@@ -85,6 +87,8 @@ PERIOD_S = 0.020
 #: LEAD_S + 0.1 ms early counts as due: hand-offs then land within about ±0.5 ms of the
 #: grid instead of 0..+1 ms, and never more than 0.6 ms ahead of real time.
 LEAD_S = 0.0005
+#: How early ``poll()`` delivers a due step (the timer itself wakes ``LEAD_S`` early).
+POLL_EARLY_S = 0.00005
 #: Longest run of non-first subscriber work in one loop callback (see "Long slices").
 SLICE_S = 0.0015
 #: Phase slots per period for first subscribers (see "Phase slots").
@@ -282,6 +286,7 @@ class MediaClock:
         self._pacer: Pacer | None = None
         self._handle: TimerHandle | None = None
         self._wake_at = math.inf      # when _handle fires
+        self._poll_at = math.inf      # from when poll() delivers the next step
         self._time: Callable[[], float] = lambda: 0.0
         self._firing = False
         self._draining = False      # the drain checks the clock itself
@@ -396,7 +401,11 @@ class MediaClock:
             if wake[m % slots]:
                 break
             m += 1
-        self._wake_at = wake_at = pacer.due_time(m) - self.lead_s
+        due = pacer.due_time(m)
+        self._wake_at = wake_at = due - self.lead_s
+        # The timer wakes early (epoll rounds its timeout up to whole milliseconds); a
+        # poll needs no such margin, so it delivers a step only this close to its time.
+        self._poll_at = due - POLL_EARLY_S
         self._handle = self._sched().call_at(wake_at, self._fire)
 
     def _reschedule(self) -> None:
@@ -418,7 +427,7 @@ class MediaClock:
         tick was delivered. Not reentrant: a poll from inside a tick does nothing.
         """
         if (self._firing or self._draining or self._handle is None
-                or self._time() < self._wake_at):
+                or self._time() < self._poll_at):
             return False
         self._preempt()
         return True
@@ -433,7 +442,7 @@ class MediaClock:
         if self._handle is not None:
             self._handle.cancel()
         self._handle = None
-        self._wake_at = math.inf
+        self._wake_at = self._poll_at = math.inf
         if self._drain_handle is not None:
             self._drain_handle.cancel()
         self._drain_handle = None
@@ -528,7 +537,7 @@ class MediaClock:
                 if checks >= _SLICE_CHECK:
                     checks = 0
                     now = sched.time()
-                    if now >= self._wake_at and self._handle is not None:
+                    if now >= self._poll_at and self._handle is not None:
                         # The next tick is due: its hand-offs go first, this resumes.
                         entry.next = i
                         self._drain_handle = sched.call_at(now, self._drain_next)

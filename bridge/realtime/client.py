@@ -185,8 +185,9 @@ class RealtimeClient:
         self._wall = wall_clock
         self.stats = ClientStats()
         self.history = History()
-        #: called before each received message is handled: a busy process's media clock
-        #: delivers a due tick there instead of after a whole burst of messages
+        #: called as bytes arrive and before each received message is handled: a busy
+        #: process's media clock delivers a due tick there instead of after a whole burst
+        #: of socket reads and messages (set before ``connect``)
         self.on_message: Callable[[], object] | None = None
 
         self._conn: _Conn | None = None
@@ -440,6 +441,7 @@ class RealtimeClient:
         try:
             ws = await websockets.connect(
                 self.target.url,
+                create_connection=_connection_class(self.on_message),
                 additional_headers=headers,
                 compression=None,
                 max_size=MAX_MESSAGE,
@@ -892,6 +894,25 @@ class _QuietLogger(logging.LoggerAdapter[logging.Logger]):
 
 
 _QUIET_WS_LOGGER = _QuietLogger(logging.getLogger("bridge.realtime.ws"), {})
+
+
+class _HookedConnection(ClientConnection):
+    """A connection that calls ``hook`` as bytes arrive, before websockets parses them:
+    a busy process's media clock delivers a due tick there (see ``on_message``)."""
+
+    hook: Callable[[], object] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        hook = self.hook
+        if hook is not None:
+            hook()
+        super().data_received(data)
+
+
+def _connection_class(hook: Callable[[], object] | None) -> type[ClientConnection]:
+    if hook is None:
+        return ClientConnection
+    return type("HookedConnection", (_HookedConnection,), {"hook": staticmethod(hook)})
 
 
 def _close_code(ws: ClientConnection) -> int:
