@@ -35,8 +35,6 @@ import gc
 import math
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,7 @@ from typing import Any
 
 from bridge.bench import cpus
 from bridge.bench.cpus import add_pin_argument
+from bridge.bench.sip import EmulatorProcess
 from bridge.call.call import Call
 from bridge.call.clock import MediaClock, percentile
 from bridge.call.leg import LegInfo, Source
@@ -149,25 +148,6 @@ class CallerScript:
 
 
 # -------------------------------------------------------------------------- emulator
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the emulator exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the emulator did not listen on port {port} in {limit_s:g} s")
-
-
 def _runqueue_wait_s() -> float:
     """Seconds this process has spent runnable but waiting for a CPU (Linux schedstat):
     how much other load on the machine held the media loop back."""
@@ -377,28 +357,15 @@ def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "bench.toml").write_text(_PLAN.replace("{audio_format}", args.audio_format))
         plans = load_dialplans(Path(tmp))
-    proc: subprocess.Popen[bytes] | None = None
-    url = args.emulator_url
     placement = cpus.plan(args.pin)
-    if not url:
-        port = args.port or _free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "--log-level", "WARNING", "emulator",
-             "--port", str(port)],
-            stdout=subprocess.DEVNULL)
-        url = f"ws://127.0.0.1:{port}"
-    if placement is not None and not (
-            cpus.pin(0, placement[0]) and (proc is None or cpus.pin(proc.pid, placement[1]))):
-        placement = None
-    print(f"placement              {cpus.describe(placement, 'emulator')}", flush=True)
-    try:
-        if proc is not None:
-            _wait_port(int(url.rsplit(":", 1)[1]), proc)
+    with contextlib.ExitStack() as stack:
+        url = args.emulator_url
+        emulator: EmulatorProcess | None = None
+        if not url:
+            emulator = stack.enter_context(EmulatorProcess(args.port or None, quiet=True))
+            url = emulator.url
+        if placement is not None and not (cpus.pin(0, placement[0]) and (
+                emulator is None or cpus.pin(emulator.pid, placement[1]))):
+            placement = None
+        print(f"placement              {cpus.describe(placement, 'emulator')}", flush=True)
         return asyncio.run(_run_calls(args, plans, url))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()

@@ -345,18 +345,25 @@ class ServeProcess:
 class EmulatorProcess:
     """``voicebridge emulator`` in its own process, for a bridge to use as its upstream."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, quiet: bool = False) -> None:
         self.port = port or _free_tcp_port()
+        self.quiet = quiet          # its banner not on our stdout
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def __enter__(self) -> EmulatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "--log-level", "WARNING", "emulator",
-             "--port", str(self.port)], env=clean_env(), stdin=subprocess.DEVNULL)
+             "--port", str(self.port)], env=clean_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if self.quiet else None)
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(OSError), \

@@ -225,10 +225,15 @@ class Scheduler(Protocol):
 
 
 class _LoopScheduler:
-    """Adapts a running asyncio loop (its ``time()`` is ``time.monotonic()``)."""
+    """Adapts a running asyncio loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        #: the loop's time source, read directly: asyncio's own loops use
+        #: ``time.monotonic()``, which saves two calls per read (every leg reads the clock
+        #: at every hand-off); any other loop keeps its own
+        self.clock: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time)
 
     def time(self) -> float:
         return self._loop.time()
@@ -277,8 +282,6 @@ class MediaClock:
         self._injected = scheduler is not None
         self._subs: dict[int, TickSubscriber] = {}
         self._first: set[int] = set()
-        self._snapshot: tuple[TickSubscriber, ...] = ()
-        self._firsts: tuple[TickSubscriber, ...] = ()
         self._rest: tuple[TickSubscriber, ...] = ()
         # Non-first work not done yet, oldest tick first.
         self._backlog: deque[_Pending] = deque()
@@ -290,12 +293,11 @@ class MediaClock:
         self._time: Callable[[], float] = lambda: 0.0
         self._firing = False
         self._draining = False      # the drain checks the clock itself
-        #: ticks delivered by ``poll`` or a drain slice instead of the timer
-        self.preempted = 0
         self.tick_time = 0.0
         self.now = 0.0
         self.lateness = Histogram()
         self.wakeups = 0
+        #: ticks delivered by ``poll`` or a drain slice instead of the timer
         self.preempted = 0
         self._ticks = self._late = self._skipped = 0
         self._backlog_dropped = 0
@@ -345,12 +347,10 @@ class MediaClock:
 
     def _rebuild(self) -> None:
         subs = self._subs
-        self._firsts = tuple(s for k, s in subs.items() if k in self._first)
         self._rest = tuple(s for k, s in subs.items() if k not in self._first)
-        self._snapshot = self._firsts + self._rest
         slot_of = self._slot_of
-        self._slot_subs = [tuple(s for s in self._firsts if slot_of[id(s)] == k)
-                           for k in range(self.slots)]
+        self._slot_subs = [tuple(s for k, s in subs.items() if slot_of.get(k) == slot)
+                           for slot in range(self.slots)]
         self._wake_slot = [bool(self._slot_subs[k]) or (k == 0 and bool(self._rest))
                            for k in range(self.slots)]
 
@@ -384,11 +384,7 @@ class MediaClock:
         self._pacer = Pacer(sched.time() + self.period, self.period / self.slots,
                             self.max_catch_up * self.slots,
                             early_s=self.lead_s + 1e-4 if self.lead_s else 1e-4)
-        # asyncio's loop.time() is time.monotonic(): read it directly (every leg reads
-        # the clock at every hand-off). Any other loop or scheduler keeps its own time.
-        loop = getattr(sched, "_loop", None)
-        plain = loop is not None and type(loop).time is asyncio.BaseEventLoop.time
-        self._time = time.monotonic if plain else sched.time
+        self._time = sched.clock if isinstance(sched, _LoopScheduler) else sched.time
         self._schedule_fire()
 
     def _schedule_fire(self) -> None:

@@ -441,7 +441,7 @@ class RealtimeClient:
         try:
             ws = await websockets.connect(
                 self.target.url,
-                create_connection=_connection_class(self.on_message),
+                create_connection=_HookedConnection,
                 additional_headers=headers,
                 compression=None,
                 max_size=MAX_MESSAGE,
@@ -468,6 +468,8 @@ class RealtimeClient:
             # URL itself, api-key query and all -- never let it out.
             raise RealtimeRejected(f"{self.target.kind}: {self.target.safe_url} is not a "
                                    f"usable WebSocket URL ({type(exc).__name__})") from None
+        if isinstance(ws, _HookedConnection):
+            ws.hook = self.on_message
         conn = _Conn(ws, EventMapper(self.target.dialect))
         try:
             async with asyncio.timeout(self.open_timeout_s):
@@ -898,7 +900,8 @@ _QUIET_WS_LOGGER = _QuietLogger(logging.getLogger("bridge.realtime.ws"), {})
 
 class _HookedConnection(ClientConnection):
     """A connection that calls ``hook`` as bytes arrive, before websockets parses them:
-    a busy process's media clock delivers a due tick there (see ``on_message``)."""
+    a busy process's media clock delivers a due tick there (see ``on_message``). Set once
+    the handshake is done (the handshake's own bytes need no hook)."""
 
     hook: Callable[[], object] | None = None
 
@@ -907,12 +910,6 @@ class _HookedConnection(ClientConnection):
         if hook is not None:
             hook()
         super().data_received(data)
-
-
-def _connection_class(hook: Callable[[], object] | None) -> type[ClientConnection]:
-    if hook is None:
-        return ClientConnection
-    return type("HookedConnection", (_HookedConnection,), {"hook": staticmethod(hook)})
 
 
 def _close_code(ws: ClientConnection) -> int:

@@ -602,6 +602,13 @@ class _MessageFields:
     headers: Headers
     body: bytes
 
+    @property
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def serialize(self) -> bytes:
+        return _serialize(self.start_line, self.headers, self.body)
+
     def _single(self, name: str) -> str:
         value = self.headers.get(name)
         if value is None:
@@ -698,9 +705,6 @@ class Request(_MessageFields):
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {SIP_VERSION}"
 
-    def serialize(self) -> bytes:
-        return _serialize(self.start_line, self.headers, self.body)
-
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"
 
@@ -715,9 +719,6 @@ class Response(_MessageFields):
     @property
     def start_line(self) -> str:
         return f"{SIP_VERSION} {self.status} {self.reason}"
-
-    def serialize(self) -> bytes:
-        return _serialize(self.start_line, self.headers, self.body)
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
