@@ -4,15 +4,31 @@ The hierarchy::
 
     BridgeError                      base of everything the bridge raises on purpose
     ├── ConfigError                  bad settings or files; names the source (file, line, field)
-    │   └── DialplanError            a dialplan file that does not validate
+    │   ├── DialplanError            a dialplan file that does not validate
+    │   ├── SchemaProblem            a webhook tool's JSON schema that cannot be used
+    │   └── MissingEnv               an environment variable a dialplan names is not set
     ├── ProtocolError                untrusted bytes that do not parse; carries the wire answer
     │   ├── SipParseError            -> SIP 400 Bad Request (reason in ``reason``)
+    │   │   └── MalformedMessage     a message whose header block cannot be split at all
     │   ├── SdpError                 -> SIP 488 Not Acceptable Here
-    │   └── RtpError                 -> packet dropped and counted under ``reason``
+    │   ├── RtpError                 -> packet dropped and counted under ``reason``
+    │   └── WebRtcOfferError         a browser offer that cannot be answered (HTTP 400)
+    ├── SipError                     SIP signalling that cannot proceed (not a parse error)
+    │   ├── TransactionError         a transaction-layer failure (timeout, transport)
+    │   ├── DialogError              a request that does not fit the dialog's state
+    │   └── UaError                  a user-agent operation that failed (REFER, BYE, ...)
+    ├── MediaError                   the media plane
+    │   └── PortsExhausted           no free RTP port pair in the configured range
+    ├── CallRejected                 a call refused at admission (busy, shutting down)
     ├── RealtimeError                the upstream Realtime leg
     │   ├── RealtimeAuthError        401/403 or close 3000: never retried
-    │   └── RealtimeUnavailable      could not connect / lost beyond reconnect
-    └── ToolError                    a tool failed; answered to the model as an error output
+    │   ├── RealtimeUnavailable      could not connect / lost beyond reconnect
+    │   │   └── RealtimeRejected     the request itself refused (400/404, close 4000)
+    │   └── MalformedEvent           a server event that does not map (logged, ignored)
+    ├── ToolError                    a tool failed; answered to the model as an error output
+    │   └── ToolFailed               raised by operator code to answer the model with a message
+    └── EmulatorError                the local Realtime emulator refuses a client request
+        └── SessionUpdateError       a ``session.update`` it cannot apply (answered ``error``)
 
 Each kind is caught at exactly one boundary and turned into a protocol action there
 (a SIP response, a dropped packet, a fallback, a ``function_call_output``).
@@ -85,5 +101,25 @@ class RealtimeUnavailable(RealtimeError):
     """The upstream could not be reached, or was lost beyond reconnect."""
 
 
+class SipError(BridgeError):
+    """SIP signalling that cannot proceed (transaction, dialog, user agent)."""
+
+
+class MediaError(BridgeError):
+    """The media plane (ports, sockets, codecs) cannot serve a call."""
+
+
+class CallRejected(BridgeError):
+    """A call refused at admission: ``str(exc)`` is the reason (busy, shutting down)."""
+
+
+class MalformedEvent(RealtimeError):
+    """A Realtime server event that does not map to a bridge event (logged and ignored)."""
+
+
 class ToolError(BridgeError):
     """A tool failed; the message is safe to show the model."""
+
+
+class EmulatorError(BridgeError):
+    """The local Realtime emulator refuses a client request."""

@@ -43,6 +43,7 @@ import httpx
 from pydantic import Field, create_model
 
 from bridge.dialplans.tools import ARGUMENTS_CONFIG, Tool, ToolContext, ToolFailed
+from bridge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ MAX_RESPONSE_BYTES = 256 * 1024
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class SchemaProblem(ValueError):
+class SchemaProblem(ConfigError, ValueError):
     """A ``parameters`` schema this module cannot enforce; ``path`` is where, below it."""
 
     def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
@@ -58,7 +59,7 @@ class SchemaProblem(ValueError):
         super().__init__(message)
 
 
-class MissingEnv(KeyError):
+class MissingEnv(ConfigError, KeyError):
     """``${NAME}`` names an environment variable that is not set (and has no default)."""
 
     def __init__(self, name: str) -> None:

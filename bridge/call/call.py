@@ -87,7 +87,7 @@ from bridge.codecs import g711
 from bridge.codecs.resample import StreamResampler, inbound_resampler
 from bridge.dialplans.announce import load_announcement
 from bridge.dialplans.plan import Dialplan, DtmfAction
-from bridge.errors import RealtimeError
+from bridge.errors import BridgeError, RealtimeError
 from bridge.realtime import events as ev
 from bridge.realtime.profile import SessionProfile
 
@@ -136,7 +136,7 @@ class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['call_id'] if self.extra else '?'}] {msg}", kwargs
 
 
-class _CallEnded(Exception):
+class _CallEnded(BridgeError):
     """Raised inside the task group to end it (never escapes ``run``)."""
 
 

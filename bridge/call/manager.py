@@ -26,6 +26,7 @@ from bridge.call.clock import MediaClock, shared_clock
 from bridge.call.leg import MediaLeg
 from bridge.call.records import CallRecord, RecordStore
 from bridge.dialplans.plan import DialplanSet
+from bridge.errors import CallRejected
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.config import RealtimeTarget
 from bridge.realtime.profile import SessionProfile
@@ -52,8 +53,6 @@ def client_factory(target: RealtimeTarget, **client_options: Any) -> RealtimeFac
     return make
 
 
-class CallRejected(Exception):
-    """``handle`` was given a leg while the manager is full or shutting down."""
 
 
 class CallManager:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.errors import MalformedEvent
 from bridge.realtime import events as ev
 
 DIALECTS = ("ga", "preview")
@@ -39,7 +40,7 @@ log = logging.getLogger("bridge.realtime.dialects")
 Parser = Callable[["EventMapper", dict[str, Any]], list[ev.Event]]
 
 
-class _Malformed(Exception):
+class _Malformed(MalformedEvent):
     """A known event lacks a field its parser needs (or has the wrong type)."""
 
 

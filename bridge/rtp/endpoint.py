@@ -35,7 +35,7 @@ from typing import Any, cast
 
 from bridge import metrics
 from bridge.codecs.g711 import CODECS
-from bridge.errors import BridgeError
+from bridge.errors import MediaError
 from bridge.rtp.dtmf import EventPacket, tone_packets
 from bridge.rtp.session import Address, RtpSession, RtpStats
 
@@ -45,7 +45,7 @@ FRAME_SAMPLES = 160          # 20 ms at 8 kHz
 FRAME_BYTES = 2 * FRAME_SAMPLES
 
 
-class PortsExhausted(BridgeError):
+class PortsExhausted(MediaError):
     """Every RTP port of the configured range is in use."""
 
 
@@ -298,11 +298,11 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         """Send ``digits`` as RFC 4733 events, one after another; audio pauses meanwhile.
 
         Raises ``ValueError`` for a character outside ``0-9*#A-D`` and
-        :class:`BridgeError` when telephone-event was not negotiated (use SIP INFO).
+        :class:`MediaError` when telephone-event was not negotiated (use SIP INFO).
         """
         session = self._session
         if session is None or session.dtmf_payload_type is None:
-            raise BridgeError("telephone-event was not negotiated for this call")
+            raise MediaError("telephone-event was not negotiated for this call")
         schedules = [tone_packets(d, tone_ms=tone_ms) for d in digits]   # validates first
         async with self._dtmf_lock:
             for schedule in schedules:

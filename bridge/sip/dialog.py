@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from bridge.errors import SipError
 from bridge.sip.message import (
     CallId,
     CSeq,
@@ -54,7 +55,7 @@ TRANSITIONS: dict[DialogState, dict[DialogInput, DialogState]] = {
 }
 
 
-class DialogError(Exception):
+class DialogError(SipError):
     """A move the dialog's table does not allow (a bug in the caller)."""
 
 

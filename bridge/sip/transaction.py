@@ -39,6 +39,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from bridge.errors import SipError
 from bridge.sip.message import MAGIC_COOKIE, Request, Response
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Timers:
         return 64 * self.t1
 
 
-class TransactionError(Exception):
+class TransactionError(SipError):
     """A move the transaction's table does not allow: a bug in the caller, not the peer."""
 
 

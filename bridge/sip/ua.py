@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import NewType, Protocol
 
 from bridge import __version__
-from bridge.errors import SdpError, SipParseError
+from bridge.errors import SdpError, SipError, SipParseError
 from bridge.sip.dialog import Dialog, DialogInput
 from bridge.sip.message import (
     MAGIC_COOKIE,
@@ -249,7 +249,7 @@ Event = (IncomingCall | CallCancelled | CallEstablished | ByeReceived | CallEnde
 _NO_HEADERS = Headers()
 
 
-class UaError(Exception):
+class UaError(SipError):
     """A command that does not fit the call's state (a bug in the caller)."""
 
 

@@ -18,6 +18,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bridge.errors import EmulatorError
 from bridge.realtime.emulator.audio import AUDIO_FORMATS, PREVIEW_FORMATS, AudioFormat
 
 __all__ = [
@@ -69,7 +70,7 @@ _TD_KEYS = {
 }
 
 
-class SessionUpdateError(Exception):
+class SessionUpdateError(EmulatorError):
     """A ``session.update`` the server refuses; becomes one ``error`` event."""
 
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
