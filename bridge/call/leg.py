@@ -8,6 +8,14 @@ Theory of operation
 Audio crosses the seam as PCM16 little-endian mono at the leg's own ``sample_rate``
 (8000 for G.711 legs, 48000 for Opus), in frames of exactly ``frame_ms`` (20 ms).
 
+G.711 passthrough: when the Realtime session's audio format is the leg's own G.711 law
+(``audio/pcmu`` or ``audio/pcma``), the call asks ``carry_encoded(law)`` before attaching.
+A leg that agrees sets ``carry`` to the law and from then on carries the encoded payload,
+one byte per sample (``carried_frame_bytes``), in both directions: inbound frames are the
+RTP payload as received, ``write_frame`` takes a payload to send as is, ``write_silence``
+sends encoded silence. Nothing is decoded or encoded on that path. ``carry`` stays
+``"pcm16"`` on legs that cannot (the codec is not G.711, or the law differs).
+
 * Inbound: the leg pushes each frame to the attached ``LegSink.on_leg_audio`` from its
   own datagram callback. No task per frame, no queue: the sink must be cheap and must not
   block.
@@ -68,7 +76,8 @@ class LegSink(Protocol):
     """What a leg reports to the call it is attached to. All methods must be cheap."""
 
     def on_leg_audio(self, pcm: bytes) -> None:
-        """One inbound frame, PCM16 at the leg's ``sample_rate``."""
+        """One inbound frame, PCM16 at the leg's ``sample_rate`` (or the encoded G.711
+        payload when the leg's ``carry`` is a G.711 law)."""
 
     def on_leg_dtmf(self, digit: str) -> None:
         """One DTMF digit (``0-9 * # A-D``), reported once per key press."""
@@ -86,6 +95,8 @@ class MediaLeg(abc.ABC):
     underrun: Underrun = Underrun.SILENCE
     #: "pcmu" / "pcma" when the leg carries G.711 (so a profile may pass it through), else "".
     g711: str = ""
+    #: What crosses the seam: "pcm16", or "pcmu" / "pcma" once ``carry_encoded`` agreed.
+    carry: str = "pcm16"
 
     @property
     def frame_samples(self) -> int:
@@ -93,7 +104,21 @@ class MediaLeg(abc.ABC):
 
     @property
     def frame_bytes(self) -> int:
+        """Bytes of one PCM16 frame at the leg's rate."""
         return 2 * self.frame_samples
+
+    @property
+    def carried_frame_bytes(self) -> int:
+        """Bytes of one frame as it crosses the seam (``carry``'s format)."""
+        return self.frame_samples if self.carry != "pcm16" else 2 * self.frame_samples
+
+    def carry_encoded(self, law: str) -> bool:
+        """Carry the G.711 ``law`` payload as is in both directions (no transcode).
+
+        True when the leg switched ``carry`` to ``law``; False (and nothing changes) when
+        it cannot. Called before ``attach``; the default leg cannot.
+        """
+        return False
 
     @property
     def sending_allowed(self) -> bool:
@@ -106,11 +131,15 @@ class MediaLeg(abc.ABC):
 
     @abc.abstractmethod
     def write_frame(self, pcm: bytes) -> None:
-        """Send one outbound frame (``frame_bytes`` of PCM16). Never blocks."""
+        """Send one outbound frame (``carried_frame_bytes`` in ``carry``'s format). Never
+        blocks."""
 
     def write_silence(self) -> None:
         """Send one frame of silence (called on underrun when ``underrun`` is SILENCE)."""
-        self.write_frame(bytes(self.frame_bytes))
+        if self.carry == "pcm16":
+            self.write_frame(bytes(self.frame_bytes))
+        else:
+            self.write_frame((b"\xff" if self.carry == "pcmu" else b"\xd5") * self.frame_samples)
 
     @abc.abstractmethod
     async def hang_up(self, reason: str) -> None:

@@ -41,9 +41,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome
+from bridge.call.leg import LegInfo, Source
 from bridge.errors import BridgeError, SdpError
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
+from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
 from bridge.sip.sdp import NegotiatedMedia, answer_offer, make_offer
 from bridge.sip.ua import (
@@ -70,8 +71,6 @@ from bridge.sip.ua import (
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-#: How long a transfer may take from REFER to the final NOTIFY before we call it failed.
-TRANSFER_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 5
 #: Peers whose route source address is remembered; past this the memory starts over (a
 #: spray of requests from many addresses must not grow it without bound).
@@ -101,105 +100,6 @@ class SipSettings:
     #: Ring before answering: send ``180 Ringing`` and wait this long (a caller may CANCEL
     #: meanwhile). 0 answers at once, without a 180.
     ring_ms: int = 0
-
-
-class SipLeg(MediaLeg):
-    """A SIP dialog plus its RTP endpoint, as a :class:`MediaLeg`."""
-
-    def __init__(self, service: SipService, call: CallKey, info: LegInfo,
-                 rtp: RtpEndpoint, media: NegotiatedMedia | None) -> None:
-        self._service = service
-        self.call = call
-        self.info = info
-        self.rtp = rtp
-        self.media = media
-        self.g711 = media.codec if media is not None else ""
-        self._sink: LegSink | None = None
-        self._ended: str | None = None
-        self._transfer: asyncio.Future[TransferOutcome] | None = None
-        self.log = logging.LoggerAdapter(log, {"call_id": info.call_id})
-
-    # -- MediaLeg -----------------------------------------------------------------------
-
-    @property
-    def sending_allowed(self) -> bool:
-        return self._ended is None and self.rtp.sending_allowed
-
-    @property
-    def ended(self) -> bool:
-        return self._ended is not None
-
-    def attach(self, sink: LegSink) -> None:
-        self._sink = sink
-        self.rtp.on_audio = sink.on_leg_audio
-        self.rtp.on_dtmf = sink.on_leg_dtmf
-        if self._ended is not None:
-            sink.on_leg_hangup(self._ended)
-
-    def write_frame(self, pcm: bytes) -> None:
-        if self._ended is None:
-            self.rtp.send_audio(pcm)
-
-    def write_silence(self) -> None:
-        if self._ended is None:
-            self.rtp.send_silence(self.frame_bytes // 2)
-
-    async def hang_up(self, reason: str) -> None:
-        if self._ended is not None:
-            return
-        self.log.info("call %s: hanging up (%s)", self.info.call_id, reason)
-        self._finish(reason)
-        self._service._command(lambda ua, now: ua.bye(self.call, now))
-
-    async def transfer(self, target: str) -> TransferOutcome:
-        if self._ended is not None:
-            return TransferOutcome(False, 0, "call ended")
-        if self._transfer is not None and not self._transfer.done():
-            return TransferOutcome(False, 0, "a transfer is already in progress")
-        self._transfer = asyncio.get_running_loop().create_future()
-        self.log.info("call %s: transferring to %s", self.info.call_id, target)
-        self._service._command(lambda ua, now: ua.refer(self.call, target, now))
-        try:
-            async with asyncio.timeout(TRANSFER_TIMEOUT_S):
-                return await asyncio.shield(self._transfer)
-        except TimeoutError:
-            return TransferOutcome(False, 0, "no final transfer progress")
-
-    async def send_dtmf(self, digits: str) -> None:
-        if self._ended is None:
-            await self.rtp.send_dtmf(digits)
-
-    # -- from the service ---------------------------------------------------------------
-
-    def _finish(self, reason: str) -> None:
-        if self._ended is not None:
-            return
-        self._ended = reason
-        self.rtp.close()
-        if self._transfer is not None and not self._transfer.done():
-            self._transfer.set_result(TransferOutcome(False, 0, "call ended"))
-
-    def _remote_hangup(self, reason: str) -> None:
-        if self._ended is not None:
-            return
-        self.log.info("call %s: ended by the far end (%s)", self.info.call_id, reason)
-        self._finish(reason)
-        if self._sink is not None:
-            self._sink.on_leg_hangup(reason)
-
-    def _media_updated(self, media: NegotiatedMedia) -> None:
-        self.media = media
-        self.rtp.configure((media.remote_address, media.remote_port), media.codec,
-                           media.payload_type, media.dtmf_payload_type, media.ptime_ms)
-        self.rtp.set_sending(media.may_send)
-
-    def _dtmf(self, digit: str) -> None:
-        if self._sink is not None:
-            self._sink.on_leg_dtmf(digit)
-
-    def _transfer_done(self, ok: bool, status: int, detail: str) -> None:
-        if self._transfer is not None and not self._transfer.done():
-            self._transfer.set_result(TransferOutcome(ok, status, detail))
 
 
 @dataclass
@@ -487,7 +387,7 @@ class SipService:
                            called=event.called,
                            remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
                            extra={"transport": event.peer.transport})
-            leg = SipLeg(self, key, info, rtp, media)
+            leg = SipLeg(self._command, key, info, rtp, media)
             pending.leg = leg
             if media is not None:
                 leg._media_updated(media)
