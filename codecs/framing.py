@@ -87,7 +87,7 @@ class Framer:
 
 
 class PlayoutBuffer:
-    """Outbound PCM16 audio waiting for its tick, counted in milliseconds.
+    """Outbound audio (PCM16, or encoded G.711 in passthrough) waiting for its tick, counted in milliseconds.
 
     ``ms_in`` counts everything pushed, ``ms_out`` the real audio handed out (padding added
     by ``pop_frame(partial=True)`` is silence, not the response, and is not counted), and
@@ -95,13 +95,17 @@ class PlayoutBuffer:
     buffered_ms`` always holds.
     """
 
-    def __init__(self, sample_rate: int, frame_ms: int = 20) -> None:
+    def __init__(self, sample_rate: int, frame_ms: int = 20, *, sample_width: int = 2,
+                 silence: int = 0) -> None:
         if sample_rate <= 0 or frame_ms <= 0 or sample_rate * frame_ms % 1000:
             raise ValueError(f"no whole-sample {frame_ms} ms frame at {sample_rate} Hz")
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
-        self.frame_bytes = sample_rate * frame_ms // 1000 * 2
-        self._bytes_per_ms = sample_rate * 2 / 1000
+        # PCM16 by default; G.711 passthrough holds encoded bytes (width 1, silence 0xFF
+        # for mu-law, 0xD5 for A-law) so a padded tail is silence in that encoding too.
+        self.frame_bytes = sample_rate * frame_ms // 1000 * sample_width
+        self._bytes_per_ms = sample_rate * sample_width / 1000
+        self._silence = silence
         self._q = _ByteQueue()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -150,6 +154,8 @@ class PlayoutBuffer:
             return None
         tail = self._q.take(held)
         self.bytes_out += held
+        if self._silence:
+            return tail + bytes([self._silence]) * (n - held)
         return tail + bytes(n - held)
 
     def clear(self) -> int:

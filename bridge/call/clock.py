@@ -368,6 +368,11 @@ class MediaClock:
             return self._time()         # running: the source bound at start, one call
         return self._sched().time()
 
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
+        """A one-shot timer on the clock's time source (virtual in tests): the calls'
+        limits and deadlines use it, so every call-ending path runs on a virtual clock."""
+        return self._sched().call_at(self.time() + delay, callback)
+
     # -- the chain ---------------------------------------------------------------------
     def _sched(self) -> Scheduler:
         if self._scheduler is None:

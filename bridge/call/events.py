@@ -1,0 +1,91 @@
+"""What a call tells the rest of the process: typed, frozen values, one naming scheme.
+
+Every event names its call and when it happened; ``kind`` is its one name, ``call.<what>``
+(``call.started``, ``call.transcript``, ...), the same on the dashboard's Server-Sent
+Events and on a browser caller's ``events`` data channel. Consumers dispatch on the type
+(``match`` / ``isinstance``), never on strings; ``to_json()`` is the one wire form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallEvent:
+    kind: ClassVar[str] = "call.event"
+    call_id: str
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, object]:
+        """The wire form: ``{"type": kind, "call_id": ..., "at": ..., **fields}``."""
+        return {"type": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallStarted(CallEvent):
+    kind: ClassVar[str] = "call.started"
+    source: str
+    caller: str
+    called: str
+    dialplan: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallEnded(CallEvent):
+    kind: ClassVar[str] = "call.ended"
+    reason: str
+    source: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChanged(CallEvent):
+    kind: ClassVar[str] = "call.state"
+    state: str
+    previous: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscriptAdded(CallEvent):
+    kind: ClassVar[str] = "call.transcript"
+    role: str                        # "caller" or "agent"
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BargedIn(CallEvent):
+    kind: ClassVar[str] = "call.barge_in"
+    item_id: str
+    heard_ms: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCalled(CallEvent):
+    kind: ClassVar[str] = "call.tool_call"
+    name: str
+    ok: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class DtmfReceived(CallEvent):
+    kind: ClassVar[str] = "call.dtmf"
+    digit: str
+    action: str                      # "transfer", "hangup", "say", "model" or "ignored"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FallbackStarted(CallEvent):
+    kind: ClassVar[str] = "call.fallback"
+    reason: str
+
+
+#: Every kind a call emits, for consumers that list them (the dashboard's SSE names).
+KINDS: tuple[str, ...] = tuple(cls.kind for cls in (
+    CallStarted, CallEnded, StateChanged, TranscriptAdded, BargedIn, ToolCalled,
+    DtmfReceived, FallbackStarted))
+
+__all__ = ["KINDS", "BargedIn", "CallEnded", "CallEvent", "CallStarted", "DtmfReceived",
+           "FallbackStarted", "StateChanged", "ToolCalled", "TranscriptAdded"]
