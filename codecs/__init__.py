@@ -5,5 +5,5 @@ package called ``codecs`` would be shadowed by the standard library's ``codecs``
 Python imports at start-up. Inside the package, imports are relative for the same reason.
 
 Modules: ``g711`` (PCMU/PCMA), ``resample`` (``StreamResampler`` and its modes),
-``framing`` (``Framer``, ``PlayoutBuffer``), ``level`` (dBFS, silence, tones).
+``framing`` (``PlayoutBuffer``), ``level`` (dBFS, silence, tones).
 """

@@ -1,4 +1,4 @@
-"""Exact 20 ms frames out of chunks of any size, and the outbound playout buffer.
+"""The outbound playout buffer: exact 20 ms frames out of chunks of any size.
 
 Theory of operation
 -------------------
@@ -6,19 +6,18 @@ Audio reaches a call in chunks whose size nobody controls (a Realtime delta is w
 the service sent; a leg may deliver 10, 20 or 30 ms). Everything downstream wants exact
 frames: RTP packets of one ptime, appends of a fixed duration, one frame per clock tick.
 
-* ``Framer`` cuts a stream into frames of ``frame_bytes``, carrying the remainder.
-* ``PlayoutBuffer`` holds outbound audio that arrived ahead of real time and hands out one
-  frame per tick. It counts what went in and what came out in milliseconds: the count out
-  is what the caller actually heard (``heard_ms`` for truncation on barge-in), the count
-  dropped by ``clear()`` is what was never played.
+``PlayoutBuffer`` holds outbound audio that arrived ahead of real time and hands out one
+frame per tick. It counts what went in and what came out in milliseconds: the count out
+is what the caller actually heard (``heard_ms`` for truncation on barge-in), the count
+dropped by ``clear()`` is what was never played.
 
-Both keep one ``bytearray`` and a read offset: a pop copies one frame, never the buffer.
+It keeps one ``bytearray`` and a read offset: a pop copies one frame, never the buffer.
 The consumed front is discarded once it is larger than what remains (amortised O(1)).
 """
 
 from __future__ import annotations
 
-__all__ = ["Framer", "PlayoutBuffer"]
+__all__ = ["PlayoutBuffer"]
 
 #: Anything a chunk of audio may arrive as.
 Chunk = bytes | bytearray | memoryview
@@ -58,36 +57,10 @@ class _ByteQueue:
         return dropped
 
 
-class Framer:
-    """Cut a byte stream into frames of exactly ``frame_bytes``, carrying the remainder."""
-
-    def __init__(self, frame_bytes: int) -> None:
-        if frame_bytes <= 0:
-            raise ValueError(f"frame_bytes must be positive, got {frame_bytes}")
-        self.frame_bytes = frame_bytes
-        self._q = _ByteQueue()
-
-    @property
-    def pending(self) -> int:
-        """Bytes held back, waiting for the rest of their frame (< ``frame_bytes``)."""
-        return len(self._q)
-
-    def push(self, data: Chunk) -> list[bytes]:
-        """Add ``data``; return every frame now complete, oldest first."""
-        q = self._q
-        n = self.frame_bytes
-        if not len(q) and len(data) == n:  # the common case: already a frame
-            return [bytes(data)]
-        q.append(data)
-        return [q.take(n) for _ in range(len(q) // n)]
-
-    def clear(self) -> int:
-        """Drop the partial frame held back; return how many bytes it had."""
-        return self._q.clear()
-
-
 class PlayoutBuffer:
-    """Outbound audio (PCM16, or encoded G.711 in passthrough) waiting for its tick, counted in milliseconds.
+    """Outbound audio waiting for its tick, counted in milliseconds.
+
+    It holds PCM16, or encoded G.711 in passthrough.
 
     ``ms_in`` counts everything pushed, ``ms_out`` the real audio handed out (padding added
     by ``pop_frame(partial=True)`` is silence, not the response, and is not counted), and

@@ -1,4 +1,4 @@
-"""Framer and PlayoutBuffer: exact frames, carried remainders, honest millisecond counts."""
+"""PlayoutBuffer: exact frames, carried remainders, honest millisecond counts."""
 
 from __future__ import annotations
 
@@ -6,52 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.codecs.framing import Framer, PlayoutBuffer
-
-
-@settings(deadline=None)
-@given(st.lists(st.binary(max_size=700), max_size=30), st.sampled_from([160, 320, 960]))
-def test_framer_cuts_any_chunking_into_exact_frames(chunks: list[bytes], size: int) -> None:
-    f = Framer(size)
-    frames = [fr for c in chunks for fr in f.push(c)]
-    stream = b"".join(chunks)
-    assert all(len(fr) == size for fr in frames)
-    assert b"".join(frames) == stream[:len(frames) * size]
-    assert f.pending == len(stream) % size
-    assert len(frames) == len(stream) // size
-
-
-def test_framer_carries_the_partial_tail_and_clear_drops_it() -> None:
-    f = Framer(4)
-    assert f.push(b"abc") == []
-    assert f.pending == 3
-    assert f.push(b"defghij") == [b"abcd", b"efgh"]
-    assert f.pending == 2
-    assert f.clear() == 2
-    assert f.pending == 0
-    assert f.push(b"wxyz") == [b"wxyz"]          # nothing of the dropped tail remains
-    assert f.push(b"") == []
-    with pytest.raises(ValueError):
-        Framer(0)
-
-
-def test_a_frame_sized_chunk_behind_a_held_remainder_is_not_taken_whole() -> None:
-    # A leg that delivers 10 ms and then 20 ms: the 20 ms chunk is frame-sized but must
-    # queue behind the 10 ms already held (random chunkings almost never hit this case).
-    f = Framer(320)
-    assert f.push(b"a" * 160) == []
-    assert f.push(b"b" * 320) == [b"a" * 160 + b"b" * 160]
-    assert f.pending == 160
-    assert f.push(b"c" * 320) == [b"b" * 160 + b"c" * 160]
-
-
-def test_framer_accepts_bytearray_and_returns_independent_bytes() -> None:
-    f = Framer(2)
-    data = bytearray(b"1234")
-    frames = f.push(data)
-    data[:] = b"xxxx"
-    assert frames == [b"12", b"34"]
-    assert all(type(fr) is bytes for fr in frames)
+from bridge.codecs.framing import PlayoutBuffer
 
 
 def test_playout_buffer_counts_milliseconds_in_and_out() -> None:
