@@ -184,8 +184,34 @@ def tool_from_function(
         raise TypeError(f"{getattr(fn, '__qualname__', fn)!r} is not an async function")
     tool_name = name or fn.__name__
     summary, arg_docs = _split_docstring(fn.__doc__)
-    hints = typing.get_type_hints(fn, include_extras=True)
     bound = dict(bind or {})
+    fields, ctx_param = _argument_fields(fn, tool_name, bound, arg_docs)
+    model = create_model(f"{tool_name}_arguments", __config__=ARGUMENTS_CONFIG, **fields)
+
+    async def handler(args: dict[str, Any], ctx: ToolContext) -> Any:
+        kwargs = {**bound, **args}
+        if ctx_param is not None:
+            kwargs[ctx_param] = ctx
+        return await fn(**kwargs)
+
+    return Tool(
+        name=tool_name,
+        description=description or summary or tool_name.replace("_", " "),
+        parameters=object_schema(model),
+        arguments=model,
+        handler=handler,
+        timeout_s=timeout_s,
+        kind="python",
+    )
+
+
+def _argument_fields(fn: Callable[..., Awaitable[Any]], tool_name: str, bound: dict[str, Any],
+                     arg_docs: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:
+    """The pydantic fields the model fills in, and the parameter that takes the context.
+
+    Validates the ``bound`` values in place against their parameters' type hints.
+    """
+    hints = typing.get_type_hints(fn, include_extras=True)
     fields: dict[str, Any] = {}
     ctx_param: str | None = None
     params = inspect.signature(fn).parameters
@@ -213,23 +239,7 @@ def tool_from_function(
     unknown = sorted(set(bound) - set(params))
     if unknown:
         raise ValueError(f"{tool_name}: bind names no parameter: {', '.join(unknown)}")
-    model = create_model(f"{tool_name}_arguments", __config__=ARGUMENTS_CONFIG, **fields)
-
-    async def handler(args: dict[str, Any], ctx: ToolContext) -> Any:
-        kwargs = {**bound, **args}
-        if ctx_param is not None:
-            kwargs[ctx_param] = ctx
-        return await fn(**kwargs)
-
-    return Tool(
-        name=tool_name,
-        description=description or summary or tool_name.replace("_", " "),
-        parameters=object_schema(model),
-        arguments=model,
-        handler=handler,
-        timeout_s=timeout_s,
-        kind="python",
-    )
+    return fields, ctx_param
 
 
 def _has_description(hint: Any) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -92,6 +92,16 @@ def timeline_from_record(record: Any, now: float | None = None) -> Timeline:
     def rel(at: float) -> float:
         return max(0.0, float(at) - t0)
 
+    spans = _spans(record, rel, t0, end)
+    agent_start = {s.item_id: s.start for s in spans if s.role == "agent"}
+    marks = [*_barge_marks(record, rel, t0, agent_start), *_event_marks(record, rel, t0),
+             *_latency_marks(record, rel, t0)]
+    duration = max(end - t0, *(s.end for s in spans), *(m.end or m.at for m in marks), 0.0)
+    return Timeline(duration, tuple(spans), tuple(marks), live)
+
+
+def _spans(record: Any, rel: Callable[[float], float], t0: float, end: float) -> list[Span]:
+    """Who spoke when: the record's own speech spans, else estimated from the transcript."""
     barge_by_item = {str(_get(b, "item_id", "")): b for b in _get(record, "barge_ins", [])}
     spans: list[Span] = []
     explicit = _get(record, "speech", None) or []
@@ -106,8 +116,12 @@ def timeline_from_record(record: Any, now: float | None = None) -> Timeline:
         texts = {str(_get(e, "item_id", "")): str(_get(e, "text", "")) for e in transcript}
         spans = [Span(s.role, s.start, s.end, s.item_id, texts.get(s.item_id, ""),
                       s.truncated) for s in spans]
+    return spans
 
-    agent_start = {s.item_id: s.start for s in spans if s.role == "agent"}
+
+def _barge_marks(record: Any, rel: Callable[[float], float], t0: float,
+                 agent_start: dict[str, float]) -> list[Mark]:
+    """Each barge-in, and where the interrupted reply was truncated."""
     marks: list[Mark] = []
     for b in _get(record, "barge_ins", []):
         at = rel(_get(b, "at", t0))
@@ -122,6 +136,12 @@ def timeline_from_record(record: Any, now: float | None = None) -> Timeline:
             marks.append(Mark("truncation", point, item_id=item,
                               label=f"truncated at {cut if cut is not None else heard} ms",
                               extra=(("audio-end-ms", str(cut if cut is not None else heard)),)))
+    return marks
+
+
+def _event_marks(record: Any, rel: Callable[[float], float], t0: float) -> list[Mark]:
+    """Tool calls (drawn over their duration), then DTMF digits."""
+    marks: list[Mark] = []
     for tool in _get(record, "tool_calls", []):
         at = rel(_get(tool, "at", t0))
         ok = bool(_get(tool, "ok", True))
@@ -134,6 +154,12 @@ def timeline_from_record(record: Any, now: float | None = None) -> Timeline:
         marks.append(Mark("dtmf", rel(_get(d, "at", t0)), label=digit,
                           extra=(("direction", str(_get(d, "direction", ""))),
                                  ("action", str(_get(d, "action", ""))))))
+    return marks
+
+
+def _latency_marks(record: Any, rel: Callable[[float], float], t0: float) -> list[Mark]:
+    """Each turn's latency, split into upstream and bridge time."""
+    marks: list[Mark] = []
     for turn in _get(record, "turns", []):
         first_frame = rel(_get(turn, "at", t0))
         upstream = float(_get(turn, "upstream_ms", 0.0) or 0.0)
@@ -145,8 +171,7 @@ def timeline_from_record(record: Any, now: float | None = None) -> Timeline:
                                 f"bridge {pipeline:.0f})",
                           extra=(("total-ms", f"{total:.1f}"), ("upstream-ms", f"{upstream:.1f}"),
                                  ("pipeline-ms", f"{pipeline:.1f}"))))
-    duration = max(end - t0, *(s.end for s in spans), *(m.end or m.at for m in marks), 0.0)
-    return Timeline(duration, tuple(spans), tuple(marks), live)
+    return marks
 
 
 def _speech_stops(turns: Iterable[Any], rel: Any) -> list[float]:
