@@ -470,7 +470,7 @@ class StreamResampler:
                                  else _ENGINES[name](in_rate, out_rate))
         self._odd = b""
         # Steady frame sizes take the FIR's preallocated path (the inbound per-frame cost
-        # of every call: DESIGN.md, "Where the time goes").
+        # of every call: docs/architecture.md, "Where the time goes").
         engine = self._engine
         self._fast = engine.process_pcm if isinstance(engine, _Fir) else None
         #: the ``ResampleBatch`` holding this stream's next chunk, if any

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-#: Voices the Realtime API offers (PROTOCOL.md §9).
+#: Voices the Realtime API offers (docs/realtime-protocol.md §9).
 VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
@@ -92,7 +92,7 @@ class MatchModel(_Model):
 
 
 class TurnDetectionModel(_Model):
-    """``[agent.turn_detection]`` (PROTOCOL.md §9); type "none" means manual turns."""
+    """``[agent.turn_detection]`` (docs/realtime-protocol.md §9); type "none" means manual turns."""
 
     type: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)

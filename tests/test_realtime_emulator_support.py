@@ -73,7 +73,8 @@ def assert_conforms(event: dict[str, Any], dialect: str = "ga") -> None:
         extras += _extras(session, "session")
     elif event["type"] in ("session.created", "session.updated"):
         # The beta Session model declares neither; the emulator sends both in the preview
-        # dialect too because clients read the expiry from session.created (PROTOCOL.md §4).
+        # dialect too because clients read the expiry from session.created
+        # (docs/realtime-protocol.md §4).
         allowed = {f"{event['type']}.session.object", f"{event['type']}.session.expires_at"}
         extras = [e for e in extras if e not in allowed]
     assert not extras, f"fields the models do not declare: {extras}"

@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-Waking the event loop costs far more than moving a 20 ms frame (DESIGN.md, "Where the
-time goes"), so the process has exactly one timer chain for media: ``MediaClock`` keeps
-a single ``loop.call_at`` handle and, at each tick, calls every subscriber's
-``on_tick(now)`` synchronously. 200 calls cost one wake-up per 20 ms, not 200.
+Waking the event loop costs far more than moving a 20 ms frame (docs/architecture.md,
+"Where the time goes"), so the process has exactly one timer chain for media:
+``MediaClock`` keeps a single ``loop.call_at`` handle and, at each tick, calls every
+subscriber's ``on_tick(now)`` synchronously. 200 calls cost one wake-up per 20 ms, not 200.
 
 Tick ``n`` is due at ``t0 + n * period``. Deadlines are computed from the grid, never by
 adding ``period`` to the time a callback happened to run, so lateness never accumulates
@@ -16,11 +16,11 @@ Late wake-ups (policy)
 If the loop was blocked and wakes ``k`` periods late, ``k`` ticks are overdue. Dropping
 them would silently shorten every call's timeline (the far end would hear time vanish and
 our ``heard_ms`` would still be right, but the RTP clock would jump); bursting all of them
-would overflow the far end's jitter buffer after a long stall (PRIOR_ART.md, pacing:
-2x bursts overflowed carrier buffers). So the clock delivers the overdue ticks back to
-back, up to ``max_catch_up`` extra ticks (default 5 = 100 ms, inside any phone's jitter
-buffer), counts them as late, and skips the rest (counted as skipped). Skipping moves
-``n`` forward but keeps ``t0``: the grid stays where it was.
+would overflow the far end's jitter buffer after a long stall (a carrier's buffer is
+sized for steady pacing, and a 2x burst overruns it). So the clock delivers the overdue
+ticks back to back, up to ``max_catch_up`` extra ticks (default 5 = 100 ms, inside any
+phone's jitter buffer), counts them as late, and skips the rest (counted as skipped).
+Skipping moves ``n`` forward but keeps ``t0``: the grid stays where it was.
 
 Long slices (policy)
 --------------------

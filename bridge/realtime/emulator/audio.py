@@ -1,6 +1,6 @@
 """Audio formats of the Realtime protocol, and the few conversions the emulator needs.
 
-The protocol knows three formats (PROTOCOL.md §7): ``audio/pcm`` (PCM16LE mono 24 kHz,
+The protocol knows three formats (docs/realtime-protocol.md §7): ``audio/pcm`` (PCM16LE mono 24 kHz,
 48 bytes per ms) and G.711 ``audio/pcmu`` / ``audio/pcma`` (8 kHz, one byte per sample).
 The emulator decodes G.711 with the standard library's ``audioop`` (C, fast) for its VAD
 and converts between formats through PCM16, resampling with ``soxr`` when rates differ.

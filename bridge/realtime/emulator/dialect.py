@@ -5,7 +5,7 @@ The emulator keeps one canonical session configuration in the GA shape (``type``
 ``audio.output.{format, voice, speed}``, ``output_modalities``, ...). A preview
 (``/openai/realtime?api-version=...``) session is translated at the edge: its flat
 ``session.update`` is mapped onto the GA shape before merging, and every event leaving a
-preview session is renamed and reshaped by :func:`to_preview_event` (PROTOCOL.md §2).
+preview session is renamed and reshaped by :func:`to_preview_event` (docs/realtime-protocol.md §2).
 
 :func:`apply_update` validates a whole update before changing anything: a rejected
 ``session.update`` changes nothing and surfaces as :class:`SessionUpdateError` carrying the

@@ -212,7 +212,7 @@ class Emulator:
             dialect = "ga"
             model = query.get("model", "")
             if parts.path.startswith("/openai/") and "api-version" in query:
-                # Azure's GA endpoint refuses an api-version (PROTOCOL.md §1).
+                # Azure's GA endpoint refuses an api-version (docs/realtime-protocol.md §1).
                 return _bad(connection, HTTPStatus.UNAUTHORIZED,
                             "api-version is not accepted on the GA endpoint")
         elif parts.path == PREVIEW_PATH:
