@@ -177,7 +177,7 @@ def test_send_header_fields_random_start_and_wrap_around() -> None:
     tx = RtpSession(payload_type=8, codec="pcma", remote=A, rng=random.Random(5))
     other = RtpSession(payload_type=8, codec="pcma", remote=A, rng=random.Random(6))
     assert tx.ssrc != other.ssrc
-    tx._seq, tx._next_ts = 0xFFFE, 0xFFFFFF00      # force both counters near the wrap
+    tx._seq, tx.timeline.next_ts = 0xFFFE, 0xFFFFFF00     # force both counters near the wrap
     pkts = [parse(tx.send_audio(b"\xd5" * 160, i * 0.02)[0]) for i in range(4)]
     assert [p.sequence for p in pkts] == [0xFFFF, 0, 1, 2]
     assert [p.timestamp for p in pkts] == [0xFFFFFF00, 0xFFFFFFA0, 0x40, 0xE0]

@@ -9,18 +9,26 @@ which the allocator keeps reserved).
 Inbound, everything happens inside the datagram callback (no task per packet, no queue):
 ``datagram_received`` -> ``RtpSession.receive`` (latching, parsing, jitter buffer, DTMF)
 -> every payload now in order is G.711-decoded and cut into 20 ms PCM16 frames for
-:attr:`RtpEndpoint.on_audio`. Playout is clocked by packet arrival: in-order audio is
-delivered the moment it arrives, and the jitter buffer only holds packets while a
-sequence gap is open; then, and only then, a timer (``loop.call_at`` at the session's
-deadline) is armed to conceal the gap if the missing packet never comes. Why: a clocked
-playout buffer would delay every frame by its depth, and every millisecond here is a
-millisecond later that the model hears the caller (see :mod:`bridge.rtp.jitter`).
+:attr:`RtpEndpoint.on_audio` (:class:`bridge.media.drain.FrameDrain`, shared with the
+WebRTC leg), each after a call of :attr:`RtpEndpoint.poll` (the media clock's ``poll``,
+set by whoever wires the endpoint to a call). Playout is clocked by packet arrival:
+in-order audio is delivered the moment it arrives, and the jitter buffer only holds
+packets while a sequence gap is open; then, and only then, a timer (``loop.call_at`` at
+the session's deadline) is armed to conceal the gap if the missing packet never comes.
+Why: a clocked playout buffer would delay every frame by its depth, and every millisecond
+here is a millisecond later that the model hears the caller (see :mod:`bridge.rtp.jitter`).
 
 Outbound, :meth:`RtpEndpoint.send_audio` is called by the shared media clock once per
 20 ms with one PCM16 frame: encode, packetize at the negotiated ptime, ``sendto`` the
 latched (or SDP) address. DTMF is sent as RFC 4733 events paced with ``asyncio.sleep``
 on the schedule :func:`bridge.rtp.dtmf.tone_packets` computes; audio is held back while
 an event is being sent.
+
+G.711 passthrough (:meth:`RtpEndpoint.carry_encoded`): inbound frames are the payload
+bytes as they arrived (20 ms = 160 bytes, no decode; a concealed gap is encoded silence)
+and :meth:`RtpEndpoint.send_encoded` sends a payload as is. Should a re-INVITE switch the
+call to the other law, the endpoint converts between the two laws rather than hand the
+call payloads of a law it did not agree to.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import Any, cast
 from bridge import metrics
 from bridge.codecs.g711 import CODECS
 from bridge.errors import MediaError
+from bridge.media.drain import Convert, FrameDrain, Poll, no_poll
 from bridge.rtp.dtmf import EventPacket, tone_packets
 from bridge.rtp.session import Address, RtpSession, RtpStats
 
@@ -94,6 +103,10 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.peer_host = peer_host
         self.on_audio: Callable[[bytes], None] = _ignore
         self.on_dtmf: Callable[[str], None] = _ignore
+        #: Called before each inbound frame goes to ``on_audio``: the media clock's poll.
+        self.poll: Poll = no_poll
+        #: "" (PCM16 crosses the seam) or the G.711 law carried as is (``carry_encoded``).
+        self.carry = ""
         self._loop = loop = asyncio.get_running_loop()
         # The loop's clock, read once per packet each way. asyncio's own loops define
         # time() as time.monotonic(): call that directly and save a Python frame per
@@ -104,11 +117,13 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._session: RtpSession | None = None
         self._decode: Callable[[bytes], bytes] = _ignore_codec
         self._encode: Callable[[bytes], bytes] = _ignore_codec
+        self._codec = ""
+        #: inbound payload -> frame bytes (None: as is), carried payload -> wire payload
+        self._convert_in: Convert = _ignore_codec
+        self._convert_out: Convert = None
         self._silence_key: tuple[Callable[[bytes], bytes], int] | None = None
         self._silence = b""
-        self._partial = b""
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._frames = FrameDrain(loop, FRAME_BYTES, self._on_timer)
         self._dtmf_lock = asyncio.Lock()
         self._closed = False
         self._port_released = False
@@ -194,6 +209,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         """Apply the negotiated media (again on a re-INVITE; a new address re-latches)."""
         encode, decode = CODECS[codec.lower()]
         self._encode, self._decode = encode, decode
+        self._codec = codec.lower()
+        self._set_conversions()
         if self._session is None:
             self._session = RtpSession(
                 payload_type=payload_type, codec=codec.lower(),
@@ -210,45 +227,31 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     def session(self) -> RtpSession | None:
         return self._session
 
+    def carry_encoded(self, law: str) -> None:
+        """From now on carry the G.711 ``law`` payload as is, both ways (see module doc)."""
+        self.carry = law
+        self._frames.reframer.reset(FRAME_SAMPLES)
+        self._set_conversions()
+
+    def _set_conversions(self) -> None:
+        carry, codec = self.carry, self._codec
+        if not carry:
+            self._convert_in, self._convert_out = self._decode, None
+        elif not codec or carry == codec:
+            self._convert_in = self._convert_out = None
+        else:                       # a re-INVITE moved the call to the other law
+            carry_encode, carry_decode = CODECS[carry]
+            decode, encode = self._decode, self._encode
+            self._convert_in = lambda payload: carry_encode(decode(payload))
+            self._convert_out = lambda payload: encode(carry_decode(payload))
+
     # -- inbound ----------------------------------------------------------------------
 
     def _drain(self, session: RtpSession, now: float) -> None:
-        """Deliver every payload that is ready as 20 ms PCM frames; arm the gap timer.
-
-        Works on the jitter buffer's ``ready`` deque and ``holding`` dict directly rather
-        than through ``pop_audio``/``get_timer`` (same outcome: one release at ``now``
-        moves everything the gap no longer holds back): this runs for every packet of
-        every call, and the wrappers were five calls per packet.
-        """
-        jitter = session.jitter
-        if jitter.holding:
-            jitter.release(now)
-        ready = jitter.ready
-        if ready:
-            decode = self._decode
-            on_audio = self.on_audio
-            while ready:
-                pcm = decode(ready.popleft())
-                if not self._partial and len(pcm) == FRAME_BYTES:
-                    on_audio(pcm)                  # 20 ms packets: the common case
-                    continue
-                pcm = self._partial + pcm
-                at = 0
-                while len(pcm) - at >= FRAME_BYTES:
-                    on_audio(pcm[at:at + FRAME_BYTES])
-                    at += FRAME_BYTES
-                self._partial = pcm[at:]
-        if not jitter.holding:
-            return                                 # no gap open: no timer (steady state)
-        deadline = jitter.get_timer()
-        if deadline is not None and (self._timer is None or self._timer_at != deadline):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        """Deliver every payload that is ready as 20 ms frames; arm the gap timer."""
+        self._frames.drain(session.jitter, now, self._convert_in, self.on_audio, self.poll)
 
     def _on_timer(self) -> None:
-        self._timer = None
         if self._session is not None and not self._closed:
             self._drain(self._session, self._now())
 
@@ -257,6 +260,11 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     def send_audio(self, pcm: bytes) -> None:
         """Send one 20 ms PCM16 frame (encoded, packetized at the ptime). Never blocks."""
         self._send_payload(self._encode(pcm))
+
+    def send_encoded(self, payload: bytes) -> None:
+        """Send one frame of the carried law's payload as is (``carry_encoded``)."""
+        convert = self._convert_out
+        self._send_payload(payload if convert is None else convert(payload))
 
     def send_silence(self, samples: int = 160) -> None:
         """Send ``samples`` of silence (an idle call's every tick): the encoded silence is
@@ -359,9 +367,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._frames.close()
         if self._transport is not None:
             # The port goes back to the allocator in connection_lost, once the socket
             # is really closed (the loop closes it on its next iteration).

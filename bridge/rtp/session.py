@@ -36,8 +36,9 @@ Send: our SSRC, first sequence number and first timestamp are random (RFC 3550 �
 §8.1 for the SSRC). The marker bit is set on the first packet of each talkspurt
 (RFC 3551 §4.1): the first packet, after a hold, after a DTMF event, and after a pause
 in sending longer than ``gap_ms``; across such a pause the timestamp advances by the
-real time elapsed, so the far end's playout stays aligned. Frames arrive as 20 ms of
-G.711 and are regrouped to the negotiated ptime.
+real time elapsed, so the far end's playout stays aligned. That rule is
+:class:`bridge.rtp.timestamps.RtpTimeline`, which the WebRTC leg's G.711 sender shares.
+Frames arrive as 20 ms of G.711 and are regrouped to the negotiated ptime.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from bridge.errors import RtpError
 from bridge.rtp.dtmf import DtmfReceiver
 from bridge.rtp.jitter import JitterBuffer
 from bridge.rtp.packet import MAX_PACKET_SIZE, pack_header, parse_fast
+from bridge.rtp.timestamps import RtpTimeline
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +98,12 @@ class RtpSession:
         rng = rng or random.SystemRandom()
         self.ssrc = rng.getrandbits(32)
         self._seq = rng.getrandbits(16)
-        self._next_ts = rng.getrandbits(32)
+        self.timeline = RtpTimeline(rng.getrandbits(32), clock_rate, gap_ms / 1000.0)
         self.clock_rate = clock_rate
         self.latch_any = latch_any
         #: Where the call's signalling came from: also trusted before latching.
         self.peer_host = peer_host
         self.max_packet_size = max_packet_size
-        self.gap = gap_ms / 1000.0
         self.jitter = jitter or JitterBuffer(clock_rate=clock_rate,
                                              frame_samples=clock_rate * 20 // 1000,
                                              silence_byte=SILENCE_BYTE.get(codec, 0xFF))
@@ -113,10 +114,7 @@ class RtpSession:
         self._sending_to_unspecified = False
         self._sending = True
         self._in_event = False
-        self._talkspurt = True
         self._pending = b""
-        self._last_sent: float | None = None   # when the last audio/event packet went out
-        self._last_samples = 0
         self._event_ts = 0
         self.received = 0
         self.sent = 0
@@ -246,7 +244,7 @@ class RtpSession:
     def set_sending(self, allowed: bool) -> None:
         """Hold (False) and resume (True); resuming starts a new talkspurt."""
         if allowed and not self._sending:
-            self._talkspurt = True
+            self.timeline.talkspurt = True
         self._sending = allowed
         self._pending = b""
 
@@ -270,30 +268,9 @@ class RtpSession:
         self._pending = data[at:]
         return out
 
-    def _timestamp_now(self, now: float) -> tuple[int, bool]:
-        """Timestamp for a packet sent at ``now``, and whether a talkspurt starts."""
-        last = self._last_sent
-        if last is None:
-            return self._next_ts, True
-        elapsed = now - last
-        if self._talkspurt or elapsed > self.gap:
-            # Across a pause the timestamp follows real time (RFC 3550 §5.1: it
-            # "reflects the sampling instant"), never going backwards.
-            extra = round(elapsed * self.clock_rate) - self._last_samples
-            return (self._next_ts + max(0, extra)) & 0xFFFFFFFF, True
-        return self._next_ts, False
-
     def _audio_packet(self, payload: bytes, now: float) -> bytes:
-        last = self._last_sent
-        if last is not None and not self._talkspurt and now - last <= self.gap:
-            ts, marker = self._next_ts, False      # mid-talkspurt: _timestamp_now inlined
-        else:
-            ts, marker = self._timestamp_now(now)
-        self._talkspurt = False
+        ts, marker = self.timeline.stamp(now, len(payload))
         seq = self._seq = (self._seq + 1) & 0xFFFF
-        self._next_ts = (ts + len(payload)) & 0xFFFFFFFF
-        self._last_sent = now
-        self._last_samples = len(payload)
         self.sent += 1
         return pack_header(marker, self.payload_type, seq, ts, self.ssrc) + payload
 
@@ -301,7 +278,7 @@ class RtpSession:
         """Start sending a telephone-event: audio is held back; returns its timestamp."""
         if self.dtmf_payload_type is None:
             raise ValueError("telephone-event was not negotiated")
-        ts, _ = self._timestamp_now(now)
+        ts, _ = self.timeline.peek(now)
         self._in_event = True
         self._pending = b""
         self._event_ts = ts
@@ -322,12 +299,7 @@ class RtpSession:
             return
         self._in_event = False
         self.dtmf_sent += 1
-        self._talkspurt = True
-        end_ts = (self._event_ts + duration_samples) & 0xFFFFFFFF
-        if ((end_ts - self._next_ts) & 0xFFFFFFFF) < 0x80000000:
-            self._next_ts = end_ts
-        self._last_sent = now
-        self._last_samples = 0
+        self.timeline.resume_after((self._event_ts + duration_samples) & 0xFFFFFFFF, now)
 
     # -- counters --------------------------------------------------------------------
 

@@ -5,6 +5,11 @@ through ``command``, the service's one entry point that runs a user-agent comman
 current time and sends what it produced. The service reports the far end's moves back
 through the underscore methods (``_remote_hangup``, ``_media_updated``, ``_dtmf``,
 ``_transfer_done``).
+
+Media is the RTP endpoint's: inbound frames go from its datagram callback straight to the
+sink (after the media clock's ``poll``, which whoever creates the leg sets as
+:attr:`SipLeg.poll`), outbound frames from the media clock straight to its socket. With
+G.711 passthrough (``carry_encoded``) both are the negotiated law's payload bytes as is.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 from collections.abc import Callable
 
 from bridge.call.leg import LegInfo, LegSink, MediaLeg, TransferOutcome
+from bridge.media.drain import Poll
 from bridge.rtp.endpoint import RtpEndpoint
 from bridge.sip.sdp import NegotiatedMedia
 from bridge.sip.ua import CallKey, UserAgent
@@ -52,6 +58,22 @@ class SipLeg(MediaLeg):
     def ended(self) -> bool:
         return self._ended is not None
 
+    @property
+    def poll(self) -> Poll:
+        """Called before each inbound frame reaches the sink: the media clock's ``poll``."""
+        return self.rtp.poll
+
+    @poll.setter
+    def poll(self, poll: Poll) -> None:
+        self.rtp.poll = poll
+
+    def carry_encoded(self, law: str) -> bool:
+        if law not in ("pcmu", "pcma") or self.g711 != law:
+            return False
+        self.carry = law
+        self.rtp.carry_encoded(law)
+        return True
+
     def attach(self, sink: LegSink) -> None:
         self._sink = sink
         self.rtp.on_audio = sink.on_leg_audio
@@ -61,11 +83,17 @@ class SipLeg(MediaLeg):
 
     def write_frame(self, pcm: bytes) -> None:
         if self._ended is None:
-            self.rtp.send_audio(pcm)
+            if self.carry == "pcm16":
+                self.rtp.send_audio(pcm)
+            else:
+                self.rtp.send_encoded(pcm)
 
     def write_silence(self) -> None:
         if self._ended is None:
-            self.rtp.send_silence(self.frame_bytes // 2)
+            if self.carry == "pcm16":
+                self.rtp.send_silence(self.frame_samples)
+            else:
+                super().write_silence()        # the carried law's silence, as is
 
     async def hang_up(self, reason: str) -> None:
         if self._ended is not None:
