@@ -1,0 +1,129 @@
+"""bridge.internals.websockets: the import-time check of websockets' low-level names, and
+the hand-built client frames (RFC 6455 §5.2, §5.3) byte for byte."""
+
+from __future__ import annotations
+
+import struct
+import types
+
+import pytest
+import websockets
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from bridge.errors import BridgeError
+from bridge.internals import IncompatibleLibrary
+from bridge.internals import websockets as internals
+
+
+def unmask_frame(data: bytes) -> tuple[int, int, bytes, bytes]:
+    """(first byte, declared length, key, unmasked payload) of one masked client frame,
+    parsed by hand from the RFC, not by the code under test."""
+    first, second = data[0], data[1]
+    assert second & 0x80, "client frames must be masked"
+    length, at = second & 0x7F, 2
+    if length == 126:
+        (length,) = struct.unpack("!H", data[2:4])
+        at = 4
+    elif length == 127:
+        (length,) = struct.unpack("!Q", data[2:10])
+        at = 10
+    key = data[at:at + 4]
+    body = data[at + 4:]
+    assert len(body) == length, "the frame holds exactly its declared length"
+    return first, length, key, bytes(b ^ key[i % 4] for i, b in enumerate(body))
+
+
+def test_the_installed_library_has_every_name() -> None:
+    assert internals.missing_names(websockets) == []
+    internals.check(websockets)          # does not raise
+
+
+def test_an_empty_library_is_refused_naming_everything_missing() -> None:
+    with pytest.raises(IncompatibleLibrary) as info:
+        internals.check(types.SimpleNamespace(__version__="99.0"))
+    message = str(info.value)
+    assert "99.0" in message
+    for path, names in internals.REQUIRED.items():
+        for name in names:
+            assert f"{path}.{name}" in message
+    assert isinstance(info.value, BridgeError)
+
+
+def test_a_library_missing_one_name_is_refused_naming_only_that_one() -> None:
+    class OldProtocol:  # no send_text, writes assigned in __init__ as the real one does
+        state = None
+        extensions: list[object] = []
+        expect_continuation_frame = False
+
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def data_to_send(self) -> list[bytes]:
+            return []
+
+    fake = types.SimpleNamespace(
+        asyncio=websockets.asyncio,
+        protocol=types.SimpleNamespace(Protocol=OldProtocol, State=websockets.protocol.State),
+        utils=websockets.utils)
+    assert internals.missing_names(fake) == ["protocol.Protocol.send_text"]
+    with pytest.raises(IncompatibleLibrary, match=r"protocol\.Protocol\.send_text$"):
+        internals.check(fake)
+
+
+def test_an_instance_attribute_no_longer_assigned_is_caught() -> None:
+    # ``writes`` exists only once __init__ ran: it is found in the code that assigns it, and
+    # a release whose __init__ stopped assigning it is refused.
+    class Renamed:
+        state = None
+        extensions: list[object] = []
+        expect_continuation_frame = False
+
+        def __init__(self) -> None:
+            self.pending: list[bytes] = []     # was ``writes``
+
+        def send_text(self, data: bytes) -> None: ...
+
+        def data_to_send(self) -> list[bytes]:
+            return self.pending
+
+    lib = types.SimpleNamespace(
+        asyncio=websockets.asyncio, utils=websockets.utils,
+        protocol=types.SimpleNamespace(Protocol=Renamed, State=websockets.protocol.State))
+    assert internals.missing_names(lib) == ["protocol.Protocol.writes"]
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_fast_frames_are_rfc6455_client_text_frames(length: int) -> None:
+    payload = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
+    key = b"\x12\x34\xab\xcd"
+    frame = internals.text_frame(payload, key)
+    first, declared, got_key, body = unmask_frame(frame)
+    assert first == 0x81                      # FIN, opcode 1 (text), no RSV bits
+    assert (declared, got_key, body) == (length, key, payload)
+    # Byte-identical to websockets' own serializer with the same key.
+    # The header is byte-identical to websockets' own serializer's (its key is random).
+    expected = Frame(Opcode.TEXT, payload).serialize(mask=True, extensions=[])
+    header = len(frame) - length - 4
+    assert len(frame) == len(expected)
+    assert frame[:header] == expected[:header]
+
+
+def test_fast_frames_parse_back_through_websockets_reader() -> None:
+    payload = b'{"type":"input_audio_buffer.append","audio":"AAAA"}'
+    frame = internals.text_frame(payload, b"\x01\x02\x03\x04")
+    reader = StreamReader()
+    reader.feed_data(frame)
+    parser = Frame.parse(reader.read_exact, mask=True)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    parsed = done.value.value
+    assert (parsed.opcode, parsed.fin, parsed.data) == (Opcode.TEXT, True, payload)
+
+
+def test_masking_keys_are_fresh_for_every_frame() -> None:
+    masks = internals.Masks()
+    keys = [masks.key() for _ in range(600)]      # crosses a 1 KiB refill
+    assert all(len(k) == 4 for k in keys)
+    assert len(set(keys)) > 590                    # 32 random bits: collisions are rare
+    assert internals.apply_mask(b"\x00" * 8, b"\xff\x00\xff\x00") == b"\xff\x00\xff\x00" * 2
