@@ -4,6 +4,7 @@ Imported as ``bridge.codecs`` (``bridge/codecs`` links to this folder): a top-le
 package called ``codecs`` would be shadowed by the standard library's ``codecs``, which
 Python imports at start-up. Inside the package, imports are relative for the same reason.
 
-Modules: ``g711`` (PCMU/PCMA), ``resample`` (``StreamResampler`` and its modes),
+Modules: ``g711`` (PCMU/PCMA), ``resample`` (``StreamResampler`` and its modes, ``ResampleBatch``),
+``fir`` (the low-latency FIR engine those use by default),
 ``framing`` (``PlayoutBuffer``), ``level`` (dBFS, silence, tones).
 """
