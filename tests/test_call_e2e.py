@@ -361,7 +361,7 @@ async def test_transfer_by_name_outside_the_dialplan_is_refused_by_the_call(
     """Defence in depth: even a tool handing the call a bad name gets nothing."""
     plans = make_plans(tmp_path, greeting=False)
     h = Harness("ws://127.0.0.1:9", plans.default, MemoryRecordStore())
-    outcome = await h.call.transfer("+15557654321")
+    outcome = await h.call.control.transfer("+15557654321")
     assert outcome == TransferOutcome(ok=False, detail="unknown target '+15557654321'")
     assert h.leg.transfers == []
 

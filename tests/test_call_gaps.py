@@ -125,7 +125,7 @@ async def test_caller_audio_that_stops_still_gets_a_reply(tmp_path: Path,
         h.leg.far_end_hangup()
         record = await h.finish()
     assert any("echo" in t.text for t in record.transcript)
-    assert h.call.gaps.silence_frames > 0
+    assert h.call.inbound.gaps.silence_frames > 0
     s = session(emu)
     # The silence went up in the session's own format, 20 ms per append.
     appends = s.received_types.count("input_audio_buffer.append")
@@ -143,4 +143,4 @@ async def test_a_leg_that_keeps_sending_gets_no_silence(tmp_path: Path) -> None:
         await emu_wait(emu, lambda r: r.last is not None and r.last.turns >= 1, 10.0)
         h.leg.far_end_hangup()
         await h.finish()
-    assert h.call.gaps.silence_frames == 0
+    assert h.call.inbound.gaps.silence_frames == 0

@@ -139,13 +139,16 @@ async def test_wait_drained() -> None:
     sched, _clock, _leg, p, _ = setup()
     p.push("a", sine24k(100))
     p.end_of_response()
-    waiter = asyncio.ensure_future(p.wait_drained(5.0))
+    waiter = p.drained()
+    assert waiter is not None
     await asyncio.sleep(0)
     sched.advance(0.06)
     await asyncio.sleep(0)
     assert not waiter.done()
     sched.advance(0.06)
-    assert await waiter is True
+    await asyncio.sleep(0)
+    assert waiter.done()
+    assert p.drained() is None                 # nothing queued: no wait at all
 
 
 def test_sixty_seconds_of_agent_audio_paced_without_drift() -> None:

@@ -231,7 +231,7 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     print(f"{connected}/{n} calls connected", flush=True)
     if connected < n:
         for c in calls_by_leg.values():
-            c.end("bench_abort")
+            c.end("shutdown", "bench aborted")
         await asyncio.gather(*tasks, return_exceptions=True)
         print("not all calls connected; no figures", file=sys.stderr)
         return 1
@@ -294,7 +294,7 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     feed_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await feed_task
-    await manager.shutdown("bench_done", grace_s=10)
+    await manager.shutdown("shutdown", grace_s=10)
     await asyncio.gather(*tasks, return_exceptions=True)
 
     wall = wall1 - wall0

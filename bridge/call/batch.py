@@ -31,14 +31,20 @@ class UpstreamBatch:
         self.batch = ResampleBatch()
         self._scheduled: asyncio.AbstractEventLoop | None = None
 
-    def submit(self, rs: StreamResampler, pcm: bytes,
-               deliver: Callable[[bytes], object]) -> bool:
+    def submit(self, rs: StreamResampler, pcm: bytes, deliver: Callable[[bytes], object],
+               poll: Callable[[], object] | None = None) -> bool:
         """Queue ``pcm`` for ``rs``; ``deliver`` gets the resampled bytes later in this
-        loop pass. False when the stream cannot be batched (use ``rs.process``)."""
+        loop pass. False when the stream cannot be batched (use ``rs.process``).
+
+        ``poll`` (the media clock's) runs after the delivery: the batch delivers every
+        call's frame in one callback, each a socket write, and a tick due meanwhile goes
+        out between two of them rather than after the whole batch."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False        # no loop to run the batch: the caller resamples now
+        if poll is not None:
+            deliver = _Polled(deliver, poll)
         if not self.batch.submit(rs, pcm, deliver):
             return False
         if self._scheduled is not loop:
@@ -53,6 +59,18 @@ class UpstreamBatch:
             self.batch.run()
         except Exception:
             log.exception("delivering resampled caller audio failed")
+
+
+class _Polled:
+    __slots__ = ("deliver", "poll")
+
+    def __init__(self, deliver: Callable[[bytes], object], poll: Callable[[], object]) -> None:
+        self.deliver = deliver
+        self.poll = poll
+
+    def __call__(self, data: bytes) -> None:
+        self.deliver(data)
+        self.poll()
 
 
 _shared: UpstreamBatch | None = None

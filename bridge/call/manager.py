@@ -23,6 +23,7 @@ from typing import Any
 
 from bridge.call.call import Call, RealtimeFactory, RealtimeSession
 from bridge.call.clock import MediaClock, shared_clock
+from bridge.call.events import CallEvent
 from bridge.call.leg import MediaLeg
 from bridge.call.records import CallRecord, RecordStore
 from bridge.dialplans.plan import DialplanSet
@@ -34,6 +35,8 @@ from bridge.realtime.profile import SessionProfile
 log = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], None]
+_LEGACY_NAMES = {"call.transcript": "transcript", "call.barge_in": "barge_in",
+                 "call.tool_call": "tool_call", "call.dtmf": "dtmf", "call.fallback": "fallback"}
 
 
 #: Reconnect policy of a call's client. A dropped upstream is retried 3 times with back-off
@@ -135,9 +138,6 @@ class CallManager:
             log.exception("could not save the call record")
         return record
 
-    # ``start_call`` is the name the signalling side uses.
-    start_call = handle
-
     def hang_up(self, call_id: str, reason: str = "operator") -> bool:
         """End a live call from outside (dashboard, API). False if there is no such call."""
         call = self.calls.get(call_id)
@@ -198,8 +198,9 @@ class CallManager:
         finally:
             self._queues.discard(q)
 
-    def _publish(self, event: dict[str, Any]) -> None:
-        event.setdefault("at", time.time())
+    def _publish(self, typed: CallEvent) -> None:
+        event: dict[str, Any] = typed.to_json()
+        event["type"] = _LEGACY_NAMES.get(typed.kind, typed.kind)
         for listener in list(self._listeners):
             try:
                 listener(event)

@@ -79,11 +79,18 @@ class Playout:
         self.audio_format = audio_format
         self._bytes_per_ms = BYTES_PER_MS[audio_format]
         self._g711 = audio_format if audio_format in ("pcmu", "pcma") else ""
+        #: G.711 passthrough: deltas are already the leg's payload (no decode, no resample)
+        self.passthrough = bool(self._g711) and leg.carry == self._g711
         in_rate = 8000 if self._g711 else 24000
         self._resampler: StreamResampler = (
             outbound_resampler(self.rate) if in_rate == 24000
             else StreamResampler(in_rate, self.rate))
-        self._buf = PlayoutBuffer(self.rate, leg.frame_ms)
+        if self.passthrough:
+            self._buf = PlayoutBuffer(self.rate, leg.frame_ms, sample_width=1,
+                                      silence=0xFF if self._g711 == "pcmu" else 0xD5)
+        else:
+            self._buf = PlayoutBuffer(self.rate, leg.frame_ms)
+        self._width = 1 if self.passthrough else 2
         # (item id or None, samples not yet handed to the leg), oldest first
         self._segments: deque[list[Any]] = deque()
         self._pending = 0                      # samples buffered (ours, exact)
@@ -119,14 +126,17 @@ class Playout:
         if item_id != self.last_item:
             self.last_item = item_id
             self._prune()
-        pcm = g711.decode(self._g711, audio) if self._g711 else audio
         self._open = True
         self._draining = False
+        if self.passthrough:
+            self._add(item_id, audio)
+            return
+        pcm = g711.decode(self._g711, audio) if self._g711 else audio
         self._add(item_id, self._resampler.process(pcm))
 
     def end_of_response(self) -> None:
         """The response is done: flush the resampler tail and let the last frame out."""
-        if self._open:
+        if self._open and not self.passthrough:
             self._add(self.last_item, self._resampler.flush())
             self._resampler.reset()
         self._open = False
@@ -134,15 +144,16 @@ class Playout:
         self._check_drained()
 
     def push_leg_audio(self, pcm: bytes) -> None:
-        """Non-agent audio (announcement, tones) already at the leg's rate."""
+        """Non-agent audio (announcement, tones): PCM16 at the leg's rate."""
         self._draining = True
-        self._add(None, pcm)
+        self._add(None, g711.encode(self._g711, pcm) if self.passthrough else pcm)
 
-    def _add(self, item_id: str | None, pcm: bytes) -> None:
-        n = len(pcm) // 2
+    def _add(self, item_id: str | None, data: bytes) -> None:
+        w = self._width
+        n = len(data) // w
         if n == 0:
             return
-        self._buf.push(pcm[: 2 * n])
+        self._buf.push(data[: w * n])
         self._pending += n
         if self._segments and self._segments[-1][0] == item_id:
             self._segments[-1][1] += n
@@ -292,18 +303,14 @@ class Playout:
                 if not w.done():
                     w.set_result(None)
 
-    async def wait_drained(self, limit_s: float = 10.0) -> bool:
-        """Wait until everything queued has been handed to the leg (bounded)."""
+    def drained(self) -> asyncio.Future[None] | None:
+        """A future done once everything queued has been handed to the leg (None: it
+        already has). The caller bounds the wait on its clock (``timers.wait_within``)."""
         if self._pending == 0 and not self._open:
-            return True
+            return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
-        try:
-            async with asyncio.timeout(limit_s):
-                await fut
-        except TimeoutError:
-            return False
-        return True
+        return fut
 
     def _prune(self) -> None:
         for d in (self.heard, self.received):

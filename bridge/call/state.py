@@ -148,6 +148,9 @@ class CallStateMachine:
             self._on_change(old, new, trigger)
         return True
 
+    def in_(self, *states: CallState) -> bool:
+        return self.state in states
+
     @property
     def talking(self) -> bool:
         """The agent can answer: caller audio goes upstream, DTMF may go to the model."""
