@@ -13,7 +13,8 @@ import pytest
 from bridge.call.leg import Source
 from bridge.config import WebRtcConfig
 from bridge.webrtc.client import WebRtcCaller
-from bridge.webrtc.leg import OutboundTrack, WebRtcLeg, WebRtcOfferError, answer_audio_codec
+from bridge.webrtc.leg import WebRtcLeg, WebRtcOfferError, answer_audio_codec
+from bridge.webrtc.track import OutboundTrack
 
 
 def tone(freq: float, ms: int, rate: int, amplitude: int = 8000) -> bytes:
@@ -86,12 +87,12 @@ async def test_g711_preferred_audio_both_ways_dtmf_and_bye() -> None:
         # sent by the leg itself (not aiortc's sender loop), which never paced silence
         direct = leg._g711_send
         assert direct is not None and direct.direct is True and direct.sent >= 50
-        assert leg.track.silent == 0 and not leg.track._queue
+        assert leg.track.silent == 0 and not leg.track.queued
         # a pause in the feed: RTP time keeps step with real time (≥ 10 frames skipped)
-        before = direct._timestamp
+        before = direct.timeline.next_ts
         await asyncio.sleep(0.25)
         leg.write_frame(out)
-        assert (direct._timestamp - before) % (1 << 32) >= 11 * 160
+        assert (direct.timeline.next_ts - before) % (1 << 32) >= 11 * 160
 
         await until(lambda: caller.dtmf.readyState == "open")
         caller.send_dtmf("5")

@@ -30,6 +30,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from bridge.codecs import g711
+from bridge.internals import aiortc as internals
 
 if sys.version_info >= (3, 13):  # pragma: no cover - audioop-lts provides the same module
     import audioop
@@ -180,8 +181,7 @@ class WebRtcCaller:
 
             transceiver.setCodecPreferences(_preferred_codecs(("pcmu",)))
             self.source.encoded = "pcmu"
-            receiver = transceiver.receiver
-            receiver._handle_rtp_packet = self._count_packet  # type: ignore[method-assign]
+            internals.hook_receiver(transceiver.receiver, self._count_packet)
         elif self._codecs:
             from bridge.webrtc.leg import _preferred_codecs  # noqa: PLC0415
 
