@@ -610,25 +610,6 @@ async def test_appends_of_40_ms_halve_the_messages(tmp_path: Path) -> None:
     assert s.appended_audio_ms / appends == pytest.approx(40, abs=1)
 
 
-async def test_max_duration_and_caller_silence_end_the_call(tmp_path: Path) -> None:
-    plans = make_plans(tmp_path / "a", greeting=False, max_call_s=0.5) if (
-        (tmp_path / "a").mkdir() or True) else None
-    assert plans is not None
-    async with Emulator(EmulatorConfig()) as emu:
-        h = Harness(emu.url, plans.default, MemoryRecordStore())
-        h.start()
-        record = await h.finish()
-        assert record.end_reason == "max_duration"
-        assert h.leg.hangups == ["max_duration"]
-
-        (tmp_path / "b").mkdir()
-        plans = make_plans(tmp_path / "b", greeting=False, silence_s=0.5)
-        h = Harness(emu.url, plans.default, MemoryRecordStore())
-        h.start()
-        record = await h.finish()
-        assert record.end_reason == "caller_silence"
-
-
 async def test_agent_hang_up_tool_waits_for_the_goodbye(tmp_path: Path) -> None:
     script = write_script(tmp_path, """
 [[rule]]

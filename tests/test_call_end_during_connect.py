@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bridge.call.call import Call
-from tests.test_call_review_dispatch import Rig, ScriptedSession, make_plan
+from tests.support.call_rig import Rig, ScriptedSession, make_plan
 
 
 class EndsWhileConnecting(ScriptedSession):

@@ -23,8 +23,8 @@ from bridge.call.records import CallRecord, SqliteRecordStore
 from bridge.codecs import g711
 from bridge.dialplans.plan import DialplanSet
 from bridge.realtime import events as ev
+from tests.support.call_rig import OPERATOR, SALES, Rig, make_plan, settle
 from tests.test_call_e2e import speech
-from tests.test_call_review_dispatch import OPERATOR, SALES, Rig, make_plan, settle
 
 Ending = Callable[[Rig], Awaitable[None]]
 
@@ -56,7 +56,7 @@ async def upstream_lost(rig: Rig) -> None:
 
 
 async def limit_fires(rig: Rig) -> None:
-    await asyncio.sleep(0.2)          # the limits are loop timers (0.05 s here)
+    await rig.tick(5)                 # the limits are media-clock timers (0.05 s here)
 
 
 async def cancelled(rig: Rig) -> None:

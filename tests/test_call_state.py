@@ -1,0 +1,199 @@
+"""The call's lifecycle: the transition table, and one ending per reason on the virtual clock.
+
+Each ending runs a whole call on a ``Rig`` (virtual media clock, scripted session): the
+call is brought to the state the ending happens in, the ending is caused the way it is in
+production (the far end hangs up, a tool, a key, a limit on the clock, the upstream lost,
+an operator, a shutdown, our own bug), and the record must carry that reason. The same
+run with that one transition deleted from the table must NOT end for that reason, and must
+log the illegal transition: the table, not a flag, decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.call.state import (
+    TRANSITIONS,
+    CallState,
+    CallStateMachine,
+    EndReason,
+    Trigger,
+)
+from bridge.realtime import events as ev
+from tests.support.call_rig import Rig, make_plan
+
+S, E = CallState, EndReason
+Ending = Callable[[Rig], Awaitable[None]]
+log = logging.getLogger("test.state")
+
+
+# ----------------------------------------------------------------------------- the machine
+def test_a_call_walks_the_happy_path() -> None:
+    m = CallStateMachine(log)
+    for trigger, state in ((Trigger.START, S.CONNECTING), (Trigger.GREET, S.GREETING),
+                           (Trigger.GREETED, S.CONVERSING),
+                           (Trigger.RECONNECTING, S.RECONNECTING),
+                           (Trigger.RECONNECTED, S.CONVERSING),
+                           (Trigger.TRANSFER, S.TRANSFERRING),
+                           (Trigger.TRANSFER_FAILED, S.CONVERSING),
+                           (E.CALLER_HANGUP, S.ENDING), (Trigger.FINISHED, S.ENDED)):
+        assert m.fire(trigger), trigger
+        assert m.state is state
+    assert m.end_reason is E.CALLER_HANGUP and m.over and not m.talking
+
+
+def test_an_illegal_transition_is_logged_and_changes_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    m = CallStateMachine(log)
+    m.fire(Trigger.START)
+    with caplog.at_level(logging.ERROR, "test.state"):
+        assert not m.fire(E.TRANSFERRED)          # nothing was being transferred
+        assert not m.fire(Trigger.RECONNECTED)
+    assert m.state is S.CONNECTING and m.end_reason is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "illegal call transition: connecting on transferred",
+        "illegal call transition: connecting on reconnected"]
+
+
+def test_the_first_end_reason_wins_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    m = CallStateMachine(log)
+    m.fire(Trigger.START)
+    m.fire(Trigger.CONNECTED)
+    assert m.fire(E.MAX_DURATION)
+    with caplog.at_level(logging.ERROR, "test.state"):
+        assert not m.fire(E.CALLER_HANGUP)
+    assert m.end_reason is E.MAX_DURATION and caplog.records == []
+
+
+def test_every_live_state_can_end_and_ended_is_final() -> None:
+    live = [s for s in S if s not in (S.ENDING, S.ENDED)]
+    for state in live:
+        for reason in (E.CALLER_HANGUP, E.SHUTDOWN, E.OPERATOR, E.ERROR, E.MAX_DURATION):
+            assert TRANSITIONS[state][reason] is S.ENDING
+    assert TRANSITIONS[S.ENDED] == {}
+    assert set(TRANSITIONS[S.ENDING]) == {Trigger.FINISHED}
+    # Talking states let caller audio upstream; connecting and falling back do not.
+    m = CallStateMachine(log)
+    m.state = S.FALLING_BACK
+    assert not m.talking
+    m.state = S.GREETING
+    assert m.talking
+
+
+# ----------------------------------------------------------------------------- endings
+async def caller_hangs_up(rig: Rig) -> None:
+    rig.leg.far_end_hangup("bye")
+
+
+async def agent_hangs_up(rig: Rig) -> None:
+    await rig.reply("r1", "i1", 100, "Goodbye.", done=True)
+    await rig.emit(ev.FunctionCall("r1", "f1", "c1", "hang_up", '{"reason": "done"}'))
+    await rig.done("r1")
+    await rig.tick(10)
+
+
+async def tool_transfers(rig: Rig) -> None:
+    await rig.emit(ev.FunctionCall("r1", "f1", "c1", "transfer_call", '{"target": "sales"}'))
+    await rig.done("r1")
+    await rig.tick(5)
+
+
+async def key_hangs_up(rig: Rig) -> None:
+    rig.leg.press("9")
+    await rig.tick(2)
+
+
+async def limit_on_the_clock(rig: Rig) -> None:
+    await rig.tick(60)                    # 1.2 s of virtual time; the limits are 1 s
+
+
+async def upstream_lost(rig: Rig) -> None:
+    await rig.emit(ev.UpstreamLost("connection refused", False))
+    await rig.tick(40)                    # the fallback tones play out, then the hang-up
+
+
+async def operator(rig: Rig) -> None:
+    rig.call.end("operator")
+    await rig.tick()
+
+
+async def shutdown(rig: Rig) -> None:
+    assert rig.task is not None
+    rig.task.cancel()
+    await asyncio.wait([rig.task])
+
+
+async def own_bug(rig: Rig) -> None:
+    async def broken(text: str) -> None:
+        raise RuntimeError("a bug in a part of the call")
+    rig.session.add_user_text = broken    # type: ignore[method-assign]
+    rig.leg.press("5")                    # a key for the model: its task fails
+    await rig.tick(2)
+
+
+# reason -> (the state it ends from, how, plan options)
+CASES: dict[EndReason, tuple[CallState, Ending, dict[str, float | str]]] = {
+    E.CALLER_HANGUP: (S.CONVERSING, caller_hangs_up, {}),
+    E.AGENT_HANGUP: (S.CONVERSING, agent_hangs_up, {}),
+    E.TRANSFERRED: (S.TRANSFERRING, tool_transfers, {}),
+    E.CALLER_DTMF_HANGUP: (S.CONVERSING, key_hangs_up, {}),
+    E.MAX_DURATION: (S.CONVERSING, limit_on_the_clock, {"max_call_s": 1.0}),
+    E.CALLER_SILENCE: (S.CONVERSING, limit_on_the_clock, {"silence_s": 1.0}),
+    E.UPSTREAM_LOST: (S.FALLING_BACK, upstream_lost, {"fallback": "hangup"}),
+    E.OPERATOR: (S.CONVERSING, operator, {}),
+    E.SHUTDOWN: (S.CONVERSING, shutdown, {}),
+    E.ERROR: (S.CONVERSING, own_bug, {}),
+}
+
+
+def test_every_end_reason_has_a_case() -> None:
+    assert set(CASES) == set(EndReason)
+
+
+async def run_ending(tmp_path: Path, reason: EndReason) -> tuple[Rig, str | None]:
+    state, ending, options = CASES[reason]
+    rig = Rig(make_plan(tmp_path, **options))  # type: ignore[arg-type]
+    await rig.start()
+    await rig.tick(2)
+    assert rig.call.state.state is S.CONVERSING
+    await ending(rig)
+    # The state the ending happened in (the machine is past it when it took).
+    if rig.call.ended:
+        assert rig.call.record.end_reason == reason.value
+    elif rig.call.state.state is not S.FALLING_BACK or state is not S.FALLING_BACK:
+        assert rig.call.state.state in (state, S.CONVERSING)
+    reached = rig.call.record.end_reason
+    if not rig.call.ended:                # end it another way, to clean up
+        rig.call.end(E.SHUTDOWN if reason is E.OPERATOR else E.OPERATOR)
+    if rig.task is not None and not rig.task.done():
+        await rig.finish()
+    return rig, reached
+
+
+@pytest.mark.parametrize("reason", list(CASES), ids=lambda r: r.value)
+async def test_each_reason_ends_the_call_from_its_state(tmp_path: Path,
+                                                          reason: EndReason) -> None:
+    rig, reached = await run_ending(tmp_path, reason)
+    assert reached == reason.value
+    assert rig.call.state.state is S.ENDED
+    assert rig.call.record.ended_at is not None
+    assert rig.clock.subscribers == 0
+
+
+@pytest.mark.parametrize("reason", list(CASES), ids=lambda r: r.value)
+async def test_each_reason_needs_its_transition(tmp_path: Path, reason: EndReason,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    state = CASES[reason][0]
+    monkeypatch.delitem(TRANSITIONS[state], reason)
+    with caplog.at_level(logging.ERROR, "bridge.call.call"):
+        rig, reached = await run_ending(tmp_path, reason)
+    assert reached != reason.value
+    assert any(f"illegal call transition: {state.value} on {reason.value}" in r.getMessage()
+               for r in caplog.records)
+    assert rig.call.record.ended_at is not None       # it still ended cleanly
