@@ -2,131 +2,73 @@
 
 Theory of operation
 -------------------
-The wire mapping lives in ``dialects.EventMapper`` (sans-I/O), the conversation text in
-``history.History``, the session settings in ``profile``; this module is the asyncio
-adapter around them and owns exactly one task: the reader. It
+The wire mapping lives in ``dialects.EventMapper`` (sans-I/O), the response bookkeeping in
+``responses.Responses`` (sans-I/O), the conversation text in ``history.History``, the
+session settings in ``profile``, opening one session in ``connection.Connector``; this
+module is the asyncio adapter around them and owns exactly one task: the reader. It
 
-* opens the socket (raw ``websockets``, ``compression=None``: audio is base64 and does
-  not compress, and permessage-deflate costs CPU on every frame), waits for
-  ``session.created``, sends ``session.update``, waits for ``session.updated``, and -- on a
-  new socket mid-call -- re-seeds the conversation text (PROTOCOL.md §8);
-* reads server events, maps them, keeps the books (the one active response, queued
-  ``response.create``, function-call items, assistant audio per item, the caller's turns)
-  and hands the events to the call through ``events()``;
+* connects (``connect``): a session is opened, configured and -- on a new socket mid-call
+  -- re-seeded with the conversation text (docs/realtime-protocol.md §8);
+* reads server events, maps them, has ``Responses`` book them (the one active response,
+  queued ``response.create``, function-call items, assistant audio per item, the caller's
+  turns), does what it decides and hands the events to the call through ``events()``;
 * on a close worth retrying (1001, 1005, 1006, 1011, 1012, 1013) reconnects with back-off
   to a new session; on auth (HTTP 401/403, close 3000) or bad-request failures (HTTP
   400/404, close 4000) gives up at once with ``UpstreamLost``, and so it does when sessions
   keep dropping (more than ``max_reconnects`` drops within ``flap_window_s``: each
   reconnect succeeding on its own would otherwise keep the caller in silence for ever);
-* rotates the session before ``expires_at`` at a quiet moment (no response active,
-  playout idle, caller not speaking, no caller turn waiting for server VAD's answer, no
-  tool call outstanding) in a short-lived task that
-  opens the new session beside the old one and swaps them.
+* rotates the session before ``expires_at`` at a quiet moment (``Responses.quiet``: no
+  response active, playout idle, caller not speaking, no caller turn waiting for server
+  VAD's answer, no tool call outstanding) in a short-lived task that opens the new session
+  beside the old one and swaps them.
 
-Writing never awaits. Every client event is one unfragmented text frame, so the client
-hands it to the connection's protocol object and flushes it to the transport in the same
-step (what ``websockets``' own ``send`` does, minus the coroutine and the drain). That
-keeps ``append_audio`` -- called from a datagram callback 50 times a second per call --
-free of tasks, futures and loop wake-ups. Flow control: while more than
-``AUDIO_HIGH_WATER`` bytes wait in the transport, audio frames are dropped (and counted)
-instead of piling up latency; control events are always written.
+Writing never awaits. Every client event is one unfragmented text frame, written to the
+transport in the same step (``bridge.internals.websockets.FrameWriter``). That keeps
+``append_audio`` -- called from a datagram callback 50 times a second per call -- free of
+tasks, futures and loop wake-ups. Flow control: while more than ``AUDIO_HIGH_WATER`` bytes
+wait in the transport, audio frames are dropped (and counted) instead of piling up
+latency; control events are always written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import itertools
-import json
 import logging
-import os
 import random
-import struct
 import time
 from binascii import b2a_base64
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.protocol import State
-from websockets.utils import apply_mask as _apply_mask_py
+from websockets.exceptions import ConnectionClosed
 
-from bridge import __version__, metrics
+from bridge import metrics
+from bridge.aio import cancel_all
 from bridge.errors import RealtimeAuthError, RealtimeError, RealtimeUnavailable
 from bridge.realtime import dialects
 from bridge.realtime import events as ev
-from bridge.realtime.auth import EntraTokenProvider, TokenProvider, handshake_headers
-from bridge.realtime.config import RealtimeTarget, redact_url
-from bridge.realtime.dialects import APPEND_PREFIX, APPEND_SUFFIX, EventMapper
+from bridge.realtime.auth import EntraTokenProvider
+from bridge.realtime.config import RealtimeTarget
+from bridge.realtime.connection import (
+    RETRY_CLOSE_CODES,
+    Connector,
+    Logger,
+    RealtimeRejected,
+    Session,
+    _Retryable,
+    close_quietly,
+    lost_reason,
+)
+from bridge.realtime.dialects import APPEND_PREFIX, APPEND_SUFFIX
 from bridge.realtime.history import History
-from bridge.realtime.profile import SessionProfile, build_session_update
-
-try:   # websockets' C masking, as its own framing uses
-    from websockets.speedups import apply_mask
-except ImportError:   # pragma: no cover - websockets built without its C extension
-    apply_mask = _apply_mask_py
-
-#: Close codes worth a reconnect (PROTOCOL.md §8).
-RETRY_CLOSE_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013})
-#: Close codes that mean "do not try again": auth, bad request shape.
-AUTH_CLOSE_CODES = frozenset({3000})
-REJECT_CLOSE_CODES = frozenset({4000})
-AUTH_HTTP = frozenset({401, 403})
-REJECT_HTTP = frozenset({400, 404})
+from bridge.realtime.profile import SessionProfile
+from bridge.realtime.responses import Responses, Verdict
 
 #: Audio waiting in the transport beyond this is a stalled upstream: drop frames, not latency.
 AUDIO_HIGH_WATER = 256 * 1024
-_OPEN = State.OPEN
-MAX_MESSAGE = 16 * 1024 * 1024
-
-
-@functools.lru_cache(maxsize=64)
-def _text_frame_header(length: int) -> bytes:
-    """FIN + text opcode and a masked length (RFC 6455 §5.2; client frames are masked)."""
-    if length < 126:
-        return struct.pack("!BB", 0x81, 0x80 | length)
-    if length < 65536:
-        return struct.pack("!BBH", 0x81, 0x80 | 126, length)
-    return struct.pack("!BBQ", 0x81, 0x80 | 127, length)
-
-
-class _Masks:
-    """Masking keys for client frames. RFC 6455 §5.3: the client MUST pick a fresh key
-    for each frame, unpredictable, "derived from a strong source of entropy": each key is
-    4 fresh bytes of ``os.urandom``, fetched 1 KiB at a time instead of one syscall per
-    frame."""
-
-    __slots__ = ("_pool", "_at")
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
-
-    def apply(self, payload: bytes) -> bytes:
-        key = self.key()
-        return key + apply_mask(payload, key)
-
-    def key(self) -> bytes:
-        """The next fresh 4-byte masking key."""
-        at = self._at
-        if at + 4 > len(self._pool):
-            self._pool, at = os.urandom(1024), 0
-        self._at = at + 4
-        return self._pool[at:at + 4]
-
-
-class RealtimeRejected(RealtimeUnavailable):
-    """The upstream refused the request itself (HTTP 400/404, close 4000, a rejected
-    ``session.update``): retrying the same thing cannot help."""
-
-
-class _Retryable(RealtimeUnavailable):
-    """A failure worth another attempt (network, HTTP 429/5xx, a recoverable close)."""
 
 
 @dataclass
@@ -142,20 +84,17 @@ class ClientStats:
     last_connect_s: float = 0.0
 
 
-@dataclass
-class _Conn:
-    """One socket and its session."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: attempts per connect, back-off, and the bound on flapping."""
 
-    ws: ClientConnection
-    mapper: EventMapper
-    session_id: str = ""
-    expires_at: float | None = None
-    ready: bool = False
-    retired: bool = False
-    call_ids: set[str] = field(default_factory=set)
-    items: set[str] = field(default_factory=set)   # assistant output items of this session
-    close_reason: str = ""
-    opened_wall: float = 0.0   # wall-clock time the session was ready (epoch s)
+    max_reconnects: int = 3
+    reconnect_backoff_s: float = 0.5
+    flap_window_s: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        base: float = self.reconnect_backoff_s * 2.0 ** (attempt - 1)
+        return min(base, 8.0) * random.uniform(0.8, 1.2)
 
 
 class RealtimeClient:
@@ -163,7 +102,7 @@ class RealtimeClient:
 
     def __init__(self, target: RealtimeTarget, profile: SessionProfile, *,
                  token_provider: Callable[[], Awaitable[str]] | None = None,
-                 log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+                 log: Logger | None = None,
                  max_reconnects: int = 3, rotate_margin_s: float = 120.0,
                  reconnect_backoff_s: float = 0.5, open_timeout_s: float = 15.0,
                  flap_window_s: float = 60.0,
@@ -175,60 +114,42 @@ class RealtimeClient:
         if token_provider is None and target.use_entra and not target.api_key:
             self._owned_provider = EntraTokenProvider()
             token_provider = self._owned_provider
-        self._token_provider: TokenProvider | None = token_provider
-        self.max_reconnects = max_reconnects
+        self.retry = RetryPolicy(max_reconnects, reconnect_backoff_s, flap_window_s)
         self.rotate_margin_s = rotate_margin_s
-        self.reconnect_backoff_s = reconnect_backoff_s
-        self.open_timeout_s = open_timeout_s
-        self.flap_window_s = flap_window_s
         self._drops: deque[float] = deque()   # monotonic times of recent session drops
         self._wall = wall_clock
+        self._ids = itertools.count(1)
+        self._connector = Connector(target, profile, token_provider=token_provider,
+                                    log=self._log, open_timeout_s=open_timeout_s,
+                                    next_id=self._next_id, wall_clock=wall_clock)
         self.stats = ClientStats()
         self.history = History()
+        self.books = Responses(
+            self.history, bytes_per_ms=profile.bytes_per_ms,
+            server_answers=(profile.turn_detection is not None
+                            and profile.turn_detection.create_response),
+            interrupt_response=profile.interrupt_response)
         #: called as bytes arrive and before each received message is handled: a busy
         #: process's media clock delivers a due tick there instead of after a whole burst
         #: of socket reads and messages (set before ``connect``)
         self.on_message: Callable[[], object] | None = None
 
-        self._conn: _Conn | None = None
+        self._conn: Session | None = None
         self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._rotation: asyncio.Task[None] | None = None
         self._rotate_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._finished = False
-        self._ids = itertools.count(1)
         self._drop_warned = False
-        self._masks = _Masks()
-
-        # Response bookkeeping: PROTOCOL.md §5.4, one active response at a time.
-        self._active: str | None = None         # response id, or "" while our create is unacked
-        self._create_event_id: str | None = None
-        self._create_instructions: str | None = None
-        self._queued: deque[str | None] = deque()
-        self._suppressed: set[str] = set()      # responses being cancelled: no audio, no tools
-        self._caller_speaking = False
-        # Server VAD ended a caller turn and will answer it on *this* session: swapping
-        # sessions before its response.created would lose the caller's words.
-        self._answer_due = False
-        self._server_answers = (profile.turn_detection is not None
-                                and profile.turn_detection.create_response)
-        self._playout_active = False
-        self._tools_outstanding: set[str] = set()
-        self._calls: dict[str, ev.FunctionCall] = {}
-        self._cancel_on_create = False
-        self._audio_item: str | None = None
-        self._session_update_id = ""
-
-        kind = target.kind
-        self._m_connects = metrics.UPSTREAM_CONNECTS.labels(kind=kind)
-        self._m_reconnects = metrics.UPSTREAM_RECONNECTS.labels(kind=kind)
+        self._m_connects = metrics.UPSTREAM_CONNECTS.labels(kind=target.kind)
+        self._m_reconnects = metrics.UPSTREAM_RECONNECTS.labels(kind=target.kind)
 
     # -- public API -----------------------------------------------------------------------
 
     @property
     def response_active(self) -> bool:
-        return self._active is not None
+        return self.books.response_active
 
     @property
     def session_id(self) -> str:
@@ -241,15 +162,13 @@ class RealtimeClient:
     @property
     def connected(self) -> bool:
         conn = self._conn
-        return conn is not None and conn.ready and conn.ws.protocol.state is State.OPEN
+        return conn is not None and conn.ready and conn.writer.is_open()
 
     @property
     def write_backlog(self) -> int:
         """Bytes written but not yet taken by the kernel (0 without a socket)."""
         conn = self._conn
-        if conn is None or conn.ws.transport.is_closing():
-            return 0
-        return int(conn.ws.transport.get_write_buffer_size())
+        return 0 if conn is None else conn.writer.backlog()
 
     async def connect(self) -> None:
         """Open the session; returns after ``session.updated``.
@@ -266,13 +185,13 @@ class RealtimeClient:
                 conn = await self._open(reseed=False)
                 break
             except _Retryable as exc:
-                if attempt > self.max_reconnects:
+                if attempt > self.retry.max_reconnects:
                     self._count_error("unavailable")
                     raise RealtimeUnavailable(
                         f"{self.target.kind} unreachable after {attempt} attempts: {exc}"
                     ) from None
                 self._log.warning("Realtime connect attempt %d failed: %s", attempt, exc)
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(self.retry.backoff(attempt))
             except RealtimeAuthError:
                 self._count_error("auth")
                 raise
@@ -297,95 +216,64 @@ class RealtimeClient:
         task, no await. Dropped (and counted) while no session is ready or the upstream
         is not draining."""
         conn = self._conn
-        if conn is None or not conn.ready:
+        if conn is None or not conn.ready or not conn.writer.is_open():
             self.stats.frames_dropped += 1
             return
-        ws = conn.ws
-        proto = ws.protocol
-        if proto.state is not _OPEN:
-            self.stats.frames_dropped += 1
-            return
-        transport = ws.transport
-        if transport.get_write_buffer_size() > AUDIO_HIGH_WATER:
+        writer = conn.writer
+        if writer.backlog() > AUDIO_HIGH_WATER:
             self.stats.frames_dropped += 1
             if not self._drop_warned:
                 self._drop_warned = True
                 self._log.warning("Realtime upstream not draining: dropping caller audio")
             return
         self._drop_warned = False
-        payload = b"".join((APPEND_PREFIX, b2a_base64(data, newline=False), APPEND_SUFFIX))
-        if proto.extensions or proto.expect_continuation_frame:
-            proto.send_text(payload)          # not expected (compression=None); be correct
-            for chunk in proto.data_to_send():
-                transport.write(chunk)
-        else:
-            # The frame is built here, not through Frame.serialize (a dataclass, a BytesIO
-            # and a getrandom syscall per frame): 50 times a second per call, the framing
-            # cost as much as the base64. Anything the protocol has pending goes first
-            # (checked before calling data_to_send, which allocates a list every time).
-            if proto.writes:
-                for chunk in proto.data_to_send():
-                    transport.write(chunk)
-            key = self._masks.key()
-            transport.write(b"".join((_text_frame_header(len(payload)), key,
-                                      apply_mask(payload, key))))
+        writer.send_fast(b"".join((APPEND_PREFIX, b2a_base64(data, newline=False),
+                                   APPEND_SUFFIX)))
         self.stats.frames_appended += 1
         self.stats.bytes_appended += len(data)
 
     async def create_response(self, instructions: str | None = None) -> None:
-        """``response.create``; queued while a response is active (PROTOCOL.md §5.4)."""
-        if self._active is not None or self._conn is None or not self._conn.ready:
-            self._queued.append(instructions)
-            return
-        self._send_create(instructions)
+        """``response.create``; queued while a response is active
+        (docs/realtime-protocol.md §5.4)."""
+        if self.books.request_create(instructions, ready=self._ready()):
+            self._send_create(instructions)
 
     async def cancel_response(self) -> None:
         """Cancel the active response (the bridge's own interruption: DTMF, a tool)."""
-        rid = self._active
-        if rid is None:
-            return
-        if rid == "":
-            # Our response.create is not acknowledged yet: cancel it once it is.
-            self._cancel_on_create = True
-            return
-        self._suppress(rid)
-        self._send(dialects.response_cancel())
+        rid = self.books.cancel()
+        if rid is not None:
+            self._mute(rid)
+            self._send(dialects.response_cancel())
 
     async def truncate(self, item_id: str, audio_end_ms: int) -> None:
-        """The caller heard ``audio_end_ms`` of assistant item ``item_id`` (PROTOCOL.md §6).
+        """The caller heard ``audio_end_ms`` of assistant item ``item_id``
+        (docs/realtime-protocol.md §6).
 
         Clamped to the audio received for the item; skipped on the wire at 0 ms
         (truncating an item with no audio is an error) and for items of an earlier
         session. The conversation history is trimmed to what was heard either way.
         """
-        received = self.history.audio_ms(item_id)
-        heard = max(0, min(int(audio_end_ms), int(received)))
-        self.history.heard(item_id, heard)
         conn = self._conn
-        if heard <= 0 or conn is None or item_id not in conn.items:
-            return
-        self._send(dialects.truncate_event(item_id, heard))
-
-    def report_heard(self, item_id: str, heard_ms: float) -> None:
-        """Trim the history only (e.g. playout stopped at hang-up): no wire event."""
-        self.history.heard(item_id, heard_ms)
+        heard = self.books.truncate(item_id, audio_end_ms,
+                                    conn.items if conn is not None else None)
+        if heard > 0:
+            self._send(dialects.truncate_event(item_id, heard))
 
     async def send_tool_output(self, call_id: str, output: str) -> None:
         """Answer a ``FunctionCall``; then call ``create_response()`` once all are in."""
-        self._tools_outstanding.discard(call_id)
-        call = self._calls.pop(call_id, None)
         conn = self._conn
-        if conn is not None and conn.ready and call_id not in conn.call_ids:
-            if call is None:
-                self._log.warning("tool output for unknown call %s dropped", call_id)
-                self._maybe_rotate()
-                return
+        live = conn if conn is not None and conn.ready else None
+        plan = self.books.tool_output(call_id, live.items if live is not None else None)
+        if not plan.send:
+            self._log.warning("tool output for unknown call %s dropped", call_id)
+        else:
+            call = plan.recreate
             # The call was made on a session that has since been replaced: give the new
             # session the function_call item first, so the output has something to answer.
-            if self._send(dialects.function_call_item(call.call_id, call.name,
-                                                      call.arguments)):
-                conn.call_ids.add(call_id)
-        self._send(dialects.function_output_item(call_id, output))
+            if (call is not None and live is not None and self._send(
+                    dialects.function_call_item(call.call_id, call.name, call.arguments))):
+                live.items.call_ids.add(call_id)
+            self._send(dialects.function_output_item(call_id, output))
         self._maybe_rotate()
 
     async def add_user_text(self, text: str) -> None:
@@ -394,7 +282,7 @@ class RealtimeClient:
         self._send(dialects.user_text_item(text, self.target.dialect))
 
     def set_playout_active(self, active: bool) -> None:
-        self._playout_active = active
+        self.books.playout_active = active
         if not active:
             self._maybe_rotate()
 
@@ -408,14 +296,9 @@ class RealtimeClient:
         conn = self._conn
         if conn is not None:
             conn.retired = True
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await conn.ws.close(1000)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await close_quietly(conn.ws)
+        for exc in await cancel_all(tasks):
+            self._log.warning("Realtime task ended with %s: %s", type(exc).__name__, exc)
         if self._owned_provider is not None:
             await self._owned_provider.aclose()
         self._finish()
@@ -426,112 +309,22 @@ class RealtimeClient:
         # A method, not the attribute: close() flips it while the reader awaits.
         return self._closing
 
+    def _ready(self) -> bool:
+        return self._conn is not None and self._conn.ready
+
     def _next_id(self) -> str:
         return f"vb_{next(self._ids)}"
 
-    def _backoff(self, attempt: int) -> float:
-        base: float = self.reconnect_backoff_s * 2.0 ** (attempt - 1)
-        return min(base, 8.0) * random.uniform(0.8, 1.2)
-
-    async def _open(self, *, reseed: bool) -> _Conn:
-        """One connect attempt: handshake, session.created, session.update, updated."""
-        started = time.perf_counter()
-        headers = await handshake_headers(self.target, self._token_provider)
-        self._log.debug("connecting to %s", self.target.safe_url)
-        try:
-            ws = await websockets.connect(
-                self.target.url,
-                create_connection=_HookedConnection,
-                additional_headers=headers,
-                compression=None,
-                max_size=MAX_MESSAGE,
-                open_timeout=self.open_timeout_s,
-                close_timeout=2.0,
-                user_agent_header=f"voicebridge/{__version__}",
-                # websockets logs handshake headers at DEBUG: keep credentials out of logs.
-                logger=_QUIET_WS_LOGGER,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in AUTH_HTTP:
-                raise RealtimeAuthError(
-                    f"{self.target.kind} refused the credentials (HTTP {status})") from None
-            if status in REJECT_HTTP:
-                raise RealtimeRejected(
-                    f"{self.target.kind} rejected the request (HTTP {status}): check the "
-                    "endpoint, deployment and API version") from None
-            raise _Retryable(f"HTTP {status} at the handshake") from None
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {_safe_text(exc)}") from None
-        except (InvalidURI, ValueError) as exc:
-            # A URL that cannot be parsed: no retry helps, and the exception's text is the
-            # URL itself, api-key query and all -- never let it out.
-            raise RealtimeRejected(f"{self.target.kind}: {self.target.safe_url} is not a "
-                                   f"usable WebSocket URL ({type(exc).__name__})") from None
-        if isinstance(ws, _HookedConnection):
-            ws.hook = self.on_message
-        conn = _Conn(ws, EventMapper(self.target.dialect))
-        try:
-            async with asyncio.timeout(self.open_timeout_s):
-                await self._handshake(conn)
-        except TimeoutError:
-            await _abort(ws)
-            raise _Retryable("no session.updated in time") from None
-        except BaseException:
-            await _abort(ws)
-            raise
-        if reseed:
-            for event in self.history.seed_events(self.target.dialect):
-                self._write(conn, event)
-        conn.ready = True
-        conn.opened_wall = self._wall()
-        elapsed = time.perf_counter() - started
+    async def _open(self, *, reseed: bool) -> Session:
+        """One connect attempt (see ``connection.Connector.open``), counted."""
+        seed = self.history.seed_events(self.target.dialect) if reseed else []
+        conn = await self._connector.open(seed, self.on_message)
         self.stats.connects += 1
-        self.stats.last_connect_s = elapsed
+        self.stats.last_connect_s = conn.connect_s
         self._m_connects.inc()
-        self._log.info("Realtime session %s ready on %s in %.0f ms", conn.session_id,
-                       self.target.kind, elapsed * 1000)
         return conn
 
-    async def _handshake(self, conn: _Conn) -> None:
-        last_error: ev.ServerError | None = None
-        sent_update = False
-        update = build_session_update(self.profile, self.target.dialect)
-        update["event_id"] = update_id = self._next_id()
-        while True:
-            try:
-                message = await conn.ws.recv()
-            except ConnectionClosed:
-                raise self._close_error(conn, last_error) from None
-            for event in conn.mapper.feed(message):
-                if isinstance(event, ev.SessionCreated) and not sent_update:
-                    conn.session_id = event.session_id
-                    conn.expires_at = event.expires_at
-                    self._write(conn, update)
-                    sent_update = True
-                elif isinstance(event, ev.SessionReady) and sent_update:
-                    conn.session_id = event.session_id or conn.session_id
-                    conn.expires_at = event.expires_at
-                    return
-                elif isinstance(event, ev.ServerError):
-                    last_error = event
-                    if event.event_id == update_id:
-                        raise RealtimeRejected(
-                            f"session.update rejected: {event.code}: {event.message}")
-                    self._log.warning("Realtime error before session ready: %s", event.code)
-
-    def _close_error(self, conn: _Conn, last_error: ev.ServerError | None) -> RealtimeError:
-        code = _close_code(conn.ws)
-        detail = f" ({last_error.code})" if last_error and last_error.code else ""
-        if code in AUTH_CLOSE_CODES:
-            return RealtimeAuthError(f"{self.target.kind} closed with {code}{detail}: "
-                                     "credentials refused")
-        if code in REJECT_CLOSE_CODES:
-            return RealtimeRejected(f"{self.target.kind} closed with {code}{detail}: "
-                                    "request refused")
-        return _Retryable(f"closed with {code}{detail}")
-
-    def _install(self, conn: _Conn) -> None:
+    def _install(self, conn: Session) -> None:
         self._conn = conn
         if self._rotate_timer is not None:
             self._rotate_timer.cancel()
@@ -539,8 +332,7 @@ class RealtimeClient:
         if conn.expires_at is not None:
             delay = max(0.0, self._rotate_at(conn) - self._wall())
             self._rotate_timer = asyncio.get_running_loop().call_later(delay, self._maybe_rotate)
-        while self._queued and self._active is None:
-            self._send_create(self._queued.popleft())
+        self._pump_creates()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -554,52 +346,47 @@ class RealtimeClient:
             self._lose(f"internal error ({type(exc).__name__})", False)
 
     async def _read_loop(self) -> None:
-        """Read, map, track, emit; reconnect or give up on a close."""
+        """Read, map, book, emit; reconnect or give up on a close."""
         while not self._closing:
             conn = self._conn
             if conn is None:
                 return
-            try:
-                async for message in conn.ws:
-                    if self.on_message is not None:
-                        self.on_message()
-                    self.stats.events_received += 1
-                    for event in conn.mapper.feed(message):
-                        self._on_event(conn, event)
-            except ConnectionClosed:
-                pass
+            await self._read_session(conn)
             if self._is_closing():
                 return
             if conn.retired or conn is not self._conn:
                 continue  # rotated away: read the new one
-            code = _close_code(conn.ws)
-            if code in RETRY_CLOSE_CODES:
-                reason = f"closed with {code}" + (f" ({conn.close_reason})"
-                                                  if conn.close_reason else "")
-                self._log.warning("Realtime session %s %s: reconnecting", conn.session_id,
-                                  reason)
-                if not await self._reconnect(reason):
-                    return
-                continue
-            fatal_auth = code in AUTH_CLOSE_CODES
-            what = ("credentials refused" if fatal_auth else
-                    "request refused" if code in REJECT_CLOSE_CODES else "closed by the server")
-            self._lose(f"{self.target.kind} {what} (close {code})", fatal_auth)
-            return
+            code = conn.close_code()
+            if code not in RETRY_CLOSE_CODES:
+                self._lose(*lost_reason(code, self.target.kind))
+                return
+            reason = f"closed with {code}" + (f" ({conn.close_reason})"
+                                              if conn.close_reason else "")
+            self._log.warning("Realtime session %s %s: reconnecting", conn.session_id, reason)
+            if not await self._reconnect(reason):
+                return
+
+    async def _read_session(self, conn: Session) -> None:
+        """Every message of ``conn`` until its socket closes."""
+        try:
+            async for message in conn.ws:
+                if self.on_message is not None:
+                    self.on_message()
+                self.stats.events_received += 1
+                for event in conn.mapper.feed(message):
+                    self._on_event(conn, event)
+        except ConnectionClosed:
+            pass
 
     async def _reconnect(self, reason: str) -> bool:
         self._end_session_state(reason)
-        now = time.monotonic()
-        self._drops.append(now)
-        while now - self._drops[0] > self.flap_window_s:
-            self._drops.popleft()
-        if len(self._drops) > self.max_reconnects:
-            self._lose(f"{len(self._drops)} sessions dropped within {self.flap_window_s:.0f} s: "
-                       f"{reason}", False)
+        if self._flapping():
+            self._lose(f"{len(self._drops)} sessions dropped within "
+                       f"{self.retry.flap_window_s:.0f} s: {reason}", False)
             return False
-        for attempt in range(1, self.max_reconnects + 1):
+        for attempt in range(1, self.retry.max_reconnects + 1):
             self._emit(ev.Reconnecting(attempt, reason))
-            await asyncio.sleep(self._backoff(attempt))
+            await asyncio.sleep(self.retry.backoff(attempt))
             if self._closing:
                 return False
             try:
@@ -619,24 +406,25 @@ class RealtimeClient:
             self._install(conn)
             self._emit(ev.Reconnected(conn.session_id))
             return True
-        self._lose(f"gave up after {self.max_reconnects} reconnect attempts: {reason}", False)
+        self._lose(f"gave up after {self.retry.max_reconnects} reconnect attempts: {reason}",
+                   False)
         return False
+
+    def _flapping(self) -> bool:
+        """Count a session drop; True when too many came within the flap window."""
+        now = time.monotonic()
+        self._drops.append(now)
+        while now - self._drops[0] > self.retry.flap_window_s:
+            self._drops.popleft()
+        return len(self._drops) > self.retry.max_reconnects
 
     def _end_session_state(self, reason: str) -> None:
         """A session is gone: close its books so the call never waits on it."""
-        old = self._conn
-        if old is not None:
-            old.ready = False
-        rid = self._active
-        self._active = None
-        self._create_event_id = None
-        self._cancel_on_create = False
-        self._caller_speaking = False
-        self._answer_due = False
-        self._tools_outstanding.clear()
-        if rid:
-            self._emit(ev.ResponseDone(rid, "failed", "connection_lost", None,
-                                       {"code": "connection_lost", "message": reason}))
+        if self._conn is not None:
+            self._conn.ready = False
+        done = self.books.session_lost(reason)
+        if done is not None:
+            self._emit(done)
 
     def _lose(self, reason: str, fatal_auth: bool) -> None:
         self._count_error("auth" if fatal_auth else "lost")
@@ -658,168 +446,64 @@ class RealtimeClient:
     def _count_error(self, error: str) -> None:
         metrics.UPSTREAM_ERRORS.labels(kind=self.target.kind, error=error).inc()
 
-    # -- bookkeeping ------------------------------------------------------------------------
+    # -- acting on the books ----------------------------------------------------------------
 
-    def _on_event(self, conn: _Conn, event: ev.Event) -> None:
-        handler = _TRACKERS.get(type(event))
-        forward = handler(self, conn, event) if handler is not None else True
-        if forward:
-            self._emit(event)
-
-    def _t_response_created(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.ResponseCreated)
-        self._active = event.response_id
-        self._answer_due = False
-        if self._cancel_on_create:
-            self._cancel_on_create = False
-            self._suppress(event.response_id)
+    def _on_event(self, conn: Session, event: ev.Event) -> None:
+        if isinstance(event, ev.ServerError):
+            self._on_server_error(conn, event)
+        verdict: Verdict = self.books.on_event(event, conn.items)
+        if verdict.mute is not None:
+            self._mute(verdict.mute)
+        if verdict.send_cancel:
             self._send(dialects.response_cancel())
-        # _create_event_id stays until this response is done: if the server started this
-        # one itself, the refusal of our create arrives after it (see _t_error).
-        return True
+        if verdict.forward:
+            self._emit(event)
+        if verdict.pump:
+            self._pump_creates()
+        if verdict.rotate:
+            self._maybe_rotate()
 
-    def _t_response_done(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.ResponseDone)
-        self._suppressed.discard(event.response_id)
-        if self._active in (event.response_id, ""):
-            self._active = None
-            self._create_event_id = None
-        self._emit(event)
-        if self._active is None and self._queued:
-            self._send_create(self._queued.popleft())
-        self._maybe_rotate()
-        return False  # already emitted, before any queued create goes out
-
-    def _t_item_added(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.OutputItemAdded)
-        conn.items.add(event.item_id)
-        if event.item_type == "message":
-            self.history.assistant_item(event.item_id, event.response_id)
-        return event.response_id not in self._suppressed
-
-    def _t_audio(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.AudioDelta)
-        if event.response_id in self._suppressed:
-            return False
-        self.history.assistant_audio(event.item_id, len(event.audio) / self.profile.bytes_per_ms)
-        return True
-
-    def _t_transcript_delta(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.TranscriptDelta)
-        return event.response_id not in self._suppressed
-
-    def _t_transcript_done(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.TranscriptDone)
-        self.history.assistant_transcript(event.item_id, event.transcript)
-        return True
-
-    def _t_function_call(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.FunctionCall)
-        if event.response_id in self._suppressed:
-            return False
-        conn.call_ids.add(event.call_id)
-        self._tools_outstanding.add(event.call_id)
-        self._calls[event.call_id] = event
-        while len(self._calls) > 32:  # answered calls are popped; bound the forgotten ones
-            del self._calls[next(iter(self._calls))]
-        return True
-
-    def _t_speech_started(self, conn: _Conn, event: ev.Event) -> bool:
-        self._caller_speaking = True
-        # PROTOCOL.md §6.4: with interrupt_response the server cancels the running response
-        # itself; what it still sends of it is stale audio the caller must not hear.
-        if self._active and self.profile.interrupt_response:
-            self._suppress(self._active)
-            self.history.interrupted(self._active)
-        return True
-
-    def _t_speech_stopped(self, conn: _Conn, event: ev.Event) -> bool:
-        self._caller_speaking = False
-        self._answer_due = self._server_answers
-        self._maybe_rotate()
-        return True
-
-    def _t_input_timeout(self, conn: _Conn, event: ev.Event) -> bool:
-        # The server commits the silence and answers it (a "still there?").
-        self._answer_due = self._server_answers
-        return True
-
-    def _t_committed(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.InputCommitted)
-        self._caller_speaking = False
-        self.history.user_turn(event.item_id)
-        return True
-
-    def _t_user_transcript(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.UserTranscript)
-        self.history.user_transcript(event.item_id, event.transcript)
-        return True
-
-    def _t_error(self, conn: _Conn, event: ev.Event) -> bool:
-        assert isinstance(event, ev.ServerError)
+    def _on_server_error(self, conn: Session, event: ev.ServerError) -> None:
         self._count_error("server_error")
         if event.code == "session_expired":
             conn.close_reason = "session_expired"
-        if (event.code == "conversation_already_has_active_response"
-                and event.event_id is not None and event.event_id == self._create_event_id):
-            # Our create collided with one the server started itself (server VAD): run it
-            # after that one is done instead (unless the call has cancelled it meanwhile).
-            if self._cancel_on_create:
-                self._cancel_on_create = False
-            else:
-                self._queued.appendleft(self._create_instructions)
-            self._create_event_id = None
-            if self._active == "":
-                self._active = None
         self._log.warning("Realtime server error %s (event %s)", event.code, event.event_id)
-        return True
 
-    def _t_session_created(self, conn: _Conn, event: ev.Event) -> bool:
-        return False  # internal: the handshake has handled it
+    def _mute(self, response_id: str) -> None:
+        """The mapper surfaces no function call of ``response_id`` (being cancelled)."""
+        if self._conn is not None:
+            self._conn.mapper.cancelled(response_id)
 
-    def _suppress(self, response_id: str) -> None:
-        if response_id:
-            self._suppressed.add(response_id)
-            if self._conn is not None:
-                self._conn.mapper.cancelled(response_id)
+    def _pump_creates(self) -> None:
+        """Send the next queued ``response.create`` if none is active. One at most: a
+        create written makes a response active (pending); one that cannot be written goes
+        back to the head of the queue and waits for the next session."""
+        if self.books.due_create():
+            self._send_create(self.books.pop_queued())
 
     # -- writing ----------------------------------------------------------------------------
 
     def _send_create(self, instructions: str | None) -> None:
         event = dialects.response_create(instructions)
         if self._send(event):
-            self._active = ""  # pending until response.created
-            self._create_event_id = event["event_id"]
-            self._create_instructions = instructions
+            self.books.create_sent(event["event_id"], instructions)
         else:
-            self._queued.appendleft(instructions)
+            self.books.create_unsent(instructions)
 
     def _send(self, event: dict[str, Any]) -> bool:
         conn = self._conn
         if conn is None or not conn.ready:
             self._log.debug("%s not sent: no live session", event.get("type"))
             return False
-        return self._write(conn, event)
-
-    def _write(self, conn: _Conn, event: dict[str, Any]) -> bool:
         event.setdefault("event_id", self._next_id())
-        ws = conn.ws
-        if ws.protocol.state is not State.OPEN:
+        if not conn.write(event):
             return False
-        ws.protocol.send_text(json.dumps(event, separators=(",", ":")).encode())
-        for chunk in ws.protocol.data_to_send():
-            ws.transport.write(chunk)
         self._log.debug("sent %s %s", event["type"], event["event_id"])
         return True
 
     # -- rotation ---------------------------------------------------------------------------
 
-    def _quiet(self) -> bool:
-        return (self._active is None and not self._queued and not self._playout_active
-                and not self._caller_speaking and not self._answer_due
-                and not self._tools_outstanding)
-
-    def _rotate_at(self, conn: _Conn) -> float:
+    def _rotate_at(self, conn: Session) -> float:
         """When ``conn`` should be replaced: ``rotate_margin_s`` before it expires, but not
         before half its life -- a session shorter than the margin would otherwise be
         rotated again the moment it opened."""
@@ -836,7 +520,7 @@ class RealtimeClient:
         if (self._closing or self._finished or
                 (self._rotation is not None and not self._rotation.done())):
             return
-        if not self._rotation_due() or not self._quiet():
+        if not self._rotation_due() or not self.books.quiet():
             return
         self.stats.rotation_attempts += 1
         self._rotation = asyncio.get_running_loop().create_task(self._rotate(),
@@ -854,8 +538,8 @@ class RealtimeClient:
             # reconnect path takes over.
             self._log.warning("session rotation failed: %s", exc)
             return
-        if self._closing or self._conn is not old or not self._quiet():
-            await _close_quietly(new.ws)
+        if self._closing or self._conn is not old or not self.books.quiet():
+            await close_quietly(new.ws)
             if not self._closing:
                 self._log.info("session rotation deferred: the call got busy")
             return
@@ -864,72 +548,8 @@ class RealtimeClient:
         self.stats.rotations += 1
         self._install(new)
         self._emit(ev.SessionRotated(new.session_id, old.session_id))
-        await _close_quietly(old.ws)
+        await close_quietly(old.ws)
 
 
-_TRACKERS: dict[type, Callable[[RealtimeClient, _Conn, ev.Event], bool]] = {
-    ev.ResponseCreated: RealtimeClient._t_response_created,
-    ev.ResponseDone: RealtimeClient._t_response_done,
-    ev.OutputItemAdded: RealtimeClient._t_item_added,
-    ev.AudioDelta: RealtimeClient._t_audio,
-    ev.TranscriptDelta: RealtimeClient._t_transcript_delta,
-    ev.TranscriptDone: RealtimeClient._t_transcript_done,
-    ev.FunctionCall: RealtimeClient._t_function_call,
-    ev.SpeechStarted: RealtimeClient._t_speech_started,
-    ev.SpeechStopped: RealtimeClient._t_speech_stopped,
-    ev.InputTimeout: RealtimeClient._t_input_timeout,
-    ev.InputCommitted: RealtimeClient._t_committed,
-    ev.UserTranscript: RealtimeClient._t_user_transcript,
-    ev.ServerError: RealtimeClient._t_error,
-    ev.SessionCreated: RealtimeClient._t_session_created,
-}
-
-
-class _QuietLogger(logging.LoggerAdapter[logging.Logger]):
-    """websockets' connection logger minus DEBUG (which prints the handshake headers)."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level > logging.DEBUG and self.logger.isEnabledFor(level)
-
-    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
-        return None
-
-
-_QUIET_WS_LOGGER = _QuietLogger(logging.getLogger("bridge.realtime.ws"), {})
-
-
-class _HookedConnection(ClientConnection):
-    """A connection that calls ``hook`` as bytes arrive, before websockets parses them:
-    a busy process's media clock delivers a due tick there (see ``on_message``). Set once
-    the handshake is done (the handshake's own bytes need no hook)."""
-
-    hook: Callable[[], object] | None = None
-
-    def data_received(self, data: bytes) -> None:
-        hook = self.hook
-        if hook is not None:
-            hook()
-        super().data_received(data)
-
-
-def _close_code(ws: ClientConnection) -> int:
-    code = ws.close_code
-    return 1006 if code is None else int(code)
-
-
-def _safe_text(exc: BaseException) -> str:
-    # Connection errors carry host and port; an invalid-URI error would carry the URL.
-    return redact_url(str(exc))[:200]
-
-
-async def _abort(ws: ClientConnection) -> None:
-    ws.transport.abort()
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(1.0):
-            await ws.wait_closed()
-
-
-async def _close_quietly(ws: ClientConnection) -> None:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(2.0):
-            await ws.close(1000)
+__all__ = ["AUDIO_HIGH_WATER", "ClientStats", "RealtimeClient", "RealtimeRejected",
+           "RetryPolicy"]
