@@ -10,7 +10,9 @@ service's answers to bad events, and a record of everything it saw for tests to 
         await emu.wait_for(lambda rec: rec.last is not None and rec.last.turns >= 1, 5.0)
         await emu.drop(1006)
 
-Modules: ``vad`` (sans-I/O energy VAD), ``session`` (sans-I/O session core), ``dialect``
+Modules: ``vad`` (sans-I/O energy VAD), ``session`` (sans-I/O session core) and its parts
+``input_audio`` (input buffer, turn detection), ``conversation`` (items), ``responses``
+(the paced response generator) and ``outbox`` (ids, events, errors), ``dialect``
 (session validation, GA/preview shapes), ``script`` (rules), ``audio`` (formats),
 ``speech`` (espeak-ng), ``record`` (what tests query), ``server`` (the asyncio adapter),
 ``cli`` (``voicebridge emulator``).
