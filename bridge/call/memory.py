@@ -6,6 +6,12 @@ with silence between utterances when ``idle_silence`` is on (server VAD needs th
 to see the end of speech). Every outbound frame is recorded with the clock's grid time of
 the tick that produced it (and the time it was handed over, for jitter figures). DTMF and
 hang-up from the "far end" are injected; transfers, hang-ups and sent DTMF are recorded.
+
+Like the network legs, it calls the media clock's ``poll`` before each inbound frame
+reaches the call (its own ``clock``'s, or the ``poll`` hook when one is set). With G.711
+passthrough (``carry_encoded``) frames in both directions are the law's payload bytes:
+``feed``/``play`` take encoded audio and pad with the law's silence byte, idle and
+underrun frames are encoded silence.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from dataclasses import dataclass, field
 
 from bridge.call.clock import Histogram, MediaClock
 from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome, Underrun
+from bridge.media.drain import Poll
+
+#: A G.711 law's silence byte.
+_SILENCE_BYTE = {"pcmu": b"\xff", "pcma": b"\xd5"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,8 @@ class MemoryLeg(MediaLeg):
         self.g711 = g711 if sample_rate == 8000 else ""
         self.underrun = underrun
         self.clock = clock
+        #: Called before each inbound frame when set; else the clock's ``poll``.
+        self.poll: Poll | None = None
         self.idle_silence = idle_silence
         self.keep_audio = keep_audio
         self.transfer_outcome = transfer_outcome or TransferOutcome(ok=True, status=200)
@@ -122,6 +134,13 @@ class MemoryLeg(MediaLeg):
     def set_hold(self, on_hold: bool) -> None:
         """Simulate a re-INVITE putting the call on hold (``sendonly``) or back."""
         self._sending = not on_hold
+
+    def carry_encoded(self, law: str) -> bool:
+        if law not in _SILENCE_BYTE or self.g711 != law:
+            return False
+        self.carry = law
+        self._silence = _SILENCE_BYTE[law] * self.frame_samples
+        return True
 
     def attach(self, sink: LegSink) -> None:
         self._sink = sink
@@ -153,13 +172,15 @@ class MemoryLeg(MediaLeg):
         self.sent_dtmf.append(digits)
 
     # -- injection ---------------------------------------------------------------------
+    def _frames(self, audio: bytes) -> list[bytes]:
+        """``audio`` (in ``carry``'s format) as whole frames, a short tail padded."""
+        fb = self.carried_frame_bytes
+        pad = self._silence[:1]
+        return [audio[i:i + fb].ljust(fb, pad) for i in range(0, len(audio), fb)]
+
     def feed(self, pcm: bytes) -> None:
         """Deliver ``pcm`` to the call at once, as whole frames (a short tail is padded)."""
-        fb = self.frame_bytes
-        for i in range(0, len(pcm), fb):
-            frame = pcm[i:i + fb]
-            if len(frame) < fb:
-                frame += bytes(fb - len(frame))
+        for frame in self._frames(pcm):
             self._deliver(frame)
 
     def feed_frames(self, frames: list[bytes]) -> None:
@@ -168,19 +189,16 @@ class MemoryLeg(MediaLeg):
 
     def play(self, pcm: bytes) -> None:
         """Queue ``pcm`` to be sent to the call one frame per clock tick."""
-        fb = self.frame_bytes
-        for i in range(0, len(pcm), fb):
-            frame = pcm[i:i + fb]
-            if len(frame) < fb:
-                frame += bytes(fb - len(frame))
-            self._script.append(frame)
+        self._script.extend(self._frames(pcm))
 
     def play_frames(self, frames: Iterable[bytes]) -> None:
         """Queue whole frames (shared ``bytes`` objects are fine: they are not copied)."""
         self._script.extend(frames)
 
     def play_silence(self, ms: int) -> None:
-        self.play(bytes(2 * self.sample_rate * ms // 1000))
+        samples = self.sample_rate * ms // 1000
+        self.play(self._silence[:1] * (samples * self.carried_frame_bytes
+                                       // self.frame_samples))
 
     @property
     def script_ms(self) -> int:
@@ -207,8 +225,14 @@ class MemoryLeg(MediaLeg):
     # -- helpers -----------------------------------------------------------------------
     def _deliver(self, frame: bytes) -> None:
         self.stats.frames_in += 1
-        if self._sink is not None and not self.closed.is_set():
-            self._sink.on_leg_audio(frame)
+        sink = self._sink
+        if sink is None or self.closed.is_set():
+            return
+        if self.poll is not None:
+            self.poll()
+        elif self.clock is not None:
+            self.clock.poll()
+        sink.on_leg_audio(frame)
 
     def _now(self) -> float:
         if self.clock is not None and self.clock.running:
