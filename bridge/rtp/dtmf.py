@@ -152,12 +152,7 @@ def tone_packets(digit: str, *, clock_rate: int = 8000, tone_ms: int = 100,
     return tuple(packets)
 
 
-def tone_duration(digit_packets: tuple[EventPacket, ...]) -> float:
-    """Seconds from the first to the last packet of a key press."""
-    return digit_packets[-1].offset if digit_packets else 0.0
-
-
 __all__ = [
     "DIGITS", "EVENT_OF", "EVENT_SIZE", "DtmfReceiver", "EventPacket", "TelephoneEvent",
-    "tone_duration", "tone_packets",
+    "tone_packets",
 ]
