@@ -156,10 +156,6 @@ class RealtimeClient:
         return self._conn.session_id if self._conn is not None else ""
 
     @property
-    def expires_at(self) -> float | None:
-        return self._conn.expires_at if self._conn is not None else None
-
-    @property
     def connected(self) -> bool:
         conn = self._conn
         return conn is not None and conn.ready and conn.writer.is_open()

@@ -1,9 +1,9 @@
 """The conversation so far, as text, for re-seeding a new session (sans-I/O).
 
-Nothing carries over to a new socket (PROTOCOL.md §8): after a drop or a rotation the new
-session gets ``session.update`` and the history re-added as ``conversation.item.create``
-items -- user ``input_text`` and assistant ``output_text`` (assistant audio cannot be
-re-created).
+Nothing carries over to a new socket (docs/realtime-protocol.md §8): after a drop or a
+rotation the new session gets ``session.update`` and the history re-added as
+``conversation.item.create`` items -- user ``input_text`` and assistant ``output_text``
+(assistant audio cannot be re-created).
 
 Entries are kept in conversation order: a caller turn takes its place when its audio is
 committed (its transcript, if transcription is on, arrives later and fills it in); an
@@ -40,9 +40,6 @@ class History:
         self._typed = 0
         self.max_entries = max_entries
         self.max_chars = max_chars
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def _add(self, entry: Entry) -> Entry:
         if entry.item_id in self._by_id:
@@ -92,7 +89,7 @@ class History:
     def interrupted(self, response_id: str) -> None:
         """``response_id`` was cut off by the caller: its items count as unheard unless the
         call reports (``heard``) how much was played -- it reports only when that is more
-        than nothing (PROTOCOL.md §6.3: no truncate at 0 ms)."""
+        than nothing (docs/realtime-protocol.md §6.3: no truncate at 0 ms)."""
         for entry in self._entries:
             if entry.response_id == response_id and entry.heard_ms is None:
                 entry.heard_ms = 0.0
