@@ -2,8 +2,9 @@
 
 One callback that runs long -- here a burst of inbound frames handed to the call inside a
 single 120 ms callback, as a loop pass full of datagrams would -- must not hold the
-call's outbound hand-offs back: each frame polls the clock, so ticks that come due go out
-in the middle of the burst, on time, instead of after it.
+call's outbound hand-offs back: the leg polls the clock before each frame it hands the
+call (and the upstream batch per delivery), so ticks that come due go out in the middle
+of the burst, on time, instead of after it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.test_call_e2e import Harness, make_plans
 
 
 # pcm16: frames go through the upstream batch (a call's next frame runs it, and each
-# delivery polls); g711: frames go straight upstream (the call polls per frame).
+# delivery polls); g711: frames go straight upstream (the leg polls per frame).
 @pytest.mark.parametrize("audio_format", ["pcm16", "g711"])
 async def test_inbound_frames_let_due_ticks_out_of_a_long_callback(
         tmp_path: Path, audio_format: str) -> None:
@@ -35,7 +36,7 @@ async def test_inbound_frames_let_due_ticks_out_of_a_long_callback(
         before = len(h.leg.frames)
         start = time.monotonic()
         while time.monotonic() - start < 0.120:           # one long callback
-            h.call.on_leg_audio(frame)
+            h.leg.feed_frames([frame])   # as a network leg delivers: it polls first
             spin_until = time.monotonic() + 0.001
             while time.monotonic() < spin_until:
                 pass
