@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import struct
 import types
+from typing import Any, cast
 
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
 from websockets.streams import StreamReader
 
 from bridge.errors import BridgeError
@@ -127,3 +130,75 @@ def test_masking_keys_are_fresh_for_every_frame() -> None:
     assert all(len(k) == 4 for k in keys)
     assert len(set(keys)) > 590                    # 32 random bits: collisions are rare
     assert internals.apply_mask(b"\x00" * 8, b"\xff\x00\xff\x00") == b"\xff\x00\xff\x00" * 2
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+def writer_over(proto: Protocol) -> tuple[internals.FrameWriter, FakeTransport]:
+    transport = FakeTransport()
+    ws = cast(ClientConnection, types.SimpleNamespace(protocol=proto, transport=transport))
+    return internals.FrameWriter(ws, internals.Masks()), transport
+
+
+def parse_all(data: bytes) -> list[Frame]:
+    """Every frame in ``data``, through websockets' own parser."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    frames = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=True)
+        with pytest.raises(StopIteration) as done:
+            next(parser)
+        frames.append(done.value.value)
+    return frames
+
+
+def test_writer_sends_pending_protocol_bytes_before_its_own_frame() -> None:
+    proto = Protocol(Side.CLIENT, state=State.OPEN)
+    writer, transport = writer_over(proto)
+    writer.send_fast(b'{"a":1}')
+    proto.send_ping(b"p")                      # websockets has a frame of its own pending
+    writer.send_fast(b'{"b":2}')
+    frames = parse_all(b"".join(transport.written))
+    assert [(f.opcode, f.data) for f in frames] == [
+        (Opcode.TEXT, b'{"a":1}'), (Opcode.PING, b"p"), (Opcode.TEXT, b'{"b":2}')]
+    assert proto.writes == []
+
+
+def test_writer_falls_back_to_websockets_framing_mid_message_or_with_extensions() -> None:
+    proto = Protocol(Side.CLIENT, state=State.OPEN)
+    writer, transport = writer_over(proto)
+    proto.extensions = [cast(Any, object())]   # would need its encode(): must not hand-frame
+    sent: list[bytes] = []
+    proto.send_text = lambda data, fin=True: sent.append(bytes(data))  # type: ignore[method-assign]
+    writer.send_fast(b"x")
+    assert sent == [b"x"] and transport.written == []
+
+
+def test_writer_state_backlog_and_closed_socket() -> None:
+    proto = Protocol(Side.CLIENT, state=State.OPEN)
+    writer, transport = writer_over(proto)
+    transport.buffered = 1234
+    assert writer.is_open() and writer.backlog() == 1234
+    assert writer.send(b'{"c":3}')
+    assert [f.data for f in parse_all(b"".join(transport.written))] == [b'{"c":3}']
+    transport.closing = True
+    assert writer.backlog() == 0
+    proto.state = State.CLOSED
+    assert not writer.is_open()
+    assert not writer.send(b"late")

@@ -24,6 +24,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from bridge.internals.websockets import abort_now
+
 _GA = pydantic.TypeAdapter(GAClientEvent)
 _PREVIEW = pydantic.TypeAdapter(PreviewClientEvent)
 
@@ -166,7 +168,7 @@ class FakeRealtime:
     async def drop(self, code: int) -> None:
         for conn in list(self.live):
             if code == 1006:
-                conn.transport.abort()
+                abort_now(conn)
             else:
                 await conn.close(code)
 

@@ -13,7 +13,7 @@ bytes arrive, before websockets parses them (a busy process's media clock delive
 tick there). None of that is ``websockets``' public API:
 
 * ``ClientConnection``: subclassed to override ``data_received``; its ``protocol`` and
-  ``transport`` attributes;
+  ``transport`` attributes (``transport`` of any ``Connection``, to drop one at once);
 * ``Protocol``: ``state``, ``send_text``, ``data_to_send``, and the attributes ``writes``
   (bytes pending), ``extensions`` and ``expect_continuation_frame`` (the fast path is only
   correct without either);
@@ -40,9 +40,11 @@ from collections.abc import Callable
 
 import websockets
 import websockets.asyncio.client
+import websockets.asyncio.connection
 import websockets.protocol
 import websockets.utils
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.protocol import State
 
 from bridge.internals import IncompatibleLibrary
@@ -55,6 +57,7 @@ except ImportError:   # pragma: no cover - websockets built without its C extens
 #: dotted path from the library object -> names that object must have
 REQUIRED: dict[str, tuple[str, ...]] = {
     "asyncio.client.ClientConnection": ("data_received", "protocol", "transport"),
+    "asyncio.connection.Connection": ("transport",),
     "protocol.Protocol": ("state", "send_text", "data_to_send", "writes", "extensions",
                           "expect_continuation_frame"),
     "protocol.State": ("OPEN",),
@@ -149,6 +152,12 @@ def text_frame(payload: bytes, key: bytes) -> bytes:
 
 # ---- one connection -----------------------------------------------------------------------
 
+def abort_now(ws: Connection) -> None:
+    """Drop the TCP connection under ``ws`` at once: no close frame (the peer sees 1006).
+    Either side: a client connection, or a server's (the emulator and test servers)."""
+    ws.transport.abort()
+
+
 class HookedConnection(ClientConnection):
     """A connection that calls ``hook`` as bytes arrive, before websockets parses them.
     Set once the handshake is done (the handshake's own bytes need no hook)."""
@@ -209,7 +218,7 @@ class FrameWriter:
 
     async def abort(self) -> None:
         """Drop the TCP connection at once (no close handshake) and let it finish."""
-        self._transport.abort()
+        abort_now(self.ws)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1.0):
                 await self.ws.wait_closed()
@@ -221,6 +230,6 @@ LIBRARY: types.ModuleType = websockets
 check(LIBRARY)
 
 __all__ = [
-    "LIBRARY", "REQUIRED", "FrameWriter", "HookedConnection", "Masks", "apply_mask",
-    "check", "missing_names", "text_frame", "text_frame_header",
+    "LIBRARY", "REQUIRED", "FrameWriter", "HookedConnection", "Masks", "abort_now",
+    "apply_mask", "check", "missing_names", "text_frame", "text_frame_header",
 ]
