@@ -1,0 +1,115 @@
+"""The call API (token-protected): the list of calls, one call's record and timeline, and
+the operator's hang-up.
+
+    GET  /calls                     live calls and recent history, JSON
+    GET  /calls/<id>                a call's record: JSON (Accept: application/json or
+                                    ?format=json) or an HTML page with transcript and timeline
+    GET  /calls/<id>/timeline.svg   the call's timeline drawing
+    POST /calls/<id>/hangup         end a live call (202), 404 when it is not live
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+
+from quart import Blueprint, Response, render_template, request
+from quart.typing import ResponseReturnValue
+
+from bridge.call.records import CallRecord
+from bridge.web.access import protected
+from bridge.web.state import web_state
+from bridge.web.timeline import render_svg, timeline_from_record
+
+log = logging.getLogger(__name__)
+
+calls = Blueprint("calls", __name__)
+
+NO_SUCH_CALL = {"error": "no such call"}
+
+#: A call in a listing: JSON values only.
+Summary = dict[str, str | float | int | bool | None]
+
+
+def summary(record: CallRecord, live: bool) -> Summary:
+    """One line of the listing (and the head of a call's page)."""
+    end = record.ended_at if record.ended_at is not None else time.time()
+    return {
+        "call_id": record.call_id, "caller": record.caller, "called": record.called,
+        "source": record.source, "dialplan": record.dialplan, "live": live,
+        "started_at": record.started_at, "ended_at": record.ended_at,
+        "duration_s": round(max(0.0, end - record.started_at), 1),
+        "end_reason": record.end_reason, "turns": len(record.turns),
+        "barge_ins": len(record.barge_ins), "tool_calls": len(record.tool_calls),
+    }
+
+
+def live_records() -> dict[str, CallRecord]:
+    return {cid: call.record for cid, call in list(web_state().manager.calls.items())}
+
+
+async def find(call_id: str) -> tuple[CallRecord | None, bool]:
+    """The call's record (live first, then the store) and whether it is live."""
+    live = live_records()
+    if call_id in live:
+        return live[call_id], True
+    return await web_state().manager.store.get(call_id), False
+
+
+async def listing() -> dict[str, list[Summary]]:
+    """The live calls, and the recent ones (``[http] recent_calls``) that are not live."""
+    state = web_state()
+    live = live_records()
+    recent = [r for r in await state.manager.store.recent(state.http.recent_calls)
+              if r.call_id not in live]
+    return {"live": [summary(r, True) for r in live.values()],
+            "recent": [summary(r, False) for r in recent]}
+
+
+@calls.get("/calls")
+@protected
+async def call_list() -> ResponseReturnValue:
+    return await listing()
+
+
+def wants_json() -> bool:
+    return request.args.get("format") == "json" or (
+        request.accept_mimetypes.best_match(["application/json", "text/html"])
+        == "application/json")
+
+
+@calls.get("/calls/<call_id>")
+@protected
+async def call_view(call_id: str) -> ResponseReturnValue:
+    record, live = await find(call_id)
+    if record is None:
+        return NO_SUCH_CALL, 404
+    if wants_json():
+        return dict(record.to_dict(), live=live)
+    svg = render_svg(timeline_from_record(record))
+    return await render_template("call.html", record=record, live=live, svg=svg,
+                                 summary=summary(record, live),
+                                 turns=[asdict(t) | {"total_ms": t.total_ms}
+                                        for t in record.turns])
+
+
+@calls.get("/calls/<call_id>/timeline.svg")
+@protected
+async def call_timeline(call_id: str) -> ResponseReturnValue:
+    record, _live = await find(call_id)
+    if record is None:
+        return NO_SUCH_CALL, 404
+    return Response(render_svg(timeline_from_record(record)), content_type="image/svg+xml")
+
+
+@calls.post("/calls/<call_id>/hangup")
+@protected
+async def call_hangup(call_id: str) -> ResponseReturnValue:
+    if not web_state().manager.hang_up(call_id, "operator"):
+        return {"error": "no such live call"}, 404
+    log.info("call %s: hung up from the dashboard", call_id)
+    return {"ok": True, "call_id": call_id}, 202
+
+
+__all__ = ["calls", "find", "listing", "summary"]

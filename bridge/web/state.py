@@ -1,0 +1,81 @@
+"""What every view of the web app shares, held in one typed object on the app.
+
+``create_app`` stores a ``WebState`` in ``app.extensions["voicebridge"]``; views reach it
+with ``web_state()`` (inside a request or an app context) instead of closing over
+``create_app``'s arguments, so the routes can live in blueprints of their own modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Protocol
+
+from quart import current_app
+
+from bridge.config import HttpSettings, Settings
+
+if TYPE_CHECKING:
+    from bridge.call.call import Call
+    from bridge.call.leg import MediaLeg
+    from bridge.call.records import CallRecord, RecordStore
+    from bridge.web.events import EventListener
+    from bridge.web.webrtc_calls import WebRtcCalls
+
+EXTENSION = "voicebridge"
+
+#: ``readiness()`` returns check name -> (ok, detail).
+Readiness = Callable[[], Awaitable[dict[str, tuple[bool, str]]]]
+
+
+class Manager(Protocol):
+    """What the app needs of ``bridge.call.manager.CallManager``."""
+
+    @property
+    def calls(self) -> Mapping[str, Call]: ...
+
+    @property
+    def store(self) -> RecordStore: ...
+
+    def can_admit(self) -> bool: ...
+
+    async def handle(self, leg: MediaLeg) -> CallRecord: ...
+
+    def hang_up(self, call_id: str, reason: str = "operator") -> bool: ...
+
+    def add_listener(self, listener: EventListener) -> None: ...
+
+    def remove_listener(self, listener: EventListener) -> None: ...
+
+
+@dataclass(frozen=True)
+class WebState:
+    """The app's shared state: the calls, the browser calls' runner, the settings."""
+
+    manager: Manager
+    settings: Settings
+    webrtc: WebRtcCalls
+    readiness: Readiness | None = None
+
+    @property
+    def http(self) -> HttpSettings:
+        return self.settings.http
+
+    def __getitem__(self, name: str) -> object:
+        """``state["webrtc"]``, ``state["manager"]``: the extension was a dict of these
+        before it was typed, and code outside the package may still read it that way."""
+        if name not in {f.name for f in fields(self)}:
+            raise KeyError(name)
+        value: object = getattr(self, name)
+        return value
+
+
+def web_state() -> WebState:
+    """The running app's ``WebState`` (needs a request or app context)."""
+    state = current_app.extensions[EXTENSION]
+    if not isinstance(state, WebState):
+        raise TypeError(f"app.extensions[{EXTENSION!r}] is not a WebState")
+    return state
+
+
+__all__ = ["EXTENSION", "Manager", "Readiness", "WebState", "web_state"]
