@@ -4,7 +4,10 @@ the hand-built client frames (RFC 6455 §5.2, §5.3) byte for byte."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import types
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -202,3 +205,16 @@ def test_writer_state_backlog_and_closed_socket() -> None:
     proto.state = State.CLOSED
     assert not writer.is_open()
     assert not writer.send(b"late")
+
+
+def test_importing_the_module_with_an_incompatible_library_fails_at_once() -> None:
+    # In a fresh interpreter: a websockets whose Protocol lost send_text.
+    code = ("import websockets.protocol as p\n"
+            "del p.Protocol.send_text\n"
+            "import bridge.internals.websockets\n")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parent.parent,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "IncompatibleLibrary" in result.stderr
+    assert "protocol.Protocol.send_text" in result.stderr
