@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from bridge.call.clock import Histogram, MediaClock
 from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome, Underrun
-from bridge.media.drain import Poll
+from bridge.media.drain import Poll, no_poll
 
 #: A G.711 law's silence byte.
 _SILENCE_BYTE = {"pcmu": b"\xff", "pcma": b"\xd5"}
@@ -106,8 +106,7 @@ class MemoryLeg(MediaLeg):
         self.g711 = g711 if sample_rate == 8000 else ""
         self.underrun = underrun
         self.clock = clock
-        #: Called before each inbound frame when set; else the clock's ``poll``.
-        self.poll: Poll | None = None
+        self._poll: Poll | None = None
         self.idle_silence = idle_silence
         self.keep_audio = keep_audio
         self.transfer_outcome = transfer_outcome or TransferOutcome(ok=True, status=200)
@@ -134,6 +133,17 @@ class MemoryLeg(MediaLeg):
     def set_hold(self, on_hold: bool) -> None:
         """Simulate a re-INVITE putting the call on hold (``sendonly``) or back."""
         self._sending = not on_hold
+
+    @property
+    def poll(self) -> Poll:
+        """Called before each inbound frame: the hook when one was set, else the clock's."""
+        if self._poll is not None:
+            return self._poll
+        return self.clock.poll if self.clock is not None else no_poll
+
+    @poll.setter
+    def poll(self, poll: Poll) -> None:
+        self._poll = poll
 
     def carry_encoded(self, law: str) -> bool:
         if law not in _SILENCE_BYTE or self.g711 != law:
@@ -228,10 +238,7 @@ class MemoryLeg(MediaLeg):
         sink = self._sink
         if sink is None or self.closed.is_set():
             return
-        if self.poll is not None:
-            self.poll()
-        elif self.clock is not None:
-            self.clock.poll()
+        self.poll()
         sink.on_leg_audio(frame)
 
     def _now(self) -> float:
