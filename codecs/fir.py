@@ -254,6 +254,13 @@ class FirEngine:
         """Enter batch mode: ``history`` (from ``history_pcm``) is queued with a chunk."""
         self._hb = history
 
+    def has_plan(self, n: int) -> bool:
+        """The next chunk of ``n`` samples would go through a frame plan (the batch takes
+        only those: the same block product, so the same rounding, as ``process_pcm``)."""
+        plan = self._plans.get((n, len(self._buf) if self._hb is None else
+                                len(self._hb) >> 1))
+        return plan is not None
+
     def batched(self, history: bytes, n_in: int, n_out: int) -> None:
         """A batch ran this stream's chunk: ``n_in`` samples in, ``n_out`` out, and
         ``history`` (PCM16) is what the next chunk needs."""
@@ -354,7 +361,10 @@ def batch_product(d: FirDesign, n: int, hist: int, rows: list[bytes]) -> bytes:
         raw, (count, per_row, span), (2 * width, group * d.down * 2, 2), writeable=False)
     windows = np.empty((count, per_row, span), dtype=np.float32)
     np.copyto(windows, windows16)
-    y = np.dot(windows.reshape(count * per_row, span), matrix)
+    # One product per stream, looped in C: every stream's rows go through the same BLAS
+    # kernel as ``process`` gives them (a kernel chosen by the whole batch's row count
+    # rounds differently on some CPUs), at the cost of one BLAS call per stream.
+    y = np.matmul(windows, matrix)
     _clip(y, _LOW, _HIGH, out=y)
     out16 = np.empty(y.shape, dtype=PCM16)
     np.rint(y, out=out16, casting="unsafe")

@@ -310,6 +310,8 @@ class ResampleBatch:
             return False
         d = engine.design
         n, hist = len(pcm) >> 1, len(hist_pcm) >> 1
+        if not engine.has_plan(n):
+            return False        # process() would take the general path: same rounding
         key = (id(d), n, hist)
         group = self._groups.get(key)
         if group is None:

@@ -84,6 +84,26 @@ def test_streams_that_cannot_be_batched_are_refused() -> None:
     assert batch.pending == 0 and sink == []
 
 
+def warmed(rate: int = 8000) -> StreamResampler:
+    """A stream past its first two frames: its frame plan is built (what the batch takes)."""
+    rs = inbound_resampler(rate)
+    for _ in range(2):
+        rs.process(bytes(rate // 25))
+    return rs
+
+
+def test_a_fresh_stream_is_left_to_process_until_its_frame_plan_exists() -> None:
+    """The first chunks take process()'s general path: batching them would round
+    differently (another product shape), so the batch refuses them."""
+    batch = ResampleBatch()
+    rs = inbound_resampler(8000)
+    assert not batch.submit(rs, bytes(320), lambda d: None)
+    rs.process(bytes(320))
+    assert not batch.submit(rs, bytes(320), lambda d: None)
+    rs.process(bytes(320))                       # the same size twice: a plan now exists
+    assert batch.submit(rs, bytes(320), lambda d: None)
+
+
 def test_a_failing_delivery_does_not_starve_the_others() -> None:
     batch = ResampleBatch()
     got: list[bytes] = []
@@ -91,7 +111,7 @@ def test_a_failing_delivery_does_not_starve_the_others() -> None:
     def broken(data: bytes) -> None:
         raise RuntimeError("boom")
 
-    streams = [inbound_resampler(8000) for _ in range(3)]
+    streams = [warmed() for _ in range(3)]
     assert batch.submit(streams[0], bytes(320), broken)
     assert batch.submit(streams[1], bytes(320), got.append)
     assert batch.submit(streams[2], bytes(320), got.append)
@@ -102,7 +122,7 @@ def test_a_failing_delivery_does_not_starve_the_others() -> None:
 
 async def test_upstream_batch_runs_once_per_loop_pass() -> None:
     up = UpstreamBatch()
-    streams = [inbound_resampler(8000) for _ in range(5)]
+    streams = [warmed() for _ in range(5)]
     got: list[tuple[int, int]] = []
     for i, rs in enumerate(streams):
         assert up.submit(rs, bytes(320), lambda d, i=i: got.append((i, len(d))))
