@@ -9,6 +9,10 @@ Every key of every section can be overridden by an environment variable named
 environment. The environment wins over the file, so a container is configured with
 variables alone.
 
+The ``[sip]`` section is read into :class:`bridge.sip.settings.SipSettings`, the one value
+the SIP service and its user agent run on; its fields that the file does not offer (codecs,
+timers...) keep their defaults here (``file_keys``).
+
 The ``[realtime]`` section is not interpreted here: it is handed whole to
 ``bridge.realtime.config.RealtimeSettings.from_env(env, section)``, which also reads the
 ``AZURE_OPENAI_*`` / ``OPENAI_API_KEY`` variables.
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from bridge.errors import ConfigError
+from bridge.realtime.config import RealtimeSettings
+from bridge.sip.settings import SipSettings, file_keys
 
 ENV_PREFIX = "VOICEBRIDGE_"
 CONFIG_ENV = "VOICEBRIDGE_CONFIG"
@@ -52,24 +58,6 @@ class HttpSettings:
     cors_origins: tuple[str, ...] = ()
     #: Ended calls kept in memory for ``/calls`` (the record store keeps them all).
     recent_calls: int = 100
-
-
-@dataclass(frozen=True)
-class SipConfig:
-    enabled: bool = True
-    host: str = "0.0.0.0"
-    port: int = 5060
-    transports: tuple[str, ...] = ("udp", "tcp")
-    #: Address written into SDP and Contact (NAT); default: the bound / local address.
-    public_address: str | None = None
-    max_calls: int = 200
-    #: CIDRs allowed to call; empty = everyone.
-    allow_from: tuple[str, ...] = ()
-    #: Latch RTP on the first packet from any address, not only from the SDP address or
-    #: the caller's signalling address (see ``bridge.sip.service.SipSettings``).
-    latch_any: bool = False
-    #: Send 180 Ringing and wait this long before answering (0: answer at once).
-    ring_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,7 +99,7 @@ class WebRtcConfig:
 @dataclass(frozen=True)
 class Settings:
     http: HttpSettings = HttpSettings()
-    sip: SipConfig = SipConfig()
+    sip: SipSettings = SipSettings()
     rtp: RtpConfig = RtpConfig()
     dialplans: DialplansConfig = DialplansConfig()
     records: RecordsConfig = RecordsConfig()
@@ -121,16 +109,14 @@ class Settings:
     #: Where the settings came from (a path, or "defaults").
     source: str = "defaults"
 
-    def realtime_settings(self, env: Mapping[str, str] | None = None) -> Any:
+    def realtime_settings(self, env: Mapping[str, str] | None = None) -> RealtimeSettings:
         """``bridge.realtime.config.RealtimeSettings`` for this process."""
-        from bridge.realtime.config import RealtimeSettings  # noqa: PLC0415 (optional part)
-
         return RealtimeSettings.from_env(os.environ if env is None else env, self.realtime)
 
 
 _SECTIONS: dict[str, type[Any]] = {
     "http": HttpSettings,
-    "sip": SipConfig,
+    "sip": SipSettings,
     "rtp": RtpConfig,
     "dialplans": DialplansConfig,
     "records": RecordsConfig,
@@ -257,7 +243,7 @@ def _ice_server(value: Any, where: str) -> IceServer:
 def _build_section(name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[str, str],
                    where: _Where) -> Any:
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = list(file_keys(cls))
     unknown = sorted(set(table) - set(names))
     if unknown:
         raise ConfigError(f"{where.file_key(name, unknown[0])}: unknown key; "

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 from bridge.config import Settings, load_settings
+from bridge.sip.settings import file_keys
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "voicebridge.example.toml"
 
@@ -26,6 +27,6 @@ def test_example_names_every_setting() -> None:
         if f.name in ("realtime", "source"):
             continue
         section = getattr(Settings(), f.name)
-        for key in (k.name for k in dataclasses.fields(section)):
+        for key in file_keys(type(section)):
             # Secret keys are documented as comments only.
             assert key in data.get(f.name, {}) or f"# {key} =" in text, f"[{f.name}] {key}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from bridge.sip.message import Request, Response, parse_message, parse_request, parse_response
 from bridge.sip.sdp import answer_offer, parse_sdp
+from bridge.sip.settings import SipSettings
 from bridge.sip.ua import (
     ByeReceived,
     CallCancelled,
@@ -20,7 +21,6 @@ from bridge.sip.ua import (
     CallKey,
     Event,
     IncomingCall,
-    UaConfig,
     UserAgent,
 )
 
@@ -133,9 +133,9 @@ class Harness:
 
     def __init__(self, **config: object) -> None:
         self.now = 0.0
-        self.ua = UserAgent(UaConfig(host=BOB[0], port=BOB[1], user_agent="voicebridge/test",
-                                     **config),  # type: ignore[arg-type]
-                            ids=CountingIds())
+        self.ua = UserAgent(SipSettings(user_agent="voicebridge/test",
+                                        **config),  # type: ignore[arg-type]
+                            host=BOB[0], port=BOB[1], ids=CountingIds())
         self.log: list[tuple[float, bytes]] = []
 
     def send(self, data: bytes, addr: tuple[str, int] = ALICE) -> list[bytes]:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from bridge.errors import SdpError, SipParseError
 from bridge.sip.message import StreamParser, parse_message
 from bridge.sip.sdp import answer_offer, parse_sdp
-from bridge.sip.ua import UaConfig, UserAgent
+from bridge.sip.settings import SipSettings
+from bridge.sip.ua import UserAgent
 
 TORTURE = sorted((Path(__file__).parent / "vectors" / "rfc4475").glob("*.dat"))
 SDPS = sorted((Path(__file__).parent / "vectors" / "sdp").glob("*.sdp"))
@@ -75,7 +76,7 @@ def test_mutated_torture_vectors(data: bytes) -> None:
 @FUZZ
 @given(mutated(VECTOR_BYTES))
 def test_uas_core_never_raises(data: bytes) -> None:
-    ua = UserAgent(UaConfig(host="192.0.2.200", port=5060))
+    ua = UserAgent(SipSettings(), host="192.0.2.200", port=5060)
     ua.receive(data, ("192.0.2.1", 5060), "udp", 0.0)
     ua.receive(data, ("192.0.2.1", 40000), "tcp", 0.0)
     ua.handle_timer(100.0)

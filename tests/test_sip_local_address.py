@@ -15,7 +15,8 @@ import pytest
 import bridge.sip.service as sip_service
 from bridge.sip.message import Request, Response, parse_message, parse_request, parse_response
 from bridge.sip.sdp import parse_sdp
-from bridge.sip.service import SipLeg, SipService, SipSettings
+from bridge.sip.service import SipLeg, SipService
+from bridge.sip.settings import SipSettings
 from tests.test_sip_flows import Uac
 from tests.test_sip_service import Recorder, Sink, UdpPeer, caller_sdp, free_port
 
@@ -27,8 +28,8 @@ DEBIAN_HOSTS_GUESS = "127.0.1.1"
 async def wildcard_service(on_call: Callable[[SipLeg], Awaitable[None]],
                            public_address: str | None = None) -> AsyncIterator[SipService]:
     low = free_port() & ~1
-    svc = SipService(SipSettings(host="0.0.0.0", port=0, rtp_ports=(low, low + 19),
-                                 public_address=public_address), on_call)
+    svc = SipService(SipSettings(host="0.0.0.0", port=0, public_address=public_address),
+                     on_call, rtp_ports=(low, low + 19))
     await svc.start()
     try:
         yield svc

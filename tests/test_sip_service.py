@@ -15,7 +15,8 @@ import pytest
 
 from bridge.call.leg import LegSink
 from bridge.sip.message import Response, parse_message, parse_request, parse_response
-from bridge.sip.service import SipLeg, SipService, SipSettings
+from bridge.sip.service import SipLeg, SipService
+from bridge.sip.settings import SipSettings
 from tests.conftest import require_binary
 from tests.test_sip_flows import Uac, respond
 
@@ -76,8 +77,8 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 async def service(on_call: Callable[[SipLeg], Awaitable[None]],
                   **settings: object) -> AsyncIterator[SipService]:
     low = free_port() & ~1
-    svc = SipService(SipSettings(host="127.0.0.1", port=0,  # type: ignore[arg-type]
-                                 rtp_ports=(low, low + 19), **settings), on_call)
+    svc = SipService(SipSettings(host="127.0.0.1", port=0, **settings),  # type: ignore[arg-type]
+                     on_call, rtp_ports=(low, low + 19))
     await svc.start()
     try:
         yield svc
@@ -217,7 +218,7 @@ async def test_offerless_invite_offer_in_200_answer_in_ack_with_media() -> None:
 
     rec = Recorder(body)
     async with service(rec, public_address="198.51.100.20") as svc:
-        low, high = svc.settings.rtp_ports
+        low, high = svc.rtp_ports
         sip, rtp = await udp_peer(), await udp_peer()
         assert sip.transport is not None and rtp.transport is not None
         alice = Uac(rport=True)

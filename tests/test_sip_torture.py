@@ -74,7 +74,8 @@ from bridge.sip.message import (
     parse_message,
     parse_response,
 )
-from bridge.sip.ua import IncomingCall, UaConfig, UserAgent
+from bridge.sip.settings import SipSettings
+from bridge.sip.ua import IncomingCall, UserAgent
 
 VECTORS = Path(__file__).parent / "vectors" / "rfc4475"
 
@@ -149,7 +150,7 @@ def test_invalid_message_is_rejected(name: str) -> None:
 
 
 def _uas_answers(name: str) -> tuple[list[int], list[object]]:
-    ua = UserAgent(UaConfig(host="192.0.2.200", port=5060))
+    ua = UserAgent(SipSettings(), host="192.0.2.200", port=5060)
     ua.receive(load(name), ("192.0.2.9", 5060), "udp", now=0.0)
     # Raw status: a 400 copies the malformed fields as they came, so it may not parse.
     statuses = [int(data.split(b" ", 2)[1]) for data, _addr in ua.datagrams_to_send()]
@@ -293,7 +294,7 @@ def test_inv2543_body_runs_to_end_of_datagram() -> None:
 
 
 def test_bext01_unsupported_lists_the_required_tags() -> None:
-    ua = UserAgent(UaConfig(host="192.0.2.200", port=5060))
+    ua = UserAgent(SipSettings(), host="192.0.2.200", port=5060)
     ua.receive(load("bext01"), ("192.0.2.9", 5060), "udp", now=0.0)
     (data, _), = ua.datagrams_to_send()
     response = parse_response(data)
@@ -301,7 +302,7 @@ def test_bext01_unsupported_lists_the_required_tags() -> None:
 
 
 def test_malformed_answer_names_the_reason() -> None:
-    ua = UserAgent(UaConfig(host="192.0.2.200", port=5060))
+    ua = UserAgent(SipSettings(), host="192.0.2.200", port=5060)
     ua.receive(load("insuf"), ("192.0.2.95", 5060), "udp", now=0.0)
     (data, addr), = ua.datagrams_to_send()
     assert data.startswith(b"SIP/2.0 400 Bad Request (missing From)\r\n")

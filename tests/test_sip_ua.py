@@ -7,6 +7,7 @@ import itertools
 
 from bridge.sip.message import parse_request, parse_response
 from bridge.sip.sdp import Direction, answer_offer, make_offer, parse_sdp
+from bridge.sip.settings import SipSettings
 from bridge.sip.ua import (
     ByeReceived,
     CallEstablished,
@@ -19,7 +20,6 @@ from bridge.sip.ua import (
     ReferProgress,
     Rejection,
     Resume,
-    UaConfig,
     UserAgent,
 )
 from tests.test_sip_flows import (
@@ -85,7 +85,8 @@ def test_admission_capacity_and_allowlist() -> None:
             return Rejection(403)
         return Rejection(503, headers=(("Retry-After", "30"),))
 
-    ua = UserAgent(UaConfig(host="192.0.2.200", port=5060), admission=admit, ids=CountingIds())
+    ua = UserAgent(SipSettings(), host="192.0.2.200", port=5060, admission=admit,
+                   ids=CountingIds())
     ua.receive(Uac().invite(), ("203.0.113.9", 5060), "udp", 0.0)
     assert statuses([d for d, _ in ua.datagrams_to_send()]) == [100, 403]
     other = Uac(call_id="other")
@@ -254,7 +255,7 @@ def test_notify_without_refer_is_481() -> None:
 
 
 def test_tcp_framing_error_closes_the_connection() -> None:
-    ua = UserAgent(UaConfig(host="192.0.2.200", port=5060))
+    ua = UserAgent(SipSettings(), host="192.0.2.200", port=5060)
     bad = Uac().invite().replace(b"Content-Length: ", b"Content-Length: -")
     ua.receive(bad, ("192.0.2.101", 40000), "tcp", 0.0)
     assert ua.connections_to_close() == [("192.0.2.101", 40000)]
@@ -265,7 +266,7 @@ def test_tcp_framing_error_closes_the_connection() -> None:
 
 
 def test_tcp_two_messages_in_one_chunk_and_keepalive() -> None:
-    ua = UserAgent(UaConfig(host="192.0.2.200", port=5060))
+    ua = UserAgent(SipSettings(), host="192.0.2.200", port=5060)
     a, b = Uac(call_id="a"), Uac(call_id="b")
     next(b.branches)
     ua.receive(b"\r\n\r\n", ("192.0.2.101", 40000), "tcp", 0.0)
@@ -276,7 +277,7 @@ def test_tcp_two_messages_in_one_chunk_and_keepalive() -> None:
 
 
 def test_receive_never_raises_on_garbage() -> None:
-    ua = UserAgent(UaConfig(host="192.0.2.200", port=5060))
+    ua = UserAgent(SipSettings(), host="192.0.2.200", port=5060)
     for junk in (b"\x00\xff" * 10, b"INVITE", b"SIP/2.0 200\r\n\r\n", b"\r\n",
                  b"INVITE sip:a@b SIP/2.0\r\nVia: x\r\n\r\n"):
         ua.receive(junk, ALICE, "udp", 0.0)

@@ -32,21 +32,21 @@ There is no call logic here beyond that: what a call does belongs to ``on_call``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
+from bridge.aio import cancel_all
 from bridge.call.leg import LegInfo, Source
 from bridge.errors import BridgeError, SdpError
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
-from bridge.sip.sdp import NegotiatedMedia, answer_offer, make_offer
+from bridge.sip.sdp import NegotiatedMedia, SessionDescription, answer_offer, make_offer
+from bridge.sip.settings import SipSettings
 from bridge.sip.ua import (
     ByeReceived,
     CallCancelled,
@@ -64,7 +64,6 @@ from bridge.sip.ua import (
     ReferProgress,
     Rejection,
     Resume,
-    UaConfig,
     UserAgent,
 )
 
@@ -72,34 +71,12 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 RETRY_AFTER_S = 5
+#: The ``[rtp]`` port range when none is given (one port per call).
+DEFAULT_RTP_PORTS = (20000, 20999)
 #: Peers whose route source address is remembered; past this the memory starts over (a
 #: spray of requests from many addresses must not grow it without bound).
 LOCAL_HOST_CACHE = 4096
 _WILDCARDS = ("0.0.0.0", "::", "")
-
-
-@dataclass(frozen=True)
-class SipSettings:
-    host: str = "0.0.0.0"
-    port: int = 5060
-    transports: tuple[str, ...] = ("udp", "tcp")
-    #: The address written in Via, Contact and SDP (NAT); default: the bound address, or
-    #: with a wildcard bind, per caller, our address that caller reached.
-    public_address: str | None = None
-    rtp_ports: tuple[int, int] = (20000, 20999)
-    max_calls: int = 200
-    #: CIDRs allowed to send us requests; empty allows everyone. Others get 403.
-    allow_from: tuple[str, ...] = ()
-    #: Latch RTP onto the first packet from any address. Off, RTP may latch from the
-    #: SDP address or the address the call's signalling came from, which is enough for
-    #: callers behind NAT that call us directly; on, for media from anywhere else (a
-    #: caller behind NAT through a proxy that does not anchor media), at the price of
-    #: letting whoever sends first at call start take the stream.
-    latch_any: bool = False
-    codecs: tuple[str, ...] = ("pcmu", "pcma")
-    #: Ring before answering: send ``180 Ringing`` and wait this long (a caller may CANCEL
-    #: meanwhile). 0 answers at once, without a 180.
-    ring_ms: int = 0
 
 
 @dataclass
@@ -115,12 +92,16 @@ class SipService:
     """SIP over UDP and TCP for inbound calls; see the module docstring."""
 
     def __init__(self, settings: SipSettings, on_call: Callable[[SipLeg], Awaitable[None]],
-                 *, can_admit: Callable[[], bool] | None = None) -> None:
+                 *, rtp_ports: tuple[int, int] = DEFAULT_RTP_PORTS,
+                 can_admit: Callable[[], bool] | None = None) -> None:
+        """``settings`` as loaded (``[sip]``); ``rtp_ports``: the ``[rtp]`` range, one port
+        per call; ``can_admit``: asked before a new INVITE is let in (False: 503)."""
         self.settings = settings
+        self.rtp_ports = rtp_ports
         self._on_call = on_call
         self._can_admit = can_admit
         self._allow = tuple(ipaddress.ip_network(c, strict=False) for c in settings.allow_from)
-        self._ports = PortAllocator(*settings.rtp_ports)
+        self._ports = PortAllocator(*rtp_ports)
         self.ua: UserAgent | None = None
         self.address = settings.host
         self.port = settings.port
@@ -156,8 +137,7 @@ class SipService:
                     raise
         self.public_address = self.settings.public_address or _public_guess(self.address)
         self._per_peer = not self.settings.public_address and self.address in _WILDCARDS
-        self.ua = UserAgent(UaConfig(host=self.public_address, port=self.port,
-                                     codecs=self.settings.codecs),
+        self.ua = UserAgent(self.settings, host=self.public_address, port=self.port,
                             admission=self._admit)
         log.info("SIP listening on %s:%d (%s), contact address %s", self.address, self.port,
                  "/".join(self.settings.transports),
@@ -195,11 +175,8 @@ class SipService:
             await leg.hang_up("shutting down")
         for key in list(self._pending):
             self._command(functools.partial(_bye, key))
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for error in await cancel_all(list(self._tasks)):
+            log.warning("SIP task failed while stopping: %r", error)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -280,9 +257,7 @@ class SipService:
             if conn is not None:
                 conn.close()
         for event in ua.events():
-            handler = _EVENT_HANDLERS.get(type(event))
-            if handler is not None:
-                handler(self, event)
+            self._on_event(event)
         deadline = ua.get_timer()
         if deadline != self._timer_at:
             if self._timer is not None:
@@ -344,70 +319,22 @@ class SipService:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_call(self, pending: _Pending) -> None:
-        event = pending.event
-        key = event.call
-        call_id = event.invite.call_id
+        """One incoming call from the INVITE to its end: RTP port, answer, ACK, on_call."""
+        key = pending.event.call
         try:
-            try:
-                rtp = await RtpEndpoint.open(self.address if self.address not in (
-                    "0.0.0.0", "::") else self.settings.host, self._ports,
-                    latch_any=self.settings.latch_any, peer_host=event.peer.addr[0])
-            except (OSError, BridgeError) as exc:
-                log.warning("call %s: no RTP port (%s); refusing", call_id, exc)
-                self._command(lambda ua, now: ua.reject(
-                    key, 503, now, headers=(("Retry-After", str(RETRY_AFTER_S)),)))
-                return
-            media: NegotiatedMedia | None = None
-            try:
-                # The address the call's Contact carries: the public one, or the one
-                # of ours this caller reached (see the module docstring).
-                if event.offer is not None:
-                    sdp, media = answer_offer(
-                        event.offer, address=event.local_host, port=rtp.local_port,
-                        codecs=self.settings.codecs, session_id=str(rtp.local_port),
-                        session_version=1)
-                else:
-                    sdp = make_offer(address=event.local_host, port=rtp.local_port,
-                                     codecs=self.settings.codecs,
-                                     session_id=str(rtp.local_port), session_version=1)
-            except SdpError as exc:
-                rtp.close()
-                why = f"Not Acceptable Here ({exc})"
-                self._command(lambda ua, now: ua.reject(key, 488, now, reason=why))
-                return
-            if self.settings.ring_ms > 0:
-                self._command(lambda ua, now: ua.ringing(key, now))
-                await asyncio.wait((pending.established,), timeout=self.settings.ring_ms / 1000)
-            if pending.established.done():
-                # CANCELled (or otherwise ended) before we answered: the core has already
-                # sent the 487; answering now would be an error.
-                rtp.close()
-                return
-            info = LegInfo(call_id=call_id, source=Source.SIP, caller=event.caller,
-                           called=event.called,
-                           remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
-                           extra={"transport": event.peer.transport})
-            leg = SipLeg(self._command, key, info, rtp, media)
-            pending.leg = leg
-            if media is not None:
-                leg._media_updated(media)
-            self._command(lambda ua, now: ua.answer(key, sdp, now, media))
-            established = await pending.established
-            if established.media is not None:
-                leg._media_updated(established.media)
-                leg.g711 = established.media.codec
-            if leg.ended:
+            answered = await self._answer(pending)
+            if answered is None:
                 return
             # Established: from pending to live (in both, a call counted twice against
             # max_calls and the service refused calls at half its capacity).
             self._pending.pop(key, None)
-            self._legs[key] = leg
+            self._legs[key] = answered
             self.stats["calls"] += 1
             try:
-                await self._on_call(leg)
+                await self._on_call(answered)
             finally:
-                if not leg.ended:
-                    await leg.hang_up("call finished")
+                if not answered.ended:
+                    await answered.hang_up("call finished")
         except asyncio.CancelledError:
             if pending.leg is not None:
                 pending.leg._finish("cancelled")
@@ -417,6 +344,100 @@ class SipService:
             self._legs.pop(key, None)
             if pending.leg is not None:
                 pending.leg.rtp.close()
+
+    async def _answer(self, pending: _Pending) -> SipLeg | None:
+        """Open RTP, answer (after ringing), wait for the ACK: the live leg, or None when
+        the call was refused or ended before it was established."""
+        event = pending.event
+        key = event.call
+        rtp = await self._open_rtp(event)
+        if rtp is None:
+            return None
+        offer = self._local_sdp(event, rtp)
+        if offer is None:
+            rtp.close()
+            return None
+        sdp, media = offer
+        if self.settings.ring_ms > 0:
+            self._command(lambda ua, now: ua.ringing(key, now))
+            await asyncio.wait((pending.established,), timeout=self.settings.ring_ms / 1000)
+        if pending.established.done():
+            # CANCELled (or otherwise ended) before we answered: the core has already
+            # sent the 487; answering now would be an error.
+            rtp.close()
+            return None
+        info = LegInfo(call_id=event.invite.call_id, source=Source.SIP, caller=event.caller,
+                       called=event.called,
+                       remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
+                       extra={"transport": event.peer.transport})
+        leg = SipLeg(self._command, key, info, rtp, media)
+        pending.leg = leg
+        if media is not None:
+            leg._media_updated(media)
+        self._command(lambda ua, now: ua.answer(key, sdp, now, media))
+        established = await pending.established
+        if established.media is not None:
+            leg._media_updated(established.media)
+            leg.g711 = established.media.codec
+        return None if leg.ended else leg
+
+    async def _open_rtp(self, event: IncomingCall) -> RtpEndpoint | None:
+        """The call's RTP endpoint; None (and a 503 sent) when no port is free."""
+        host = self.address if self.address not in ("0.0.0.0", "::") else self.settings.host
+        try:
+            return await RtpEndpoint.open(host, self._ports, latch_any=self.settings.latch_any,
+                                          peer_host=event.peer.addr[0])
+        except (OSError, BridgeError) as exc:
+            log.warning("call %s: no RTP port (%s); refusing", event.invite.call_id, exc)
+            key = event.call
+            self._command(lambda ua, now: ua.reject(
+                key, 503, now, headers=(("Retry-After", str(RETRY_AFTER_S)),)))
+            return None
+
+    def _local_sdp(self, event: IncomingCall, rtp: RtpEndpoint
+                   ) -> tuple[SessionDescription, NegotiatedMedia | None] | None:
+        """Our answer to the INVITE's offer (or our offer when it had none), with the
+        media it settles; None (and a 488 sent) when the offer cannot be answered."""
+        # The address the call's Contact carries: the public one, or the one of ours this
+        # caller reached (see the module docstring).
+        try:
+            if event.offer is not None:
+                return answer_offer(event.offer, address=event.local_host,
+                                    port=rtp.local_port, codecs=self.settings.codecs,
+                                    session_id=str(rtp.local_port), session_version=1)
+            return make_offer(address=event.local_host, port=rtp.local_port,
+                              codecs=self.settings.codecs, session_id=str(rtp.local_port),
+                              session_version=1), None
+        except SdpError as exc:
+            key = event.call
+            why = f"Not Acceptable Here ({exc})"
+            self._command(lambda ua, now: ua.reject(key, 488, now, reason=why))
+            return None
+
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case IncomingCall():
+                self._on_incoming(event)
+            case CallEstablished():
+                self._on_established(event)
+            case CallCancelled():
+                self._end_pending(event.call, "cancelled")
+            case ByeReceived():
+                self._end_pending(event.call, "bye")
+            case CallEnded():
+                self._end_pending(event.call, event.reason)
+            case MediaUpdated():
+                self._on_media(event)
+            case Hold() | Resume():
+                self._on_hold(event)
+            case DtmfInfo():
+                self._on_dtmf(event)
+            case ReferProgress():
+                self._on_refer_progress(event)
+            case ReferDone():
+                self._on_refer_done(event)
+            case OptionsAnswered():
+                self.stats["options"] += 1
 
     def _on_established(self, event: CallEstablished) -> None:
         pending = self._pending.get(event.call)
@@ -432,15 +453,6 @@ class SipService:
         leg = self._legs.get(key)
         if leg is not None:
             leg._remote_hangup(reason)
-
-    def _on_cancelled(self, event: CallCancelled) -> None:
-        self._end_pending(event.call, "cancelled")
-
-    def _on_bye(self, event: ByeReceived) -> None:
-        self._end_pending(event.call, "bye")
-
-    def _on_ended(self, event: CallEnded) -> None:
-        self._end_pending(event.call, event.reason)
 
     def _leg(self, key: CallKey) -> SipLeg | None:
         leg = self._legs.get(key)
@@ -476,31 +488,12 @@ class SipService:
         if leg is not None:
             leg._transfer_done(event.ok, event.status, event.reason)
 
-    def _on_options(self, event: OptionsAnswered) -> None:
-        self.stats["options"] += 1
-
-
-_EVENT_HANDLERS: dict[type[Event], Callable[[SipService, Any], None]] = {
-    IncomingCall: SipService._on_incoming,
-    CallEstablished: SipService._on_established,
-    CallCancelled: SipService._on_cancelled,
-    ByeReceived: SipService._on_bye,
-    CallEnded: SipService._on_ended,
-    MediaUpdated: SipService._on_media,
-    Hold: SipService._on_hold,
-    Resume: SipService._on_hold,
-    DtmfInfo: SipService._on_dtmf,
-    ReferProgress: SipService._on_refer_progress,
-    ReferDone: SipService._on_refer_done,
-    OptionsAnswered: SipService._on_options,
-}
-
 
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, service: SipService) -> None:
         self._service = service
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self._service._feed(data, addr, "udp")
 
     def error_received(self, exc: Exception) -> None:

@@ -37,25 +37,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
 
 from bridge.errors import SipError
 from bridge.sip.message import MAGIC_COOKIE, Request, Response
+from bridge.sip.settings import Timers
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Timers:
-    """RFC 3261 §17.1.1.1 defaults: T1 is the RTT estimate, T2 the cap, T4 the max lifetime."""
-
-    t1: float = 0.5
-    t2: float = 4.0
-    t4: float = 5.0
-
-    @property
-    def b(self) -> float:           # also F, H, J, L
-        return 64 * self.t1
 
 
 class TransactionError(SipError):

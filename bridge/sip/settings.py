@@ -1,0 +1,87 @@
+"""The SIP settings: one frozen value read by the loader, the service and the user agent.
+
+``[sip]`` of ``voicebridge.toml`` (and its ``VOICEBRIDGE_SIP_*`` overrides) is read by
+``bridge.config`` straight into :class:`SipSettings`; ``bridge.serve`` hands that same value
+to :class:`bridge.sip.service.SipService`, which hands it to
+:class:`bridge.sip.ua.UserAgent`. Nothing copies fields from one type to another.
+
+Some fields are not read from the file (``codecs``, ``user_agent``, ``timers``,
+``symmetric_requests``): they are fixed by the program and varied only by tests. They carry
+:data:`NOT_IN_FILE` in their field metadata, and the loader leaves them alone
+(:func:`file_keys`).
+
+This module imports nothing from the rest of the SIP package, so the configuration loader
+can import it without pulling in the parser, and the SIP modules can import it without a
+cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bridge import __version__
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+#: Field metadata of a setting the configuration file does not offer.
+NOT_IN_FILE = {"file": False}
+
+
+@dataclass(frozen=True)
+class Timers:
+    """RFC 3261 §17.1.1.1 defaults: T1 is the RTT estimate, T2 the cap, T4 the max lifetime."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+
+    @property
+    def b(self) -> float:           # also F, H, J, L
+        return 64 * self.t1
+
+
+@dataclass(frozen=True)
+class SipSettings:
+    """SIP over UDP and TCP for inbound calls (``[sip]`` of the settings file)."""
+
+    enabled: bool = True
+    #: The bind address, for UDP and TCP alike.
+    host: str = "0.0.0.0"
+    port: int = 5060
+    transports: tuple[str, ...] = ("udp", "tcp")
+    #: The address written in Via, Contact and SDP (NAT); default: the bound address, or
+    #: with a wildcard bind, per caller, our address that caller reached.
+    public_address: str | None = None
+    #: Above this many calls an INVITE gets 503 with Retry-After.
+    max_calls: int = 200
+    #: CIDRs allowed to send us requests; empty allows everyone. Others get 403.
+    allow_from: tuple[str, ...] = ()
+    #: Latch RTP onto the first packet from any address. Off, RTP may latch from the
+    #: SDP address or the address the call's signalling came from, which is enough for
+    #: callers behind NAT that call us directly; on, for media from anywhere else (a
+    #: caller behind NAT through a proxy that does not anchor media), at the price of
+    #: letting whoever sends first at call start take the stream.
+    latch_any: bool = False
+    #: Ring before answering: send ``180 Ringing`` and wait this long (a caller may CANCEL
+    #: meanwhile). 0 answers at once, without a 180.
+    ring_ms: int = 0
+    #: The codecs we answer with, in our order of preference (G.711 only on SIP).
+    codecs: tuple[str, ...] = field(default=("pcmu", "pcma"), metadata=NOT_IN_FILE)
+    #: What we write in Server and User-Agent.
+    user_agent: str = field(default=f"voicebridge/{__version__}", metadata=NOT_IN_FILE)
+    #: Transaction timers (T1, T2, T4).
+    timers: Timers = field(default=Timers(), metadata=NOT_IN_FILE)
+    #: Send requests inside a dialog without a route set back to the address the INVITE
+    #: came from rather than to its Contact (which is often a private address behind NAT).
+    symmetric_requests: bool = field(default=True, metadata=NOT_IN_FILE)
+
+
+def file_keys(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    """The fields of settings dataclass ``cls`` that the configuration file offers."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("file", True))
+
+
+__all__ = ["NOT_IN_FILE", "SipSettings", "Timers", "file_keys"]
