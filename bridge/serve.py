@@ -2,9 +2,11 @@
 
 Start-up order: settings (``bridge.config``), dialplans, the call record store, the Realtime
 target (an in-process emulator when nothing is configured), the shared media clock and the
-``CallManager``, then the listeners: SIP (UDP+TCP) and HTTP (Quart on Hypercorn). Each part
-is optional in the sense that a build without it (no ``bridge.sip.service``) still serves
-the others, and says so.
+``CallManager``, then the listeners: SIP (UDP+TCP) and HTTP (Quart on Hypercorn). The
+``[sip]`` settings go to the SIP service as loaded (one ``SipSettings`` value), with the
+``[rtp]`` port range beside them. The parts are imported when they start, so the other
+``voicebridge`` commands do not load the web and media stacks; the types are checked
+all the same (``mypy --strict``).
 
 Dashboard access. With ``[http] token`` set, the dashboard, call data and admin actions
 need it and the banner never shows it. Without one, a random per-run token
@@ -27,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import os
 import secrets
@@ -39,11 +40,25 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bridge.config import Settings, load_settings
-from bridge.errors import ConfigError
+from bridge.errors import CallRejected, ConfigError
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+    from bridge.call.call import RealtimeFactory, RealtimeSession
+    from bridge.call.manager import CallManager
+    from bridge.call.records import CallRecord, RecordStore
+    from bridge.dialplans.plan import DialplanSet
+    from bridge.realtime.auth import EntraTokenProvider
+    from bridge.realtime.config import RealtimeTarget
+    from bridge.realtime.emulator import Emulator
+    from bridge.realtime.profile import SessionProfile
+    from bridge.sip.leg import SipLeg
+    from bridge.sip.service import SipService
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +84,19 @@ class Bridge:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.sip_wanted = settings.sip.enabled if sip is None else sip
-        self.manager: Any = None
-        self.store: Any = None
-        self.emulator: Any = None
-        self.sip: Any = None
-        self.target: Any = None
-        self.app: Any = None
+        self.manager: CallManager | None = None
+        self.store: RecordStore | None = None
+        self.emulator: Emulator | None = None
+        self.sip: SipService | None = None
+        self.target: RealtimeTarget | None = None
+        self.app: Quart | None = None
+        self.dialplans_path: Path | None = None
         self.http_host = ""
         self.http_port = 0
         self._http_socket: socket.socket | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._http_stop = asyncio.Event()
-        self._token_provider: Any = None
+        self._token_provider: EntraTokenProvider | None = None
         self._upstream_checked: tuple[float, bool, str] | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -101,23 +117,24 @@ class Bridge:
     async def start(self) -> None:
         from bridge.call.clock import shared_clock  # noqa: PLC0415
         from bridge.call.manager import CallManager  # noqa: PLC0415
-
-        dialplans = self._load_dialplans()
-        self.store = self._open_store()
-        self._closers.append(self.store.close)
-        factory = await self._realtime_factory()
-        self.manager = CallManager(dialplans, factory, self.store, shared_clock(),
-                                   max_calls=self.settings.sip.max_calls)
-        self._closers.append(self._shutdown_calls)
         from bridge.metrics import CallEventMetrics  # noqa: PLC0415
 
-        manager = self.manager
-        call_metrics = CallEventMetrics(
-            lambda call_id: getattr(manager.calls.get(call_id), "record", None))
-        manager.add_listener(call_metrics)
+        dialplans = self._load_dialplans()
+        store = self.store = self._open_store()
+        self._closers.append(store.close)
+        factory = await self._realtime_factory()
+        manager = self.manager = CallManager(dialplans, factory, store, shared_clock(),
+                                             max_calls=self.settings.sip.max_calls)
+        self._closers.append(self._shutdown_calls)
+
+        def live_record(call_id: str) -> CallRecord | None:
+            call = manager.calls.get(call_id)
+            return call.record if call is not None else None
+
+        manager.add_listener(CallEventMetrics(live_record))
         if self.sip_wanted:
-            await self._start_sip()
-        await self._start_http()
+            await self._start_sip(manager)
+        await self._start_http(manager)
 
     async def stop(self) -> None:
         """End calls, then close everything that was opened (reverse order). Idempotent."""
@@ -131,19 +148,21 @@ class Bridge:
                 log.exception("error while shutting down")
 
     async def _shutdown_calls(self) -> None:
-        live = self.manager.live
-        if live:
-            log.info("ending %d live call(s)", live)
-        await self.manager.shutdown("shutdown")
+        manager = self.manager
+        if manager is None:
+            return
+        if manager.live:
+            log.info("ending %d live call(s)", manager.live)
+        await manager.shutdown("shutdown")
         # A call still finishing (closing its upstream, writing its record) needs the
         # emulator and the record store a little longer: they close after this returns.
         async with asyncio.timeout(CALLS_DRAIN_S):
-            while self.manager.calls:  # noqa: ASYNC110 (no event for "registry empty")
+            while manager.calls:  # noqa: ASYNC110 (no event for "registry empty")
                 await asyncio.sleep(0.05)
 
     # ---- parts ---------------------------------------------------------------------------
 
-    def _load_dialplans(self) -> Any:
+    def _load_dialplans(self) -> DialplanSet:
         from bridge.dialplans.loader import default_dialplans_dir, load_dialplans  # noqa: PLC0415
 
         folder = self.settings.dialplans.path
@@ -152,13 +171,13 @@ class Bridge:
         self.dialplans_path = path
         return plans
 
-    def _open_store(self) -> Any:
+    def _open_store(self) -> RecordStore:
         from bridge.call.records import MemoryRecordStore, SqliteRecordStore  # noqa: PLC0415
 
         path = self.settings.records.path
         return SqliteRecordStore(path) if path else MemoryRecordStore()
 
-    async def _realtime_factory(self) -> Callable[..., Any]:
+    async def _realtime_factory(self) -> RealtimeFactory:
         from bridge.realtime.client import RealtimeClient  # noqa: PLC0415
 
         rt = self.settings.realtime_settings(self.env)
@@ -167,60 +186,52 @@ class Bridge:
         if wants_emulator:
             from bridge.realtime.emulator import Emulator, EmulatorConfig  # noqa: PLC0415
 
-            self.emulator = Emulator(EmulatorConfig(host="127.0.0.1", port=0))
-            await self.emulator.__aenter__()
+            emulator = self.emulator = Emulator(EmulatorConfig(host="127.0.0.1", port=0))
+            await emulator.__aenter__()
             self._closers.append(self._close_emulator)
-            self.target = rt.target(self.emulator.url)
+            target = self.target = rt.target(emulator.url)
         else:
-            self.target = rt.target()
-        if self.target.use_entra:
+            target = self.target = rt.target()
+        tokens: EntraTokenProvider | None = None
+        if target.use_entra:
             from bridge.realtime.auth import EntraTokenProvider  # noqa: PLC0415
 
-            self._token_provider = EntraTokenProvider()
-            self._closers.append(self._token_provider.aclose)
-        target, tokens = self.target, self._token_provider
+            tokens = self._token_provider = EntraTokenProvider()
+            self._closers.append(tokens.aclose)
 
-        def factory(profile: Any, call_log: Any) -> Any:
+        def factory(profile: SessionProfile,
+                    call_log: logging.LoggerAdapter[logging.Logger]) -> RealtimeSession:
             return RealtimeClient(target, profile, token_provider=tokens, log=call_log)
         return factory
 
     async def _close_emulator(self) -> None:
-        await self.emulator.__aexit__(None, None, None)
+        if self.emulator is not None:
+            await self.emulator.__aexit__(None, None, None)
 
-    async def _start_sip(self) -> None:
-        try:
-            service_mod = importlib.import_module("bridge.sip.service")
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("bridge.sip.service", "bridge.sip"):
-                raise
-            log.warning("SIP is not available in this build: serving WebRTC and HTTP only")
-            return
-        s = self.settings
-        sip_settings = service_mod.SipSettings(
-            host=s.sip.host, port=s.sip.port, transports=s.sip.transports,
-            public_address=s.sip.public_address, rtp_ports=(s.rtp.port_low, s.rtp.port_high),
-            max_calls=s.sip.max_calls, allow_from=s.sip.allow_from, latch_any=s.sip.latch_any,
-            ring_ms=s.sip.ring_ms)
-        self.sip = service_mod.SipService(sip_settings, self._on_sip_call,
-                                          can_admit=self.manager.can_admit)
-        await self.sip.start()
-        self._closers.append(self.sip.stop)
+    async def _start_sip(self, manager: CallManager) -> None:
+        from bridge.sip.service import SipService  # noqa: PLC0415
 
-    async def _on_sip_call(self, leg: Any) -> None:
-        from bridge.call.manager import CallRejected  # noqa: PLC0415
+        rtp = self.settings.rtp
 
-        try:
-            await self.manager.handle(leg)
-        except CallRejected as exc:
-            log.info("SIP call %s rejected: %s", leg.info.call_id, exc)
+        async def on_call(leg: SipLeg) -> None:
+            try:
+                await manager.handle(leg)
+            except CallRejected as exc:
+                log.info("SIP call %s rejected: %s", leg.info.call_id, exc)
 
-    async def _start_http(self) -> None:
+        sip = self.sip = SipService(self.settings.sip, on_call,
+                                    rtp_ports=(rtp.port_low, rtp.port_high),
+                                    can_admit=manager.can_admit)
+        await sip.start()
+        self._closers.append(sip.stop)
+
+    async def _start_http(self, manager: CallManager) -> None:
         from hypercorn.asyncio import serve  # noqa: PLC0415
         from hypercorn.config import Config  # noqa: PLC0415
 
         from bridge.web.app import create_app  # noqa: PLC0415
 
-        self.app = create_app(self.manager, self.settings, readiness=self.readiness)
+        self.app = create_app(manager, self.settings, readiness=self.readiness)
         http = self.settings.http
         # Bind here (not in Hypercorn) so a port of 0 works and the bound port is known.
         family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
@@ -277,12 +288,11 @@ class Bridge:
     def sip_uri(self) -> str | None:
         if self.sip is None:
             return None
-        host = self.settings.sip.public_address or getattr(self.sip, "public_address", None) \
-            or getattr(self.sip, "address", None) or self.settings.sip.host
+        host = (self.settings.sip.public_address or self.sip.public_address
+                or self.sip.address or self.settings.sip.host)
         if host in ("0.0.0.0", "::"):
             host = _local_address()
-        port = getattr(self.sip, "port", self.settings.sip.port)
-        return f"sip:agent@{host}:{port}"
+        return f"sip:agent@{host}:{self.sip.port}"
 
     def banner(self) -> str:
         lines = ["voicebridge is running"]
@@ -301,7 +311,8 @@ class Bridge:
             lines.append(f"  dashboard:         {self.http_url}/dashboard  "
                          "(log in with the configured [http] token)")
         lines.append(f"  metrics:           {self.http_url}/metrics")
-        lines.append(f"  Realtime target:   {self.target.describe()}"
+        target = self.target.describe() if self.target is not None else "not started"
+        lines.append(f"  Realtime target:   {target}"
                      + ("  (built-in emulator: an echo agent)" if self.emulator else ""))
         lines.append(f"  dialplans:         {self.dialplans_path}")
         lines.append(f"  settings:          {self.settings.source}")
@@ -323,6 +334,8 @@ class Bridge:
         cached = self._upstream_checked
         if cached is not None and now - cached[0] < UPSTREAM_CHECK_TTL_S:
             return cached[1], cached[2]
+        if self.target is None:
+            return False, "not started"
         parts = urlsplit(self.target.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "wss" else 80)
