@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 
-async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Future[object]
-                          ) -> BaseException | None:
+async def cancel_and_wait(task: asyncio.Future[Any]) -> BaseException | None:
     """Cancel ``task`` and wait for it to finish; return the exception it ended with.
 
     Returns ``None`` when the task finished by cancellation or normally. Raises
@@ -30,8 +30,7 @@ async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Future[object]
     return task.exception()
 
 
-async def cancel_all(tasks: Iterable[asyncio.Task[object] | asyncio.Future[object]]
-                     ) -> list[BaseException]:
+async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> list[BaseException]:
     """Cancel every task, wait for all of them; the exceptions they ended with."""
     pending = [t for t in tasks]
     for t in pending:

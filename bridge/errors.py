@@ -3,6 +3,7 @@
 The hierarchy::
 
     BridgeError                      base of everything the bridge raises on purpose
+    ├── IncompatibleLibrary          an installed library lacks a private name the bridge relies on
     ├── ConfigError                  bad settings or files; names the source (file, line, field)
     │   ├── DialplanError            a dialplan file that does not validate
     │   ├── SchemaProblem            a webhook tool's JSON schema that cannot be used

@@ -37,7 +37,6 @@ voicebridge_http_sse_clients             gauge
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,6 +48,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from bridge.call.events import BargedIn, CallEnded, CallEvent, CallStarted, ToolCalled
+from bridge.call.records import CallRecord
 
 #: The registry ``/metrics`` serves. Process CPU/memory come along (``process_*``).
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -115,48 +117,37 @@ class CallEventMetrics:
     """Turns the call manager's events into the call-level metrics above.
 
     Attach with ``manager.add_listener(CallEventMetrics(lookup))`` where ``lookup(call_id)``
-    returns the live call's record (for its source and per-turn latencies). The call engine
-    itself only emits events; counting them here keeps one place that increments each
-    call-level metric (the media paths count frames, RTP drops and upstream errors
-    themselves, per frame or per connection).
+    returns the live call's record (for its per-turn latencies). The call engine itself
+    only emits events; counting them here keeps one place that increments each call-level
+    metric (the media paths count frames, RTP drops and upstream errors themselves, per
+    frame or per connection).
     """
 
-    def __init__(self, lookup: Callable[[str], Any]) -> None:
+    def __init__(self, lookup: Callable[[str], CallRecord | None]) -> None:
         self._lookup = lookup
         self._source: dict[str, str] = {}
-        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
-            "call.started": self._started,
-            "call.ended": self._ended,
-            "barge_in": lambda _e: BARGE_INS.inc(),
-            "tool_call": self._tool,
-        }
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        handler = self._handlers.get(str(event.get("type", "")))
-        if handler is not None:
-            handler(event)
+    def __call__(self, event: CallEvent) -> None:
+        match event:
+            case CallStarted(call_id=call_id, source=source):
+                source = source or "unknown"
+                self._source[call_id] = source
+                CALLS_STARTED.labels(source=source).inc()
+                CALLS_ACTIVE.labels(source=source).inc()
+            case CallEnded():
+                self._ended(event)
+            case BargedIn():
+                BARGE_INS.inc()
+            case ToolCalled(name=name, ok=ok):
+                TOOL_CALLS.labels(name=name, outcome="ok" if ok else "error").inc()
 
-    def _started(self, event: dict[str, Any]) -> None:
-        call_id = str(event.get("call_id", ""))
-        record = self._lookup(call_id)
-        source = str(getattr(record, "source", "") or "unknown")
-        self._source[call_id] = source
-        CALLS_STARTED.labels(source=source).inc()
-        CALLS_ACTIVE.labels(source=source).inc()
-
-    def _ended(self, event: dict[str, Any]) -> None:
-        call_id = str(event.get("call_id", ""))
-        source = self._source.pop(call_id, None)
+    def _ended(self, event: CallEnded) -> None:
+        source = self._source.pop(event.call_id, None)
         if source is None:
             return                      # started before this listener was attached
         CALLS_ACTIVE.labels(source=source).dec()
-        CALLS_ENDED.labels(reason=str(event.get("reason") or "unknown")).inc()
-        record = self._lookup(call_id)
-        for turn in getattr(record, "turns", ()):
-            total_ms = getattr(turn, "total_ms", None)
-            if total_ms is not None:
-                TURN_LATENCY.observe(total_ms / 1000)
-
-    def _tool(self, event: dict[str, Any]) -> None:
-        name = str(event.get("name", ""))
-        TOOL_CALLS.labels(name=name, outcome="ok" if event.get("ok") else "error").inc()
+        CALLS_ENDED.labels(reason=event.reason or "unknown").inc()
+        record = self._lookup(event.call_id)
+        for turn in record.turns if record is not None else ():
+            if turn.total_ms is not None:
+                TURN_LATENCY.observe(turn.total_ms / 1000)

@@ -22,6 +22,7 @@ import pytest
 
 from bridge.call.call import Call
 from bridge.call.clock import MediaClock
+from bridge.call.events import CallEnded, CallEvent, CallStarted, StateChanged
 from bridge.call.leg import LegInfo, Source, TransferOutcome
 from bridge.call.manager import (
     DEFAULT_CLIENT_OPTIONS,
@@ -684,7 +685,7 @@ async def test_manager_admits_runs_streams_events_and_hangs_up(tmp_path: Path) -
         target = RealtimeSettings.from_env({}).target(emulator_url=emu.url)
         clock = MediaClock()
         mgr = CallManager(plans, target, store, clock, max_calls=1)
-        events: list[dict[str, Any]] = []
+        events: list[CallEvent] = []
 
         async def collect() -> None:
             async for e in mgr.subscribe():
@@ -708,9 +709,12 @@ async def test_manager_admits_runs_streams_events_and_hangs_up(tmp_path: Path) -
         assert mgr.live == 0 and mgr.can_admit()
         await mgr.shutdown()
         await asyncio.wait_for(collector, 5)
-    kinds = [e["type"] for e in events]
-    assert kinds[0] == "call.started" and kinds[-1] == "call.ended"
-    assert all(e["call_id"] == call_id for e in events)
+    assert isinstance(events[0], CallStarted) and isinstance(events[-1], CallEnded)
+    assert events[-1].reason == "operator" and events[0].source == "memory"
+    states = [e.state for e in events if isinstance(e, StateChanged)]
+    assert states == ["connecting", "conversing", "ending", "ended"]
+    assert all(e.call_id == call_id for e in events)
+    assert [e.to_json()["type"] for e in events][0] == "call.started"
 
 
 

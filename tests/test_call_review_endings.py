@@ -183,12 +183,14 @@ async def test_a_g711_leg_with_a_g711_profile_appends_its_own_bytes_every_20_ms(
         rig = Rig(make_plan(tmp_path, audio_format=audio_format), idle_silence=False)
         await rig.start()
         voice = speech(200)
-        rig.leg.play(voice)
+        # A G.711 session makes the leg carry the payload: it plays what a phone sends.
+        assert rig.leg.carry == ("pcmu" if audio_format == "g711" else "pcm16")
+        rig.leg.play(g711.ulaw_encode(voice) if audio_format == "g711" else voice)
         await rig.tick(10)
         sent = rig.session.appended
         assert [len(a) for a in sent] == [per_append] * 10, audio_format
         if audio_format == "g711":
-            assert b"".join(sent) == g711.ulaw_encode(voice)
+            assert b"".join(sent) == g711.ulaw_encode(voice)     # byte for byte
         rig.leg.far_end_hangup()
         await rig.finish()
 

@@ -127,7 +127,7 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
             await page.click("#hangup")
 
             async def call_freed() -> bool:
-                webrtc = bridge.app.extensions["voicebridge"]["webrtc"]
+                webrtc = bridge.app.extensions["voicebridge"].webrtc
                 return call_id not in bridge.manager.calls and not webrtc.tasks
             await until(call_freed, 15, "the call to end and its leg to close")
             assert await page.get_attribute("#state", "data-state") == "ended"

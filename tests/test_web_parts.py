@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bridge import metrics
+from bridge.call.events import CallEvent, CallStarted, TranscriptAdded
 from bridge.call.leg import LegInfo, Source
 from bridge.config import load_settings
 from bridge.errors import CallRejected
@@ -51,7 +52,7 @@ class StandInManager:
     def remove_listener(self, listener: Any) -> None:
         self.listeners.remove(listener)
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: CallEvent) -> None:
         for listener in list(self.listeners):
             listener(event)
 
@@ -85,9 +86,6 @@ def test_routes_live_in_blueprints_over_one_typed_state(tmp_path: Path) -> None:
     state = app.extensions["voicebridge"]
     assert isinstance(state, WebState)
     assert state.manager is manager and state.settings is settings
-    assert state["webrtc"] is state.webrtc and state["manager"] is manager
-    with pytest.raises(KeyError):
-        state["token"]
     assert manager.listeners == [state.webrtc._forward]
     rules = {rule.rule: rule.endpoint for rule in app.url_map.iter_rules()}
     assert set(app.blueprints) == {"health", "softphone", "dashboard", "calls"}
@@ -109,12 +107,16 @@ async def test_web_state_is_reached_from_the_app_context(tmp_path: Path) -> None
 
 
 def test_an_sse_message_names_the_event_and_carries_its_json() -> None:
-    event = {"type": "call.started", "call_id": "c_1", "at": 1.5, "path": Path("/x")}
+    event = CallStarted(call_id="c_1", at=1.5, source="sip", caller="+1", called="100",
+                        dialplan="front")
     message = sse_message(event)
     head, data, end = message.decode().split("\n", 2)
     assert head == "event: call.started" and end == "\n"
-    assert json.loads(data.removeprefix("data: ")) == {**event, "path": "/x"}
-    assert sse_message({"call_id": "c_1"}).startswith(b"event: message\n")
+    assert json.loads(data.removeprefix("data: ")) == {
+        "type": "call.started", "call_id": "c_1", "at": 1.5, "source": "sip",
+        "caller": "+1", "called": "100", "dialplan": "front"}
+    assert sse_message(TranscriptAdded(call_id="c_1", role="agent", text="hi")).startswith(
+        b"event: call.transcript\n")
 
 
 async def test_a_slow_follower_loses_its_oldest_events_and_stops_listening() -> None:
@@ -124,7 +126,7 @@ async def test_a_slow_follower_loses_its_oldest_events_and_stops_listening() -> 
     assert manager.listeners == [follower.offer]
     assert metrics.SSE_CLIENTS._value.get() == clients + 1
     for n in range(3):
-        manager.emit({"type": "call.transcript", "call_id": f"c_{n}"})
+        manager.emit(TranscriptAdded(call_id=f"c_{n}", role="caller", text=""))
     stream = follower.stream()
     assert await anext(stream) == b"retry: 2000\n\n"
     got = [json.loads((await anext(stream)).decode().split("data: ")[1]) for _ in range(2)]
@@ -142,12 +144,14 @@ async def test_a_browser_gets_only_its_own_calls_events() -> None:
     calls.start(mine)
     await settled(lambda: "c_w1" in manager.calls)
     manager.calls["c_w2"] = SimpleNamespace(leg=other, record=None)   # not started here
-    manager.emit({"type": "call.transcript", "call_id": "c_w1", "text": "early"})
+    manager.emit(TranscriptAdded(call_id="c_w1", role="agent", text="early"))
     for call_id in ("c_w1", "c_w2"):
-        manager.emit({"type": "call.started", "call_id": call_id})
-        manager.emit({"type": "transcript", "call_id": call_id, "text": "hi"})
-    assert mine.sent == [{"type": "call.started", "call_id": "c_w1"},
-                         {"type": "transcript", "call_id": "c_w1", "text": "hi"}]
+        manager.emit(CallStarted(call_id=call_id, at=1.0, source="webrtc", caller="", called="",
+                                 dialplan="d"))
+        manager.emit(TranscriptAdded(call_id=call_id, at=2.0, role="agent", text="hi"))
+    assert [(e["type"], e["call_id"]) for e in mine.sent] == [
+        ("call.started", "c_w1"), ("call.transcript", "c_w1")]
+    assert mine.sent[1]["text"] == "hi"
     assert other.sent == []
     await calls.close()
     assert mine.closes == 1 and not calls.tasks and manager.listeners == []

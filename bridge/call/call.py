@@ -52,7 +52,14 @@ from typing import Any, Protocol
 from bridge.call.clock import MediaClock, TimerHandle
 from bridge.call.control import CallControl
 from bridge.call.dtmf import DtmfActions
-from bridge.call.events import BargedIn, CallEnded, CallEvent, CallStarted, TranscriptAdded
+from bridge.call.events import (
+    BargedIn,
+    CallEnded,
+    CallEvent,
+    CallStarted,
+    StateChanged,
+    TranscriptAdded,
+)
 from bridge.call.fallback import DEFAULT_FALLBACK_TONES, Fallback
 from bridge.call.inbound import InboundAudio
 from bridge.call.leg import MediaLeg
@@ -137,7 +144,7 @@ class Call:
         self.connect_timeout_s = connect_timeout_s
         self.close_timeout_s = close_timeout_s
         self._on_event = on_event
-        self.state = CallStateMachine(self.log)
+        self.state = CallStateMachine(self.log, on_change=self._on_state)
         self.profile = dialplan.session_profile(leg_g711=leg.g711)
         fmt = self.profile.audio_format
         if fmt in ("pcmu", "pcma"):
@@ -234,10 +241,13 @@ class Call:
             except Exception:
                 self.log.exception("call event hook failed")
 
+    def _on_state(self, old: CallState, new: CallState, _trigger: Key) -> None:
+        self.emit(StateChanged(call_id=self.call_id, state=new.value, previous=old.value))
+
     # ================================================================== lifecycle
     async def run(self) -> CallRecord:
         self.speech.mono_to_wall = time.time() - self.clock.time()
-        self.state.fire(Trigger.START)
+        self.leg.poll = self.clock.poll             # the leg's preemption point per frame
         self.leg.attach(self)
         self.clock.subscribe(self.playout, first=True)
         self.clock.subscribe(self.inbound)             # inbound gap filling (on_tick)
@@ -246,6 +256,7 @@ class Call:
                       rec.source, self.dialplan.name)
         self.emit(CallStarted(call_id=self.call_id, source=rec.source, caller=self.caller,
                               called=self.called, dialplan=self.dialplan.name))
+        self.state.fire(Trigger.START)
         self._max_timer = self.clock.call_later(self.dialplan.limits.max_call_s,
                                                 lambda: self.end(EndReason.MAX_DURATION))
         await self.recorder.save()

@@ -34,8 +34,13 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+
+def _no_poll() -> None:
+    return None
 
 
 class Underrun(enum.Enum):
@@ -97,6 +102,10 @@ class MediaLeg(abc.ABC):
     g711: str = ""
     #: What crosses the seam: "pcm16", or "pcmu" / "pcma" once ``carry_encoded`` agreed.
     carry: str = "pcm16"
+    #: Called by the leg before each inbound frame reaches the sink: the call sets it to
+    #: its media clock's ``poll``, so a tick that came due during a burst of datagrams goes
+    #: out between two frames rather than after the burst.
+    poll: Callable[[], object] = staticmethod(_no_poll)
 
     @property
     def frame_samples(self) -> int:

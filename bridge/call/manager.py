@@ -34,9 +34,7 @@ from bridge.realtime.profile import SessionProfile
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[dict[str, Any]], None]
-_LEGACY_NAMES = {"call.transcript": "transcript", "call.barge_in": "barge_in",
-                 "call.tool_call": "tool_call", "call.dtmf": "dtmf", "call.fallback": "fallback"}
+Listener = Callable[[CallEvent], None]
 
 
 #: Reconnect policy of a call's client. A dropped upstream is retried 3 times with back-off
@@ -78,7 +76,7 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._listeners: list[Listener] = []
-        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._queues: set[asyncio.Queue[CallEvent | None]] = set()
         self._queue_size = subscriber_queue
         self._closing = False
         self.started = 0
@@ -175,7 +173,7 @@ class CallManager:
                 w.cancel()
         for q in list(self._queues):
             with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait({"type": "manager.closed"})
+                q.put_nowait(None)
 
     # -- events --------------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
@@ -185,22 +183,20 @@ class CallManager:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+    async def subscribe(self) -> AsyncIterator[CallEvent]:
         """Every call event from now on, until the manager shuts down."""
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._queue_size)
+        q: asyncio.Queue[CallEvent | None] = asyncio.Queue(self._queue_size)
         self._queues.add(q)
         try:
             while True:
                 item = await q.get()
-                if item.get("type") == "manager.closed":
+                if item is None:                   # the manager shut down
                     return
                 yield item
         finally:
             self._queues.discard(q)
 
-    def _publish(self, typed: CallEvent) -> None:
-        event: dict[str, Any] = typed.to_json()
-        event["type"] = _LEGACY_NAMES.get(typed.kind, typed.kind)
+    def _publish(self, event: CallEvent) -> None:
         for listener in list(self._listeners):
             try:
                 listener(event)

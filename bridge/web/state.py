@@ -8,7 +8,7 @@ with ``web_state()`` (inside a request or an app context) instead of closing ove
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from quart import current_app
@@ -60,14 +60,6 @@ class WebState:
     @property
     def http(self) -> HttpSettings:
         return self.settings.http
-
-    def __getitem__(self, name: str) -> object:
-        """``state["webrtc"]``, ``state["manager"]``: the extension was a dict of these
-        before it was typed, and code outside the package may still read it that way."""
-        if name not in {f.name for f in fields(self)}:
-            raise KeyError(name)
-        value: object = getattr(self, name)
-        return value
 
 
 def web_state() -> WebState:

@@ -86,11 +86,11 @@
 
   const eventHandlers = {
     "call.started": () => setState("connected", "Connected. Speak, or use the keypad."),
-    "transcript": (e) => addLine(e.role === "caller" ? "caller" : "agent", e.text || ""),
-    "dtmf": (e) => addLine("system", "key " + e.digit + (e.action ? " → " + e.action : "")),
-    "barge_in": (e) => addLine("system", "interrupted the agent after " + e.heard_ms + " ms"),
-    "tool_call": (e) => addLine("system", "tool " + e.name + (e.ok ? " ok" : " failed")),
-    "fallback": (e) => addLine("system", "fallback: " + (e.reason || "")),
+    "call.transcript": (e) => addLine(e.role === "caller" ? "caller" : "agent", e.text || ""),
+    "call.dtmf": (e) => addLine("system", "key " + e.digit + (e.action ? " → " + e.action : "")),
+    "call.barge_in": (e) => addLine("system", "interrupted the agent after " + e.heard_ms + " ms"),
+    "call.tool_call": (e) => addLine("system", "tool " + e.name + (e.ok ? " ok" : " failed")),
+    "call.fallback": (e) => addLine("system", "fallback: " + (e.reason || "")),
     "call.ended": (e) => finish("call ended: " + (e.reason || ""), true),
   };
 
