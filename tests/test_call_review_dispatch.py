@@ -34,7 +34,7 @@ async def test_barge_in_truncates_at_what_the_leg_was_handed_and_trims_the_text(
     await rig.tick(10)                                   # 200 ms handed to the leg
     assert len(rig.agent_frames()) == 10
     await rig.speak_over()
-    # PROTOCOL.md §6.3: truncate at exactly what was handed to the leg.
+    # docs/realtime-protocol.md §6.3: truncate at exactly what was handed to the leg.
     assert rig.session.sent("truncate") == [("truncate", "i1", 200)]
     # §6.4: interrupt_response is on, so the server cancels; the bridge does not.
     assert rig.session.sent("cancel_response") == []
@@ -103,7 +103,7 @@ async def test_barge_in_before_any_audio_was_heard_sends_no_truncation(tmp_path:
     await rig.speak_over()                             # before the first tick
     await rig.tick(3)
     assert rig.agent_frames() == []
-    # PROTOCOL.md §6.3: at 0 ms nothing goes on the wire (the client only trims its
+    # docs/realtime-protocol.md §6.3: at 0 ms nothing goes on the wire (the client only trims its
     # history: audio_end_ms 0 is the one value it never sends).
     assert all(ms == 0 for _, _, ms in rig.session.sent("truncate"))
     rig.leg.far_end_hangup()
@@ -117,7 +117,7 @@ async def test_without_interrupt_response_the_bridge_cancels(tmp_path: Path) -> 
     await rig.reply("r1", "i1", 500)
     await rig.tick(4)
     await rig.speak_over()
-    # PROTOCOL.md §6.4: the server will not cancel by itself: the bridge must.
+    # docs/realtime-protocol.md §6.4: the server will not cancel by itself: the bridge must.
     assert rig.session.kinds().count("cancel_response") == 1
     assert rig.session.sent("truncate") == [("truncate", "i1", 80)]
     rig.leg.far_end_hangup()
@@ -180,7 +180,7 @@ async def test_two_calls_of_one_response_then_exactly_one_response_create(
     assert rig.session.sent("create_response") == []   # ... and no response.create yet
     state["gate"].set()
     await settle()
-    # PROTOCOL.md §5.4: one response.create, after all outputs of the response.
+    # docs/realtime-protocol.md §5.4: one response.create, after all outputs of the response.
     outputs = rig.session.sent("tool_output")
     assert [o[1] for o in outputs] == ["call_b", "call_a"]
     assert json.loads(outputs[1][2]) == {"order": "1", "status": "shipped"}

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-The Realtime service sends audio faster than real time (PROTOCOL.md §6), so bytes received
-are not what the caller heard. ``Playout`` owns that difference:
+The Realtime service sends audio faster than real time (docs/realtime-protocol.md §6),
+so bytes received are not what the caller heard. ``Playout`` owns that difference:
 
     AudioDelta (24 kHz PCM16, or G.711) ─▶ decode/resample to the leg rate ─▶ PlayoutBuffer
     MediaClock tick ─▶ on_tick ─▶ one frame ─▶ leg.write_frame   (silence/nothing on underrun)
@@ -45,7 +45,8 @@ from bridge.codecs import g711
 from bridge.codecs.framing import PlayoutBuffer
 from bridge.codecs.resample import StreamResampler, outbound_resampler
 
-#: Bytes of upstream audio per millisecond for each session audio format (PROTOCOL.md §7).
+#: Bytes of upstream audio per millisecond for each session audio format
+#: (docs/realtime-protocol.md §7).
 BYTES_PER_MS = {"pcm16": 48, "pcmu": 8, "pcma": 8}
 _SILENCE = Underrun.SILENCE
 _KEEP_ITEMS = 8           # heard/received counters kept for this many recent items

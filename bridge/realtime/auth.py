@@ -1,4 +1,4 @@
-"""Handshake credentials for the Realtime WebSocket (PROTOCOL.md §1).
+"""Handshake credentials for the Realtime WebSocket (docs/realtime-protocol.md §1).
 
 * Azure with a key: ``api-key: KEY``.
 * OpenAI: ``Authorization: Bearer KEY``.

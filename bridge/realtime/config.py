@@ -1,6 +1,6 @@
 """Where the Realtime leg connects, and with which credentials.
 
-Targets (PROTOCOL.md §1):
+Targets (docs/realtime-protocol.md §1):
 
 =============  =====================================================================  =======
 kind           URL                                                                    dialect
@@ -199,12 +199,13 @@ class RealtimeSettings:
         deployment = quote(self.deployment, safe="")
         use_entra = self.azure_api_key is None
         if self.api_version:
-            # PROTOCOL.md §1: the preview path takes api-version and deployment.
+            # docs/realtime-protocol.md §1: the preview path takes api-version and deployment.
             url = (f"{base}/openai/realtime?api-version={quote(self.api_version, safe='')}"
                    f"&deployment={deployment}")
             return RealtimeTarget("azure-preview", url, "preview", self.azure_api_key,
                                   use_entra)
-        # PROTOCOL.md §1: no api-version on the GA URL (the service answers 401 to it).
+        # docs/realtime-protocol.md §1: no api-version on the GA URL (the service answers
+        # 401 to it).
         return RealtimeTarget("azure", f"{base}/openai/v1/realtime?model={deployment}", "ga",
                               self.azure_api_key, use_entra)
 

@@ -10,9 +10,10 @@ does not read (e.g. ``obfuscation``). A message that is not JSON, not an object,
 field its parser needs is logged by type and size only -- never its payload, which may carry
 audio or caller speech -- and skipped.
 
-The two dialects (PROTOCOL.md §2) differ in event names and in one behaviour: preview's
-``response.function_call_arguments.done`` has no ``name``, so the mapper remembers the
-name (and call id) of every ``function_call`` item from ``response.output_item.added``.
+The two dialects (docs/realtime-protocol.md §2) differ in event names and in one
+behaviour: preview's ``response.function_call_arguments.done`` has no ``name``, so the
+mapper remembers the name (and call id) of every ``function_call`` item from
+``response.output_item.added``.
 A function call is surfaced once, when its item is done with status ``completed``
 (``response.output_item.done``), and never for a response that ended cancelled or that
 the caller of :meth:`EventMapper.cancelled` marked as being cancelled.
@@ -144,7 +145,7 @@ class EventMapper:
 
     def cancelled(self, response_id: str) -> None:
         """The client knows ``response_id`` is being cancelled: surface no function call
-        from it (PROTOCOL.md §4: never run a tool from a cancelled response)."""
+        from it (docs/realtime-protocol.md §4: never run a tool from a cancelled response)."""
         self._cancelled.add(response_id)
         for item_id in [k for k, v in self._calls.items() if v.response_id == response_id]:
             del self._calls[item_id]

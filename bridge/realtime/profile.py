@@ -2,9 +2,10 @@
 
 GA (``openai/types/realtime/realtime_session_create_request.py``) nests audio settings under
 ``session.audio.{input,output}`` and requires ``session.type = "realtime"``; preview
-(``openai/types/beta/realtime/session_update_event.py``) is flat. PROTOCOL.md §2 has the
-table. Audio is PCM16 at 24 kHz by default (the only PCM rate the service accepts, §7);
-``pcmu``/``pcma`` let a G.711 caller pass through without transcoding.
+(``openai/types/beta/realtime/session_update_event.py``) is flat.
+docs/realtime-protocol.md §2 has the table. Audio is PCM16 at 24 kHz by default (the only
+PCM rate the service accepts, §7); ``pcmu``/``pcma`` let a G.711 caller pass through
+without transcoding.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
 NOISE_REDUCTION_TYPES = ("near_field", "far_field")
 EAGERNESS = ("low", "medium", "high", "auto")
 
-#: Bytes of audio per millisecond in each format (PROTOCOL.md §7).
+#: Bytes of audio per millisecond in each format (docs/realtime-protocol.md §7).
 BYTES_PER_MS = {"pcm16": 48, "pcmu": 8, "pcma": 8}
 #: Sample rate of each format.
 SAMPLE_RATE = {"pcm16": 24000, "pcmu": 8000, "pcma": 8000}
@@ -34,7 +35,8 @@ _PREVIEW_FORMAT = {"pcm16": "pcm16", "pcmu": "g711_ulaw", "pcma": "g711_alaw"}
 
 @dataclass(frozen=True)
 class TurnDetection:
-    """Server-side turn detection (PROTOCOL.md §9). ``None`` on the profile = manual turns."""
+    """Server-side turn detection (docs/realtime-protocol.md §9). ``None`` on the profile =
+    manual turns."""
 
     type: str = "server_vad"
     threshold: float | None = None
@@ -69,7 +71,7 @@ class ToolSpec:
 class SessionProfile:
     """What the agent is: everything that goes into ``session.update``.
 
-    ``transcription_model`` is an Azure *deployment name* on Azure (PROTOCOL.md §1).
+    ``transcription_model`` is an Azure *deployment name* on Azure (docs/realtime-protocol.md §1).
     """
 
     instructions: str = ""

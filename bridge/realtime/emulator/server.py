@@ -35,6 +35,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from bridge.internals.websockets import abort_now
 from bridge.realtime.emulator.record import (
     EmulatorRecord,
     SessionRecord,
@@ -326,14 +327,14 @@ class Emulator:
         # answers: drop the connection (the client sees 1006 and reconnects).
         log.error("emulator: session %s failed", conn.core.session_id,
                   exc_info=task.exception())
-        conn.ws.transport.abort()
+        abort_now(conn.ws)
 
     async def _close(self, conn: _Conn, code: int, reason: str) -> None:
         conn.core.closed = True
         if code == 1006:
             # 1006 is never sent on the wire (RFC 6455 §7.4.1): it means the TCP
             # connection went away without a close frame, so that is what we do.
-            conn.ws.transport.abort()
+            abort_now(conn.ws)
             return
         await conn.ws.close(code, reason)
 
