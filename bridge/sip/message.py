@@ -20,578 +20,57 @@ When step 1 succeeded but step 2 failed, the error is a :class:`MalformedMessage
 still carries the raw header fields, so that the UAS can answer ``400`` with the reason
 (RFC 3261 §8.2.6 needs Via, From, To, Call-ID and CSeq copied from the request).
 
+Header names and values (Via, CSeq, the :class:`Headers` list) are in
+:mod:`bridge.sip.headers`, URIs and name-addr values in :mod:`bridge.sip.uri`; this
+module re-exports their public names, so ``bridge.sip.message`` stays the one import
+for a message and its parts.
+
 What does not live here: transaction matching, dialogs, semantics of methods (ua.py).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NewType
-from urllib.parse import unquote
 
 from bridge.errors import SipParseError
+from bridge.sip.headers import (
+    COMPACT_FORMS,
+    LIST_HEADERS,
+    MAGIC_COOKIE,
+    SINGLE_HEADERS,
+    Branch,
+    CSeq,
+    Headers,
+    Via,
+    canonical_name,
+    parse_cseq,
+    parse_via,
+)
+from bridge.sip.uri import (
+    NameAddr,
+    OtherUri,
+    Params,
+    SipUri,
+    Tag,
+    Uri,
+    is_token,
+    parse_name_addr,
+    parse_uri,
+    quote,
+    split_list,
+)
 
 CallId = NewType("CallId", str)
-Tag = NewType("Tag", str)
-Branch = NewType("Branch", str)
 
-#: RFC 3261 §8.1.1.7: a branch starting with this cookie was made by an RFC 3261 element.
-MAGIC_COOKIE = "z9hG4bK"
 SIP_VERSION = "SIP/2.0"
 
 MAX_HEADER_BYTES = 64 * 1024       # a header section larger than this is refused (513)
 MAX_BODY_BYTES = 256 * 1024        # so is a body larger than this
 
-_TOKEN_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
-_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
-# Characters that can never appear unescaped in a SIP URI (RFC 3261 §25.1 / RFC 2396).
-_URI_FORBIDDEN = frozenset(' \t\r\n<>"{}|\\^`')
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
-
-# RFC 3261 §7.3.3 and the registry of compact forms.
-COMPACT_FORMS: dict[str, str] = {
-    "a": "Accept-Contact", "b": "Referred-By", "c": "Content-Type", "d": "Request-Disposition",
-    "e": "Content-Encoding", "f": "From", "i": "Call-ID", "j": "Reject-Contact",
-    "k": "Supported", "l": "Content-Length", "m": "Contact", "n": "Identity-Info",
-    "o": "Event", "r": "Refer-To", "s": "Subject", "t": "To", "u": "Allow-Events",
-    "v": "Via", "x": "Session-Expires", "y": "Identity",
-}
-_CANONICAL: dict[str, str] = {name.lower(): name for name in (
-    "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow",
-    "Allow-Events", "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
-    "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
-    "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "From", "Identity",
-    "Identity-Info", "In-Reply-To", "Max-Forwards", "MIME-Version", "Min-Expires",
-    "Organization", "Priority", "Proxy-Authenticate", "Proxy-Authorization",
-    "Proxy-Require", "Reason", "Record-Route", "Refer-To", "Referred-By", "Reject-Contact",
-    "Reply-To", "Request-Disposition", "Require", "Retry-After", "Route", "RSeq", "Server",
-    "Session-Expires", "Subject", "Subscription-State", "Supported", "Timestamp", "To",
-    "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate", "Min-SE",
-)}
-# Header fields whose grammar is a comma-separated list (RFC 3261 §7.3.1): several
-# header lines of these may be combined, and one line may carry several values.
-LIST_HEADERS = frozenset(name.lower() for name in (
-    "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
-    "Call-Info", "Contact", "Content-Encoding", "Content-Language", "Error-Info",
-    "In-Reply-To", "Proxy-Require", "Record-Route", "Require", "Route", "Supported",
-    "Unsupported", "Via", "Warning", "Reason",
-))
-# Header fields that must appear at most once (RFC 4475 §3.3.9, multi01).
-SINGLE_HEADERS = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length",
-                  "Content-Type")
-
-
-def canonical_name(name: str) -> str:
-    """``"v"`` -> ``"Via"``, ``"cSeQ"`` -> ``"CSeq"``; unknown names are kept as given."""
-    lower = name.lower()
-    if lower in COMPACT_FORMS:
-        return COMPACT_FORMS[lower]
-    return _CANONICAL.get(lower, name)
-
-
-def is_token(text: str) -> bool:
-    return bool(text) and all(ch in _TOKEN_CHARS for ch in text)
-
-
-# --------------------------------------------------------------------------- lexing helpers
-
-def split_list(value: str) -> list[str]:
-    """Split a header value on the commas that separate list elements.
-
-    Commas inside quoted strings (with ``\\`` escapes) and inside ``<...>`` do not split.
-    Elements are stripped; empty elements are kept (the caller decides whether they are
-    an error: RFC 4475 badinv01 has ``;;,;,,`` in a Via).
-    """
-    parts: list[str] = []
-    start = 0
-    in_quotes = False
-    in_angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        ch = value[i]
-        if in_quotes:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quotes = False
-        elif ch == '"':
-            in_quotes = True
-        elif ch == "<":
-            in_angle = True
-        elif ch == ">":
-            in_angle = False
-        elif ch == "," and not in_angle:
-            parts.append(value[start:i].strip())
-            start = i + 1
-        i += 1
-    if in_quotes:
-        raise SipParseError("unterminated quoted string")
-    parts.append(value[start:].strip())
-    return parts
-
-
-def _split_semicolons(text: str) -> list[str]:
-    """Split on ``;`` outside quoted strings."""
-    parts: list[str] = []
-    start = 0
-    in_quotes = False
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if in_quotes:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quotes = False
-        elif ch == '"':
-            in_quotes = True
-        elif ch == ";":
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
-    if in_quotes:
-        raise SipParseError("unterminated quoted string")
-    parts.append(text[start:])
-    return parts
-
-
-def _read_quoted(text: str, start: int) -> tuple[str, int]:
-    """Read a quoted-string starting at ``text[start] == '"'``; return (content, end)."""
-    out: list[str] = []
-    i = start + 1
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            if i + 1 >= len(text):
-                break
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if ch == '"':
-            return "".join(out), i + 1
-        out.append(ch)
-        i += 1
-    raise SipParseError("unterminated quoted string")
-
-
-def quote(text: str) -> str:
-    """Make a quoted-string (RFC 3261 §25.1) of ``text``."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-Params = tuple[tuple[str, "str | None"], ...]
-
-
-def _param(params: Params, name: str) -> str | None:
-    lname = name.lower()
-    for key, value in params:
-        if key.lower() == lname:
-            return value if value is not None else ""
-    return None
-
-
-def _parse_generic_params(text: str, what: str) -> Params:
-    """Parse ``*( SEMI generic-param )``; ``text`` starts at the first ``;`` (or is blank)."""
-    pieces = _split_semicolons(text)
-    if pieces[0].strip():
-        raise SipParseError(f"unexpected text before parameters in {what}")
-    params: list[tuple[str, str | None]] = []
-    for piece in pieces[1:]:
-        name, eq, value = piece.partition("=")
-        name = name.strip()
-        if not is_token(name):
-            # RFC 4475 badinv01: ";;" and trailing ";" are not generic-params.
-            raise SipParseError(f"bad parameter in {what}")
-        if not eq:
-            params.append((name, None))
-            continue
-        value = value.strip()
-        if value.startswith('"'):
-            _content, end = _read_quoted(value, 0)
-            if value[end:].strip():
-                raise SipParseError(f"bad quoted parameter value in {what}")
-        elif value.startswith("["):
-            if not value.endswith("]") or not all(c in _IPV6_CHARS for c in value[1:-1]):
-                raise SipParseError(f"bad parameter value in {what}")
-        elif not is_token(value):
-            raise SipParseError(f"bad parameter value in {what}")
-        params.append((name, value))
-    return tuple(params)
-
-
-def _format_params(params: Params) -> str:
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
-
-
-def _check_host(host: str, what: str) -> str:
-    if host.startswith("["):
-        if not host.endswith("]") or len(host) < 4 or not all(
-                c in _IPV6_CHARS for c in host[1:-1]):
-            raise SipParseError(f"bad IPv6 reference in {what}")
-        return host
-    if not host or not all(c in _HOST_CHARS for c in host) or host.startswith(("-", ".")):
-        raise SipParseError(f"bad host in {what}")
-    return host
-
-
-def _split_hostport(text: str, what: str) -> tuple[str, int | None]:
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise SipParseError(f"bad IPv6 reference in {what}")
-        host, rest = text[:close + 1], text[close + 1:]
-        if rest and not rest.startswith(":"):
-            raise SipParseError(f"bad host in {what}")
-        port_text = rest[1:] if rest else None
-    else:
-        host, colon, port_text_ = text.partition(":")
-        port_text = port_text_ if colon else None
-    _check_host(host, what)
-    if port_text is None:
-        return host, None
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
-        raise SipParseError(f"bad port in {what}")
-    return host, int(port_text)
-
-
-# --------------------------------------------------------------------------------- URIs
-
-@dataclass(frozen=True)
-class SipUri:
-    """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1). Text is kept as escaped on the wire."""
-
-    scheme: str
-    host: str
-    user: str | None = None
-    password: str | None = None
-    port: int | None = None
-    params: Params = ()
-    headers: tuple[tuple[str, str], ...] = ()
-
-    def param(self, name: str) -> str | None:
-        """Value of URI parameter ``name``: None if absent, ``""`` if it has no value."""
-        return _param(self.params, name)
-
-    @property
-    def user_unescaped(self) -> str:
-        return unquote(self.user or "")
-
-    @property
-    def transport(self) -> str | None:
-        value = self.param("transport")
-        return value.lower() if value else None
-
-    def with_params(self, params: Params) -> SipUri:
-        return SipUri(self.scheme, self.host, self.user, self.password, self.port, params,
-                      self.headers)
-
-    def __str__(self) -> str:
-        out = self.scheme + ":"
-        if self.user is not None:
-            out += self.user
-            if self.password is not None:
-                out += ":" + self.password
-            out += "@"
-        out += self.host
-        if self.port is not None:
-            out += f":{self.port}"
-        out += _format_params(self.params)
-        if self.headers:
-            out += "?" + "&".join(f"{k}={v}" for k, v in self.headers)
-        return out
-
-
-@dataclass(frozen=True)
-class OtherUri:
-    """Any other absolute URI (``tel:``, ``http:``, ``isbn:``...): scheme and opaque rest."""
-
-    scheme: str
-    opaque: str
-
-    def param(self, name: str) -> str | None:
-        return None
-
-    def __str__(self) -> str:
-        return f"{self.scheme}:{self.opaque}"
-
-
-Uri = SipUri | OtherUri
-
-
-def parse_uri(text: str) -> Uri:
-    """Parse an absolute URI; ``sip``/``sips`` ones into :class:`SipUri`."""
-    if not text or any(ch in _URI_FORBIDDEN for ch in text):
-        raise SipParseError("bad URI")
-    scheme, colon, rest = text.partition(":")
-    if not colon or not _SCHEME_RE.match(scheme) or not rest:
-        raise SipParseError("bad URI scheme")
-    scheme = scheme.lower()
-    if scheme not in ("sip", "sips"):
-        return OtherUri(scheme, rest)
-    # A SIP URI holds at most one unescaped '@' (none is allowed in params or headers),
-    # but the user part may hold '?', ';' and ':' (RFC 4475 intmeth, semiuri).
-    user: str | None = None
-    password: str | None = None
-    userinfo, at, hostpart = rest.partition("@")
-    if at:
-        if "@" in hostpart:
-            raise SipParseError("bad URI: more than one '@'")
-        user, pcolon, pw = userinfo.partition(":")
-        password = pw if pcolon else None
-        if not user:
-            raise SipParseError("bad URI: empty user")
-    else:
-        hostpart = userinfo
-    hostpart, qmark, header_text = hostpart.partition("?")
-    headers: list[tuple[str, str]] = []
-    if qmark:
-        for item in header_text.split("&"):
-            hname, eq, hvalue = item.partition("=")
-            if not hname or not eq:
-                raise SipParseError("bad URI header")
-            headers.append((hname, hvalue))
-    hostport, *param_texts = hostpart.split(";")
-    host, port = _split_hostport(hostport, "URI")
-    params: list[tuple[str, str | None]] = []
-    for item in param_texts:
-        pname, eq, pvalue = item.partition("=")
-        if not pname or (eq and not pvalue):
-            raise SipParseError("bad URI parameter")
-        params.append((pname, pvalue if eq else None))
-    return SipUri(scheme, host, user, password, port, tuple(params), tuple(headers))
-
-
-# ------------------------------------------------------------------------ header values
-
-@dataclass(frozen=True)
-class NameAddr:
-    """``name-addr`` or ``addr-spec`` with header parameters (From, To, Contact, Route)."""
-
-    uri: Uri
-    display: str | None = None
-    params: Params = ()
-
-    @property
-    def tag(self) -> Tag | None:
-        value = _param(self.params, "tag")
-        return Tag(value) if value else None
-
-    def param(self, name: str) -> str | None:
-        return _param(self.params, name)
-
-    def with_tag(self, tag: str) -> NameAddr:
-        params = tuple(p for p in self.params if p[0].lower() != "tag") + (("tag", tag),)
-        return NameAddr(self.uri, self.display, params)
-
-    def __str__(self) -> str:
-        display = ""
-        if self.display is not None:
-            display = (self.display if all(is_token(w) for w in self.display.split())
-                       and self.display else quote(self.display)) + " "
-        return f"{display}<{self.uri}>{_format_params(self.params)}"
-
-
-def parse_name_addr(text: str) -> NameAddr:
-    """Parse ``( name-addr / addr-spec ) *( SEMI param )`` (RFC 3261 §20.10, §20.20)."""
-    text = text.strip()
-    display: str | None = None
-    if text.startswith('"'):
-        display, end = _read_quoted(text, 0)
-        rest = text[end:].lstrip()
-        if not rest.startswith("<"):
-            raise SipParseError("display name without <URI>")
-        return _parse_bracketed(display, rest)
-    lt = text.find("<")
-    if lt >= 0:
-        words = text[:lt].split()
-        # RFC 4475 baddn: an unquoted display name is *(token LWS); "Bell, Alexander" is not.
-        if not all(is_token(w) for w in words):
-            raise SipParseError("display name must be quoted")
-        display = " ".join(words) if words else None
-        return _parse_bracketed(display, text[lt:])
-    # addr-spec form: RFC 3261 §20.10 says a URI with ',', '?' or ';' MUST be in <>,
-    # so everything from the first ';' on belongs to the header field (RFC 4475 regbadct).
-    uri_text, semi, param_text = text.partition(";")
-    uri_text = uri_text.strip()
-    if "?" in uri_text and uri_text.lower().startswith(("sip:", "sips:")):
-        raise SipParseError("URI with headers must be enclosed in <>")
-    uri = parse_uri(uri_text)
-    params = _parse_generic_params(";" + param_text if semi else "", "header parameters")
-    return NameAddr(uri, None, params)
-
-
-def _parse_bracketed(display: str | None, text: str) -> NameAddr:
-    gt = text.find(">")
-    if gt < 0:
-        raise SipParseError("missing '>'")
-    inner = text[1:gt]
-    if inner != inner.strip():
-        # RFC 4475 badaspec: "< sip:t.watson@example.org >" has LWS inside the brackets.
-        raise SipParseError("whitespace inside <URI>")
-    uri = parse_uri(inner)
-    params = _parse_generic_params(text[gt + 1:], "header parameters")
-    return NameAddr(uri, display, params)
-
-
-@dataclass(frozen=True)
-class Via:
-    """One Via header field value (RFC 3261 §20.42, RFC 3581)."""
-
-    transport: str
-    host: str
-    port: int | None = None
-    params: Params = ()
-
-    @property
-    def branch(self) -> Branch | None:
-        value = _param(self.params, "branch")
-        return Branch(value) if value else None
-
-    @property
-    def received(self) -> str | None:
-        return _param(self.params, "received") or None
-
-    @property
-    def has_rport(self) -> bool:
-        return _param(self.params, "rport") is not None
-
-    @property
-    def rport(self) -> int | None:
-        value = _param(self.params, "rport")
-        return int(value) if value else None
-
-    @property
-    def sent_by(self) -> str:
-        return self.host if self.port is None else f"{self.host}:{self.port}"
-
-    def param(self, name: str) -> str | None:
-        return _param(self.params, name)
-
-    def with_received(self, ip: str, port: int) -> Via:
-        """Stamp ``received`` (RFC 3261 §18.2.1) and, when asked for, ``rport`` (RFC 3581 §4)."""
-        out: list[tuple[str, str | None]] = []
-        for key, value in self.params:
-            lkey = key.lower()
-            if lkey == "received":
-                continue
-            if lkey == "rport":
-                # RFC 3581 §4: "the server MUST insert an rport parameter ... containing the
-                # source port of the request" and MUST add received even if it equals sent-by.
-                out.append((key, str(port)))
-                continue
-            out.append((key, value))
-        if self.has_rport or self.host != ip:
-            out.append(("received", ip))
-        return Via(self.transport, self.host, self.port, tuple(out))
-
-    def __str__(self) -> str:
-        return f"SIP/2.0/{self.transport} {self.sent_by}{_format_params(self.params)}"
-
-
-_VIA_RE = re.compile(
-    r"\s*([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/]+)\s+([^;\s]+)\s*(;.*)?\Z", re.DOTALL)
-
-
-def parse_via(text: str) -> Via:
-    match = _VIA_RE.match(text)
-    if match is None:
-        raise SipParseError("bad Via")
-    proto, version, transport, sent_by, param_text = match.groups()
-    if proto.upper() != "SIP" or version != "2.0":
-        raise SipParseError("bad Via protocol")
-    if not is_token(transport):
-        raise SipParseError("bad Via transport")
-    host, port = _split_hostport(sent_by, "Via")
-    params = _parse_generic_params(param_text or "", "Via")
-    rport = _param(params, "rport")
-    if rport and (not rport.isdigit() or int(rport) > 65535):
-        raise SipParseError("bad Via rport")
-    return Via(transport.upper(), host, port, params)
-
-
-@dataclass(frozen=True)
-class CSeq:
-    seq: int
-    method: str
-
-    def __str__(self) -> str:
-        return f"{self.seq} {self.method}"
-
-
-def parse_cseq(text: str) -> CSeq:
-    parts = text.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not is_token(parts[1]):
-        raise SipParseError("bad CSeq")
-    # RFC 3261 §8.1.1.5: the sequence number MUST be a 32-bit unsigned integer
-    # (RFC 4475 scalar02, scalarlg).
-    if len(parts[0]) > 10 or int(parts[0]) > 0xFFFFFFFF:
-        raise SipParseError("CSeq out of range")
-    return CSeq(int(parts[0]), parts[1])
-
-
-# ------------------------------------------------------------------------------ headers
-
-@dataclass(frozen=True)
-class Headers:
-    """Ordered header fields; names canonical, lookup case-insensitive."""
-
-    items: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
-        return cls(tuple((canonical_name(k), v) for k, v in pairs))
-
-    def get(self, name: str) -> str | None:
-        lname = canonical_name(name).lower()
-        for key, value in self.items:
-            if key.lower() == lname:
-                return value
-        return None
-
-    def get_lines(self, name: str) -> list[str]:
-        """Every header line of ``name``, unsplit."""
-        lname = canonical_name(name).lower()
-        return [v for k, v in self.items if k.lower() == lname]
-
-    def get_list(self, name: str) -> list[str]:
-        """Every element of a list header, across lines (empty elements dropped)."""
-        return [part for line in self.get_lines(name) for part in split_list(line) if part]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self.items)
-
-    def add(self, name: str, value: str) -> Headers:
-        return Headers((*self.items, (canonical_name(name), value)))
-
-    def remove(self, name: str) -> Headers:
-        lname = canonical_name(name).lower()
-        return Headers(tuple((k, v) for k, v in self.items if k.lower() != lname))
-
-    def replace(self, name: str, value: str) -> Headers:
-        """Set ``name`` to one value, in place of the first occurrence (else appended)."""
-        cname = canonical_name(name)
-        out: list[tuple[str, str]] = []
-        done = False
-        for key, val in self.items:
-            if key.lower() == cname.lower():
-                if not done:
-                    out.append((cname, value))
-                    done = True
-                continue
-            out.append((key, val))
-        if not done:
-            out.append((cname, value))
-        return Headers(tuple(out))
 
 
 # ----------------------------------------------------------------------------- messages
@@ -1062,3 +541,13 @@ REASONS: dict[int, str] = {
 
 def reason_phrase(status: int) -> str:
     return REASONS.get(status, "Unknown")
+
+
+__all__ = [
+    "COMPACT_FORMS", "LIST_HEADERS", "MAGIC_COOKIE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES",
+    "REASONS", "SINGLE_HEADERS", "SIP_VERSION", "Branch", "CSeq", "CallId", "Headers",
+    "MalformedMessage", "Message", "NameAddr", "OtherUri", "Params", "Request", "Response",
+    "SipUri", "StreamParser", "Tag", "Uri", "Via", "canonical_name", "is_token",
+    "parse_cseq", "parse_message", "parse_name_addr", "parse_request", "parse_response",
+    "parse_uri", "parse_via", "quote", "reason_phrase", "split_datagram", "split_list",
+]
