@@ -19,12 +19,13 @@ Incoming requests go through, in this order (RFC 3261 §8.2):
    (``400``), Request-URI scheme (``416``), Require (``420``), dialog lookup (``481``);
 4. the method's handler, from the tables :data:`_OUT_OF_DIALOG` and :data:`_IN_DIALOG`.
 
-A call is a dialog plus its INVITE transaction and a small state machine
-(:data:`CALL_TRANSITIONS`): OFFERED -> ANSWERING (our 2xx is out, waiting for the ACK) ->
-ESTABLISHED -> ENDED, with CANCEL, reject, BYE and the ACK timeout as the ways out.
-Re-INVITEs inside an established call are answered here, from the SDP we answered with:
-a direction change becomes :class:`Hold` / :class:`Resume`, and every completed offer/answer
-a :class:`MediaUpdated`.
+The user agent is three layers, one module each: :class:`bridge.sip.responder.Responder`
+(transactions, responses, the outgoing queues), :class:`bridge.sip.handlers.CallHandlers`
+(what each method does to a call: INVITE, re-INVITE and hold, ACK, CANCEL, BYE, INFO,
+NOTIFY, REFER) and :class:`UserAgent` here (the interface, the commands and the request
+router above). A call's state machine is in :mod:`bridge.sip.calls`, the events in
+:mod:`bridge.sip.events`; this module re-exports the names its importers use.
+docs/sip.md says what is answered to what.
 """
 
 from __future__ import annotations
