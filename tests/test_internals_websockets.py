@@ -207,6 +207,25 @@ def test_writer_state_backlog_and_closed_socket() -> None:
     assert not writer.send(b"late")
 
 
+def test_send_audio_frames_checks_backlog_and_state_in_one_call() -> None:
+    proto = Protocol(Side.CLIENT, state=State.OPEN)
+    writer, transport = writer_over(proto)
+    assert writer.send_audio(b'{"a":1}', 100) == internals.SENT
+    transport.buffered = 101                       # the kernel is not taking bytes
+    assert writer.send_audio(b'{"b":2}', 100) == internals.BACKLOGGED
+    transport.buffered = 0
+    proto.send_ping(b"p")                          # websockets' own frame goes first
+    assert writer.send_audio(b'{"c":3}', 100) == internals.SENT
+    frames = parse_all(b"".join(transport.written))
+    assert [(f.opcode, f.data) for f in frames] == [
+        (Opcode.TEXT, b'{"a":1}'), (Opcode.PING, b"p"), (Opcode.TEXT, b'{"c":3}')]
+    keys = {w[2:6] for w in transport.written if w[0] == 0x81}
+    assert len(keys) == 2                          # a fresh masking key per frame
+    proto.state = State.CLOSED
+    assert writer.send_audio(b'{"d":4}', 100) == internals.CLOSED
+    assert len(parse_all(b"".join(transport.written))) == 3
+
+
 def test_importing_the_module_with_an_incompatible_library_fails_at_once() -> None:
     # In a fresh interpreter: a websockets whose Protocol lost send_text.
     code = ("import websockets.protocol as p\n"

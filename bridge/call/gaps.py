@@ -86,9 +86,13 @@ class InboundGaps:
             self._last_t = now
 
     def on_frame(self, now: float) -> None:
-        """A real frame of caller audio went upstream at ``now``."""
-        self._advance(now)
-        self.credit = max(self.credit - 1.0, -self.max_lead)
+        """A real frame of caller audio went upstream at ``now`` (``_advance`` inlined:
+        this runs for every inbound frame of every call)."""
+        credit = self.credit
+        if now > self._last_t:
+            credit = min(credit + (now - self._last_t) / self.period, self.max_credit)
+            self._last_t = now
+        self.credit = max(credit - 1.0, -self.max_lead)
         self._last_frame = now
         self._filled = 0
 

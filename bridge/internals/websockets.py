@@ -171,6 +171,9 @@ class HookedConnection(ClientConnection):
         super().data_received(data)
 
 
+SENT, CLOSED, BACKLOGGED = 0, 1, 2
+
+
 class FrameWriter:
     """Writes client text frames to one open connection without awaiting."""
 
@@ -202,6 +205,29 @@ class FrameWriter:
             self._transport.write(chunk)
         return True
 
+    def send_audio(self, payload: bytes, high_water: int) -> int:
+        """The hot path of caller audio, checks and frame in one call: ``SENT``, or
+        ``CLOSED`` (the socket is not open) or ``BACKLOGGED`` (more than ``high_water``
+        bytes wait for the kernel) and nothing was written."""
+        proto = self._proto
+        if proto.state is not State.OPEN:
+            return CLOSED
+        transport = self._transport
+        if not transport.is_closing() and transport.get_write_buffer_size() > high_water:
+            return BACKLOGGED
+        if proto.extensions or proto.expect_continuation_frame or proto.writes:
+            self.send_fast(payload)
+            return SENT
+        masks = self._masks                       # ``Masks.key`` inlined
+        at = masks._at
+        if at + 4 > len(masks._pool):
+            masks._pool, at = os.urandom(1024), 0
+        masks._at = at + 4
+        key = masks._pool[at:at + 4]
+        transport.write(b"".join((text_frame_header(len(payload)), key,
+                                  apply_mask(payload, key))))
+        return SENT
+
     def send_fast(self, payload: bytes) -> None:
         """One text frame built here (the caller has checked the socket is open). Anything
         the protocol has pending goes first (checked before calling data_to_send, which
@@ -230,6 +256,7 @@ LIBRARY: types.ModuleType = websockets
 check(LIBRARY)
 
 __all__ = [
-    "LIBRARY", "REQUIRED", "FrameWriter", "HookedConnection", "Masks", "abort_now",
+    "BACKLOGGED", "CLOSED", "LIBRARY", "REQUIRED", "SENT", "FrameWriter", "HookedConnection",
+    "Masks", "abort_now",
     "apply_mask", "check", "missing_names", "text_frame", "text_frame_header",
 ]

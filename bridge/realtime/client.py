@@ -48,6 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from bridge import metrics
 from bridge.aio import cancel_all
 from bridge.errors import RealtimeAuthError, RealtimeError, RealtimeUnavailable
+from bridge.internals.websockets import BACKLOGGED, SENT
 from bridge.realtime import dialects
 from bridge.realtime import events as ev
 from bridge.realtime.auth import EntraTokenProvider
@@ -212,21 +213,21 @@ class RealtimeClient:
         task, no await. Dropped (and counted) while no session is ready or the upstream
         is not draining."""
         conn = self._conn
-        if conn is None or not conn.ready or not conn.writer.is_open():
-            self.stats.frames_dropped += 1
+        stats = self.stats
+        if conn is None or not conn.ready:
+            stats.frames_dropped += 1
             return
-        writer = conn.writer
-        if writer.backlog() > AUDIO_HIGH_WATER:
-            self.stats.frames_dropped += 1
-            if not self._drop_warned:
-                self._drop_warned = True
-                self._log.warning("Realtime upstream not draining: dropping caller audio")
+        status = conn.writer.send_audio(b"".join((APPEND_PREFIX, b2a_base64(
+            data, newline=False), APPEND_SUFFIX)), AUDIO_HIGH_WATER)
+        if status == SENT:
+            self._drop_warned = False
+            stats.frames_appended += 1
+            stats.bytes_appended += len(data)
             return
-        self._drop_warned = False
-        writer.send_fast(b"".join((APPEND_PREFIX, b2a_base64(data, newline=False),
-                                   APPEND_SUFFIX)))
-        self.stats.frames_appended += 1
-        self.stats.bytes_appended += len(data)
+        stats.frames_dropped += 1
+        if status == BACKLOGGED and not self._drop_warned:
+            self._drop_warned = True
+            self._log.warning("Realtime upstream not draining: dropping caller audio")
 
     async def create_response(self, instructions: str | None = None) -> None:
         """``response.create``; queued while a response is active

@@ -197,7 +197,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             return
         now = self._now()
         digit = session.receive(data, addr, now)
-        self._drain(session, now)
+        self._frames.drain(session.jitter, now, self._convert_in, self.on_audio, self.poll)
         if digit is not None:
             logger.debug("DTMF %s received on port %d", digit, self.local_port)
             self.on_dtmf(digit)
