@@ -100,7 +100,7 @@ class UserAgent(CallHandlers):
         """Feed a datagram (``"udp"``) or a chunk of a stream (``"tcp"``). Never raises.
 
         ``local_host``: our address the bytes arrived on, if the adapter knows it and it
-        may differ from :attr:`UaConfig.host` (a wildcard bind on a multi-homed host). A
+        may differ from the configured ``host`` (a wildcard bind on a multi-homed host). A
         call started by an INVITE received this way advertises it instead of the
         configured host, so a caller on the LAN is not handed a loopback Contact.
         """
