@@ -326,8 +326,9 @@ class ResampleBatch:
         self.pending += 1
         return True
 
-    def run(self) -> int:
+    def run(self, after_each: Callable[[], object] | None = None) -> int:
         """Resample everything queued and deliver it; returns the chunks delivered.
+        ``after_each`` runs after every delivery (the media clock's ``poll``).
 
         A ``deliver`` that raises does not stop the others: the first exception is
         raised again once every stream has had its output."""
@@ -356,6 +357,8 @@ class ResampleBatch:
             except Exception as exc:   # one call's failure must not starve the others
                 if error is None:
                     error = exc
+            if after_each is not None:
+                after_each()
         if error is not None:
             raise error
         return len(outputs)

@@ -30,6 +30,7 @@ class UpstreamBatch:
     def __init__(self) -> None:
         self.batch = ResampleBatch()
         self._scheduled: asyncio.AbstractEventLoop | None = None
+        self._poll: Callable[[], object] | None = None
 
     def submit(self, rs: StreamResampler, pcm: bytes, deliver: Callable[[bytes], object],
                poll: Callable[[], object] | None = None) -> bool:
@@ -44,7 +45,7 @@ class UpstreamBatch:
         except RuntimeError:
             return False        # no loop to run the batch: the caller resamples now
         if poll is not None:
-            deliver = _Polled(deliver, poll)
+            self._poll = poll           # one clock per process: the last one given
         if not self.batch.submit(rs, pcm, deliver):
             return False
         if self._scheduled is not loop:
@@ -56,21 +57,9 @@ class UpstreamBatch:
     def _run(self) -> None:
         self._scheduled = None
         try:
-            self.batch.run()
+            self.batch.run(self._poll)
         except Exception:
             log.exception("delivering resampled caller audio failed")
-
-
-class _Polled:
-    __slots__ = ("deliver", "poll")
-
-    def __init__(self, deliver: Callable[[bytes], object], poll: Callable[[], object]) -> None:
-        self.deliver = deliver
-        self.poll = poll
-
-    def __call__(self, data: bytes) -> None:
-        self.deliver(data)
-        self.poll()
 
 
 _shared: UpstreamBatch | None = None

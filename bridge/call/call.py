@@ -174,8 +174,7 @@ class Call:
             prefix_ms = 300 if td.prefix_padding_ms is None else td.prefix_padding_ms
             silence_ms = td.silence_duration_ms or 0
         self.recorder = Recorder(self.store, self.record, self.log, self.spawn)
-        self.inbound = InboundAudio(self.leg, fmt, self.clock.time,
-                                    append_frames=append_frames, poll=self.clock.poll)
+        self.inbound = InboundAudio(self.leg, fmt, self.clock, append_frames=append_frames)
         #: the leg's inbound frames go straight to the inbound path (no hop through here)
         self.on_leg_audio = self.inbound.on_frame
         self.speech = SpeechLog(self.record, prefix_ms=prefix_ms, silence_ms=silence_ms,

@@ -253,6 +253,12 @@ class MediaClock:
             return self._time()         # running: the source bound at start, one call
         return self._sched().time()
 
+    def time_source(self) -> Callable[[], float]:
+        """The clock's raw time source, for readers that run per frame: while running the
+        function bound at start (``time.monotonic`` itself on asyncio's loops), so a read
+        costs no Python frame; otherwise ``time``."""
+        return self._time if self._handle is not None else self.time
+
     def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
         """A one-shot timer on the clock's time source (virtual in tests): the calls'
         limits and deadlines use it, so every call-ending path runs on a virtual clock."""

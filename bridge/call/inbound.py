@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bridge.call.batch import upstream_batch
+from bridge.call.clock import MediaClock
 from bridge.call.gaps import InboundGaps
 from bridge.call.leg import MediaLeg
 from bridge.codecs import g711
@@ -46,10 +47,11 @@ class Upstream(Protocol):
 class InboundAudio:
     """The inbound path of one call (see the module docstring)."""
 
-    def __init__(self, leg: MediaLeg, audio_format: str, clock_time: Callable[[], float], *,
-                 append_frames: int = 1, poll: Callable[[], object] | None = None) -> None:
-        self._time = clock_time
-        self._poll = poll                  # handed to the batch, which polls per delivery
+    def __init__(self, leg: MediaLeg, audio_format: str, clock: MediaClock, *,
+                 append_frames: int = 1) -> None:
+        self._clock = clock
+        self._time: Callable[[], float] = clock.time
+        self._poll = clock.poll            # handed to the batch, which polls per delivery
         law = audio_format if audio_format in _G711_SILENCE else ""
         self.passthrough = bool(law) and leg.carry == law
         self._encode = law if law and not self.passthrough else ""
@@ -71,6 +73,7 @@ class InboundAudio:
 
     def open(self, upstream: Upstream, now: float) -> None:
         self._up = upstream
+        self._time = self._clock.time_source()    # the clock runs: its raw source
         self.gaps.start(now)
 
     def close(self) -> None:
@@ -84,7 +87,11 @@ class InboundAudio:
             return
         self.gaps.on_frame(self._time())
         if self.passthrough:
-            self._send(up, frame)
+            if self._append_frames == 1:          # ``_send`` inlined: the common case
+                up.append_audio(frame)
+                self.sent_bytes += len(frame)
+            else:
+                self._send(up, frame)
             return
         if self._encode:
             self._send(up, g711.encode(self._encode, frame))

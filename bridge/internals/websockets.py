@@ -213,7 +213,7 @@ class FrameWriter:
         if proto.state is not State.OPEN:
             return CLOSED
         transport = self._transport
-        if not transport.is_closing() and transport.get_write_buffer_size() > high_water:
+        if transport.get_write_buffer_size() > high_water:
             return BACKLOGGED
         if proto.extensions or proto.expect_continuation_frame or proto.writes:
             self.send_fast(payload)
