@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "call": ("bridge.bench.call", "N concurrent calls over in-memory legs"),
     "sip": ("bridge.bench.sip", "SIPp load with RTP both ways"),
     "webrtc": ("bridge.bench.webrtc", "N aiortc peers calling the bridge"),
+    "path": ("bridge.bench.path", "functions one 20 ms frame passes through, each way"),
 }
 
 

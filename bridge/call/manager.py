@@ -71,6 +71,7 @@ class CallManager:
             client_factory(realtime) if isinstance(realtime, RealtimeTarget) else realtime)
         self.store = store
         self.clock = clock or shared_clock()
+        store.poll = self.clock.poll       # the store's preemption point (RecordStore)
         self.max_calls = max_calls
         self.call_options = dict(call_options or {})
         self.calls: dict[str, Call] = {}

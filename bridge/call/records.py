@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,13 @@ def _sum_into(acc: dict[str, Any], add: dict[str, Any]) -> None:
 
 
 class RecordStore(Protocol):
-    """Where call records go. ``save`` is an upsert, called repeatedly as a call goes."""
+    """Where call records go. ``save`` is an upsert, called repeatedly as a call goes.
+
+    ``poll`` (the media clock's, set by the call manager) runs before a save encodes the
+    record on the loop thread, which takes a while on a long record: a tick due by then
+    goes out first."""
+
+    poll: Callable[[], object] | None
 
     async def save(self, record: CallRecord) -> None: ...
 
@@ -257,8 +264,11 @@ class MemoryRecordStore:
         self._rows: dict[str, str] = {}
         self._encoders: dict[str, RecordEncoder] = {}
         self.saves = 0
+        self.poll: Callable[[], object] | None = None
 
     async def save(self, record: CallRecord) -> None:
+        if self.poll is not None:
+            self.poll()
         self._rows[record.call_id] = _encode(self._encoders, record)
         self.saves += 1
 
@@ -309,6 +319,7 @@ class SqliteRecordStore:
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._encoders: dict[str, RecordEncoder] = {}
+        self.poll: Callable[[], object] | None = None
 
     def _db(self) -> sqlite3.Connection:
         # Runs on the worker thread only: the connection never leaves it.
@@ -336,6 +347,8 @@ class SqliteRecordStore:
             db.execute(_UPSERT, row)
 
     async def save(self, record: CallRecord) -> None:
+        if self.poll is not None:
+            self.poll()
         # Serialize on the loop thread: the record keeps changing while the worker writes.
         row = (record.call_id, record.started_at, record.ended_at, record.caller,
                record.called, record.source, record.dialplan, record.end_reason,

@@ -206,6 +206,11 @@ class RealtimeClient:
             if item is None:
                 self._events.put_nowait(None)  # later iterators end too
                 return
+            # Events queued together are handed out without yielding to the loop: the
+            # consumer's preemption point (a tick due meanwhile goes out between two).
+            hook = self.on_message
+            if hook is not None:
+                hook()
             yield item
 
     def append_audio(self, data: bytes) -> None:
