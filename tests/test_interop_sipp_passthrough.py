@@ -4,8 +4,8 @@ A real ``voicebridge serve`` (subprocess) answers SIPp, whose RTP carries a µ-l
 that never repeats within the call; the Realtime upstream is an emulator in this process,
 which keeps the input audio each session was sent. With a dialplan whose session audio is
 ``g711`` the appended audio must be the caller's RTP payload byte for byte (zero
-transcodes: decoded and encoded again, µ-law would not survive the round trip
-unchanged for every byte); with a ``pcm16`` dialplan the same caller's audio arrives
+transcodes: decoded and encoded again, µ-law's negative zero 0x7F comes back as 0xFF, and
+the pattern is full of it); with a ``pcm16`` dialplan the same caller's audio arrives
 resampled (the check below tells the two apart, so it cannot pass by accident).
 """
 
@@ -40,11 +40,13 @@ FRAME = 160                                     # 20 ms of µ-law
 
 
 def pattern(seconds: float) -> bytes:
-    """µ-law bytes whose every 160-byte frame is unique (random, seeded), loud enough to
-    be speech for the emulator's VAD, without the two -0 codes a codec could fold."""
+    """µ-law bytes whose every 160-byte frame is unique (random, seeded) and loud enough
+    to be speech for the emulator's VAD; every eighth byte is 0x7F (negative zero), which
+    a decode and re-encode turns into 0xFF."""
     rng = random.Random(7)
-    codes = [c for c in range(256) if c not in (0x7F, 0xFF)]
-    return bytes(rng.choice(codes) for _ in range(int(8000 * seconds)))
+    out = bytearray(rng.randrange(256) for _ in range(int(8000 * seconds)))
+    out[::8] = b"\x7f" * len(out[::8])
+    return bytes(out)
 
 
 def longest_run(received: bytes, sent: bytes) -> int:
@@ -100,6 +102,7 @@ async def test_a_sip_callers_ulaw_goes_upstream_byte_for_byte(tmp_path: Path) ->
     assert len(passed) >= 3 * 8000, len(passed)
     run = longest_run(passed, sent)
     assert run >= len(passed) - 4 * FRAME, (run, len(passed))
+    assert passed.count(0x7F) >= len(passed) // 8 - 4 * FRAME      # -0 kept as sent
     # The same caller on a PCM16 session: resampled to 24 kHz, nothing of it is µ-law.
     pcm = received["pcm"]
     assert len(pcm) >= 3 * 48000
