@@ -42,6 +42,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+from bridge.aio import cancel_and_wait
 from bridge.bench import cpus
 from bridge.bench.cpus import add_pin_argument
 from bridge.bench.sip import EmulatorProcess
@@ -288,12 +289,10 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     turns = [t for c in calls_by_leg.values() for t in c.record.turns]
     dropped_up = 0
     for c in calls_by_leg.values():
-        stats = getattr(c._client, "stats", None)
+        stats = getattr(c.client, "stats", None)
         dropped_up += getattr(stats, "frames_dropped", 0)
 
-    feed_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await feed_task
+    await cancel_and_wait(feed_task)
     await manager.shutdown("shutdown", grace_s=10)
     await asyncio.gather(*tasks, return_exceptions=True)
 

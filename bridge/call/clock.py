@@ -53,9 +53,11 @@ Preemption (policy)
 -------------------
 A timer waits for every callback already queued in the loop's pass: socket reads and
 sends for hundreds of calls make passes of several milliseconds. Code that does a lot of
-work in one callback calls ``poll()`` between units of it (the upstream batch per call,
-the Realtime reader per message, the call per inbound frame, the drain per 16
-subscribers, and the Realtime connection as bytes arrive); when a step is due, its
+work in one callback calls ``poll()`` between units of it; those are the adapters, never
+the call logic: the upstream batch per delivery, the legs per inbound frame (RTP
+endpoint, WebRTC receive tap), the Realtime connection as bytes arrive and its client per
+event handed to the call, a record store before it encodes a save, and the drain per 16
+subscribers; when a step is due, its
 hand-offs run right there. One clock read when nothing is due. A poll delivers a step only
 ``POLL_EARLY_S`` before its time, not ``LEAD_S`` like the timer: a hand-off at the grid
 time rather than 0.5 ms before it, so a late one later differs from it by less.
@@ -313,7 +315,8 @@ class MediaClock:
         A tick waits for every callback already queued in the loop's pass to finish: at a
         few hundred calls a pass of socket reads and sends lasts milliseconds, which is
         what a far end's jitter buffer would see. Code that does a lot of work in one
-        callback (the upstream batch, the event pump) calls ``poll()`` between units of
+        callback (the adapters: the upstream batch, the legs, the Realtime client, the
+        record stores) calls ``poll()`` between units of
         work -- one clock read when nothing is due -- and the tick runs there: the
         outbound hand-offs at once, the inbound work queued as usual. Returns True when a
         tick was delivered. Not reentrant: a poll from inside a tick does nothing.
