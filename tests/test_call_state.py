@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.call.leg import TransferOutcome
 from bridge.call.state import (
     TRANSITIONS,
     CallState,
@@ -25,7 +26,7 @@ from bridge.call.state import (
     Trigger,
 )
 from bridge.realtime import events as ev
-from tests.support.call_rig import Rig, make_plan
+from tests.support.call_rig import OPERATOR, Rig, ScriptedSession, make_plan, tone24
 
 S, E = CallState, EndReason
 Ending = Callable[[Rig], Awaitable[None]]
@@ -197,3 +198,78 @@ async def test_each_reason_needs_its_transition(tmp_path: Path, reason: EndReaso
     assert any(f"illegal call transition: {state.value} on {reason.value}" in r.getMessage()
                for r in caplog.records)
     assert rig.call.record.ended_at is not None       # it still ended cleanly
+
+
+# ----------------------------------------------------------------------------- sequences
+class GatedSession(ScriptedSession):
+    """Connects only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def connect(self) -> None:
+        await self.gate.wait()
+        await super().connect()
+
+
+async def test_a_transfer_key_while_connecting_that_fails_leaves_a_call_that_talks(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig(make_plan(tmp_path), transfer_outcome=TransferOutcome(False, 486, "busy"),
+              idle_silence=False)
+    rig.session = GatedSession()
+    rig.task = asyncio.create_task(rig.call.run())
+    await rig.tick(2)
+    assert rig.call.state.state is S.CONNECTING
+    with caplog.at_level(logging.ERROR, "bridge.call.call"):
+        rig.leg.press("0")                           # the dialplan's transfer key
+        await rig.tick(2)
+        assert rig.leg.transfers == [OPERATOR]       # tried, refused by the far end
+        assert rig.call.state.state is S.CONNECTING  # back where it was
+        rig.session.gate.set()                       # the agent arrives
+        await rig.until(lambda: rig.call.record.connected_at is not None)
+    assert rig.call.state.state is S.CONVERSING
+    rig.leg.play(tone24(100)[: 5 * rig.leg.carried_frame_bytes])
+    await rig.tick(5)
+    assert rig.session.appended                      # caller audio goes upstream
+    assert not rig.call.playout.comfort              # no beeps once the agent is there
+    assert caplog.records == []                      # no refused transition on the way
+    rig.leg.far_end_hangup()
+    assert (await rig.finish()).end_reason == "caller_hangup"
+
+
+async def test_a_connect_that_completes_during_a_transfer_resumes_as_conversing() -> None:
+    m = CallStateMachine(log)
+    m.fire(Trigger.START)
+    assert m.fire(Trigger.TRANSFER) and m.state is S.TRANSFERRING
+    assert m.fire(Trigger.CONNECTED) and m.state is S.TRANSFERRING   # remembered
+    assert m.fire(Trigger.RECONNECTING)
+    assert m.fire(Trigger.TRANSFER_FAILED) and m.state is S.RECONNECTING
+    assert m.fire(Trigger.RECONNECTED) and m.state is S.CONVERSING
+
+
+async def test_a_tool_hang_up_while_the_upstream_reconnects_still_ends_the_call(
+        tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    await rig.reply("r1", "i1", 300, "Goodbye.", done=True)
+    await rig.emit(ev.FunctionCall("r1", "f1", "c1", "hang_up", '{"reason": "done"}'))
+    await rig.done("r1")                          # the tool waits for "Goodbye." to play
+    await rig.emit(ev.Reconnecting(1, "connection reset"))
+    assert rig.call.state.state is S.RECONNECTING
+    record = await rig.finish()
+    assert record.end_reason == "agent_hangup"
+    assert rig.call.control.end_requested is None  # used, not left for a later tool
+
+
+def test_the_callers_silence_limit_holds_during_a_transfer() -> None:
+    assert TRANSITIONS[S.TRANSFERRING][E.CALLER_SILENCE] is S.ENDING
+    assert TRANSITIONS[S.RECONNECTING][E.AGENT_HANGUP] is S.ENDING
+
+
+async def test_an_operators_own_words_end_the_call_as_operator(tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    rig.call.end("dashboard: wrong number")
+    record = await rig.finish()
+    assert (record.end_reason, record.end_detail) == ("operator", "dashboard: wrong number")

@@ -226,6 +226,12 @@ class Call:
     def ended(self) -> bool:
         return self.state.over
 
+    def comfort_wanted(self) -> bool:
+        """The caller is waiting on us (connecting, reconnecting, a transfer, a tool): the
+        comfort beep covers any silence longer than 1.5 s."""
+        return self.tools.running > 0 or self.state.in_(
+            CallState.CONNECTING, CallState.RECONNECTING, CallState.TRANSFERRING)
+
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` in the call's task group (dropped if the call is over)."""
         if self._tg is None or self.state.over:
@@ -286,7 +292,13 @@ class Call:
     def end(self, reason: EndReason | str, detail: str = "") -> None:
         """End the call (the first reason the state allows wins). Safe to call from
         anywhere, any number of times."""
-        reason = EndReason(reason) if isinstance(reason, str) else reason
+        if isinstance(reason, str):
+            text = reason
+            try:
+                reason = EndReason(text)
+            except ValueError:      # an operator's own words: recorded as the detail
+                detail = detail or text
+                reason = EndReason.OPERATOR
         if not self.state.fire(reason):
             return
         self.record.end_reason = reason.value
@@ -359,7 +371,7 @@ class Call:
         if self.state.over or not self.state.fire(
                 Trigger.GREET if greeting else Trigger.CONNECTED):
             return
-        self.playout.comfort = False
+        self.playout.comfort = self.comfort_wanted()    # a transfer may be pending
         self.inbound.open(client, self.clock.time())
         self.record.connected_at = time.time()
         self._arm_silence()
@@ -418,8 +430,8 @@ class Call:
         self.log.info("upstream reconnected")
         self.record.session_ids.append(e.session_id)
         self.speech.new_session()
-        self.playout.comfort = self.tools.running > 0
         self._move(Trigger.RECONNECTED, CallState.RECONNECTING, CallState.TRANSFERRING)
+        self.playout.comfort = self.comfort_wanted()
 
     def _on_session_rotated(self, e: ev.SessionRotated) -> None:
         self.log.info("upstream session rotated")

@@ -51,18 +51,22 @@ class CallControl:
     async def transfer_uri(self, uri: str, label: str) -> TransferOutcome:
         call = self._call
         state = call.state
+        if state.over:
+            return TransferOutcome(False, 0, "call ended")
         if state.in_(CallState.TRANSFERRING):
             return TransferOutcome(False, 0, "a transfer is already in progress")
         if not state.in_(CallState.FALLING_BACK) and not state.fire(Trigger.TRANSFER):
             return TransferOutcome(False, 0, f"no transfer while {state.state.value}")
         call.log.info("transferring to %s", label)
         playout = call.playout
-        comfort = playout.comfort
         playout.comfort = True
         try:
             outcome = await call.leg.transfer(uri)
-        finally:
-            playout.comfort = comfort or call.tools.running > 0
+        except BaseException:
+            if state.in_(CallState.TRANSFERRING):
+                state.fire(Trigger.TRANSFER_FAILED)
+            playout.comfort = call.comfort_wanted()
+            raise
         if outcome.ok:
             call.record.transferred_to = label
             self.request_end(EndReason.TRANSFERRED, label)
@@ -72,6 +76,7 @@ class CallControl:
             call.record.errors.append(f"transfer to {label} failed: {outcome.status}")
             if state.in_(CallState.TRANSFERRING):
                 state.fire(Trigger.TRANSFER_FAILED)
+        playout.comfort = call.comfort_wanted()
         return outcome
 
     async def hang_up(self, reason: str) -> None:

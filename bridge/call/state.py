@@ -12,7 +12,7 @@ read off the state, never off a combination of flags::
                               │                                    reconnecting  │  │ reconnected
                               │                                                  ▼  │
                               │                                            RECONNECTING
-                              │   transfer ─▶ TRANSFERRING ─▶ transfer_failed ─▶ CONVERSING
+                              │   transfer ─▶ TRANSFERRING ─▶ transfer_failed ─▶ back where it was
                               └─ upstream_failed (from any live state) ─▶ FALLING_BACK
     any live state ──an end reason──▶ ENDING ──finished──▶ ENDED
 
@@ -22,6 +22,12 @@ talks, the caller's silence counts only once the agent can answer. The first leg
 reason wins; later ones are ignored (the call is already ``ENDING``). A trigger the table
 does not allow is a logged error and changes nothing: it names a bug, never a caller's
 doing, so the call goes on rather than being cut off.
+
+A transfer can start from any talking state, or while connecting (a transfer key pressed
+before the agent is there). While it is pending the conversation's own moves (connected,
+greeted, reconnecting, reconnected) are legal and remembered in ``resume``, the state
+underneath the transfer; a failed transfer goes back to it, so a call that connected or
+started reconnecting meanwhile carries on from there.
 
 Like h11's ``_state.py``, this module is pure: no I/O, no clock. ``CallStateMachine.fire``
 returns whether the move happened; the ``Call`` acts on it.
@@ -98,14 +104,17 @@ TRANSITIONS: dict[CallState, dict[Key, CallState]] = {
                    E.AGENT_HANGUP: S.ENDING, E.CALLER_SILENCE: S.ENDING},
     S.RECONNECTING: {T.RECONNECTED: S.CONVERSING, T.RECONNECTING: S.RECONNECTING,
                      T.TRANSFER: S.TRANSFERRING, T.UPSTREAM_FAILED: S.FALLING_BACK,
-                     E.CALLER_SILENCE: S.ENDING},
-    S.TRANSFERRING: {T.TRANSFER_FAILED: S.CONVERSING, T.GREETED: S.TRANSFERRING,
+                     E.AGENT_HANGUP: S.ENDING, E.CALLER_SILENCE: S.ENDING},
+    # A transfer pauses the conversation's own moves: they are remembered (the machine's
+    # ``resume``) and TRANSFER_FAILED goes back to where the conversation got to.
+    S.TRANSFERRING: {T.TRANSFER_FAILED: S.CONVERSING, T.CONNECTED: S.TRANSFERRING,
+                     T.GREET: S.TRANSFERRING, T.GREETED: S.TRANSFERRING,
                      T.RECONNECTING: S.TRANSFERRING, T.RECONNECTED: S.TRANSFERRING,
                      T.UPSTREAM_FAILED: S.FALLING_BACK, E.TRANSFERRED: S.ENDING,
-                     E.AGENT_HANGUP: S.ENDING},
+                     E.AGENT_HANGUP: S.ENDING, E.CALLER_SILENCE: S.ENDING},
     # The fallback's own transfer stays in FALLING_BACK: the conversation is over.
     S.FALLING_BACK: {T.UPSTREAM_FAILED: S.FALLING_BACK, E.TRANSFERRED: S.ENDING,
-                     E.UPSTREAM_LOST: S.ENDING},
+                     E.UPSTREAM_LOST: S.ENDING, E.AGENT_HANGUP: S.ENDING},
     S.ENDING: {T.FINISHED: S.ENDED},
     S.ENDED: {},
 }
@@ -122,6 +131,8 @@ class CallStateMachine:
                  table: dict[CallState, dict[Key, CallState]] | None = None) -> None:
         self.state = CallState.SETTING_UP
         self.end_reason: EndReason | None = None
+        #: while TRANSFERRING: the state the conversation is in underneath the transfer
+        self.resume = CallState.CONVERSING
         self._log = log
         self._on_change = on_change
         self._table = TRANSITIONS if table is None else table
@@ -141,6 +152,13 @@ class CallStateMachine:
                 return False
             self._log.error("illegal call transition: %s on %s", old.value, trigger.value)
             return False
+        if new is S.TRANSFERRING and old is not S.TRANSFERRING:
+            self.resume = old
+        elif old is S.TRANSFERRING and not isinstance(trigger, EndReason):
+            if trigger is T.TRANSFER_FAILED:
+                new = self.resume
+            elif new is S.TRANSFERRING:
+                self.resume = self._table[self.resume].get(trigger, self.resume)
         self.state = new
         if isinstance(trigger, EndReason):
             self.end_reason = trigger

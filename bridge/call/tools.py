@@ -80,6 +80,7 @@ class ToolRunner:
         tools.outputs_pending -= 1
         requested = call.control.end_requested
         if requested is not None:
+            call.control.end_requested = None      # used once, whether or not it took
             call.end(*requested)
             return
         if tools.outputs_pending == 0 and client is not None and call.upstream_usable:

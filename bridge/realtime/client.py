@@ -319,7 +319,9 @@ class RealtimeClient:
 
     async def _open(self, *, reseed: bool) -> Session:
         """One connect attempt (see ``connection.Connector.open``), counted."""
-        seed = self.history.seed_events(self.target.dialect) if reseed else []
+        def seed() -> list[dict[str, Any]]:
+            return self.history.seed_events(self.target.dialect) if reseed else []
+
         conn = await self._connector.open(seed, self.on_message)
         self.stats.connects += 1
         self.stats.last_connect_s = conn.connect_s

@@ -103,10 +103,12 @@ class Connector:
         self._wall = wall_clock
         self._masks = Masks()
 
-    async def open(self, seed: list[dict[str, Any]],
+    async def open(self, seed: Callable[[], list[dict[str, Any]]],
                    hook: Callable[[], object] | None) -> Session:
-        """One connect attempt; ``seed`` (conversation items) is sent once configured.
-        ``hook`` is called as bytes arrive once the WebSocket handshake is done."""
+        """One connect attempt; ``seed()`` (conversation items) is built and sent once the
+        session is configured, so it holds what happened during the handshake too (a key
+        sent to the model, a barge-in's trim). ``hook`` is called as bytes arrive once the
+        WebSocket handshake is done."""
         started = time.perf_counter()
         ws = await self._connect()
         if isinstance(ws, HookedConnection):
@@ -121,7 +123,7 @@ class Connector:
         except BaseException:
             await session.writer.abort()
             raise
-        for event in seed:
+        for event in seed():
             event.setdefault("event_id", self._next_id())
             session.write(event)
         session.ready = True

@@ -221,7 +221,7 @@ class WebRtcLeg(MediaLeg):
         if law not in ("pcmu", "pcma") or self.g711 != law or receive is None or send is None:
             return False
         self.carry = law
-        receive.carry(self.carried_frame_bytes)
+        receive.carry(self.carried_frame_bytes, law)
         send.carry()
         self.track.carry()
         return True

@@ -45,6 +45,14 @@ G711_MIME: dict[str, tuple[str, Callable[[bytes], bytes], int]] = {
 }
 
 
+def _to_ulaw(payload: bytes) -> bytes:
+    return g711.ulaw_encode(g711.alaw_decode(payload))
+
+
+def _to_alaw(payload: bytes) -> bytes:
+    return g711.alaw_encode(g711.ulaw_decode(payload))
+
+
 class G711Receive:
     """G.711 RTP from an aiortc receiver straight to a sink (see module doc).
 
@@ -62,15 +70,18 @@ class G711Receive:
         self._ssrc: int | None = None
         #: True: payloads pass as is (the leg carries G.711); else decoded by MIME type.
         self.carried = False
+        self._law = law
         self.deliver: Deliver = _drop
         self.poll: Poll = no_poll
         self._convert: Convert = None
         self._closed = False
         self._fallback = internals.hook_receiver(receiver, self.handle)
 
-    def carry(self, frame_bytes: int) -> None:
-        """From now on deliver the payloads as received, in frames of ``frame_bytes``."""
+    def carry(self, frame_bytes: int, law: str) -> None:
+        """From now on deliver the payloads as received, in frames of ``frame_bytes``
+        (a packet of the other law is converted to ``law``, as the RTP endpoint does)."""
         self.carried = True
+        self._law = law
         self._frames.reframer.reset(frame_bytes)
 
     async def handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
@@ -91,7 +102,12 @@ class G711Receive:
             self._ssrc = packet.ssrc
         now = self._loop.time()
         self.jitter.push(packet.sequence_number, packet.timestamp, packet.payload, now)
-        self._convert = None if self.carried else entry[1]
+        if not self.carried:
+            self._convert = entry[1]
+        elif entry[0] == self._law:
+            self._convert = None
+        else:                                  # the browser switched law: re-encode
+            self._convert = _to_ulaw if self._law == "pcmu" else _to_alaw
         self._drain(now)
 
     def _drain(self, now: float) -> None:
