@@ -40,6 +40,7 @@ from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.realtime.emulator.record import EmulatorRecord
 from bridge.realtime.events import AudioDelta
+from tests.support.waiting import until
 
 SALES = "sip:sales@pbx.example.com"
 OPERATOR = "sip:operator@pbx.example.com"
@@ -122,29 +123,6 @@ def write_script(tmp: Path, text: str) -> Path:
     return path
 
 
-class _Checker:
-    """Checks a condition on every media clock tick (no polling loop of its own)."""
-
-    def __init__(self, cond: Callable[[], bool], fut: asyncio.Future[None]) -> None:
-        self.cond, self.fut = cond, fut
-
-    def on_tick(self, now: float) -> None:
-        if not self.fut.done() and self.cond():
-            self.fut.set_result(None)
-
-
-async def wait_until(clock: MediaClock, cond: Callable[[], bool], limit_s: float = 15.0) -> None:
-    if cond():
-        return
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    checker = _Checker(cond, fut)
-    clock.subscribe(checker)
-    try:
-        await asyncio.wait_for(fut, limit_s)
-    finally:
-        clock.unsubscribe(checker)
-
-
 class Harness:
     """One call on a MemoryLeg against an emulator, with helpers to wait on things."""
 
@@ -165,7 +143,8 @@ class Harness:
         self.task = asyncio.create_task(self.call.run())
 
     async def until(self, cond: Callable[[], bool], limit_s: float = 15.0) -> None:
-        await wait_until(self.clock, cond, limit_s)
+        """Wait for ``cond``, checked on the call's media clock ticks."""
+        await until(cond, limit_s, clock=self.clock)
 
     def agent_frames(self) -> int:
         return sum(1 for f in self.leg.frames if not f.silent)
@@ -695,14 +674,15 @@ async def test_manager_admits_runs_streams_events_and_hangs_up(tmp_path: Path) -
         await asyncio.sleep(0)
         leg1 = MemoryLeg(clock=clock)
         t1 = asyncio.create_task(mgr.handle(leg1))
-        await wait_until(clock, lambda: mgr.live == 1 and not mgr.can_admit())
+        await until(lambda: mgr.live == 1 and not mgr.can_admit(), 15.0, clock=clock)
         leg2 = MemoryLeg(LegInfo(call_id="leg-2", source=Source.MEMORY), clock=clock)
         with pytest.raises(CallRejected):
             await mgr.handle(leg2)
         assert leg2.hangups == ["busy"]
         (call_id,) = mgr.calls
         assert mgr.snapshot()[0]["call_id"] == call_id
-        await wait_until(clock, lambda: mgr.calls[call_id].record.connected_at is not None)
+        await until(lambda: mgr.calls[call_id].record.connected_at is not None, 15.0,
+                    clock=clock)
         assert mgr.hang_up(call_id, "operator")
         record = await t1
         assert record.end_reason == "operator"

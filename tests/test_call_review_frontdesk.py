@@ -27,7 +27,8 @@ from bridge.call.records import SqliteRecordStore
 from bridge.dialplans.loader import PACKAGED_DIR, load_dialplans
 from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
-from tests.test_call_e2e import emu_wait, session, speech, wait_until
+from tests.support.waiting import until
+from tests.test_call_e2e import emu_wait, session, speech
 from tests.test_dialplans_webhook import SECRET, OrderApi
 
 OPERATOR = "sip:operator@pbx.example.com"
@@ -87,18 +88,19 @@ async def test_front_desk_call_hours_order_status_and_zero_for_the_operator(
         target = RealtimeSettings.from_env({}).target(emulator_url=emu.url)
         manager = CallManager(plans, client_factory(target, max_reconnects=0), store, clock)
         task = asyncio.create_task(manager.handle(leg))
-        await wait_until(clock, lambda: manager.live == 1)
+        await until(lambda: manager.live == 1, 15.0, clock=clock)
         (call,) = manager.calls.values()
 
         async def said(call: Call, words: str) -> None:
             """The bridge has the whole line (its transcript comes after all its audio)."""
-            await wait_until(clock, lambda: any(
-                words in t.text for t in call.record.transcript if t.role == "agent"), 20)
+            await until(lambda: any(
+                words in t.text for t in call.record.transcript if t.role == "agent"), 20,
+                clock=clock)
 
         async def quiet_after(frames: int) -> None:
             """Wait for the agent to have said something new and finished saying it."""
-            await wait_until(clock, lambda: agent_frames() > frames
-                             and not call.playout.playing, 20)
+            await until(lambda: agent_frames() > frames and not call.playout.playing, 20,
+                        clock=clock)
 
         await quiet_after(0)                                  # the greeting
         # Turn 1: "are you open?" -> opening_hours -> the answer is spoken.

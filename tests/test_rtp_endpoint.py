@@ -14,16 +14,9 @@ from bridge.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encod
 from bridge.codecs.level import tone
 from bridge.rtp.endpoint import FRAME_BYTES, PortAllocator, PortsExhausted, RtpEndpoint
 from bridge.rtp.packet import pack_header, parse
+from tests.support.waiting import until
 
 HOST = "127.0.0.1"
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    """Wait for loopback delivery (the assertion that follows is what is tested)."""
-    # Polls counters that datagram callbacks update; no event to wait on there.
-    async with asyncio.timeout(5.0):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -23,6 +23,7 @@ from bridge.rtp.packet import pack_header, parse
 from bridge.sip.leg import SipLeg
 from bridge.sip.sdp import Direction, NegotiatedMedia
 from bridge.sip.ua import CallKey
+from tests.support.waiting import until
 
 HOST = "127.0.0.1"
 
@@ -65,12 +66,6 @@ class Sink:
 
     def on_leg_hangup(self, reason: str) -> None:
         pass
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5.0):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture

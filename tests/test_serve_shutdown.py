@@ -11,6 +11,7 @@ from bridge.call.memory import MemoryLeg
 from bridge.call.records import SqliteRecordStore
 from bridge.config import load_settings
 from bridge.serve import Bridge
+from tests.support.waiting import until
 
 
 async def test_stop_ends_live_calls_and_writes_their_records(tmp_path: Path) -> None:
@@ -23,9 +24,7 @@ async def test_stop_ends_live_calls_and_writes_their_records(tmp_path: Path) -> 
     legs = [MemoryLeg(LegInfo(call_id=f"m{i}", source=Source.MEMORY, caller="x", called="1"),
                       clock=bridge.manager.clock) for i in range(3)]
     tasks = [asyncio.ensure_future(bridge.manager.handle(leg)) for leg in legs]
-    async with asyncio.timeout(10):
-        while bridge.manager.live < 3:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    await until(lambda: bridge.manager.live >= 3)
     ids = list(bridge.manager.calls)
     await bridge.stop()
     results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -19,6 +19,7 @@ from bridge.call.leg import LegInfo, Source
 from bridge.call.memory import MemoryLeg
 from bridge.config import Settings, load_settings
 from bridge.serve import Bridge
+from tests.support.waiting import until
 
 TOKEN = "web-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -46,10 +47,7 @@ async def start_call(bridge: Bridge, n: int = 1) -> tuple[MemoryLeg, asyncio.Tas
     leg = MemoryLeg(LegInfo(call_id=f"mem-{n}", source=Source.MEMORY, caller="+15550100",
                             called="100"), clock=bridge.manager.clock)
     task = asyncio.ensure_future(bridge.manager.handle(leg))
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if bridge.manager.calls:
-            break
+    await until(lambda: bool(bridge.manager.calls))
     (call_id,) = [c for c, call in bridge.manager.calls.items() if call.leg is leg]
     return leg, task, call_id
 
@@ -187,11 +185,8 @@ async def test_metrics_parse_and_move_during_a_call(bridge: Bridge) -> None:
     leg.play(tone(800))
     leg.play_silence(1500)
 
-    async def agent_spoke() -> None:
-        while not any(e.role == "agent" and "echo" in e.text  # noqa: ASYNC110
-                      for e in bridge.manager.calls[call_id].record.transcript):
-            await asyncio.sleep(0.05)
-    await asyncio.wait_for(agent_spoke(), 20)
+    await until(lambda: any(e.role == "agent" and "echo" in e.text
+                            for e in bridge.manager.calls[call_id].record.transcript), 20)
     during = samples(await (await client.get("/metrics")).get_data(as_text=True))
     assert during[started_key] == before.get(started_key, 0) + 1
     assert during[active_key] == before.get(active_key, 0) + 1

@@ -6,9 +6,8 @@ Its microphone is a WAV file of a spoken phrase made at test time with espeak-ng
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,14 @@ from bridge import metrics
 from bridge.config import load_settings
 from bridge.serve import Bridge
 from tests.conftest import require_binary
+from tests.support.waiting import until
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 TOKEN = "chromium-test-token-0123456789"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+#: Between checks of state that lives in the browser (each check is a round trip to it).
+BROWSER_POLL_S = 0.1
 
 
 def phrase_wav(tmp: Path) -> Path:
@@ -38,16 +40,6 @@ def phrase_wav(tmp: Path) -> Path:
     subprocess.run([sox, str(raw), "-r", "48000", "-c", "1", "-b", "16", str(out),
                     "pad", "0.5", "2.5"], check=True, capture_output=True)
     return out
-
-
-async def until(predicate: Callable[[], Any], limit: float, what: str) -> None:
-    async def poll() -> None:
-        while not await predicate():  # noqa: ASYNC110 (state lives in the browser)
-            await asyncio.sleep(0.1)
-    try:
-        await asyncio.wait_for(poll(), limit)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @pytest.fixture
@@ -99,18 +91,20 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
 
             async def connected() -> bool:
                 return await page.get_attribute("#state", "data-state") == "connected"
-            await until(connected, 20, "the call to connect")
+            await until(connected, 20, what="the call to connect", poll_s=BROWSER_POLL_S)
 
             # The emulator echoes the caller's phrase: inbound audio energy grows.
             first = await page.evaluate(INBOUND_ENERGY)
 
             async def energy_grew() -> bool:
                 return float(await page.evaluate(INBOUND_ENERGY)) > float(first) + 0.01
-            await until(energy_grew, 30, "inbound audio energy during the reply")
+            await until(energy_grew, 30, what="inbound audio energy during the reply",
+                        poll_s=BROWSER_POLL_S)
 
             async def agent_said_something() -> bool:
                 return await page.locator("#transcript li.agent").count() > 0
-            await until(agent_said_something, 30, "the agent's transcript on the page")
+            await until(agent_said_something, 30, what="the agent's transcript on the page",
+                        poll_s=BROWSER_POLL_S)
 
             events = await page.evaluate("window.softphone.events")
             call_id = next(e["call_id"] for e in events if e["type"] == "call.started")
@@ -121,7 +115,8 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
             async def dtmf_reached_the_dialplan() -> bool:
                 call = bridge.manager.calls.get(call_id)
                 return call is not None and any(d.digit == "5" for d in call.record.dtmf)
-            await until(dtmf_reached_the_dialplan, 10, "DTMF 5 in the call record")
+            await until(dtmf_reached_the_dialplan, 10, what="DTMF 5 in the call record",
+                        poll_s=BROWSER_POLL_S)
             await page.screenshot(path=str(ARTIFACTS / "softphone.png"))
 
             await page.click("#hangup")
@@ -129,7 +124,8 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
             async def call_freed() -> bool:
                 webrtc = bridge.app.extensions["voicebridge"].webrtc
                 return call_id not in bridge.manager.calls and not webrtc.tasks
-            await until(call_freed, 15, "the call to end and its leg to close")
+            await until(call_freed, 15, what="the call to end and its leg to close",
+                        poll_s=BROWSER_POLL_S)
             assert await page.get_attribute("#state", "data-state") == "ended"
             record = await bridge.manager.store.get(call_id)
             assert record is not None and record.end_reason == "caller_hangup"
@@ -155,7 +151,8 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
                 "new DOMException('Permission denied', 'NotAllowedError'));")
             await denied.goto(f"{bridge.http_url}/")
             await denied.click("#call")
-            await until(lambda: error_shown(denied), 10, "the microphone error")
+            await until(lambda: error_shown(denied), 10, what="the microphone error",
+                        poll_s=BROWSER_POLL_S)
             assert "blocked the microphone" in await denied.inner_text("#info")
             await denied.screenshot(path=str(ARTIFACTS / "softphone-mic-denied.png"))
             assert not await denied.is_disabled("#call")        # can try again
@@ -164,7 +161,8 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
             await gone.goto(f"{bridge.http_url}/")
             await gone.route("**/webrtc/offer", lambda route: route.abort())
             await gone.click("#call")
-            await until(lambda: error_shown(gone), 15, "the unreachable-bridge error")
+            await until(lambda: error_shown(gone), 15, what="the unreachable-bridge error",
+                        poll_s=BROWSER_POLL_S)
             assert "Cannot reach the bridge" in await gone.inner_text("#info")
             await gone.screenshot(path=str(ARTIFACTS / "softphone-unreachable.png"))
             assert not bridge.manager.calls

@@ -23,6 +23,7 @@ from bridge.web.events import sse_message
 from bridge.web.state import WebState, web_state
 from bridge.web.webrtc_calls import WebRtcCalls
 from bridge.webrtc.leg import WebRtcLeg
+from tests.support.waiting import until
 
 
 class StandInManager:
@@ -70,13 +71,6 @@ class StubLeg(WebRtcLeg):
 
     async def close(self) -> None:
         self.closes += 1
-
-
-async def settled(predicate: Any, limit: float = 2.0) -> None:
-    async def poll() -> None:
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-    await asyncio.wait_for(poll(), limit)
 
 
 def test_routes_live_in_blueprints_over_one_typed_state(tmp_path: Path) -> None:
@@ -142,7 +136,7 @@ async def test_a_browser_gets_only_its_own_calls_events() -> None:
     calls = WebRtcCalls(manager)
     mine, other = StubLeg("w1"), StubLeg("w2")
     calls.start(mine)
-    await settled(lambda: "c_w1" in manager.calls)
+    await until(lambda: "c_w1" in manager.calls)
     manager.calls["c_w2"] = SimpleNamespace(leg=other, record=None)   # not started here
     manager.emit(TranscriptAdded(call_id="c_w1", role="agent", text="early"))
     for call_id in ("c_w1", "c_w2"):
@@ -162,7 +156,7 @@ async def test_a_rejected_browser_call_is_told_and_its_leg_closed() -> None:
     calls = WebRtcCalls(manager)
     leg = StubLeg("w1")
     calls.start(leg)
-    await settled(lambda: not calls.tasks)
+    await until(lambda: not calls.tasks)
     assert leg.sent == [{"type": "call.ended", "reason": "rejected"}]
     assert leg.closes == 1
     await calls.close()
@@ -174,7 +168,7 @@ async def test_closing_cancels_every_running_browser_call() -> None:
     legs = [StubLeg(f"w{n}") for n in range(3)]
     for leg in legs:
         calls.start(leg)
-    await settled(lambda: len(manager.calls) == 3)
+    await until(lambda: len(manager.calls) == 3)
     tasks = list(calls.tasks)
     await asyncio.wait_for(calls.close(), 2)
     assert all(t.cancelled() for t in tasks) and not calls.tasks

@@ -6,7 +6,6 @@ import asyncio
 import math
 import socket
 import struct
-from collections.abc import Callable
 
 import pytest
 
@@ -15,6 +14,7 @@ from bridge.config import WebRtcConfig
 from bridge.webrtc.client import WebRtcCaller
 from bridge.webrtc.leg import WebRtcLeg, WebRtcOfferError, answer_audio_codec
 from bridge.webrtc.track import OutboundTrack
+from tests.support.waiting import until
 
 
 def tone(freq: float, ms: int, rate: int, amplitude: int = 8000) -> bytes:
@@ -39,13 +39,6 @@ class Sink:
     def on_leg_hangup(self, reason: str) -> None:
         self.hangups.append(reason)
         self.hungup.set()
-
-
-async def until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
-    """Poll state that aiortc changes on its own tasks (there is no event to await)."""
-    async with asyncio.timeout(limit):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 async def connect(caller: WebRtcCaller,

@@ -23,8 +23,9 @@ from bridge.codecs import g711
 from bridge.internals import aiortc as internals
 from bridge.webrtc.client import WebRtcCaller
 from bridge.webrtc.leg import WebRtcLeg
+from tests.support.waiting import until
 from tests.test_rtp_passthrough import Transcodes
-from tests.test_webrtc_leg import Sink, until
+from tests.test_webrtc_leg import Sink
 
 
 class PayloadTrack(MediaStreamTrack):

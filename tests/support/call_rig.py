@@ -25,6 +25,7 @@ from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.plan import Dialplan
 from bridge.dialplans.tools import Tool
 from bridge.realtime import events as ev
+from tests.support.waiting import until
 
 SALES = "sip:sales@pbx.example.com"
 OPERATOR = "sip:operator@pbx.example.com"
@@ -183,16 +184,9 @@ class Rig:
         await self.until(lambda: self.call.record.connected_at is not None)
 
     async def until(self, cond: Callable[[], bool], limit_s: float = 10.0) -> None:
-        """Wait for ``cond``: a few loop rounds, then (a store's thread, a loop timer)
-        short real sleeps, bounded generously; never a timing assertion."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit_s
-        spins = 0
-        while not cond():
-            if loop.time() > deadline:
-                raise AssertionError("condition not reached")
-            await asyncio.sleep(0 if spins < 200 else 0.002)
-            spins += 1
+        """Wait for ``cond`` (``waiting.until``: a few loop rounds, then short real sleeps
+        for a store's thread or a loop timer; the virtual clock does not move)."""
+        await until(cond, limit_s)
 
     async def tick(self, n: int = 1) -> None:
         for _ in range(n):
