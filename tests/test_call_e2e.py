@@ -7,11 +7,9 @@ loaded machine delays both alike) rather than asserting on wall-clock durations.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import dataclasses
 import json
-import math
 import socket
 import time
 from collections.abc import Callable
@@ -40,6 +38,7 @@ from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.realtime.emulator.record import EmulatorRecord
 from bridge.realtime.events import AudioDelta
+from tests.support.audio import speech
 from tests.support.waiting import until
 
 SALES = "sip:sales@pbx.example.com"
@@ -85,18 +84,6 @@ announcement = "{announcement}"
 action = "transfer"
 target = "operator"
 """
-
-
-def speech(ms: int, rate: int = 8000) -> bytes:
-    """Speech-like audio: a 150 Hz buzz with harmonics, syllable-modulated, ~-20 dBFS."""
-    n = rate * ms // 1000
-    out = array.array("h", bytes(2 * n))
-    for i in range(n):
-        t = i / rate
-        env = 0.6 + 0.4 * math.sin(2 * math.pi * 4 * t)
-        out[i] = int(3000 * env * sum(math.sin(2 * math.pi * 150 * k * t) / k
-                                      for k in (1, 2, 3, 4)))
-    return out.tobytes()
 
 
 def make_plans(tmp: Path, *, tools: tuple[str, ...] = ("transfer_call", "hang_up"),

@@ -5,19 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import struct
 
 from bridge.call.clock import MediaClock, VirtualScheduler, percentile
 from bridge.call.leg import Underrun
 from bridge.call.memory import MemoryLeg
 from bridge.call.playout import Playout
 from bridge.codecs import g711
-
-
-def sine24k(ms: int, freq: float = 440.0, amp: int = 8000) -> bytes:
-    n = 24 * ms
-    return struct.pack(f"<{n}h", *(int(amp * math.sin(2 * math.pi * freq * i / 24000))
-                                   for i in range(n)))
+from tests.support.audio import tone
 
 
 def setup(rate: int = 8000, wake_delay=None, underrun=Underrun.SILENCE):
@@ -37,7 +31,7 @@ def agent_frames(leg: MemoryLeg) -> list:
 
 def test_one_frame_per_tick_and_heard_ms() -> None:
     sched, _clock, leg, p, firsts = setup()
-    p.push("item_a", sine24k(1000))           # arrives all at once, faster than real time
+    p.push("item_a", tone(1000, amp=8000))     # arrives all at once, faster than real time
     sched.advance(0.2 + 1e-6)                  # 10 ticks
     out = agent_frames(leg)
     assert len(out) == 10                      # never bursts ahead of real time
@@ -51,7 +45,7 @@ def test_one_frame_per_tick_and_heard_ms() -> None:
 
 def test_barge_in_stops_audio_at_the_next_tick() -> None:
     sched, _clock, leg, p, _ = setup()
-    p.push("item_a", sine24k(2000))
+    p.push("item_a", tone(2000, amp=8000))
     sched.advance(0.5 + 1e-6)
     before = len(agent_frames(leg))
     item, heard, received, dropped = p.barge_in(seen_at=sched.time())
@@ -66,8 +60,8 @@ def test_barge_in_stops_audio_at_the_next_tick() -> None:
 
 def test_heard_is_attributed_per_item_across_a_shared_frame() -> None:
     sched, _clock, _leg, p, _ = setup()
-    p.push("a", sine24k(30))                    # 1.5 frames
-    p.push("b", sine24k(100))
+    p.push("a", tone(30, amp=8000))            # 1.5 frames
+    p.push("b", tone(100, amp=8000))
     sched.advance(0.04 + 1e-6)                  # two frames: a=30 ms, b=10 ms
     assert p.heard_ms("a") == 30
     assert p.heard_ms("b") == 10
@@ -77,7 +71,7 @@ def test_heard_is_attributed_per_item_across_a_shared_frame() -> None:
 
 def test_end_of_response_flushes_the_resampler_tail() -> None:
     sched, _clock, leg, p, _ = setup()
-    p.push("a", sine24k(110))                   # 5.5 frames
+    p.push("a", tone(110, amp=8000))           # 5.5 frames
     p.end_of_response()
     sched.advance(0.2)
     out = agent_frames(leg)
@@ -97,7 +91,7 @@ def test_underrun_writes_silence_or_nothing() -> None:
 
 def test_hold_keeps_the_audio_and_heard_ms_true() -> None:
     sched, _clock, leg, p, _ = setup()
-    p.push("a", sine24k(400))
+    p.push("a", tone(400, amp=8000))
     sched.advance(0.1 + 1e-6)
     leg.set_hold(True)
     sched.advance(0.2)
@@ -116,7 +110,7 @@ def test_g711_audio_is_decoded_without_resampling() -> None:
     leg.clock = clock
     p = Playout(leg, audio_format="pcmu")
     clock.subscribe(p)
-    pcm8 = struct.pack("<800h", *(int(6000 * math.sin(i / 5)) for i in range(800)))
+    pcm8 = tone(100, freq=800 / math.pi, rate=8000, amp=6000)   # sample i: 6000 sin(i/5)
     p.push("a", g711.encode("pcmu", pcm8))     # 100 ms of µ-law
     p.end_of_response()
     sched.advance(0.2)
@@ -127,7 +121,7 @@ def test_g711_audio_is_decoded_without_resampling() -> None:
 
 def test_wide_band_leg_rate() -> None:
     sched, _clock, leg, p, _ = setup(rate=48000)
-    p.push("a", sine24k(200))
+    p.push("a", tone(200, amp=8000))
     p.end_of_response()
     sched.advance(0.3)
     out = agent_frames(leg)
@@ -137,7 +131,7 @@ def test_wide_band_leg_rate() -> None:
 
 async def test_wait_drained() -> None:
     sched, _clock, _leg, p, _ = setup()
-    p.push("a", sine24k(100))
+    p.push("a", tone(100, amp=8000))
     p.end_of_response()
     waiter = p.drained()
     assert waiter is not None
@@ -156,7 +150,7 @@ def test_sixty_seconds_of_agent_audio_paced_without_drift() -> None:
     rng = random.Random(3)
     sched, clock, leg, p, _ = setup(
         wake_delay=lambda _w: 0.025 if rng.random() < 0.002 else rng.uniform(0, 0.0015))
-    chunk = sine24k(250)
+    chunk = tone(250, amp=8000)
     t_start = sched.time()
     # The service sends 250 ms deltas several times faster than real time.
     for k in range(240):

@@ -20,7 +20,8 @@ import pytest
 from bridge.call.leg import TransferOutcome
 from bridge.dialplans.tools import Tool, tool_from_function
 from bridge.realtime import events as ev
-from tests.support.call_rig import OPERATOR, SALES, Rig, make_plan, settle, tone24
+from tests.support.audio import tone
+from tests.support.call_rig import OPERATOR, SALES, Rig, make_plan, settle
 
 TEXT = "one two three four five six seven eight nine ten"
 
@@ -39,7 +40,7 @@ async def test_barge_in_truncates_at_what_the_leg_was_handed_and_trims_the_text(
     # §6.4: interrupt_response is on, so the server cancels; the bridge does not.
     assert rig.session.sent("cancel_response") == []
     frames = len(rig.leg.frames)
-    await rig.emit(ev.AudioDelta("r1", "i1", tone24(300)))   # late audio of that reply
+    await rig.emit(ev.AudioDelta("r1", "i1", tone(300, amp=8000)))   # late audio of that reply
     await rig.tick(5)
     assert all(f.silent for f in rig.leg.frames[frames:])  # nothing of it is played
     await rig.emit(ev.AudioDone("r1", "i1"), ev.TranscriptDone("r1", "i1", TEXT))

@@ -23,8 +23,8 @@ from bridge.call.records import CallRecord, SqliteRecordStore
 from bridge.codecs import g711
 from bridge.dialplans.plan import DialplanSet
 from bridge.realtime import events as ev
+from tests.support.audio import speech
 from tests.support.call_rig import OPERATOR, SALES, Rig, make_plan, settle
-from tests.test_call_e2e import speech
 
 Ending = Callable[[Rig], Awaitable[None]]
 

@@ -26,7 +26,8 @@ from bridge.call.state import (
     Trigger,
 )
 from bridge.realtime import events as ev
-from tests.support.call_rig import OPERATOR, Rig, ScriptedSession, make_plan, tone24
+from tests.support.audio import tone
+from tests.support.call_rig import OPERATOR, Rig, ScriptedSession, make_plan
 
 S, E = CallState, EndReason
 Ending = Callable[[Rig], Awaitable[None]]
@@ -229,7 +230,7 @@ async def test_a_transfer_key_while_connecting_that_fails_leaves_a_call_that_tal
         rig.session.gate.set()                       # the agent arrives
         await rig.until(lambda: rig.call.record.connected_at is not None)
     assert rig.call.state.state is S.CONVERSING
-    rig.leg.play(tone24(100)[: 5 * rig.leg.carried_frame_bytes])
+    rig.leg.play(tone(100, amp=8000)[: 5 * rig.leg.carried_frame_bytes])
     await rig.tick(5)
     assert rig.session.appended                      # caller audio goes upstream
     assert not rig.call.playout.comfort              # no beeps once the agent is there

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from bridge.codecs.level import FLOOR_DBFS, ToneGenerator, dbfs, is_silence, peak, rms, tone
+from tests.support.audio import sine as reference_sine
 
 
 def test_full_scale_sine_is_0_dbfs_and_square_is_plus_3() -> None:
     t = np.arange(8000)
-    sine = np.rint(32767 * np.sin(2 * np.pi * 1000 * t / 8000 + 0.3)).astype("<i2").tobytes()
+    sine = np.rint(reference_sine(1000, 8000, 8000, 32767, phase=0.3)).astype("<i2").tobytes()
     assert dbfs(sine) == pytest.approx(0.0, abs=0.01)
     square = np.where(t % 8 < 4, 32767, -32767).astype("<i2").tobytes()
     assert dbfs(square) == pytest.approx(3.01, abs=0.01)

@@ -16,6 +16,7 @@ from bridge.codecs.resample import (
     inbound_resampler,
     outbound_resampler,
 )
+from tests.support.audio import sine
 
 SOXR_MODES = [m for m in MODES if m.startswith("soxr-")]
 ALL_MODES = ["fir", *SOXR_MODES]
@@ -53,12 +54,6 @@ def fir_reference(in_rate: int, out_rate: int, x: np.ndarray) -> np.ndarray:
     return full[::d.down][:last + 1]
 
 
-def tone(freq: float, n: int, rate: int, amplitude: float = 16000.0,
-         delay_s: float = 0.0) -> np.ndarray:
-    t = np.arange(n) / rate - delay_s
-    return amplitude * np.sin(2 * np.pi * freq * t)
-
-
 # ------------------------------------------------------------------------ exactness
 
 
@@ -91,7 +86,7 @@ def test_soxr_streamed_equals_one_shot_for_any_chunking(mode: str, pair: tuple[i
 def test_no_discontinuity_at_chunk_boundaries_in_the_pcm16_path(mode: str) -> None:
     """A sine streamed as bytes in ragged chunks (odd byte counts too) is the one-shot sine
     to within rounding at every sample: no click where chunks meet."""
-    pcm = np.rint(tone(1000.0, 8000, 8000)).astype("<i2").tobytes()
+    pcm = np.rint(sine(1000.0, 8000, 8000)).astype("<i2").tobytes()
     one = StreamResampler(8000, API_RATE, mode)
     want = np.frombuffer(one.process(pcm) + one.flush(), dtype="<i2").astype(int)
     r = StreamResampler(8000, API_RATE, mode)
@@ -117,7 +112,7 @@ def test_no_discontinuity_at_chunk_boundaries_in_the_pcm16_path(mode: str) -> No
 
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_odd_bytes_are_carried_to_the_next_chunk(mode: str) -> None:
-    pcm = np.rint(tone(440.0, 800, 8000)).astype("<i2").tobytes()
+    pcm = np.rint(sine(440.0, 800, 8000)).astype("<i2").tobytes()
     a = StreamResampler(8000, API_RATE, mode)
     b = StreamResampler(8000, API_RATE, mode)
     whole = a.process(pcm) + a.flush()
@@ -134,10 +129,9 @@ def delay_aligned_snr_db(got: np.ndarray, freqs: list[float], amps: list[float],
     """SNR of ``got`` against the multitone at its best fractional delay: integer lag from
     the cross-correlation, then a grid over ±1 sample, then a golden-section search."""
     def reference(delay: float) -> np.ndarray:
-        t = np.arange(len(got)) / rate - delay
         total = np.zeros(len(got))
         for f, a, p in zip(freqs, amps, phases, strict=True):
-            total += a * np.sin(2 * np.pi * f * t + p)
+            total += sine(f, len(got), rate, a, phase=p, delay_s=delay)
         return total
 
     coarse = np.argmax(np.correlate(got[guard:guard + 4000], reference(0.0)[guard:guard + 2000],
@@ -161,9 +155,7 @@ def test_round_trip_8k_24k_8k_of_speech_band_audio_keeps_60_db_snr() -> None:
     amps = [3000.0, 4000.0, 3500.0, 2500.0, 2000.0, 1500.0, 1000.0]
     phases = list(rng.uniform(0, 2 * np.pi, len(freqs)))
     n = 16000
-    t = np.arange(n) / 8000
-    x = sum(a * np.sin(2 * np.pi * f * t + p) for f, a, p in zip(freqs, amps, phases,
-                                                                   strict=True))
+    x = sum(sine(f, n, 8000, a, phase=p) for f, a, p in zip(freqs, amps, phases, strict=True))
     pcm = np.rint(x).astype("<i2").tobytes()
     up, down = inbound_resampler(8000), outbound_resampler(8000)
     wide = b"".join(up.process(pcm[i:i + 320]) for i in range(0, len(pcm), 320)) + up.flush()
@@ -194,7 +186,7 @@ def test_inbound_default_is_flat_and_rejects_images_and_aliases_by_60_db(in_rate
     nyquist = min(in_rate, API_RATE) / 2
     n = in_rate * 13 // 10
     for f in [300.0, 1000.0, float(round(0.85 * nyquist))]:    # 3.4 kHz at 8 kHz
-        y = run_pcm16(inbound_resampler(in_rate), tone(f, n, in_rate))
+        y = run_pcm16(inbound_resampler(in_rate), sine(f, n, in_rate))
         assert abs(levels_db(y, API_RATE, [f])[f]) <= 1.0, f
         images = {abs(k * in_rate + s * f) for k in range(1, 4) for s in (-1, 1)}
         images = {i for i in images if i < API_RATE / 2} - {f}
@@ -203,7 +195,7 @@ def test_inbound_default_is_flat_and_rejects_images_and_aliases_by_60_db(in_rate
             assert worst <= -60.0, (f, worst)
     if in_rate > API_RATE:     # decimating: what lies above 1.15 x Nyquist must not fold back
         for f in [float(round(1.15 * nyquist)), 16000.0, 20000.0, 23000.0]:
-            y = run_pcm16(inbound_resampler(in_rate), tone(f, n, in_rate))
+            y = run_pcm16(inbound_resampler(in_rate), sine(f, n, in_rate))
             alias = API_RATE - f
             assert levels_db(y, API_RATE, [alias])[alias] <= -60.0, f
 
@@ -213,19 +205,19 @@ def test_outbound_default_is_flat_and_rejects_aliases_by_60_db(out_rate: int) ->
     edge = 0.85 * out_rate / 2
     stop = 1.15 * out_rate / 2
     for f in [300.0, 1000.0, float(round(edge))]:
-        y = run_pcm16(outbound_resampler(out_rate), tone(f, 31200, API_RATE))
+        y = run_pcm16(outbound_resampler(out_rate), sine(f, 31200, API_RATE))
         assert abs(levels_db(y, out_rate, [f])[f]) <= 1.0
     for f in [float(round(stop)), 6000.0, 9000.0, 11000.0]:
         if f <= stop - 1:
             continue
-        y = run_pcm16(outbound_resampler(out_rate), tone(f, 31200, API_RATE))
+        y = run_pcm16(outbound_resampler(out_rate), sine(f, 31200, API_RATE))
         alias = abs(f - out_rate * round(f / out_rate))
         assert levels_db(y, out_rate, [alias])[alias] <= -60.0, f
 
 
 def test_soxr_qq_really_has_no_anti_alias_filter() -> None:
     # The same measurement catches what it should: QQ lets a 5 kHz tone through as 3 kHz.
-    y = run_pcm16(outbound_resampler(8000, "soxr-qq"), tone(5000.0, 31200, API_RATE))
+    y = run_pcm16(outbound_resampler(8000, "soxr-qq"), sine(5000.0, 31200, API_RATE))
     assert levels_db(y, 8000, [3000.0])[3000.0] > -20.0
 
 
@@ -286,7 +278,7 @@ def test_flush_lets_the_last_samples_of_a_response_out(mode: str) -> None:
     """A response ending on a 1 ms burst: the burst comes out, with ``flush()``."""
     r = outbound_resampler(8000, mode)
     x = np.zeros(4800, dtype=np.float32)        # 200 ms of 24 kHz
-    x[-24:] = tone(2000.0, 24, API_RATE, amplitude=20000.0)
+    x[-24:] = sine(2000.0, 24, API_RATE, amplitude=20000.0)
     body = np.concatenate([r.process_float(x[i:i + 960]) for i in range(0, len(x), 960)])
     tail = r.flush_float()
     y = np.concatenate([body, tail])
@@ -299,7 +291,7 @@ def test_flush_lets_the_last_samples_of_a_response_out(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_flush_starts_a_fresh_stream(mode: str) -> None:
-    pcm = np.rint(tone(700.0, 4800, API_RATE)).astype("<i2").tobytes()
+    pcm = np.rint(sine(700.0, 4800, API_RATE)).astype("<i2").tobytes()
     r = outbound_resampler(8000, mode)
     r.process(pcm)
     r.flush()
@@ -313,7 +305,7 @@ def test_flush_starts_a_fresh_stream(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_reset_drops_what_the_filter_held(mode: str) -> None:
-    loud = np.rint(tone(900.0, 481, API_RATE, amplitude=30000.0)).astype("<i2").tobytes()
+    loud = np.rint(sine(900.0, 481, API_RATE, amplitude=30000.0)).astype("<i2").tobytes()
     quiet = bytes(960)
     r = outbound_resampler(8000, mode)
     r.process(loud)
@@ -351,7 +343,7 @@ def test_first_audio_of_a_response_is_playable_right_after_its_first_delta(
         delta_ms: int) -> None:
     """The default outbound path turns even a 20 ms first delta into a full 20 ms frame at
     once (nothing withheld), so playout starts on the next tick."""
-    delta = np.rint(tone(500.0, API_RATE * delta_ms // 1000, API_RATE)).astype("<i2")
+    delta = np.rint(sine(500.0, API_RATE * delta_ms // 1000, API_RATE)).astype("<i2")
     playout = PlayoutBuffer(8000)
     playout.push(outbound_resampler(8000).process(delta.tobytes()))
     assert playout.buffered_ms == delta_ms

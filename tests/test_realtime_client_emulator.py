@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from bridge.realtime.client import RealtimeClient, RealtimeRejected
 from bridge.realtime.config import RealtimeSettings, RealtimeTarget
 from bridge.realtime.emulator import Emulator, EmulatorConfig, EmulatorRecord
 from bridge.realtime.profile import SessionProfile, TurnDetection
+from tests.support.audio import tone
 from tests.test_realtime_client_connect import Events
 from tests.test_realtime_client_support import validate_client_event
 
@@ -31,14 +30,7 @@ PROFILE = SessionProfile(instructions="echo", turn_detection=TurnDetection(
     silence_duration_ms=300))
 
 
-def tone(ms: int, freq: float = 440.0, dbfs: float = -14.0) -> bytes:
-    amp = 32767 * 10 ** (dbfs / 20)
-    n = 24 * ms
-    return struct.pack(f"<{n}h", *(int(amp * math.sin(2 * math.pi * freq * i / 24000))
-                                   for i in range(n)))
-
-
-SPEECH = tone(600)
+SPEECH = tone(600, dbfs=-14.0)
 SILENCE = b"\x00" * (48 * 600)
 
 

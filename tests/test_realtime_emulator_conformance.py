@@ -13,14 +13,13 @@ from typing import Any
 import pytest
 
 from bridge.realtime.emulator import Emulator, EmulatorConfig
+from tests.support.audio import silence, tone
 from tests.test_realtime_emulator_support import (
     GA_PATH,
     OPENAI_PATH,
     PREVIEW_PATH,
     RawClient,
     assert_conforms,
-    silence,
-    tone,
 )
 
 SCRIPT = """

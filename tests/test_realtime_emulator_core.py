@@ -12,7 +12,7 @@ from bridge.realtime.emulator import parse_script
 from bridge.realtime.emulator.dialect import SessionUpdateError, apply_update, default_session
 from bridge.realtime.emulator.record import SessionRecord
 from bridge.realtime.emulator.session import Close, SessionCore
-from tests.test_realtime_emulator_support import silence, tone
+from tests.support.audio import silence, tone
 
 
 def make_core(**kwargs: Any) -> SessionCore:

@@ -9,7 +9,8 @@ import pytest
 
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.realtime.emulator.audio import audioop
-from tests.test_realtime_emulator_support import RawClient, silence, tone, vad
+from tests.support.audio import silence, tone
+from tests.test_realtime_emulator_support import RawClient, vad
 
 
 @pytest.fixture
@@ -195,7 +196,7 @@ async def test_g711_in_and_out(emu: Emulator) -> None:
         session["audio"]["input"]["format"] = {"type": "audio/pcmu"}
         session["audio"]["output"] = {"format": {"type": "audio/pcmu"}}
         await client.configure(session)
-        pcm = silence(300, 8000) + tone(900, 8000) + silence(400, 8000)
+        pcm = silence(300, 8000) + tone(900, rate=8000) + silence(400, 8000)
         await client.send_audio(audioop.lin2ulaw(pcm, 2), bytes_per_ms=8)
         started = await client.until("input_audio_buffer.speech_started")
         await client.until("response.done")

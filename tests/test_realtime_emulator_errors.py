@@ -12,13 +12,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.realtime.emulator import Emulator, EmulatorConfig, Truncation
+from tests.support.audio import silence, tone
 from tests.test_realtime_emulator_support import (
     GA_PATH,
     PREVIEW_PATH,
     RawClient,
     assert_conforms,
-    silence,
-    tone,
     vad,
 )
 

@@ -14,7 +14,8 @@ from bridge.realtime.emulator import Emulator, EmulatorConfig, load_script, pars
 from bridge.realtime.emulator.audio import audioop
 from bridge.realtime.emulator.speech import render_texts
 from tests.conftest import require_binary
-from tests.test_realtime_emulator_support import RawClient, silence, tone, vad
+from tests.support.audio import silence, tone
+from tests.test_realtime_emulator_support import RawClient, vad
 
 DATA = Path(__file__).parent / "data" / "emulator"
 TURN = silence(200) + tone(600) + silence(400)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import math
 from typing import Any
 
-import numpy as np
 from openai.types.beta.realtime import realtime_server_event as beta_events
 from openai.types.realtime import realtime_server_event as ga_events
 from openai.types.realtime.realtime_session_create_response import (
@@ -25,17 +23,6 @@ PREVIEW_PATH = "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-r
 GA_ADAPTER: TypeAdapter[Any] = TypeAdapter(ga_events.RealtimeServerEvent)
 BETA_ADAPTER: TypeAdapter[Any] = TypeAdapter(beta_events.RealtimeServerEvent)
 SESSION_ADAPTER: TypeAdapter[Any] = TypeAdapter(RealtimeSessionCreateResponse)
-
-
-def tone(ms: int, rate: int = 24000, freq: float = 440.0, dbfs: float = -20.0) -> bytes:
-    n = ms * rate // 1000
-    t = np.arange(n) / rate
-    peak = 32767 * 10 ** (dbfs / 20)
-    return (np.sin(2 * math.pi * freq * t) * peak).astype(np.int16).tobytes()
-
-
-def silence(ms: int, rate: int = 24000) -> bytes:
-    return bytes(ms * rate // 1000 * 2)
 
 
 def _extras(model: BaseModel, path: str) -> list[str]:

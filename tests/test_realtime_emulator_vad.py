@@ -6,7 +6,7 @@ import pytest
 
 from bridge.realtime.emulator.audio import audioop
 from bridge.realtime.emulator.vad import EnergyVad, VadSettings, VadStart, VadStop, threshold_dbfs
-from tests.test_realtime_emulator_support import silence, tone
+from tests.support.audio import silence, tone
 
 
 def feed_all(vad: EnergyVad, pcm: bytes, chunk: int) -> list[VadStart | VadStop]:
@@ -43,7 +43,7 @@ def test_start_offset_keeps_the_session_time_line() -> None:
 
 
 def test_g711_at_8khz() -> None:
-    pcm = silence(200, 8000) + tone(400, 8000, dbfs=-15) + silence(400, 8000)
+    pcm = silence(200, 8000) + tone(400, rate=8000, dbfs=-15) + silence(400, 8000)
     ulaw = audioop.lin2ulaw(pcm, 2)
     vad = EnergyVad(VadSettings(silence_duration_ms=300), 8000)
     assert vad.feed(audioop.ulaw2lin(ulaw, 2)) == [VadStart(200), VadStop(600, 900)]

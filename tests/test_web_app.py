@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,16 +17,11 @@ from bridge.call.leg import LegInfo, Source
 from bridge.call.memory import MemoryLeg
 from bridge.config import Settings, load_settings
 from bridge.serve import Bridge
+from tests.support.audio import tone
 from tests.support.waiting import until
 
 TOKEN = "web-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def tone(ms: int, rate: int = 8000, freq: float = 300.0, amplitude: int = 9000) -> bytes:
-    n = rate * ms // 1000
-    return struct.pack(f"<{n}h", *(int(amplitude * math.sin(2 * math.pi * freq * i / rate))
-                                   for i in range(n)))
 
 
 def settings_for(tmp_path: Path, **env: str) -> Settings:
@@ -182,7 +175,7 @@ async def test_metrics_parse_and_move_during_a_call(bridge: Bridge) -> None:
     active_key = ("voicebridge_calls_active", (("source", "memory"),))
     leg, task, call_id = await start_call(bridge)
     # the caller speaks, then is silent: the emulator's VAD ends the turn and echoes it
-    leg.play(tone(800))
+    leg.play(tone(800, freq=300.0, rate=8000, amp=9000))
     leg.play_silence(1500)
 
     await until(lambda: any(e.role == "agent" and "echo" in e.text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import socket
 import struct
 
@@ -14,13 +13,8 @@ from bridge.config import WebRtcConfig
 from bridge.webrtc.client import WebRtcCaller
 from bridge.webrtc.leg import WebRtcLeg, WebRtcOfferError, answer_audio_codec
 from bridge.webrtc.track import OutboundTrack
+from tests.support.audio import tone
 from tests.support.waiting import until
-
-
-def tone(freq: float, ms: int, rate: int, amplitude: int = 8000) -> bytes:
-    n = rate * ms // 1000
-    return struct.pack(f"<{n}h", *(int(amplitude * math.sin(2 * math.pi * freq * i / rate))
-                                   for i in range(n)))
 
 
 class Sink:
@@ -55,7 +49,7 @@ def m_audio(sdp: str) -> list[str]:
 
 
 async def test_g711_preferred_audio_both_ways_dtmf_and_bye() -> None:
-    caller = WebRtcCaller("", pcm=tone(440, 400, 8000))
+    caller = WebRtcCaller("", pcm=tone(400, freq=440, rate=8000, amp=8000))
     sink = Sink()
     leg, answer = await connect(caller)
     try:
@@ -72,7 +66,7 @@ async def test_g711_preferred_audio_both_ways_dtmf_and_bye() -> None:
         assert any(max(abs(v) for v in struct.unpack("<160h", f)) > 4000 for f in sink.frames)
 
         # outbound: feed frames as the media clock would; the caller hears a loud tone
-        out = tone(1000, 20, 8000)
+        out = tone(20, freq=1000, rate=8000, amp=8000)
         for _ in range(50):
             leg.write_frame(out)
             await asyncio.sleep(0.02)
@@ -105,7 +99,8 @@ async def test_g711_preferred_audio_both_ways_dtmf_and_bye() -> None:
 
 
 async def test_opus_only_offer_gives_a_48k_leg() -> None:
-    caller = WebRtcCaller("", pcm=tone(440, 400, 48000), rate=48000, codecs=("opus",))
+    caller = WebRtcCaller("", pcm=tone(400, freq=440, rate=48000, amp=8000), rate=48000,
+                          codecs=("opus",))
     sink = Sink()
     leg, answer = await connect(caller)
     try:

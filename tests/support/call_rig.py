@@ -8,10 +8,8 @@ handed to the leg" is exact and nothing depends on how loaded the machine is.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import json
-import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.plan import Dialplan
 from bridge.dialplans.tools import Tool
 from bridge.realtime import events as ev
+from tests.support.audio import tone
 from tests.support.waiting import until
 
 SALES = "sip:sales@pbx.example.com"
@@ -82,14 +81,6 @@ def make_plan(tmp: Path, *, tools: tuple[str, ...] = ("transfer_call", "hang_up"
         fallback_action=fallback,
         fallback_target='target = "operator"' if fallback == "transfer" else ""))
     return load_dialplans(folder, tools=extra_tools).default
-
-
-def tone24(ms: int, freq: float = 440.0, amp: int = 8000) -> bytes:
-    """Agent audio as the service sends it: PCM16 at 24 kHz."""
-    n = 24 * ms
-    out = array.array("h", (int(amp * math.sin(2 * math.pi * freq * i / 24000))
-                            for i in range(n)))
-    return out.tobytes()
 
 
 class ScriptedSession:
@@ -218,7 +209,7 @@ class Rig:
         """A response starts streaming ``ms`` of audio (faster than real time)."""
         self.session.response_active = True
         events: list[ev.Event] = [ev.ResponseCreated(response),
-                                  ev.AudioDelta(response, item, tone24(ms))]
+                                  ev.AudioDelta(response, item, tone(ms, amp=8000))]
         if text:
             events.append(ev.TranscriptDelta(response, item, text))
         if done:
