@@ -15,7 +15,7 @@ from bridge.call.gaps import InboundGaps
 from bridge.call.records import MemoryRecordStore
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from tests.support.audio import speech
-from tests.test_call_e2e import Harness, emu_wait, make_plans, session
+from tests.support.call_harness import Harness, emu_wait, make_plans, session
 
 P = 0.020
 

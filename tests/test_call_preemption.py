@@ -16,7 +16,7 @@ import pytest
 
 from bridge.call.records import MemoryRecordStore
 from bridge.realtime.emulator import Emulator, EmulatorConfig
-from tests.test_call_e2e import Harness, make_plans
+from tests.support.call_harness import Harness, make_plans
 
 
 # pcm16: frames go through the upstream batch (a call's next frame runs it, and each

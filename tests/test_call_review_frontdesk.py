@@ -28,8 +28,8 @@ from bridge.dialplans.loader import PACKAGED_DIR, load_dialplans
 from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from tests.support.audio import speech
+from tests.support.call_harness import emu_wait, session
 from tests.support.waiting import until
-from tests.test_call_e2e import emu_wait, session
 from tests.test_dialplans_webhook import SECRET, OrderApi
 
 OPERATOR = "sip:operator@pbx.example.com"

@@ -14,7 +14,7 @@ from pathlib import Path
 from bridge.call.records import CallRecord, MemoryRecordStore, SpeechSpan
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.web.timeline import timeline_from_record
-from tests.test_call_e2e import Harness, emu_wait, make_plans, session
+from tests.support.call_harness import Harness, emu_wait, make_plans, session
 
 
 def spans(record: CallRecord, role: str) -> list[SpeechSpan]:
