@@ -5,13 +5,11 @@ against the openai package's models for the target's dialect."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from azure.core.credentials import AccessToken
@@ -22,11 +20,12 @@ from bridge.realtime import events as ev
 from bridge.realtime.client import RealtimeClient, RealtimeRejected
 from bridge.realtime.config import RealtimeSettings, RealtimeTarget
 from bridge.realtime.profile import SessionProfile
-from tests.test_realtime_client_support import FakeRealtime, validate_client_event
+from tests.support.client_events import Events
+from tests.support.realtime_oracle import validate_client_event
+from tests.support.realtime_server import FakeRealtime
 
 AZ_KEY = "azkey-0123456789abcdef"
 OA_KEY = "sk-proj-SECRETSECRET"
-T = TypeVar("T")
 
 
 def azure(base: str, *, key: str | None = AZ_KEY, version: str | None = None) -> RealtimeTarget:
@@ -43,32 +42,6 @@ def client_for(target: RealtimeTarget, **kw: Any) -> RealtimeClient:
     kw.setdefault("reconnect_backoff_s", 0.01)
     kw.setdefault("open_timeout_s", 5.0)
     return RealtimeClient(target, kw.pop("profile", SessionProfile()), **kw)
-
-
-class Events:
-    """Reads a client's events with a deadline; remembers everything seen."""
-
-    def __init__(self, client: RealtimeClient) -> None:
-        self._it: AsyncIterator[ev.Event] = client.events()
-        self.seen: list[ev.Event] = []
-
-    async def next(self, within: float = 10.0) -> ev.Event:
-        event = await asyncio.wait_for(anext(self._it), within)
-        self.seen.append(event)
-        return event
-
-    async def until(self, kind: type[T], within: float = 10.0) -> T:
-        async with asyncio.timeout(within):
-            while True:
-                event = await self.next(within)
-                if isinstance(event, kind):
-                    return event
-
-    async def drain_to_end(self, within: float = 10.0) -> list[ev.Event]:
-        async with asyncio.timeout(within):
-            async for event in self._it:
-                self.seen.append(event)
-        return self.seen
 
 
 def check_conformance(server: FakeRealtime, dialect: str) -> None:
@@ -153,7 +126,7 @@ async def test_no_key_or_token_in_any_log_record_or_error(
             await client.add_user_text("hi")
             events = Events(client)
             await server.drop(1006)
-            await events.until(ev.Reconnected)
+            await events.read_until(ev.Reconnected)
             await client.close()
         # Failures: refused handshake, refused after upgrade, and a failing token provider.
         server.reject_status = 401
@@ -221,7 +194,7 @@ async def test_entra_token_is_fetched_fresh_on_every_connect() -> None:
         assert server.sessions[0].headers["Authorization"] == "Bearer entra-token-1"
         assert "api-key" not in server.sessions[0].headers
         await server.drop(1006)
-        await events.until(ev.Reconnected)
+        await events.read_until(ev.Reconnected)
         assert server.sessions[1].headers["Authorization"] == "Bearer entra-token-2"
         assert calls == 2
         await client.close()
@@ -264,7 +237,7 @@ async def test_entra_through_azure_identity_with_a_fake_credential(
         assert server.sessions[0].headers["Authorization"] == "Bearer entra-fake-1"
         assert "api-key" not in server.sessions[0].headers
         await server.drop(1011)
-        await events.until(ev.Reconnected)
+        await events.read_until(ev.Reconnected)
         assert server.sessions[1].headers["Authorization"] == "Bearer entra-fake-2"
         assert not credential.closed
         await client.close()
@@ -311,7 +284,7 @@ async def test_auth_failure_on_reconnect_gives_up_at_once() -> None:
         events = Events(client)
         server.reject_status = 401
         await server.drop(1011)
-        lost = await events.until(ev.UpstreamLost)
+        lost = await events.read_until(ev.UpstreamLost)
         assert lost.fatal_auth
         assert len(server.sessions) == 2  # one refused attempt, no loop
         assert [e.attempt for e in events.seen if isinstance(e, ev.Reconnecting)] == [1]
@@ -325,7 +298,7 @@ async def test_close_3000_mid_call_is_lost_without_reconnect() -> None:
         await client.connect()
         events = Events(client)
         await server.drop(3000)
-        lost = await events.until(ev.UpstreamLost)
+        lost = await events.read_until(ev.UpstreamLost)
         assert lost.fatal_auth
         assert len(server.sessions) == 1
         assert not [e for e in events.seen if isinstance(e, ev.Reconnecting)]
@@ -339,7 +312,7 @@ async def test_gives_up_after_max_reconnects() -> None:
         events = Events(client)
         server.reject_status = 503
         await server.drop(1006)
-        lost = await events.until(ev.UpstreamLost)
+        lost = await events.read_until(ev.UpstreamLost)
         assert not lost.fatal_auth
         assert "2 reconnect attempts" in lost.reason
         assert [e.attempt for e in events.seen if isinstance(e, ev.Reconnecting)] == [1, 2]
@@ -378,17 +351,17 @@ async def test_reconnect_reseeds_session_and_conversation(code: int) -> None:
                    "transcript": "order 42"},
                   *assistant_turn("r1", "item_a1", "Sure, order 42 ships today.", 500)]:
             await server.send(e)
-        await events.until(ev.ResponseDone)
+        await events.read_until(ev.ResponseDone)
         if code == 1001:
             await server.send({"type": "error", "event_id": "s", "error": {
                 "type": "invalid_request_error", "code": "session_expired",
                 "message": "Your session hit the maximum duration of 30 minutes."}})
         await server.drop(code)
-        reconnecting = await events.until(ev.Reconnecting)
+        reconnecting = await events.read_until(ev.Reconnecting)
         assert reconnecting.attempt == 1 and str(code) in reconnecting.reason
         if code == 1001:
             assert "session_expired" in reconnecting.reason
-        reconnected = await events.until(ev.Reconnected)
+        reconnected = await events.read_until(ev.Reconnected)
         assert reconnected.session_id == "sess_2"
         await server.wait_for(lambda srv: len(srv.types()) >= 4)
         assert server.types() == ["session.update", "conversation.item.create",
@@ -403,7 +376,7 @@ async def test_reconnect_reseeds_session_and_conversation(code: int) -> None:
         await server.wait_for(lambda srv: "input_audio_buffer.append" in srv.types())
         await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
                            "audio_start_ms": 20, "item_id": "item_u9"})
-        assert (await events.until(ev.SpeechStarted)).item_id == "item_u9"
+        assert (await events.read_until(ev.SpeechStarted)).item_id == "item_u9"
         assert client.stats.reconnects == 1
         await client.close()
         check_conformance(server, "ga")
@@ -415,14 +388,14 @@ async def test_response_running_at_the_drop_is_closed_for_the_call() -> None:
         await client.connect()
         events = Events(client)
         await server.send(assistant_turn("r1", "a1", "x", 100)[0])
-        await events.until(ev.ResponseCreated)
+        await events.read_until(ev.ResponseCreated)
         assert client.response_active
         await server.drop(1006)
-        done = await events.until(ev.ResponseDone)
+        done = await events.read_until(ev.ResponseDone)
         assert (done.response_id, done.status, done.reason) == ("r1", "failed",
                                                                 "connection_lost")
         assert not client.response_active
-        await events.until(ev.Reconnected)
+        await events.read_until(ev.Reconnected)
         await client.close()
 
 
@@ -443,7 +416,7 @@ async def test_junk_from_the_server_is_skipped_and_the_session_carries_on(
         await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
                            "audio_start_ms": 20, "item_id": "u1", "obfuscation": "zz",
                            "some_future_field": {"nested": [1]}})
-        started = await events.until(ev.SpeechStarted)
+        started = await events.read_until(ev.SpeechStarted)
         assert started == ev.SpeechStarted("u1", 20)
         assert [type(e) for e in events.seen] == [ev.SessionReady, ev.SpeechStarted]
         assert client.connected
@@ -468,7 +441,7 @@ async def test_create_response_is_queued_while_one_is_active() -> None:
         events = Events(client)
         await client.create_response("first")
         await client.create_response("second")
-        await events.until(ev.ResponseCreated)
+        await events.read_until(ev.ResponseCreated)
         assert client.response_active
         assert server.types().count("response.create") == 1
         await server.send({"type": "response.done", "event_id": "s",
@@ -496,7 +469,7 @@ async def test_create_colliding_with_a_server_response_runs_after_it() -> None:
         await client.connect()
         events = Events(client)
         await client.create_response("after the tool")
-        await events.until(ev.ServerError)
+        await events.read_until(ev.ServerError)
         assert client.response_active
         await server.send({"type": "response.done", "event_id": "s",
                            "response": {"id": "r_vad", "status": "completed"}})
@@ -512,7 +485,7 @@ async def test_barge_in_suppresses_stale_audio_and_tools_of_the_cancelled_respon
         turn = assistant_turn("r1", "a1", "long answer", 200)
         for e in turn[:3]:
             await server.send(e)
-        await events.until(ev.AudioDelta)
+        await events.read_until(ev.AudioDelta)
         await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
                            "audio_start_ms": 900, "item_id": "u2"})
         await server.send(turn[2])  # still in flight when the server cancelled
@@ -528,7 +501,7 @@ async def test_barge_in_suppresses_stale_audio_and_tools_of_the_cancelled_respon
         await server.send({"type": "response.done", "event_id": "s", "response": {
             "id": "r1", "status": "cancelled",
             "status_details": {"type": "cancelled", "reason": "turn_detected"}}})
-        done = await events.until(ev.ResponseDone)
+        done = await events.read_until(ev.ResponseDone)
         assert done.reason == "turn_detected"
         after = events.seen[events.seen.index(next(e for e in events.seen
                                                    if isinstance(e, ev.SpeechStarted))):]
@@ -543,7 +516,7 @@ async def test_function_call_tool_output_and_truncation() -> None:
         events = Events(client)
         for e in assistant_turn("r1", "a1", "one two three four five six seven eight", 1000):
             await server.send(e)
-        await events.until(ev.ResponseDone)
+        await events.read_until(ev.ResponseDone)
         await client.truncate("a1", 5000)      # clamped to the 1000 ms received
         await client.truncate("unknown", 300)  # not an item of this session: not sent
         await client.truncate("a1", 0)         # 0 ms: never sent (the server would refuse)
@@ -557,7 +530,7 @@ async def test_function_call_tool_output_and_truncation() -> None:
                                     "name": "transfer_call", "call_id": "c1",
                                     "arguments": '{"target":"sales"}',
                                     "status": "completed"}})
-        call = await events.until(ev.FunctionCall)
+        call = await events.read_until(ev.FunctionCall)
         assert (call.name, call.call_id, call.arguments) == ("transfer_call", "c1",
                                                             '{"target":"sales"}')
         await client.send_tool_output("c1", '{"ok": true}')
@@ -585,9 +558,9 @@ async def test_tool_output_after_a_reconnect_recreates_the_call_item() -> None:
                            "item": {**item, "status": "in_progress"}})
         await server.send({"type": "response.output_item.done", "event_id": "s",
                            "response_id": "r1", "output_index": 0, "item": item})
-        call = await events.until(ev.FunctionCall)
+        call = await events.read_until(ev.FunctionCall)
         await server.drop(1006)  # the tool is still running when the socket drops
-        await events.until(ev.Reconnected)
+        await events.read_until(ev.Reconnected)
         await client.send_tool_output(call.call_id, '{"status": "shipped"}')
         await server.wait_for(lambda srv: len(srv.sessions) == 2 and len(srv.types()) == 3)
         created = [e["item"] for e in server.sessions[1].events[1:]]
@@ -609,13 +582,13 @@ async def test_interrupted_reply_nobody_heard_is_not_reseeded() -> None:
             assistant_turn("r2", "a2", "Second answer, cut off.", 400)
         for e in heard:
             await server.send(e)
-        await events.until(ev.ResponseDone)
+        await events.read_until(ev.ResponseDone)
         for e in unheard[:4]:
             await server.send(e)
-        await events.until(ev.TranscriptDone)
+        await events.read_until(ev.TranscriptDone)
         await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
                            "audio_start_ms": 100, "item_id": "u1"})
-        await events.until(ev.SpeechStarted)
+        await events.read_until(ev.SpeechStarted)
         # The call played none of a2, so it reports nothing (no truncate at 0 ms).
         assert client.history.texts() == [("assistant", "First answer.")]
         await client.close()
@@ -628,12 +601,12 @@ async def test_cancel_before_the_response_is_created() -> None:
         events = Events(client)
         await client.create_response("hello")
         await client.cancel_response()  # not created yet: cancelled once it is
-        created = await events.until(ev.ResponseCreated)
+        created = await events.read_until(ev.ResponseCreated)
         await server.wait_for(lambda srv: "response.cancel" in srv.types())
         await server.send(assistant_turn(created.response_id, "a1", "x", 100)[2])
         await server.send({"type": "response.done", "event_id": "s", "response": {
             "id": created.response_id, "status": "cancelled"}})
-        await events.until(ev.ResponseDone)
+        await events.read_until(ev.ResponseDone)
         assert not [e for e in events.seen if isinstance(e, ev.AudioDelta)]
         assert not client.response_active
         await client.close()
@@ -647,10 +620,10 @@ async def test_truncated_assistant_text_is_reseeded_as_heard() -> None:
         events = Events(client)
         for e in assistant_turn("r1", "a1", "one two three four five six seven eight", 1000):
             await server.send(e)
-        await events.until(ev.ResponseDone)
+        await events.read_until(ev.ResponseDone)
         await client.truncate("a1", 500)
         await server.drop(1006)
-        await events.until(ev.Reconnected)
+        await events.read_until(ev.Reconnected)
         await server.wait_for(lambda srv: len(srv.sessions) == 2 and len(srv.types()) == 2)
         seeded = server.sessions[1].events[1]["item"]
         assert seeded["role"] == "assistant"
@@ -696,7 +669,7 @@ async def test_session_is_rotated_before_expiry_at_a_quiet_moment() -> None:
         client.set_playout_active(True)  # not quiet: the due rotation must wait
         assert client.stats.rotation_attempts == 0
         client.set_playout_active(False)
-        rotated = await events.until(ev.SessionRotated)
+        rotated = await events.read_until(ev.SessionRotated)
         assert (rotated.previous_session_id, rotated.session_id) == ("sess_1", "sess_2")
         await server.wait_for(lambda srv: len(srv.types()) == 2)
         assert server.types(1) == ["session.update", "conversation.item.create"]
@@ -723,7 +696,7 @@ async def test_rotation_waits_until_response_playout_caller_and_turn_are_all_qui
         now[0] += 1750  # 50 s before expiry: due from here on
         # A response of the call's own is running.
         await client.create_response("hello")
-        await events.until(ev.ResponseCreated)
+        await events.read_until(ev.ResponseCreated)
         client.set_playout_active(True)
         client.set_playout_active(False)
         assert client.stats.rotation_attempts == 0
@@ -731,12 +704,12 @@ async def test_rotation_waits_until_response_playout_caller_and_turn_are_all_qui
         client.set_playout_active(True)
         await server.send({"type": "response.done", "event_id": "s",
                            "response": {"id": "r1", "status": "completed"}})
-        await events.until(ev.ResponseDone)
+        await events.read_until(ev.ResponseDone)
         assert client.stats.rotation_attempts == 0
         # The caller starts speaking as the playout ends.
         await server.send({"type": "input_audio_buffer.speech_started", "event_id": "s",
                            "audio_start_ms": 900, "item_id": "u1"})
-        await events.until(ev.SpeechStarted)
+        await events.read_until(ev.SpeechStarted)
         client.set_playout_active(False)
         assert client.stats.rotation_attempts == 0
         # The caller's turn ends; server VAD is about to answer it on this session.
@@ -746,16 +719,16 @@ async def test_rotation_waits_until_response_playout_caller_and_turn_are_all_qui
             {"type": "input_audio_buffer.committed", "event_id": "s", "item_id": "u1"}]
         for e in turn_end:
             await server.send(e)
-        await events.until(ev.InputCommitted)
+        await events.read_until(ev.InputCommitted)
         assert client.stats.rotation_attempts == 0
         # The answer comes and goes: now nothing is happening.
         await server.send({"type": "response.created", "event_id": "s",
                            "response": {"id": "r_vad"}})
         await server.send({"type": "response.done", "event_id": "s",
                            "response": {"id": "r_vad", "status": "completed"}})
-        await events.until(ev.ResponseDone)
+        await events.read_until(ev.ResponseDone)
         assert client.stats.rotation_attempts == 1
-        rotated = await events.until(ev.SessionRotated)
+        rotated = await events.read_until(ev.SessionRotated)
         assert rotated.previous_session_id == "sess_1"
         await client.close()
 
@@ -769,9 +742,9 @@ async def test_an_upstream_that_keeps_dropping_is_given_up() -> None:
         events = Events(client)
         for _ in range(2):
             await server.drop(1011)
-            await events.until(ev.Reconnected)
+            await events.read_until(ev.Reconnected)
         await server.drop(1011)
-        lost = await events.until(ev.UpstreamLost)
+        lost = await events.read_until(ev.UpstreamLost)
         assert not lost.fatal_auth
         assert "3 sessions dropped within 60 s" in lost.reason
         assert len(server.sessions) == 3  # no fourth session was opened
@@ -787,6 +760,6 @@ async def test_drops_far_apart_are_each_reconnected() -> None:
         events = Events(client)
         for _ in range(3):
             await server.drop(1006)
-            await events.until(ev.Reconnected)
+            await events.read_until(ev.Reconnected)
         assert client.stats.reconnects == 3
         await client.close()

@@ -22,8 +22,8 @@ from bridge.realtime.config import RealtimeSettings, RealtimeTarget
 from bridge.realtime.emulator import Emulator, EmulatorConfig, EmulatorRecord
 from bridge.realtime.profile import SessionProfile, TurnDetection
 from tests.support.audio import tone
-from tests.test_realtime_client_connect import Events
-from tests.test_realtime_client_support import validate_client_event
+from tests.support.client_events import Events
+from tests.support.realtime_oracle import validate_client_event
 
 FRAME = 960  # 20 ms of PCM16 at 24 kHz
 PROFILE = SessionProfile(instructions="echo", turn_detection=TurnDetection(
@@ -63,10 +63,10 @@ def conformance(record: EmulatorRecord) -> None:
 
 async def round_trip(client: RealtimeClient, events: Events) -> ev.ResponseDone:
     talk(client)
-    await events.until(ev.SpeechStarted)
-    await events.until(ev.InputCommitted)
-    await events.until(ev.AudioDelta)
-    return await events.until(ev.ResponseDone)
+    await events.read_until(ev.SpeechStarted)
+    await events.read_until(ev.InputCommitted)
+    await events.read_until(ev.AudioDelta)
+    return await events.read_until(ev.ResponseDone)
 
 
 def emulator(**kw: Any) -> Emulator:
@@ -133,8 +133,8 @@ async def test_reconnect_after_drop_reseeds_and_carries_on(code: int) -> None:
         await client.add_user_text("my account number is 1234")
         await round_trip(client, events)
         await emu.drop(code)
-        assert str(code) in (await events.until(ev.Reconnecting)).reason
-        await events.until(ev.Reconnected)
+        assert str(code) in (await events.read_until(ev.Reconnecting)).reason
+        await events.read_until(ev.Reconnected)
         await emu.wait_for(lambda r: len(r) == 2 and r.sessions[1].session_updates == 1, 5.0)
         second = emu.record.sessions[1]
         await emu.wait_for(lambda r: "my account number is 1234" in second.user_texts, 5.0)
@@ -152,11 +152,11 @@ async def test_session_expired_1001_reconnects() -> None:
         await client.connect()
         events = Events(client)
         await client.add_user_text("before expiry")
-        error = await events.until(ev.ServerError)
+        error = await events.read_until(ev.ServerError)
         assert error.code == "session_expired"
-        reconnecting = await events.until(ev.Reconnecting)
+        reconnecting = await events.read_until(ev.Reconnecting)
         assert "1001" in reconnecting.reason and "session_expired" in reconnecting.reason
-        await events.until(ev.Reconnected)
+        await events.read_until(ev.Reconnected)
         await emu.wait_for(lambda r: len(r) >= 2 and "before expiry" in r.sessions[1].user_texts,
                            5.0)
         assert emu.record.sessions[0].close_code == 1001
@@ -192,7 +192,7 @@ async def test_entra_bearer_token_accepted_by_the_emulator() -> None:
         # The next token is one the emulator does not accept: the reconnect is refused,
         # which proves a fresh token was fetched, and the client gives up at once.
         await emu.drop(1006)
-        lost = await events.until(ev.UpstreamLost)
+        lost = await events.read_until(ev.UpstreamLost)
         assert lost.fatal_auth
         await client.close()
 
@@ -218,16 +218,16 @@ async def test_scripted_tool_call_and_truncation(tmp_path: Path) -> None:
         await client.connect()
         events = Events(client)
         talk(client)
-        call = await events.until(ev.FunctionCall)
+        call = await events.read_until(ev.FunctionCall)
         assert (call.name, call.arguments.replace(" ", "")) == ("transfer_call",
                                                               '{"target":"sales"}')
-        done = await events.until(ev.ResponseDone)
+        done = await events.read_until(ev.ResponseDone)
         assert done.response_id == call.response_id and done.status == "completed"
         await client.send_tool_output(call.call_id, '{"ok": true}')
         await client.create_response()
-        await events.until(ev.ResponseCreated)
-        delta = await events.until(ev.AudioDelta)
-        await events.until(ev.ResponseDone)
+        await events.read_until(ev.ResponseCreated)
+        delta = await events.read_until(ev.AudioDelta)
+        await events.read_until(ev.ResponseDone)
         await client.truncate(delta.item_id, 120)
         await emu.wait_for(lambda r: bool(r.truncations), 5.0)
         (cut,) = emu.record.truncations
@@ -261,7 +261,7 @@ async def test_rotation_against_the_emulator() -> None:
         events = Events(client)
         clock[0] += 1790.0  # 10 s before expiry: due at the next quiet moment
         client.set_playout_active(False)
-        rotated = await events.until(ev.SessionRotated)
+        rotated = await events.read_until(ev.SessionRotated)
         assert rotated.previous_session_id != rotated.session_id
         await emu.wait_for(lambda r: len(r) == 2 and not r.sessions[0].open, 5.0)
         assert emu.record.sessions[0].close_code == 1000
@@ -293,8 +293,8 @@ async def test_g711_passthrough_with_an_azure_transcription_deployment() -> None
         ulaw = g711.ulaw_encode(level_tone(440.0, 600, 8000, dbfs=-14.0) + bytes(2 * 8 * 600))
         for i in range(0, len(ulaw), 160):  # 20 ms of µ-law per append
             client.append_audio(ulaw[i:i + 160])
-        heard = await events.until(ev.UserTranscript)
-        done = await events.until(ev.ResponseDone)
+        heard = await events.read_until(ev.UserTranscript)
+        done = await events.read_until(ev.ResponseDone)
         assert done.status == "completed"
         deltas = [e for e in events.seen if isinstance(e, ev.AudioDelta)]
         echoed = sum(len(e.audio) for e in deltas)

@@ -9,7 +9,7 @@ from bridge.realtime import dialects
 from bridge.realtime.config import RealtimeSettings, RealtimeTarget, redact_url
 from bridge.realtime.history import History
 from bridge.realtime.profile import SessionProfile, ToolSpec, TurnDetection, build_session_update
-from tests.test_realtime_client_support import validate_client_event
+from tests.support.realtime_oracle import validate_client_event
 
 TOOL = ToolSpec("transfer_call", "Transfer the caller to a human.",
                 {"type": "object", "properties": {"target": {"type": "string",

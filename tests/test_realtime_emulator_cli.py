@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.realtime.emulator import cli
-from tests.test_realtime_emulator_support import RawClient
+from tests.support.emulator_client import RawClient
 
 
 async def test_cli_serves_and_stops() -> None:
@@ -28,7 +28,7 @@ async def test_cli_serves_and_stops() -> None:
         assert line.startswith("Realtime emulator listening on ws://127.0.0.1:")
         url = line.split()[-1]
         client = await RawClient.open(url, additional_headers={"api-key": "secret-cli-key"})
-        created = await client.until("session.created")
+        created = await client.read_until("session.created")
         assert created["session"]["type"] == "realtime"
         await client.close()
     finally:

@@ -14,13 +14,8 @@ import pytest
 
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from tests.support.audio import silence, tone
-from tests.test_realtime_emulator_support import (
-    GA_PATH,
-    OPENAI_PATH,
-    PREVIEW_PATH,
-    RawClient,
-    assert_conforms,
-)
+from tests.support.emulator_client import GA_PATH, OPENAI_PATH, PREVIEW_PATH, RawClient
+from tests.support.realtime_oracle import assert_conforms
 
 SCRIPT = """
 speech = "tone"
@@ -87,49 +82,49 @@ def session_update(dialect: str, idle: bool) -> dict[str, Any]:
 
 async def exercise(client: RawClient, dialect: str) -> None:
     """Drive one session through (nearly) every event the emulator can send."""
-    await client.until("session.created")
+    await client.read_until("session.created")
     await client.send({"type": "session.update",
                        "session": session_update(dialect, idle=dialect == "ga")})
-    await client.until("session.updated")
+    await client.read_until("session.updated")
     # turn 1: echoed
     await client.send_audio(silence(300) + tone(800) + silence(500))
-    await client.until("response.done")
+    await client.read_until("response.done")
     echo_item = client.of("response.output_item.done")[-1]["item"]["id"]
     await client.send({"type": "conversation.item.truncate", "item_id": echo_item,
                        "content_index": 0, "audio_end_ms": 400})
-    await client.until("conversation.item.truncated")
+    await client.read_until("conversation.item.truncated")
     # turn 2: scripted function call, then the client's output and a follow-up
     await client.send_audio(tone(600) + silence(500))
-    call = await client.until("response.function_call_arguments.done")
-    await client.until("response.done")
+    call = await client.read_until("response.function_call_arguments.done")
+    await client.read_until("response.done")
     await client.send({"type": "conversation.item.create", "item": {
         "type": "function_call_output", "call_id": call["call_id"], "output": '{"ok":true}'}})
     await client.send({"type": "response.create"})
-    await client.until("response.done")
+    await client.read_until("response.done")
     # a user text item, retrieved and deleted
     await client.send({"type": "conversation.item.create", "item": {
         "type": "message", "role": "user",
         "content": [{"type": "input_text", "text": "caller pressed 4"}]}})
     added = "conversation.item.added" if dialect == "ga" else "conversation.item.created"
-    text_item = (await client.until(added))["item"]["id"]
+    text_item = (await client.read_until(added))["item"]["id"]
     await client.send({"type": "conversation.item.retrieve", "item_id": text_item})
-    await client.until("conversation.item.retrieved")
+    await client.read_until("conversation.item.retrieved")
     await client.send({"type": "conversation.item.delete", "item_id": text_item})
-    await client.until("conversation.item.deleted")
+    await client.read_until("conversation.item.deleted")
     # a barge-in-free cancel, a text-only response, a clear and an error
     await client.send({"type": "response.create",
                        "response": {"output_modalities": ["text"]} if dialect == "ga"
                        else {"modalities": ["text"]}})
-    await client.until("response.done")
+    await client.read_until("response.done")
     await client.send({"type": "input_audio_buffer.clear"})
-    await client.until("input_audio_buffer.cleared")
+    await client.read_until("input_audio_buffer.cleared")
     await client.send({"type": "no.such.event"})
-    await client.until("error")
+    await client.read_until("error")
     if dialect == "ga":
         # idle timeout: 5 s of silence after the last reply has played
         await client.send_audio(silence(6000))
-        await client.until("input_audio_buffer.timeout_triggered")
-        await client.until("response.done")
+        await client.read_until("input_audio_buffer.timeout_triggered")
+        await client.read_until("response.done")
 
 
 @pytest.mark.parametrize("path", [GA_PATH, OPENAI_PATH, PREVIEW_PATH])

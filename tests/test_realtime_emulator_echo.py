@@ -10,7 +10,7 @@ import pytest
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.realtime.emulator.audio import audioop
 from tests.support.audio import silence, tone
-from tests.test_realtime_emulator_support import RawClient, vad
+from tests.support.emulator_client import RawClient, vad
 
 
 @pytest.fixture
@@ -26,22 +26,22 @@ def delta_bytes(client: RawClient) -> list[int]:
 async def test_echo_round_trip(emu: Emulator) -> None:
     client = await RawClient.open(emu.url)
     try:
-        created = await client.until("session.created")
+        created = await client.read_until("session.created")
         assert created["session"]["expires_at"] > 0
         await client.configure(vad(prefix_padding_ms=200, silence_duration_ms=400))
         # 600 ms silence, a 1400 ms "utterance", 800 ms silence, in real 20 ms appends
         # (sent faster than real time: the emulator counts audio time).
         await client.send_audio(silence(600) + tone(1400) + silence(800))
-        started = await client.until("input_audio_buffer.speech_started")
+        started = await client.read_until("input_audio_buffer.speech_started")
         assert started["audio_start_ms"] == 600 - 200  # onset minus prefix padding
-        stopped = await client.until("input_audio_buffer.speech_stopped")
+        stopped = await client.read_until("input_audio_buffer.speech_stopped")
         assert stopped["audio_end_ms"] == 2000 + 400  # speech end plus the silence
         assert stopped["item_id"] == started["item_id"]
-        committed = await client.until("input_audio_buffer.committed")
+        committed = await client.read_until("input_audio_buffer.committed")
         assert committed["item_id"] == started["item_id"]
-        user_item = await client.until("conversation.item.added")
+        user_item = await client.read_until("conversation.item.added")
         assert user_item["item"]["role"] == "user"
-        done = await client.until("response.done")
+        done = await client.read_until("response.done")
         assert done["response"]["status"] == "completed"
         assert done["response"]["usage"]["output_token_details"]["audio_tokens"] > 0
     finally:
@@ -75,7 +75,7 @@ async def test_the_echo_is_the_callers_audio(emu: Emulator) -> None:
         await client.configure(vad())
         utterance = tone(500, freq=700.0)
         await client.send_audio(silence(200) + utterance + silence(400))
-        await client.until("response.done")
+        await client.read_until("response.done")
     finally:
         await client.close()
     echoed = b"".join(base64.b64decode(e["delta"])
@@ -88,7 +88,7 @@ async def test_greeting_before_any_turn(emu: Emulator) -> None:
     try:
         await client.configure(vad())
         await client.send({"type": "response.create"})
-        done = await client.until("response.done")
+        done = await client.read_until("response.done")
     finally:
         await client.close()
     assert done["response"]["status"] == "completed"
@@ -104,10 +104,10 @@ async def test_barge_in_cancels_the_response() -> None:
         try:
             await client.configure(vad())
             await client.send_audio(silence(200) + tone(3000) + silence(400))
-            await client.until("response.output_audio.delta")
+            await client.read_until("response.output_audio.delta")
             await client.send_audio(tone(200))
-            started = await client.until("input_audio_buffer.speech_started")
-            done = await client.until("response.done")
+            started = await client.read_until("input_audio_buffer.speech_started")
+            done = await client.read_until("response.done")
             assert done["response"]["status"] == "cancelled"
             assert done["response"]["status_details"]["reason"] == "turn_detected"
             n_deltas = len(client.of("response.output_audio.delta"))
@@ -117,7 +117,7 @@ async def test_barge_in_cancels_the_response() -> None:
             assert item_done["item"]["status"] == "incomplete"
             # no more deltas after response.done
             await client.send({"type": "input_audio_buffer.clear"})
-            await client.until("input_audio_buffer.cleared")
+            await client.read_until("input_audio_buffer.cleared")
             assert len(client.of("response.output_audio.delta")) == n_deltas
             kinds = [e["type"] for e in client.events]
             assert kinds.index("input_audio_buffer.speech_started") < kinds.index(
@@ -134,10 +134,10 @@ async def test_without_interrupt_response_the_reply_plays_on() -> None:
         try:
             await client.configure(vad(interrupt_response=False))
             await client.send_audio(silence(200) + tone(1500) + silence(400))
-            await client.until("response.output_audio.delta")
+            await client.read_until("response.output_audio.delta")
             await client.send_audio(tone(200))
-            await client.until("input_audio_buffer.speech_started")
-            done = await client.until("response.done")
+            await client.read_until("input_audio_buffer.speech_started")
+            done = await client.read_until("response.done")
         finally:
             await client.close()
         assert done["response"]["status"] == "completed"
@@ -148,12 +148,12 @@ async def test_create_response_false_waits_for_the_client(emu: Emulator) -> None
     try:
         await client.configure(vad(create_response=False))
         await client.send_audio(silence(200) + tone(600) + silence(400))
-        await client.until("input_audio_buffer.committed")
+        await client.read_until("input_audio_buffer.committed")
         await client.send({"type": "input_audio_buffer.clear"})
-        await client.until("input_audio_buffer.cleared")
+        await client.read_until("input_audio_buffer.cleared")
         assert not client.of("response.created")
         await client.send({"type": "response.create"})
-        await client.until("response.done")
+        await client.read_until("response.done")
     finally:
         await client.close()
     assert sum(delta_bytes(client)) == 600 * 48  # the pending turn is echoed
@@ -166,9 +166,9 @@ async def test_manual_turns_with_turn_detection_null(emu: Emulator) -> None:
         assert updated["session"]["audio"]["input"]["turn_detection"] is None
         await client.send_audio(tone(700) + silence(100))
         await client.send({"type": "input_audio_buffer.commit"})
-        await client.until("input_audio_buffer.committed")
+        await client.read_until("input_audio_buffer.committed")
         await client.send({"type": "response.create"})
-        await client.until("response.done")
+        await client.read_until("response.done")
     finally:
         await client.close()
     assert not client.of("input_audio_buffer.speech_started")
@@ -182,7 +182,7 @@ async def test_transcription_placeholder(emu: Emulator) -> None:
         session["audio"]["input"]["transcription"] = {"model": "gpt-4o-transcribe"}
         await client.configure(session)
         await client.send_audio(silence(100) + tone(1000) + silence(400))
-        done = await client.until("conversation.item.input_audio_transcription.completed")
+        done = await client.read_until("conversation.item.input_audio_transcription.completed")
     finally:
         await client.close()
     assert done["transcript"] == "(1.0 s of caller audio; the emulator does not transcribe)"
@@ -198,8 +198,8 @@ async def test_g711_in_and_out(emu: Emulator) -> None:
         await client.configure(session)
         pcm = silence(300, 8000) + tone(900, rate=8000) + silence(400, 8000)
         await client.send_audio(audioop.lin2ulaw(pcm, 2), bytes_per_ms=8)
-        started = await client.until("input_audio_buffer.speech_started")
-        await client.until("response.done")
+        started = await client.read_until("input_audio_buffer.speech_started")
+        await client.read_until("response.done")
     finally:
         await client.close()
     assert started["audio_start_ms"] == 300
@@ -215,7 +215,7 @@ async def test_pcm_in_g711_out_is_converted(emu: Emulator) -> None:
         session["audio"]["output"] = {"format": {"type": "audio/pcma"}}
         await client.configure(session)
         await client.send_audio(silence(200) + tone(1000) + silence(400))
-        await client.until("response.done")
+        await client.read_until("response.done")
     finally:
         await client.close()
     assert sum(delta_bytes(client)) == 1000 * 8
@@ -226,7 +226,7 @@ async def test_text_only_response(emu: Emulator) -> None:
     try:
         await client.configure({"output_modalities": ["text"]})
         await client.send({"type": "response.create"})
-        await client.until("response.done")
+        await client.read_until("response.done")
     finally:
         await client.close()
     assert not client.of("response.output_audio.delta")

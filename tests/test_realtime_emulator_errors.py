@@ -13,13 +13,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.realtime.emulator import Emulator, EmulatorConfig, Truncation
 from tests.support.audio import silence, tone
-from tests.test_realtime_emulator_support import (
-    GA_PATH,
-    PREVIEW_PATH,
-    RawClient,
-    assert_conforms,
-    vad,
-)
+from tests.support.emulator_client import GA_PATH, PREVIEW_PATH, RawClient, vad
+from tests.support.realtime_oracle import assert_conforms
 
 
 @pytest.fixture
@@ -31,7 +26,7 @@ async def emu() -> AsyncIterator[Emulator]:
 @pytest.fixture
 async def client(emu: Emulator) -> AsyncIterator[RawClient]:
     c = await RawClient.open(emu.url)
-    await c.until("session.created")
+    await c.read_until("session.created")
     yield c
     await c.close()
 
@@ -40,7 +35,7 @@ async def answered_response(client: RawClient) -> str:
     """Have the emulator speak one 1 s echo; return the assistant item id."""
     await client.configure(vad())
     await client.send_audio(silence(100) + tone(1000) + silence(400))
-    done = await client.until("response.done")
+    done = await client.read_until("response.done")
     return str(done["response"]["output"][0]["id"])
 
 
@@ -54,7 +49,7 @@ async def test_truncate_beyond_the_items_audio(client: RawClient, emu: Emulator)
     assert error["event_id"] == event_id
     await client.send({"type": "conversation.item.truncate", "item_id": item,
                        "content_index": 0, "audio_end_ms": 640})
-    truncated = await client.until("conversation.item.truncated")
+    truncated = await client.read_until("conversation.item.truncated")
     assert truncated["audio_end_ms"] == 640
     assert emu.record.sessions[0].truncations == [Truncation(item, 640, 1000)]
     # the item is now 640 ms long
@@ -66,7 +61,7 @@ async def test_truncate_beyond_the_items_audio(client: RawClient, emu: Emulator)
 async def test_truncate_an_item_without_audio(client: RawClient) -> None:
     await client.send({"type": "conversation.item.create", "item": {
         "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
-    item = (await client.until("conversation.item.added"))["item"]["id"]
+    item = (await client.read_until("conversation.item.added"))["item"]["id"]
     event_id = await client.send({"type": "conversation.item.truncate", "item_id": item,
                                   "content_index": 0, "audio_end_ms": 0})
     error = await client.error()
@@ -88,9 +83,9 @@ async def test_cancel_an_active_response() -> None:
         client = await RawClient.open(emu.url)
         try:
             await client.send({"type": "response.create"})
-            await client.until("response.output_audio.delta")
+            await client.read_until("response.output_audio.delta")
             await client.send({"type": "response.cancel"})
-            done = await client.until("response.done")
+            done = await client.read_until("response.done")
         finally:
             await client.close()
     assert done["response"]["status"] == "cancelled"
@@ -102,10 +97,10 @@ async def test_create_while_one_is_active() -> None:
         client = await RawClient.open(emu.url)
         try:
             await client.send({"type": "response.create"})
-            created = await client.until("response.created")
+            created = await client.read_until("response.created")
             event_id = await client.send({"type": "response.create"})
             error = await client.error()
-            await client.until("response.done")
+            await client.read_until("response.done")
         finally:
             await client.close()
     assert (error["code"], error["event_id"]) == ("conversation_already_has_active_response",
@@ -171,13 +166,13 @@ async def test_rejected_update_changes_nothing(client: RawClient, emu: Emulator)
     assert emu.record.sessions[0].session_updates == 1
     # still the 250 ms silence: the turn ends 250 ms after the speech
     await client.send_audio(silence(100) + tone(500) + silence(300))
-    stopped = await client.until("input_audio_buffer.speech_stopped")
+    stopped = await client.read_until("input_audio_buffer.speech_stopped")
     assert stopped["audio_end_ms"] == 600 + 250
 
 
 async def test_voice_cannot_change_after_audio(client: RawClient) -> None:
     await client.send({"type": "response.create"})
-    await client.until("response.done")
+    await client.read_until("response.done")
     await client.send({"type": "session.update", "session": {
         "type": "realtime", "audio": {"output": {"voice": "cedar"}}}})
     assert (await client.error())["param"] == "session.audio.output.voice"
@@ -188,7 +183,7 @@ async def test_errors_conform(client: RawClient) -> None:
     await client.ws.send("{")
     await client.send({"type": "response.cancel"})
     for _ in range(3):
-        await client.until("error")
+        await client.read_until("error")
     for event in client.events:
         assert_conforms(event)
 
@@ -203,11 +198,11 @@ async def test_auth_rejected_with_401_before_upgrade() -> None:
         for headers in ({"api-key": "k-123"}, {"Authorization": "Bearer t-456"},
                         {"Authorization": "Bearer k-123"}):
             client = await RawClient.open(emu.url, additional_headers=headers)
-            await client.until("session.created")
+            await client.read_until("session.created")
             await client.close()
         # the preview dialect also takes the key in the query string
         client = await RawClient.open(emu.url, PREVIEW_PATH + "&api-key=k-123")
-        await client.until("session.created")
+        await client.read_until("session.created")
         await client.close()
         assert len(emu.record.sessions) == 4  # the refused ones never became sessions
         for rec in emu.record.sessions:
@@ -237,7 +232,7 @@ async def test_beta_header_is_refused_like_openai(emu: Emulator) -> None:
 async def test_session_expiry_closes_with_1001() -> None:
     async with Emulator(EmulatorConfig(session_max_s=0.3, pace=0)) as emu:
         client = await RawClient.open(emu.url)
-        created = await client.until("session.created")
+        created = await client.read_until("session.created")
         error = await client.error()
         assert error["code"] == "session_expired"
         with pytest.raises(ConnectionClosed):
@@ -252,7 +247,7 @@ async def test_session_expiry_closes_with_1001() -> None:
 async def test_drop(code: int) -> None:
     async with Emulator(EmulatorConfig(pace=0)) as emu:
         client = await RawClient.open(emu.url)
-        await client.until("session.created")
+        await client.read_until("session.created")
         await emu.wait_for(lambda r: len(r.live) == 1, 5.0)
         await emu.drop(code)
         with pytest.raises(ConnectionClosed):
@@ -277,7 +272,7 @@ async def test_record_elides_audio(emu: Emulator) -> None:
         await client.send({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user",
             "content": [{"type": "input_audio", "audio": audio}]}})
-        await client.until("conversation.item.added")
+        await client.read_until("conversation.item.added")
     finally:
         await client.close()
     rec = emu.record.sessions[0]

@@ -15,7 +15,7 @@ from bridge.realtime.emulator.audio import audioop
 from bridge.realtime.emulator.speech import render_texts
 from tests.conftest import require_binary
 from tests.support.audio import silence, tone
-from tests.test_realtime_emulator_support import RawClient, vad
+from tests.support.emulator_client import RawClient, vad
 
 DATA = Path(__file__).parent / "data" / "emulator"
 TURN = silence(200) + tone(600) + silence(400)
@@ -27,13 +27,13 @@ async def test_scripted_tool_call_round_trip() -> None:
         try:
             await client.configure(vad())
             await client.send_audio(TURN)  # turn 1: plain echo
-            first = await client.until("response.done")
+            first = await client.read_until("response.done")
             assert [i["type"] for i in first["response"]["output"]] == ["message"]
             await client.send_audio(TURN)  # turn 2: say + transfer_call
-            added = [await client.until("response.output_item.added") for _ in range(2)]
-            args_done = await client.until("response.function_call_arguments.done")
-            call_done = await client.until("response.output_item.done")
-            done = await client.until("response.done")
+            added = [await client.read_until("response.output_item.added") for _ in range(2)]
+            args_done = await client.read_until("response.function_call_arguments.done")
+            call_done = await client.read_until("response.output_item.done")
+            done = await client.read_until("response.done")
             assert [a["item"]["type"] for a in added] == ["message", "function_call"]
             call_item = added[1]["item"]
             assert (call_item["name"], call_item["status"]) == ("transfer_call", "in_progress")
@@ -52,10 +52,10 @@ async def test_scripted_tool_call_round_trip() -> None:
             await client.send({"type": "conversation.item.create", "item": {
                 "type": "function_call_output", "call_id": args_done["call_id"],
                 "output": '{"transferred": true}'}})
-            await client.until("conversation.item.added")
+            await client.read_until("conversation.item.added")
             await client.send({"type": "response.create"})
-            follow_up = await client.until("response.output_audio_transcript.done")
-            await client.until("response.done")
+            follow_up = await client.read_until("response.output_audio_transcript.done")
+            await client.read_until("response.done")
         finally:
             await client.close()
         assert follow_up["transcript"] == "You are being transferred now."
@@ -75,8 +75,8 @@ async def test_on_text_rule() -> None:
                 "type": "message", "role": "user",
                 "content": [{"type": "input_text", "text": "Caller pressed 4"}]}})
             await client.send({"type": "response.create"})
-            call = await client.until("response.function_call_arguments.done")
-            await client.until("response.done")
+            call = await client.read_until("response.function_call_arguments.done")
+            await client.read_until("response.done")
         finally:
             await client.close()
         assert call["name"] == "hang_up"
@@ -89,15 +89,15 @@ async def test_scripted_failures_and_close() -> None:
         try:
             await client.configure(vad())
             await client.send_audio(TURN)
-            failed = await client.until("response.done")
+            failed = await client.read_until("response.done")
             assert failed["response"]["status"] == "failed"
             error = failed["response"]["status_details"]["error"]
             assert error["code"] == "rate_limit_exceeded"
             await client.send_audio(TURN)
             assert (await client.error())["code"] == "server_error"
-            await client.until("response.done")  # the turn is still answered
+            await client.read_until("response.done")  # the turn is still answered
             await client.send_audio(TURN)
-            await client.until("response.done")
+            await client.read_until("response.done")
             with pytest.raises(ConnectionClosed):
                 while True:
                     await client.recv()
@@ -116,9 +116,9 @@ async def test_on_session_close_only_hits_that_session(tmp_path: Path) -> None:
                 await first.recv()
         assert first.ws.close_code == 1012
         second = await RawClient.open(emu.url)
-        await second.until("session.created")
+        await second.read_until("session.created")
         await second.send({"type": "response.create"})
-        await second.until("response.done")
+        await second.read_until("response.done")
         await second.close()
         assert emu.record.sessions[1].close_code != 1012
 
@@ -167,7 +167,7 @@ async def test_espeak_speech_reaches_the_socket(tmp_path: Path) -> None:
         client = await RawClient.open(emu.url)
         try:
             await client.send({"type": "response.create"})
-            await client.until("response.done")
+            await client.read_until("response.done")
         finally:
             await client.close()
     audio = b"".join(base64.b64decode(e["delta"])
