@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from bridge.bench.sip import free_udp_port
 from bridge.config import settings_from_mapping
 from bridge.errors import ConfigError
 from bridge.serve import Bridge
 from bridge.sip.settings import SipSettings, file_keys
-from tests.test_sip_service import free_port
 
 #: The ``[sip]`` keys README.md and voicebridge.example.toml document, in their order.
 DOCUMENTED = ("enabled", "host", "port", "transports", "public_address", "max_calls",
@@ -22,7 +22,7 @@ DOCUMENTED = ("enabled", "host", "port", "transports", "public_address", "max_ca
 
 async def test_loaded_sip_settings_reach_the_service_and_the_user_agent(
         tmp_path: Path) -> None:
-    low = free_port() & ~1
+    low = free_udp_port() & ~1
     settings = settings_from_mapping({
         "sip": {"host": "127.0.0.1", "port": 0, "transports": ["udp"],
                 "public_address": "198.51.100.7", "max_calls": 7,

@@ -1,184 +1,23 @@
 """RFC 3665 basic call flows, UAC <-> UAS in memory on a virtual clock.
 
-The UAC is a minimal sans-I/O driver written for these tests: it builds requests the way
-RFC 3665's Alice does and parses what the UAS sends back. The clock is a float we move by
+The UAC is a minimal sans-I/O driver written for these tests (``Uac``, with Bob's side as
+``UasHarness``, in tests/support/sip_peers.py): it builds requests the way RFC 3665's Alice
+does and parses what the UAS sends back. The clock is a float we move by
 hand; every timer value asserted here is exact.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
-
-from bridge.sip.message import Request, Response, parse_message, parse_request, parse_response
-from bridge.sip.sdp import answer_offer, parse_sdp
-from bridge.sip.settings import SipSettings
+from bridge.sip.message import Response, parse_message, parse_request, parse_response
+from bridge.sip.sdp import parse_sdp
 from bridge.sip.ua import (
     ByeReceived,
     CallCancelled,
     CallEnded,
     CallEstablished,
     CallKey,
-    Event,
-    IncomingCall,
-    UserAgent,
 )
-
-ALICE = ("192.0.2.101", 5060)
-BOB = ("192.0.2.200", 5060)
-
-ALICE_SDP = (b"v=0\r\n"
-             b"o=alice 2890844526 2890844526 IN IP4 client.atlanta.example.com\r\n"
-             b"s=-\r\n"
-             b"c=IN IP4 192.0.2.101\r\n"
-             b"t=0 0\r\n"
-             b"m=audio 49172 RTP/AVP 0\r\n"
-             b"a=rtpmap:0 PCMU/8000\r\n")
-
-
-class CountingIds:
-    """Deterministic tags and branches, so that whole messages can be compared."""
-
-    def __init__(self) -> None:
-        self._n = itertools.count(1)
-
-    def token(self) -> str:
-        return f"t{next(self._n)}"
-
-
-@dataclass
-class Uac:
-    """Alice: a minimal UAC for one call."""
-
-    call_id: str = "3848276298220188511@atlanta.example.com"
-    from_tag: str = "9fxced76sl"
-    cseq: int = 1
-    branches: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    invite_branch: str = ""
-    remote_tag: str | None = None
-    remote_target: str = "sip:bob@biloxi.example.com"
-    route: list[str] = field(default_factory=list)
-    rport: bool = False
-
-    def _via(self) -> tuple[str, str]:
-        branch = f"z9hG4bK74bf{next(self.branches)}"
-        rport = ";rport" if self.rport else ""
-        return f"SIP/2.0/UDP {ALICE[0]}:{ALICE[1]};branch={branch}{rport}", branch
-
-    def _to(self) -> str:
-        to = "Bob <sip:bob@biloxi.example.com>"
-        return to + (f";tag={self.remote_tag}" if self.remote_tag else "")
-
-    def _request(self, method: str, uri: str, via: str, cseq: int, body: bytes = b"",
-                 extra: tuple[str, ...] = ()) -> bytes:
-        lines = [f"{method} {uri} SIP/2.0", f"Via: {via}", "Max-Forwards: 70",
-                 f"To: {self._to()}",
-                 f"From: Alice <sip:alice@atlanta.example.com>;tag={self.from_tag}",
-                 f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}",
-                 "Contact: <sip:alice@client.atlanta.example.com>", *extra]
-        if body:
-            lines.append("Content-Type: application/sdp")
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-    def invite(self, sdp: bytes | None = ALICE_SDP, extra: tuple[str, ...] = ()) -> bytes:
-        via, self.invite_branch = self._via()
-        self.invite_via = via
-        return self._request("INVITE", "sip:bob@biloxi.example.com", via, self.cseq,
-                             sdp or b"", extra)
-
-    def cancel(self) -> bytes:
-        return self._request("CANCEL", "sip:bob@biloxi.example.com", self.invite_via,
-                             self.cseq)
-
-    def learn(self, response: Response) -> None:
-        """Take the dialog state from a 2xx (RFC 3261 §12.1.2)."""
-        self.remote_tag = response.to.tag
-        if response.contact:
-            self.remote_target = str(response.contact[0].uri)
-        self.route = [str(rr) for rr in reversed(response.record_route)]
-
-    def ack(self, response: Response, body: bytes = b"") -> bytes:
-        if response.status >= 300:
-            # §17.1.1.3: the ACK for a non-2xx goes in the INVITE's transaction.
-            self.remote_tag = response.to.tag
-            return self._request("ACK", "sip:bob@biloxi.example.com", self.invite_via,
-                                 self.cseq)
-        self.learn(response)
-        via, _ = self._via()
-        return self._request("ACK", self.remote_target, via, self.cseq, body,
-                             tuple(f"Route: {r}" for r in self.route))
-
-    def in_dialog(self, method: str, body: bytes = b"", extra: tuple[str, ...] = ()) -> bytes:
-        self.cseq += 1
-        via, _ = self._via()
-        return self._request(method, self.remote_target, via, self.cseq, body,
-                             tuple(f"Route: {r}" for r in self.route) + extra)
-
-
-def respond(request: Request, status: int, reason: str, *, to_tag: str | None = None) -> bytes:
-    """What Alice answers to a request from Bob (BYE, REFER, NOTIFY...)."""
-    to = request.headers.get("To") or ""
-    if to_tag and request.to.tag is None:
-        to += f";tag={to_tag}"
-    lines = [f"SIP/2.0 {status} {reason}"]
-    lines += [f"Via: {v}" for v in request.headers.get_lines("Via")]
-    lines += [f"From: {request.headers.get('From')}", f"To: {to}",
-              f"Call-ID: {request.call_id}", f"CSeq: {request.cseq}", "Content-Length: 0"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-class Harness:
-    """Bob's UAS core on a virtual clock, with Alice's datagrams going in and out."""
-
-    def __init__(self, **config: object) -> None:
-        self.now = 0.0
-        self.ua = UserAgent(SipSettings(user_agent="voicebridge/test",
-                                        **config),  # type: ignore[arg-type]
-                            host=BOB[0], port=BOB[1], ids=CountingIds())
-        self.log: list[tuple[float, bytes]] = []
-
-    def send(self, data: bytes, addr: tuple[str, int] = ALICE) -> list[bytes]:
-        self.ua.receive(data, addr, "udp", self.now)
-        return self.out()
-
-    def out(self) -> list[bytes]:
-        sent = [data for data, _addr in self.ua.datagrams_to_send()]
-        self.log += [(self.now, d) for d in sent]
-        return sent
-
-    def events(self) -> list[Event]:
-        return self.ua.events()
-
-    def advance_to(self, t: float) -> list[tuple[float, bytes]]:
-        """Fire every timer up to ``t``; return what was sent, with when."""
-        sent: list[tuple[float, bytes]] = []
-        while True:
-            deadline = self.ua.get_timer()
-            if deadline is None or deadline > t:
-                break
-            self.now = deadline
-            self.ua.handle_timer(deadline)
-            sent += [(deadline, d) for d in self.out()]
-        self.now = t
-        return sent
-
-    def incoming(self) -> IncomingCall:
-        (call,) = [e for e in self.events() if isinstance(e, IncomingCall)]
-        return call
-
-    def answer(self, call: IncomingCall) -> Response:
-        assert call.offer is not None
-        sdp, media = answer_offer(call.offer, address=BOB[0], port=3456,
-                                  session_id="1111", session_version=1)
-        self.ua.answer(call.call, sdp, self.now, media)
-        (data,) = self.out()
-        return parse_response(data)
-
-
-def statuses(datagrams: list[bytes]) -> list[int]:
-    return [parse_response(d).status for d in datagrams]
-
+from tests.support.sip_peers import ALICE_SDP, Uac, UasHarness, respond, statuses
 
 # ----------------------------------------------------------------------- §2.1 success
 
@@ -216,7 +55,7 @@ EXPECTED_200_SDP = (
 
 
 def test_successful_session_2_1() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     # F1 INVITE -> 100 Trying at once (§17.2.1).
     assert h.send(alice.invite()) == [EXPECTED_100]
@@ -266,7 +105,7 @@ def test_successful_session_2_1() -> None:
 
 def test_bye_from_the_caller_2_2() -> None:
     """§2.2's shape (through a proxy that record-routes), BYE from the other side."""
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     rr = "Record-Route: <sip:ss1.atlanta.example.com;lr>"
     h.send(alice.invite(extra=(rr,)))
@@ -288,7 +127,7 @@ def test_bye_from_the_caller_2_2() -> None:
 
 
 def test_our_bye_follows_the_route_set() -> None:
-    h = Harness(symmetric_requests=False)
+    h = UasHarness(symmetric_requests=False)
     alice = Uac()
     h.send(alice.invite(extra=("Record-Route: <sip:p2.example.com;lr>",
                                "Record-Route: <sip:p1.example.com:5070;lr>")))
@@ -309,7 +148,7 @@ def test_our_bye_follows_the_route_set() -> None:
 # ------------------------------------------------------------ 2xx retransmission timers
 
 def test_200_retransmitted_until_ack() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()
@@ -324,7 +163,7 @@ def test_200_retransmitted_until_ack() -> None:
 
 
 def test_no_ack_timer_h_then_bye() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()
@@ -345,7 +184,7 @@ def test_no_ack_timer_h_then_bye() -> None:
 
 def test_bye_waits_for_the_ack() -> None:
     """§15: no BYE before the ACK for our 2xx; it goes out when the ACK arrives."""
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()
@@ -361,7 +200,7 @@ def test_bye_waits_for_the_ack() -> None:
 # ------------------------------------------------------------------ CANCEL and rejects
 
 def test_cancel_before_answer() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()
@@ -382,14 +221,14 @@ def test_cancel_before_answer() -> None:
 
 
 def test_cancel_of_unknown_invite_is_481() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     alice.invite()
     assert statuses(h.send(alice.cancel())) == [481]
 
 
 def test_busy_reject_timer_g_and_h() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()
@@ -406,7 +245,7 @@ def test_busy_reject_timer_g_and_h() -> None:
 
 
 def test_reject_acked_then_timer_i() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()
@@ -426,7 +265,7 @@ def test_reject_acked_then_timer_i() -> None:
 
 
 def test_retransmitted_invite_gets_last_response() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     invite = alice.invite()
     assert h.send(invite) == [EXPECTED_100]
@@ -440,7 +279,7 @@ def test_retransmitted_invite_gets_last_response() -> None:
 
 def test_tcp_final_not_retransmitted() -> None:
     """§17.2.1: Timer G runs on unreliable transports only; Timer I is zero on TCP."""
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     data = alice.invite()
     for i in range(0, len(data), 7):
@@ -459,7 +298,7 @@ def test_tcp_final_not_retransmitted() -> None:
 
 
 def test_reinvite_retransmission_and_glare() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()
@@ -477,7 +316,7 @@ def test_reinvite_retransmission_and_glare() -> None:
 
 
 def test_request_for_unknown_dialog_is_481() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     alice.remote_tag = "nosuchtag"
     assert statuses(h.send(alice.in_dialog("BYE"))) == [481]
@@ -486,7 +325,7 @@ def test_request_for_unknown_dialog_is_481() -> None:
 
 def test_message_parsers_agree_with_what_we_send() -> None:
     """Everything the UAS wrote in these flows parses back with our own parser."""
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 import bridge.sip.service as sip_service
+from bridge.bench.sip import free_udp_port
 from bridge.sip.message import Request, Response, parse_message, parse_request, parse_response
 from bridge.sip.sdp import parse_sdp
 from bridge.sip.service import SipLeg, SipService
 from bridge.sip.settings import SipSettings
-from tests.test_sip_flows import Uac
-from tests.test_sip_service import Recorder, Sink, UdpPeer, caller_sdp, free_port
+from tests.support.sip_peers import Recorder, Sink, Uac, UdpPeer, caller_sdp, udp_peer
 
 #: What ``gethostbyname(gethostname())`` gives on a stock Debian/Ubuntu host.
 DEBIAN_HOSTS_GUESS = "127.0.1.1"
@@ -27,7 +27,7 @@ DEBIAN_HOSTS_GUESS = "127.0.1.1"
 @contextlib.asynccontextmanager
 async def wildcard_service(on_call: Callable[[SipLeg], Awaitable[None]],
                            public_address: str | None = None) -> AsyncIterator[SipService]:
-    low = free_port() & ~1
+    low = free_udp_port() & ~1
     svc = SipService(SipSettings(host="0.0.0.0", port=0, public_address=public_address),
                      on_call, rtp_ports=(low, low + 19))
     await svc.start()
@@ -42,12 +42,6 @@ def loopback_guess(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the host-wide guess the Debian one, whatever this host's /etc/hosts says, so
     that advertising the guess instead of the reached address shows up here too."""
     monkeypatch.setattr(sip_service, "_public_guess", lambda bound: DEBIAN_HOSTS_GUESS)
-
-
-async def udp_peer_on(host: str) -> UdpPeer:
-    _, peer = await asyncio.get_running_loop().create_datagram_endpoint(
-        UdpPeer, local_addr=(host, 0))
-    return peer
 
 
 async def next_request(peer: UdpPeer) -> Request:
@@ -68,7 +62,7 @@ async def hang_up_soon(leg: SipLeg, sink: Sink) -> None:
 
 async def udp_call(svc: SipService, host: str, call: int = 1) -> tuple[Response, Request]:
     """Caller number ``call`` on ``host`` calls ``host``:port; returns our 200 and BYE."""
-    sip, rtp = await udp_peer_on(host), await udp_peer_on(host)
+    sip, rtp = await udp_peer(host), await udp_peer(host)
     assert sip.transport is not None
     try:
         alice = Uac(call_id=f"call-{call}", from_tag=f"tag-{call}", rport=True,
@@ -113,7 +107,7 @@ async def test_wildcard_bind_over_tcp_uses_the_connection_address(
         loopback_guess: None) -> None:
     rec = Recorder(hang_up_soon)
     async with wildcard_service(rec) as svc:
-        rtp = await udp_peer_on("127.0.0.1")
+        rtp = await udp_peer("127.0.0.1")
         reader, writer = await asyncio.open_connection("127.0.0.1", svc.port)
         try:
             alice = Uac(rport=True)

@@ -5,78 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import cast
 
 import pytest
 
-from bridge.call.leg import LegSink
-from bridge.sip.message import Response, parse_message, parse_request, parse_response
+from bridge.bench.sip import free_udp_port
+from bridge.sip.message import parse_request, parse_response
 from bridge.sip.service import SipLeg, SipService
 from bridge.sip.settings import SipSettings
 from tests.conftest import require_binary
-from tests.test_sip_flows import Uac, respond
+from tests.support.sip_peers import Recorder, Sink, Uac, caller_sdp, respond, udp_peer
 
 SIPP_DIR = Path(__file__).parent / "sipp"
-
-
-class Sink(LegSink):
-    def __init__(self) -> None:
-        self.audio: list[bytes] = []
-        self.dtmf: list[str] = []
-        self.hangup = asyncio.Event()
-        self.reason = ""
-
-    def on_leg_audio(self, pcm: bytes) -> None:
-        self.audio.append(pcm)
-
-    def on_leg_dtmf(self, digit: str) -> None:
-        self.dtmf.append(digit)
-
-    def on_leg_hangup(self, reason: str) -> None:
-        self.reason = reason
-        self.hangup.set()
-
-
-class Recorder:
-    """An ``on_call`` that records the leg and runs ``body`` for the call's duration."""
-
-    def __init__(self, body: Callable[[SipLeg, Sink], Awaitable[None]]) -> None:
-        self.body = body
-        self.legs: list[SipLeg] = []
-        self.sinks: list[Sink] = []
-        self.started = asyncio.Event()
-        self.finished = asyncio.Event()
-
-    async def __call__(self, leg: SipLeg) -> None:
-        sink = Sink()
-        leg.attach(sink)
-        self.legs.append(leg)
-        self.sinks.append(sink)
-        self.started.set()
-        try:
-            await self.body(leg, sink)
-        finally:
-            self.finished.set()
 
 
 async def wait_for_hangup(leg: SipLeg, sink: Sink) -> None:
     await sink.hangup.wait()
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def service(on_call: Callable[[SipLeg], Awaitable[None]],
                   **settings: object) -> AsyncIterator[SipService]:
-    low = free_port() & ~1
+    low = free_udp_port() & ~1
     svc = SipService(SipSettings(host="127.0.0.1", port=0, **settings),  # type: ignore[arg-type]
                      on_call, rtp_ports=(low, low + 19))
     await svc.start()
@@ -84,45 +36,6 @@ async def service(on_call: Callable[[SipLeg], Awaitable[None]],
         yield svc
     finally:
         await svc.stop()
-
-
-class UdpPeer(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (On 3.11 the selector datagram transport is not a DatagramTransport subclass.)
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.queue.put_nowait(data)
-
-    async def recv(self, limit: float = 10.0) -> bytes:
-        return await asyncio.wait_for(self.queue.get(), limit)
-
-    async def recv_sip(self, limit: float = 10.0) -> Response:
-        while True:
-            message = parse_message(await self.recv(limit))
-            if isinstance(message, Response):
-                return message
-
-    @property
-    def port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
-
-async def udp_peer() -> UdpPeer:
-    loop = asyncio.get_running_loop()
-    _, peer = await loop.create_datagram_endpoint(UdpPeer, local_addr=("127.0.0.1", 0))
-    return peer
-
-
-def caller_sdp(rtp_port: int) -> bytes:
-    return (b"v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            + f"m=audio {rtp_port} RTP/AVP 0 101\r\n".encode()
-            + b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
 
 
 def rtp_packet(seq: int, ts: int, payload: bytes, pt: int = 0) -> bytes:
@@ -324,8 +237,8 @@ async def test_allowlist_and_capacity() -> None:
 
 async def run_sipp(svc: SipService, *args: str, limit: float = 60.0) -> tuple[int, str]:
     sipp = require_binary("sipp", "SIP interop")
-    cmd = [sipp, f"127.0.0.1:{svc.port}", "-i", "127.0.0.1", "-p", str(free_port()),
-           "-mp", str(free_port() & ~1), "-m", "1", "-l", "1", "-nostdin",
+    cmd = [sipp, f"127.0.0.1:{svc.port}", "-i", "127.0.0.1", "-p", str(free_udp_port()),
+           "-mp", str(free_udp_port() & ~1), "-m", "1", "-l", "1", "-nostdin",
            "-timeout", "30s", "-timeout_error", "-max_recv_loops", "1000", *args]
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

@@ -22,20 +22,20 @@ from bridge.sip.ua import (
     Resume,
     UserAgent,
 )
-from tests.test_sip_flows import (
+from tests.support.sip_peers import (
     ALICE,
     ALICE_SDP,
     BOB,
     CountingIds,
-    Harness,
     Uac,
+    UasHarness,
     respond,
     statuses,
 )
 
 
-def established() -> tuple[Harness, Uac, IncomingCall]:
-    h = Harness()
+def established() -> tuple[UasHarness, Uac, IncomingCall]:
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite())
     call = h.incoming()
@@ -46,7 +46,7 @@ def established() -> tuple[Harness, Uac, IncomingCall]:
 
 
 def test_options_answered_with_capabilities() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     (data,) = h.send(alice.in_dialog("OPTIONS").replace(b";tag=None", b""))
     response = parse_response(data)
@@ -60,7 +60,7 @@ def test_options_answered_with_capabilities() -> None:
 
 
 def test_rport_answers_to_the_source_port() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac(rport=True)
     h.ua.receive(alice.invite(), ("198.51.100.7", 34567), "udp", 0.0)
     ((data, addr),) = h.ua.datagrams_to_send()
@@ -70,7 +70,7 @@ def test_rport_answers_to_the_source_port() -> None:
 
 
 def test_without_rport_answers_to_the_sent_by_port() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.ua.receive(alice.invite(), ("198.51.100.7", 34567), "udp", 0.0)
     ((data, addr),) = h.ua.datagrams_to_send()
@@ -99,7 +99,7 @@ def test_admission_capacity_and_allowlist() -> None:
 
 
 def test_offerless_invite_offer_in_200_answer_in_ack() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite(sdp=None))
     call = h.incoming()
@@ -121,7 +121,7 @@ def test_offerless_invite_offer_in_200_answer_in_ack() -> None:
 
 
 def test_offerless_invite_without_answer_in_ack_is_hung_up() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     h.send(alice.invite(sdp=None))
     call = h.incoming()
@@ -132,7 +132,7 @@ def test_offerless_invite_without_answer_in_ack_is_hung_up() -> None:
 
 
 def test_no_common_codec_is_488() -> None:
-    h = Harness()
+    h = UasHarness()
     alice = Uac()
     g729 = ALICE_SDP.replace(b"RTP/AVP 0\r\na=rtpmap:0 PCMU/8000", b"RTP/AVP 18\r\n"
                              b"a=rtpmap:18 G729/8000")
@@ -141,7 +141,7 @@ def test_no_common_codec_is_488() -> None:
     assert h.events() == []
 
 
-def _reinvite(h: Harness, alice: Uac, sdp: bytes) -> bytes:
+def _reinvite(h: UasHarness, alice: Uac, sdp: bytes) -> bytes:
     sent = h.send(alice.in_dialog("INVITE", sdp))
     assert statuses(sent) == [100, 200]
     ok = parse_response(sent[1])
@@ -289,7 +289,7 @@ def test_each_call_advertises_the_local_host_its_invite_arrived_on() -> None:
     """A wildcard-bound adapter passes the address each request reached: a call keeps it
     in its Contact, the SDP built from the event, re-INVITE answers and the Via and
     Contact of requests we send in it; without one, the configured host is used."""
-    h = Harness()
+    h = UasHarness()
     lan, vpn = "10.0.0.5", "192.168.1.20"
     calls: list[tuple[Uac, IncomingCall, str]] = []
     for n, local in enumerate((lan, vpn, None), start=1):
