@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from bridge.call.call import Call
 from bridge.call.clock import MediaClock
@@ -29,8 +28,8 @@ from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from tests.support.audio import speech
 from tests.support.call_harness import emu_wait, session
+from tests.support.order_api import SECRET, OrderApi, running_order_api
 from tests.support.waiting import until
-from tests.test_dialplans_webhook import SECRET, OrderApi
 
 OPERATOR = "sip:operator@pbx.example.com"
 
@@ -58,17 +57,8 @@ say = "It has shipped."
 
 @pytest.fixture
 async def orders() -> AsyncIterator[OrderApi]:
-    server = OrderApi()
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    server.url = f"http://{host}:{port}"
-    try:
+    async with running_order_api() as server:
         yield server
-    finally:
-        await runner.cleanup()
 
 
 async def test_front_desk_call_hours_order_status_and_zero_for_the_operator(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,7 +14,6 @@ import jsonschema
 import pytest
 from pydantic import Field
 
-from bridge.call.leg import TransferOutcome
 from bridge.dialplans import (
     ToolContext,
     ToolFailed,
@@ -25,29 +23,7 @@ from bridge.dialplans import (
 )
 from bridge.dialplans.builtin import hang_up_tool, send_dtmf_tool, transfer_tool
 from bridge.dialplans.loader import PACKAGED_DIR
-
-
-@dataclass
-class RecordingContext:
-    """A ToolContext that records what the tools asked the call to do."""
-
-    call_id: str = "call-1"
-    caller: str = "+15557654321"
-    called: str = "2000"
-    transfer_ok: bool = True
-    transfers: list[str] = field(default_factory=list)
-    hangups: list[str] = field(default_factory=list)
-    dtmf: list[str] = field(default_factory=list)
-
-    async def transfer(self, target_name: str) -> TransferOutcome:
-        self.transfers.append(target_name)
-        return TransferOutcome(ok=self.transfer_ok, status=202 if self.transfer_ok else 603)
-
-    async def hang_up(self, reason: str) -> None:
-        self.hangups.append(reason)
-
-    async def send_dtmf(self, digits: str) -> None:
-        self.dtmf.append(digits)
+from tests.support.tool_context import RecordingContext
 
 
 async def lookup(

@@ -2,88 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import textwrap
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp import web
 
 from bridge.dialplans import Dialplan, load_dialplan_file, load_dialplans
 from bridge.dialplans.loader import PACKAGED_DIR
-from tests.test_dialplans_tools import RecordingContext
-
-SECRET = "tok-9f8e7d6c5b4a"   # a made-up token: must never show up in a log
-
-
-@dataclass
-class OrderApi:
-    """A small order service; records what it was asked."""
-
-    url: str = ""
-    seen: list[dict[str, Any]] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/orders/{order_id}", self.order)
-        app.router.add_post("/notes/{order_id}", self.note)
-        app.router.add_get("/slow", self.slow)
-        app.router.add_get("/text", self.text)
-        app.router.add_get("/big", self.big)
-        return app
-
-    def record(self, request: web.Request, body: Any = None) -> None:
-        self.seen.append({"method": request.method, "raw_path": request.raw_path,
-                          "query": dict(request.query), "body": body,
-                          "auth": request.headers.get("Authorization")})
-
-    async def order(self, request: web.Request) -> web.Response:
-        self.record(request)
-        if request.headers.get("Authorization") != f"Bearer {SECRET}":
-            return web.json_response({"error": "unauthorized"}, status=401)
-        order_id = request.match_info["order_id"]
-        if order_id == "4040":
-            return web.json_response({"error": "no such order"}, status=404)
-        return web.json_response({"order_id": order_id, "status": "shipped",
-                                  "data": {"eta": "2025-03-05", "carrier": "Example Post"},
-                                  "items": [{"sku": "A-1"}, {"sku": "B-2"}]})
-
-    async def note(self, request: web.Request) -> web.Response:
-        self.record(request, await request.json())
-        return web.json_response({"saved": True})
-
-    async def slow(self, request: web.Request) -> web.Response:
-        self.record(request)
-        await self.release.wait()
-        return web.json_response({})
-
-    async def text(self, request: web.Request) -> web.Response:
-        return web.Response(text="open until six")
-
-    async def big(self, request: web.Request) -> web.Response:
-        return web.Response(body=b"x" * (300 * 1024))
+from tests.support.order_api import SECRET, OrderApi, running_order_api
+from tests.support.tool_context import RecordingContext
 
 
 @pytest.fixture
 async def api() -> AsyncIterator[OrderApi]:
-    server = OrderApi()
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    server.url = f"http://{host}:{port}"
-    try:
+    async with running_order_api() as server:
         yield server
-    finally:
-        server.release.set()
-        await runner.cleanup()
 
 
 def plan_for(tmp_path: Path, api: OrderApi, body: str, env: dict[str, str] | None = None
