@@ -4,20 +4,7 @@ from __future__ import annotations
 
 from bridge.call.clock import MediaClock, VirtualScheduler
 from bridge.call.memory import MemoryLeg
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def on_leg_audio(self, pcm: bytes) -> None:
-        self.frames.append(pcm)
-
-    def on_leg_dtmf(self, digit: str) -> None:
-        pass
-
-    def on_leg_hangup(self, reason: str) -> None:
-        pass
+from tests.support.leg_sink import Sink
 
 
 def test_carry_encoded_only_for_the_leg_s_own_law() -> None:

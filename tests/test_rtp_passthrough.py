@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import types
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -23,49 +21,16 @@ from bridge.rtp.packet import pack_header, parse
 from bridge.sip.leg import SipLeg
 from bridge.sip.sdp import Direction, NegotiatedMedia
 from bridge.sip.ua import CallKey
+from tests.support.g711_transcodes import Transcodes, count_transcodes
+from tests.support.leg_sink import Sink
 from tests.support.waiting import until
 
 HOST = "127.0.0.1"
 
 
-class Transcodes:
-    """Counts every G.711 encode and decode (``audioop``'s four conversions)."""
-
-    def __init__(self, real: types.ModuleType) -> None:
-        self.real = real
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> object:
-        target = getattr(self.real, name)
-        if name not in ("ulaw2lin", "alaw2lin", "lin2ulaw", "lin2alaw"):
-            return target
-
-        def counted(*args: object) -> object:
-            self.calls += 1
-            return target(*args)
-        return counted
-
-
 @pytest.fixture
 def transcodes(monkeypatch: pytest.MonkeyPatch) -> Transcodes:
-    counter = Transcodes(g711.audioop)
-    monkeypatch.setattr(g711, "audioop", counter)
-    return counter
-
-
-@dataclass
-class Sink:
-    frames: list[bytes] = field(default_factory=list)
-    polls: list[int] = field(default_factory=list)
-
-    def on_leg_audio(self, pcm: bytes) -> None:
-        self.frames.append(pcm)
-
-    def on_leg_dtmf(self, digit: str) -> None:
-        pass
-
-    def on_leg_hangup(self, reason: str) -> None:
-        pass
+    return count_transcodes(monkeypatch)
 
 
 @pytest.fixture

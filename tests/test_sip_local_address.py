@@ -18,7 +18,7 @@ from bridge.sip.message import Request, Response, parse_message, parse_request, 
 from bridge.sip.sdp import parse_sdp
 from bridge.sip.service import SipLeg, SipService
 from bridge.sip.settings import SipSettings
-from tests.support.sip_peers import Recorder, Sink, Uac, UdpPeer, caller_sdp, udp_peer
+from tests.support.sip_peers import Recorder, SipSink, Uac, UdpPeer, caller_sdp, udp_peer
 
 #: What ``gethostbyname(gethostname())`` gives on a stock Debian/Ubuntu host.
 DEBIAN_HOSTS_GUESS = "127.0.1.1"
@@ -56,7 +56,7 @@ def contact_host(message: Response | Request) -> str:
     return str(contact.uri).split("@")[-1].removeprefix("sip:").split(":")[0]
 
 
-async def hang_up_soon(leg: SipLeg, sink: Sink) -> None:
+async def hang_up_soon(leg: SipLeg, sink: SipSink) -> None:
     await asyncio.sleep(0.05)
 
 

@@ -16,12 +16,12 @@ from bridge.sip.message import parse_request, parse_response
 from bridge.sip.service import SipLeg, SipService
 from bridge.sip.settings import SipSettings
 from tests.conftest import require_binary
-from tests.support.sip_peers import Recorder, Sink, Uac, caller_sdp, respond, udp_peer
+from tests.support.sip_peers import Recorder, SipSink, Uac, caller_sdp, respond, udp_peer
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 
 
-async def wait_for_hangup(leg: SipLeg, sink: Sink) -> None:
+async def wait_for_hangup(leg: SipLeg, sink: SipSink) -> None:
     await sink.hangup.wait()
 
 
@@ -43,7 +43,7 @@ def rtp_packet(seq: int, ts: int, payload: bytes, pt: int = 0) -> bytes:
 
 
 async def test_udp_call_with_rtp_both_ways_and_bye_from_caller() -> None:
-    async def body(leg: SipLeg, sink: Sink) -> None:
+    async def body(leg: SipLeg, sink: SipSink) -> None:
         for _ in range(5):
             leg.write_frame(b"\x00\x10" * 160)
         await sink.hangup.wait()
@@ -91,7 +91,7 @@ async def test_media_from_the_signalling_host_latches_whatever_the_sdp_says() ->
     """A caller whose SDP names an address it does not send from (NAT, or a softphone
     naming another interface): its RTP comes from where its SIP came from, latches, and
     our audio follows it there."""
-    async def body(leg: SipLeg, sink: Sink) -> None:
+    async def body(leg: SipLeg, sink: SipSink) -> None:
         await sink.hangup.wait()
 
     rec = Recorder(body)
@@ -125,7 +125,7 @@ async def test_offerless_invite_offer_in_200_answer_in_ack_with_media() -> None:
     """INVITE without SDP: our offer (from the configured RTP range, at the public
     address) goes in the 200, the caller's answer in the ACK sets the codec and where
     media goes, and RTP flows both ways."""
-    async def body(leg: SipLeg, sink: Sink) -> None:
+    async def body(leg: SipLeg, sink: SipSink) -> None:
         leg.write_frame(b"\x00\x10" * 160)
         await sink.hangup.wait()
 
@@ -187,7 +187,7 @@ async def test_malformed_request_gets_400_with_the_reason(transport: str) -> Non
 
 
 async def test_on_call_return_sends_bye_over_tcp() -> None:
-    async def body(leg: SipLeg, sink: Sink) -> None:
+    async def body(leg: SipLeg, sink: SipSink) -> None:
         await asyncio.sleep(0.05)
 
     rec = Recorder(body)
@@ -273,7 +273,7 @@ async def test_sipp_basic_call_bye_from_sipp(transport: str) -> None:
 
 @pytest.mark.interop
 async def test_sipp_basic_call_bye_from_us() -> None:
-    async def short(leg: SipLeg, sink: Sink) -> None:
+    async def short(leg: SipLeg, sink: SipSink) -> None:
         await asyncio.sleep(0.3)
 
     rec = Recorder(short)

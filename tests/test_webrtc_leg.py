@@ -14,25 +14,8 @@ from bridge.webrtc.client import WebRtcCaller
 from bridge.webrtc.leg import WebRtcLeg, WebRtcOfferError, answer_audio_codec
 from bridge.webrtc.track import OutboundTrack
 from tests.support.audio import tone
+from tests.support.leg_sink import Sink
 from tests.support.waiting import until
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.digits: list[str] = []
-        self.hangups: list[str] = []
-        self.hungup = asyncio.Event()
-
-    def on_leg_audio(self, pcm: bytes) -> None:
-        self.frames.append(pcm)
-
-    def on_leg_dtmf(self, digit: str) -> None:
-        self.digits.append(digit)
-
-    def on_leg_hangup(self, reason: str) -> None:
-        self.hangups.append(reason)
-        self.hungup.set()
 
 
 async def connect(caller: WebRtcCaller,

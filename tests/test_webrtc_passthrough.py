@@ -23,9 +23,9 @@ from bridge.codecs import g711
 from bridge.internals import aiortc as internals
 from bridge.webrtc.client import WebRtcCaller
 from bridge.webrtc.leg import WebRtcLeg
+from tests.support.g711_transcodes import Transcodes, count_transcodes
+from tests.support.leg_sink import Sink
 from tests.support.waiting import until
-from tests.test_rtp_passthrough import Transcodes
-from tests.test_webrtc_leg import Sink
 
 
 class PayloadTrack(MediaStreamTrack):
@@ -55,9 +55,7 @@ class PayloadTrack(MediaStreamTrack):
 
 @pytest.fixture
 def transcodes(monkeypatch: pytest.MonkeyPatch) -> Transcodes:
-    counter = Transcodes(g711.audioop)
-    monkeypatch.setattr(g711, "audioop", counter)
-    return counter
+    return count_transcodes(monkeypatch)
 
 
 @pytest.mark.parametrize("law", ["pcmu", "pcma"])

@@ -178,7 +178,9 @@ def statuses(datagrams: list[bytes]) -> list[int]:
 
 # ---------------------------------------------------------------------- loopback sockets
 
-class Sink(LegSink):
+class SipSink(LegSink):
+    """The SIP service tests' sink: audio frames, digits, the last hang-up reason."""
+
     def __init__(self) -> None:
         self.audio: list[bytes] = []
         self.dtmf: list[str] = []
@@ -199,15 +201,15 @@ class Sink(LegSink):
 class Recorder:
     """An ``on_call`` that records the leg and runs ``body`` for the call's duration."""
 
-    def __init__(self, body: Callable[[SipLeg, Sink], Awaitable[None]]) -> None:
+    def __init__(self, body: Callable[[SipLeg, SipSink], Awaitable[None]]) -> None:
         self.body = body
         self.legs: list[SipLeg] = []
-        self.sinks: list[Sink] = []
+        self.sinks: list[SipSink] = []
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
 
     async def __call__(self, leg: SipLeg) -> None:
-        sink = Sink()
+        sink = SipSink()
         leg.attach(sink)
         self.legs.append(leg)
         self.sinks.append(sink)
