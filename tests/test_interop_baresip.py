@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from bridge.bench.sip import ServeProcess, free_udp_port
-from tests.conftest import require_binary
+from tests.support.interop import require_binary
 
 DIALPLANS = Path(__file__).parent / "data" / "interop" / "dialplans"
 PHRASE = "Hello, this is the voice bridge interop test. One, two, three."

@@ -24,7 +24,7 @@ from bridge.codecs.g711 import ulaw_encode
 from bridge.codecs.level import tone
 from bridge.config import settings_from_mapping
 from bridge.serve import Bridge
-from tests.conftest import require, require_binary
+from tests.support.interop import require, require_binary
 
 DIALPLANS = Path(__file__).parent / "data" / "interop" / "dialplans"
 SILENCE = b"\xff" * 160

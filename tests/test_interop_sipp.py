@@ -33,7 +33,7 @@ from bridge.bench.sip import (
     free_udp_port,
     run_sipp,
 )
-from tests.conftest import require, require_binary
+from tests.support.interop import require, require_binary
 
 HERE = Path(__file__).parent
 SIPP_DIR = HERE / "sipp"

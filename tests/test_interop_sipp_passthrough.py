@@ -19,7 +19,7 @@ import pytest
 from bridge.bench.sip import PT_PCMU, Scenario, ServeProcess, free_udp_port, run_sipp
 from bridge.codecs import g711
 from bridge.realtime.emulator import Emulator, EmulatorConfig
-from tests.conftest import require_binary
+from tests.support.interop import require_binary
 
 PLAN = """
 [match]

@@ -13,9 +13,9 @@ from bridge.errors import ConfigError
 from bridge.realtime.emulator import Emulator, EmulatorConfig, load_script, parse_script
 from bridge.realtime.emulator.audio import audioop
 from bridge.realtime.emulator.speech import render_texts
-from tests.conftest import require_binary
 from tests.support.audio import silence, tone
 from tests.support.emulator_client import RawClient, vad
+from tests.support.interop import require_binary
 
 DATA = Path(__file__).parent / "data" / "emulator"
 TURN = silence(200) + tone(600) + silence(400)

@@ -12,7 +12,7 @@ from bridge.errors import RtpError
 from bridge.rtp.dtmf import DIGITS, DtmfReceiver, TelephoneEvent, tone_packets
 from bridge.rtp.packet import parse
 from bridge.rtp.session import RtpSession
-from tests.conftest import require
+from tests.support.interop import require
 
 VECTORS = Path(__file__).parent / "vectors" / "rfc4733"
 SEQUENCES = json.loads((VECTORS / "sequences.json").read_text())

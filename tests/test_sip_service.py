@@ -15,7 +15,7 @@ from bridge.bench.sip import free_udp_port
 from bridge.sip.message import parse_request, parse_response
 from bridge.sip.service import SipLeg, SipService
 from bridge.sip.settings import SipSettings
-from tests.conftest import require_binary
+from tests.support.interop import require_binary
 from tests.support.sip_peers import Recorder, SipSink, Uac, caller_sdp, respond, udp_peer
 
 SIPP_DIR = Path(__file__).parent / "sipp"

@@ -18,7 +18,7 @@ from playwright.async_api import async_playwright
 from bridge import metrics
 from bridge.config import load_settings
 from bridge.serve import Bridge
-from tests.conftest import require_binary
+from tests.support.interop import require_binary
 from tests.support.waiting import until
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
