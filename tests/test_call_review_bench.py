@@ -14,7 +14,7 @@ import pytest
 
 from bridge.bench import cpus
 from bridge.cli import main
-from tests.test_realtime_bench import figure
+from tests.support.bench_output import figure
 
 
 def test_bench_call_prints_cpu_pacing_late_frames_memory_and_barge_in(

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from bridge.cli import main
-
-
-def figure(out: str, pattern: str) -> float:
-    match = re.search(pattern, out)
-    assert match, f"no {pattern!r} in:\n{out}"
-    return float(match.group(1))
+from tests.support.bench_output import figure
 
 
 def test_bench_realtime_prints_connect_append_and_receive_figures(
