@@ -36,7 +36,7 @@ tools = {tools}
 default = true
 
 [agent]
-instructions = "review plan"
+instructions = "rig plan"
 audio_format = "{audio_format}"
 {greeting}
 
@@ -72,7 +72,7 @@ def make_plan(tmp: Path, *, tools: tuple[str, ...] = ("transfer_call", "hang_up"
               silence_s: float | None = None, fallback: str = "hangup") -> Dialplan:
     folder = tmp / f"plan{len(list(tmp.glob('plan*')))}"
     folder.mkdir()
-    (folder / "review.toml").write_text(PLAN.format(
+    (folder / "rig.toml").write_text(PLAN.format(
         tools=json.dumps(list(tools)), audio_format=audio_format,
         greeting=f'greeting = "{greeting}"' if greeting else "",
         interrupt=str(interrupt).lower(), sales=SALES, operator=OPERATOR,

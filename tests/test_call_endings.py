@@ -4,7 +4,7 @@ Whatever ends the call (caller, agent, transfer by tool or key press, a limit, t
 lost with a fallback that hangs up, shutdown by cancellation or by the manager), the call's
 tasks are all gone, the Realtime session is closed, the leg is released, the call has left
 the media clock, and the record (with its reason) is in the store. The call runs on a
-virtual media clock against a scripted session (see test_call_review_dispatch.py).
+virtual media clock against a scripted session (tests/support/call_rig.py).
 """
 
 from __future__ import annotations

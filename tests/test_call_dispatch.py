@@ -2,10 +2,10 @@
 
 A ``Call`` runs against ``ScriptedSession`` (the ``RealtimeSession`` the call talks to,
 driven by the test: events in, every request recorded) on a media clock with a virtual
-scheduler: time moves only when the test ticks it, so "10 ticks = 200 ms handed to the
-leg" is exact and nothing here depends on how loaded the machine is. The same behaviour
-over a real socket and the emulator is covered by test_call_e2e.py and
-test_call_review_frontdesk.py.
+scheduler (tests/support/call_rig.py): time moves only when the test ticks it, so "10
+ticks = 200 ms handed to the leg" is exact and nothing here depends on how loaded the
+machine is. The same behaviour over a real socket and the emulator is covered by
+test_call_e2e.py and test_dialplans_front_desk_call.py.
 """
 
 from __future__ import annotations
