@@ -25,6 +25,7 @@ from bridge.dialplans.plan import DialplanSet
 from bridge.realtime import events as ev
 from tests.support.audio import speech
 from tests.support.call_rig import OPERATOR, SALES, Rig, make_plan, settle
+from tests.support.waiting import until
 
 Ending = Callable[[Rig], Awaitable[None]]
 
@@ -162,13 +163,13 @@ async def test_the_record_is_on_disk_in_wal_mode_while_the_call_goes(tmp_path: P
                              (rig.call.call_id,)).fetchone()
         return None if row is None else str(row[1])
 
-    for _ in range(200):                       # the save runs on the store's thread
+    def turn_on_disk() -> bool:
         text = on_disk()
-        if text and "At nine." in text and "what time do you open" in text:
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError(f"the finished turn is not on disk: {on_disk()}")
+        return bool(text and "At nine." in text and "what time do you open" in text)
+
+    # The save runs on the store's thread; each check opens the file, so not too often.
+    await until(turn_on_disk, what=lambda: f"the finished turn on disk: {on_disk()}",
+                poll_s=0.01)
     assert not rig.call.ended
     rig.leg.far_end_hangup()
     await rig.finish()

@@ -25,6 +25,7 @@ from bridge.codecs.level import tone
 from bridge.config import settings_from_mapping
 from bridge.serve import Bridge
 from tests.support.interop import require, require_binary
+from tests.support.waiting import until
 
 DIALPLANS = Path(__file__).parent / "data" / "interop" / "dialplans"
 SILENCE = b"\xff" * 160
@@ -82,10 +83,10 @@ async def test_unlatched_source_never_reaches_the_session(tmp_path: Path) -> Non
                         .invite(answer=r"m=audio [0-9]+ RTP/AVP 0 101")
                         .pause(5000).bye().write(tmp_path))
             sipp = asyncio.ensure_future(run_sipp(scenario, bridge.sip.port, workdir=tmp_path))
-            async with asyncio.timeout(10):
-                while not bridge.manager.calls:
-                    assert not sipp.done(), (await sipp).explain()
-                    await asyncio.sleep(0.02)
+            await until(lambda: bool(bridge.manager.calls) or sipp.done(),
+                        what="the SIPp call at the bridge")
+            if not bridge.manager.calls:
+                assert not sipp.done(), (await sipp).explain()
             [call] = bridge.manager.calls.values()
             leg: Any = call.leg
             target = ("127.0.0.1", leg.rtp.local_port)

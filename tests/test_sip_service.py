@@ -17,6 +17,7 @@ from bridge.sip.service import SipLeg, SipService
 from bridge.sip.settings import SipSettings
 from tests.support.interop import require_binary
 from tests.support.sip_peers import Recorder, SipSink, Uac, caller_sdp, respond, udp_peer
+from tests.support.waiting import until
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 
@@ -73,10 +74,7 @@ async def test_udp_call_with_rtp_both_ways_and_bye_from_caller() -> None:
         for i in range(3):
             rtp.transport.sendto(rtp_packet(100 + i, 160 * i, b"\xff" * 160),
                                  ("127.0.0.1", our_rtp))
-        for _ in range(100):
-            if len(rec.sinks[0].audio) >= 3:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: len(rec.sinks[0].audio) >= 3)
         assert [len(f) for f in rec.sinks[0].audio[:3]] == [320, 320, 320]
         # BYE from the caller: 200, the sink hears it, on_call returns.
         sip.transport.sendto(alice.in_dialog("BYE"), target)
@@ -109,10 +107,7 @@ async def test_media_from_the_signalling_host_latches_whatever_the_sdp_says() ->
         await asyncio.wait_for(rec.started.wait(), 10)
         leg, sink = rec.legs[0], rec.sinks[0]
         rtp.transport.sendto(rtp_packet(1, 0, b"\xff" * 160), ("127.0.0.1", our_rtp))
-        for _ in range(250):
-            if sink.audio:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: sink.audio)
         assert len(sink.audio) == 1
         assert leg.rtp.stats.latched == ("127.0.0.1", rtp.port)
         leg.write_frame(b"\x00\x10" * 160)
@@ -157,10 +152,7 @@ async def test_offerless_invite_offer_in_200_answer_in_ack_with_media() -> None:
         packet = await rtp.recv()                         # the answer told us where
         assert packet[1] & 0x7F == 8 and len(packet) == 12 + 160
         rtp.transport.sendto(rtp_packet(1, 0, b"\xd5" * 160, pt=8), ("127.0.0.1", our_rtp))
-        for _ in range(250):
-            if sink.audio:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: sink.audio)
         assert [len(f) for f in sink.audio] == [320]
         sip.transport.sendto(alice.in_dialog("BYE"), target)
         await asyncio.wait_for(rec.finished.wait(), 10)

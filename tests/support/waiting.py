@@ -23,7 +23,7 @@ SPINS = 200
 POLL_S = 0.002
 
 
-async def until(cond: Condition, limit_s: float = 10.0, *, what: str = "",
+async def until(cond: Condition, limit_s: float = 10.0, *, what: str | Callable[[], str] = "",
                 clock: MediaClock | None = None, poll_s: float | None = None) -> None:
     """Return as soon as ``cond()`` is true; fail the test after ``limit_s`` seconds.
 
@@ -31,7 +31,8 @@ async def until(cond: Condition, limit_s: float = 10.0, *, what: str = "",
     rounds, then every ``POLL_S`` seconds (every ``poll_s`` seconds from the start when
     given: a condition that costs a round trip). With ``clock``, it is checked now and then
     on each tick of that media clock and nowhere else, so the test goes on at a tick, the
-    way a leg sees time. ``what`` names the condition in the failure.
+    way a leg sees time. ``what`` names the condition in the failure (a function: called
+    then, to show the state the condition was waiting on).
     """
     deadline = asyncio.timeout(limit_s)
     try:
@@ -43,8 +44,9 @@ async def until(cond: Condition, limit_s: float = 10.0, *, what: str = "",
     except TimeoutError:
         if not deadline.expired():
             raise
-        raise AssertionError(f"timed out after {limit_s} s waiting for {what or 'the condition'}"
-                             ) from None
+        named = what() if callable(what) else what
+        raise AssertionError(f"timed out after {limit_s} s waiting for "
+                             f"{named or 'the condition'}") from None
 
 
 async def _holds(cond: Condition) -> bool:
