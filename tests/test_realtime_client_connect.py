@@ -5,6 +5,7 @@ against the openai package's models for the target's dialect."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -380,6 +381,28 @@ async def test_reconnect_reseeds_session_and_conversation(code: int) -> None:
         assert client.stats.reconnects == 1
         await client.close()
         check_conformance(server, "ga")
+
+
+async def test_what_happens_during_the_reconnect_handshake_is_in_the_reseed() -> None:
+    """The seed is built once the new session is configured: a key the caller pressed
+    (text for the model) while the handshake ran is in it, not lost."""
+    async with FakeRealtime() as server:
+        held = server.hold_update[2] = asyncio.Event()
+        client = client_for(azure(server.base))
+        await client.connect()
+        events = Events(client)
+        await client.add_user_text("Hello")
+        await server.drop(1006)
+        await server.wait_for(lambda srv: len(srv.sessions) == 2 and any(
+            e["type"] == "session.update" for e in srv.sessions[1].events))
+        await client.add_user_text("caller pressed 5")     # mid-handshake
+        held.set()
+        await events.read_until(ev.Reconnected)
+        await server.wait_for(lambda srv: len(srv.types()) >= 3)
+        texts = [e["item"]["content"][0]["text"] for e in server.sessions[1].events
+                 if e["type"] == "conversation.item.create"]
+        assert texts == ["Hello", "caller pressed 5"]
+        await client.close()
 
 
 async def test_response_running_at_the_drop_is_closed_for_the_call() -> None:

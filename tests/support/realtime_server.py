@@ -42,6 +42,8 @@ class FakeRealtime:
                  close_on_connect: int | None = None, expires_in_s: float | None = 1800.0,
                  responder: Responder | None = None) -> None:
         self.dialect = dialect
+        #: the n-th session (1-based) waits on this before answering its session.update
+        self.hold_update: dict[int, asyncio.Event] = {}
         self.reject_status = reject_status
         self.close_on_connect = close_on_connect
         self.expires_in_s = expires_in_s
@@ -104,6 +106,9 @@ class FakeRealtime:
                 captured.events.append(event)
                 self.changed.set()
                 if event["type"] == "session.update":
+                    hold = self.hold_update.get(int(captured.session_id.split("_")[1]))
+                    if hold is not None:
+                        await hold.wait()
                     await conn.send(json.dumps({"type": "session.updated", "event_id": "e2",
                                                 "session": session}))
                 elif self.responder is not None:
