@@ -52,6 +52,7 @@ from bridge.call.leg import LegInfo, Source
 from bridge.call.manager import CallManager, client_factory
 from bridge.call.memory import MemoryLeg, PacingFigures
 from bridge.call.records import MemoryRecordStore
+from bridge.codecs import g711
 from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.plan import DialplanSet
 from bridge.realtime.config import RealtimeSettings
@@ -237,8 +238,15 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
         print("not all calls connected; no figures", file=sys.stderr)
         return 1
 
+    # A leg that carries G.711 (a G.711 session: passthrough) is fed what a phone sends.
+    carried: dict[str, tuple[list[bytes], list[bytes], bytes]] = {"pcm16": (
+        burst, short, silence)}
     for leg in legs:
-        scripts.append(CallerScript(leg, burst, short, silence, rng))
+        if leg.carry not in carried:
+            law = leg.carry
+            carried[law] = ([g711.encode(law, f) for f in burst],
+                            [g711.encode(law, f) for f in short], g711.encode(law, silence))
+        scripts.append(CallerScript(leg, *carried[leg.carry], rng))
     # What 'serve' does after start-up: everything alive now (modules, dialplans, the
     # calls' set-up) goes to the permanent generation, so a full collection during calls
     # walks only what the calls allocate since (measured: 136 ms gen2 pauses at 200 calls).
