@@ -35,6 +35,17 @@ def test_bench_call_prints_cpu_pacing_late_frames_memory_and_barge_in(
     assert figure(out, r"stopped at the leg: p50 ([\d.]+) ms") >= 0
 
 
+def test_bench_call_on_a_g711_session_feeds_the_carried_law_and_gets_replies(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On a G.711 session the legs carry µ-law: the bench's callers must speak µ-law too,
+    or the emulator hears noise-shaped bytes and no turn (it once measured nothing)."""
+    assert main(["bench", "call", "--calls", "2", "--seconds", "4", "--warmup", "0.3",
+                 "--audio-format", "g711"]) == 0
+    out = capsys.readouterr().out
+    assert "g711" in out and "2/2 calls connected" in out
+    assert figure(out, r"turn latency\s+(\d+) replies") >= 2
+
+
 def test_bench_call_pins_itself_and_the_emulator_and_restores_its_affinity(
         capsys: pytest.CaptureFixture[str]) -> None:
     before = os.sched_getaffinity(0)
