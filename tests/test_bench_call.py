@@ -39,7 +39,7 @@ def test_bench_call_on_a_g711_session_feeds_the_carried_law_and_gets_replies(
         capsys: pytest.CaptureFixture[str]) -> None:
     """On a G.711 session the legs carry µ-law: the bench's callers must speak µ-law too,
     or the emulator hears noise-shaped bytes and no turn (it once measured nothing)."""
-    assert main(["bench", "call", "--calls", "2", "--seconds", "4", "--warmup", "0.3",
+    assert main(["bench", "call", "--calls", "2", "--seconds", "6", "--warmup", "0.3",
                  "--audio-format", "g711"]) == 0
     out = capsys.readouterr().out
     assert "g711" in out and "2/2 calls connected" in out
