@@ -175,3 +175,15 @@ def test_redact_url() -> None:
                                "&api-key=***&deployment=d")
     t = RealtimeTarget("azure-preview", url, "preview")
     assert "SECRET" not in repr(t) and "SECRET" not in t.describe()
+
+
+def test_a_credential_in_the_endpoints_userinfo_is_never_shown() -> None:
+    settings = RealtimeSettings.from_env({
+        "AZURE_OPENAI_ENDPOINT": "https://svc-user:PASSWORD1@res.openai.azure.com",
+        "AZURE_OPENAI_API_KEY": "k", "AZURE_OPENAI_DEPLOYMENT_NAME": "gpt-realtime"})
+    t = settings.target()
+    assert "PASSWORD1" in t.url                     # it is used to connect ...
+    for shown in (t.describe(), repr(t), t.safe_url):
+        assert "PASSWORD1" not in shown and "svc-user" not in shown    # ... never shown
+    assert t.safe_url.startswith("wss://***@res.openai.azure.com/")
+    assert redact_url("https://h/x?next=a@b") == "https://h/x?next=a@b"   # not userinfo

@@ -46,6 +46,7 @@ DEFAULT_OPENAI_MODEL = "gpt-realtime"
 DEFAULT_OPENAI_URL = "wss://api.openai.com"
 DEFAULT_EMULATOR_DEPLOYMENT = "gpt-realtime"
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:api-key|api_key|key|token|access_token)=)[^&#]*")
 _FILE_KEYS = frozenset({"provider", "endpoint", "deployment", "api_version", "openai_model",
                         "openai_url", "api_key_env", "emulator_url"})
@@ -53,8 +54,9 @@ _SCHEMES = {"https": "wss", "wss": "wss", "http": "ws", "ws": "ws"}
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any credential in its query string replaced by ``***``."""
-    return _SECRET_QUERY.sub(r"\1***", url)
+    """``url`` with any credential replaced by ``***``: in its query string, and the
+    userinfo (``user:password@``) before its host."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", url))
 
 
 @dataclass(frozen=True)
