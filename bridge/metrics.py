@@ -15,7 +15,9 @@ Metric                                   type       labels
 voicebridge_calls_active                 gauge      source
 voicebridge_calls_started_total          counter    source
 voicebridge_calls_ended_total            counter    reason
-voicebridge_calls_rejected_total         counter    reason       (admission refused)
+voicebridge_calls_rejected_total         counter    reason       (admission refused: busy,
+                                                               sip_forbidden, sip_busy,
+                                                               sip_no_rtp_port, sip_unusable_sdp)
 voicebridge_frames_in_total              counter    source       (20 ms frames from legs)
 voicebridge_frames_out_total             counter    source       (20 ms frames to legs)
 voicebridge_playout_underruns_total      counter    (a tick found nothing to play mid-response)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge import metrics
 from bridge.bench.sip import free_udp_port
 from bridge.sip.message import parse_request, parse_response
 from bridge.sip.service import SipLeg, SipService
@@ -209,7 +210,13 @@ async def test_on_call_return_sends_bye_over_tcp() -> None:
         writer.close()
 
 
+def rejected(reason: str) -> float:
+    return metrics.REGISTRY.get_sample_value("voicebridge_calls_rejected_total",
+                                             {"reason": reason}) or 0.0
+
+
 async def test_allowlist_and_capacity() -> None:
+    forbidden, busy_before = rejected("sip_forbidden"), rejected("sip_busy")
     async with service(wait_for_hangup, allow_from=("10.0.0.0/8",)) as svc:
         sip = await udp_peer()
         assert sip.transport is not None
@@ -223,6 +230,9 @@ async def test_allowlist_and_capacity() -> None:
         assert (await sip.recv_sip()).status == 100
         busy = await sip.recv_sip()
         assert (busy.status, busy.headers.get("Retry-After")) == (503, "5")
+    # Both refusals are counted as rejected calls, each with its reason.
+    assert rejected("sip_forbidden") == forbidden + 1
+    assert rejected("sip_busy") == busy_before + 1
 
 
 # --------------------------------------------------------------------------------- SIPp

@@ -39,6 +39,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bridge import metrics
 from bridge.aio import cancel_all
 from bridge.call.leg import LegInfo, Source
 from bridge.errors import BridgeError, SdpError
@@ -290,20 +291,24 @@ class SipService:
     # -- admission ----------------------------------------------------------------------
 
     def _admit(self, request: Request, peer: Peer) -> Rejection | None:
+        invite = request.method == "INVITE"
         if self._allow:
             try:
                 source = ipaddress.ip_address(peer.addr[0])
             except ValueError:
-                return Rejection(403)
-            if not any(source in net for net in self._allow):
+                source = None
+            if source is None or not any(source in net for net in self._allow):
                 log.info("request from %s refused: not in the allowlist", peer.addr[0])
                 self.stats["rejected"] += 1
+                if invite:
+                    metrics.CALLS_REJECTED.labels(reason="sip_forbidden").inc()
                 return Rejection(403)
-        if request.method != "INVITE":
+        if not invite:
             return None
         full = self.active_calls >= self.settings.max_calls
         if full or (self._can_admit is not None and not self._can_admit()):
             self.stats["rejected"] += 1
+            metrics.CALLS_REJECTED.labels(reason="sip_busy").inc()
             log.info("INVITE refused: at capacity (%d calls)", self.active_calls)
             return Rejection(503, headers=(("Retry-After", str(RETRY_AFTER_S)),))
         return None
@@ -389,6 +394,7 @@ class SipService:
                                           peer_host=event.peer.addr[0])
         except (OSError, BridgeError) as exc:
             log.warning("call %s: no RTP port (%s); refusing", event.invite.call_id, exc)
+            metrics.CALLS_REJECTED.labels(reason="sip_no_rtp_port").inc()
             key = event.call
             self._command(lambda ua, now: ua.reject(
                 key, 503, now, headers=(("Retry-After", str(RETRY_AFTER_S)),)))
@@ -411,6 +417,7 @@ class SipService:
         except SdpError as exc:
             key = event.call
             why = f"Not Acceptable Here ({exc})"
+            metrics.CALLS_REJECTED.labels(reason="sip_unusable_sdp").inc()
             self._command(lambda ua, now: ua.reject(key, 488, now, reason=why))
             return None
 
