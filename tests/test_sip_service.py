@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -208,6 +209,21 @@ async def test_on_call_return_sends_bye_over_tcp() -> None:
         await writer.drain()
         await asyncio.wait_for(rec.finished.wait(), 10)
         writer.close()
+
+
+async def test_a_flood_of_junk_datagrams_is_answered_but_logged_only_a_few_times(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with service(wait_for_hangup) as svc:
+        sip = await udp_peer()
+        assert sip.transport is not None
+        with caplog.at_level(logging.INFO, "bridge.sip.ua"):
+            for n in range(200):
+                sip.transport.sendto(b"INVITE sip:x@y SIP/2.0\r\nVia: junk %d\r\n\r\n" % n,
+                                     ("127.0.0.1", svc.port))
+            await asyncio.sleep(0.3)
+        assert svc.ua is not None and svc.ua.stats["malformed"] >= 150
+        junk = [r for r in caplog.records if "malformed SIP message" in r.getMessage()]
+        assert 1 <= len(junk) <= 5
 
 
 def rejected(reason: str) -> float:

@@ -49,12 +49,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.errors import RtpError
+from bridge.logthrottle import Throttle
 from bridge.rtp.dtmf import DtmfReceiver
 from bridge.rtp.jitter import JitterBuffer
 from bridge.rtp.packet import MAX_PACKET_SIZE, pack_header, parse_fast
 from bridge.rtp.timestamps import RtpTimeline
 
 logger = logging.getLogger(__name__)
+#: A peer changing SSRC on every packet must not write a line per packet.
+_throttled = Throttle(logger)
 
 Address = tuple[str, int]
 
@@ -224,8 +227,8 @@ class RtpSession:
 
     def _new_ssrc(self, ssrc: int) -> None:
         if self._remote_ssrc is not None:
-            logger.info("RTP SSRC changed %08x -> %08x; resynchronising",
-                        self._remote_ssrc, ssrc)
+            _throttled.log(logging.INFO, "ssrc", "RTP SSRC changed %08x -> %08x; resynchronising",
+                           self._remote_ssrc, ssrc)
             self.jitter.resyncs += 1
             self.jitter.reset()
             self.dtmf.reset()

@@ -43,6 +43,7 @@ from bridge import metrics
 from bridge.aio import cancel_all
 from bridge.call.leg import LegInfo, Source
 from bridge.errors import BridgeError, SdpError
+from bridge.logthrottle import Throttle
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
@@ -69,6 +70,7 @@ from bridge.sip.ua import (
 )
 
 log = logging.getLogger(__name__)
+_throttled = Throttle(log)
 
 Address = tuple[str, int]
 RETRY_AFTER_S = 5
@@ -298,7 +300,8 @@ class SipService:
             except ValueError:
                 source = None
             if source is None or not any(source in net for net in self._allow):
-                log.info("request from %s refused: not in the allowlist", peer.addr[0])
+                _throttled.log(logging.INFO, "allowlist",
+                               "request from %s refused: not in the allowlist", peer.addr[0])
                 self.stats["rejected"] += 1
                 if invite:
                     metrics.CALLS_REJECTED.labels(reason="sip_forbidden").inc()
@@ -309,7 +312,8 @@ class SipService:
         if full or (self._can_admit is not None and not self._can_admit()):
             self.stats["rejected"] += 1
             metrics.CALLS_REJECTED.labels(reason="sip_busy").inc()
-            log.info("INVITE refused: at capacity (%d calls)", self.active_calls)
+            _throttled.log(logging.INFO, "capacity", "INVITE refused: at capacity (%d calls)",
+                           self.active_calls)
             return Rejection(503, headers=(("Retry-After", str(RETRY_AFTER_S)),))
         return None
 

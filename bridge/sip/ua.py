@@ -34,6 +34,7 @@ import logging
 from collections.abc import Callable
 
 from bridge.errors import SipParseError
+from bridge.logthrottle import Throttle
 from bridge.sip.calls import Call, CallInput, CallState, UaError
 from bridge.sip.dialog import DialogInput
 from bridge.sip.events import (
@@ -79,6 +80,8 @@ from bridge.sip.settings import SipSettings
 from bridge.sip.transaction import InviteServerTransaction, server_key
 
 log = logging.getLogger(__name__)
+#: Lines a peer can cause, bounded (a flood of junk is a count, not a log).
+_throttled = Throttle(log)
 
 
 class UserAgent(CallHandlers):
@@ -111,7 +114,7 @@ class UserAgent(CallHandlers):
             try:
                 message = parse_message(data)
             except SipParseError as exc:
-                self._on_parse_error(exc, peer)
+                self._on_parse_error(exc, peer, now)
                 return
             self._dispatch(message, peer, now)
             return
@@ -124,7 +127,7 @@ class UserAgent(CallHandlers):
             try:
                 framed = parser.next_message()
             except SipParseError as exc:
-                self._on_parse_error(exc, peer)
+                self._on_parse_error(exc, peer, now)
                 if parser.broken:
                     log.info("closing SIP/TCP connection from %s:%d: %s", addr[0], addr[1],
                              exc.reason)
@@ -236,10 +239,10 @@ class UserAgent(CallHandlers):
                 self._stateless_error(message.headers, peer, exc.status, exc.reason)
         self._collect()
 
-    def _on_parse_error(self, exc: SipParseError, peer: Peer) -> None:
+    def _on_parse_error(self, exc: SipParseError, peer: Peer, now: float) -> None:
         self.stats["malformed"] += 1
-        log.info("malformed SIP message from %s:%d: %s", peer.addr[0], peer.addr[1],
-                 exc.reason)
+        _throttled.log(logging.INFO, "malformed", "malformed SIP message from %s:%d: %s",
+                       peer.addr[0], peer.addr[1], exc.reason, now=now)
         if isinstance(exc, MalformedMessage) and exc.method not in (None, "ACK"):
             self._stateless_error(exc.headers, peer, exc.status, exc.reason)
 
