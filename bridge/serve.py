@@ -120,7 +120,7 @@ class Bridge:
         from bridge.metrics import CallEventMetrics  # noqa: PLC0415
 
         dialplans = self._load_dialplans()
-        store = self.store = self._open_store()
+        store = self.store = await self._open_store()
         self._closers.append(store.close)
         factory = await self._realtime_factory()
         manager = self.manager = CallManager(dialplans, factory, store, shared_clock(),
@@ -171,11 +171,24 @@ class Bridge:
         self.dialplans_path = path
         return plans
 
-    def _open_store(self) -> RecordStore:
+    async def _open_store(self) -> RecordStore:
         from bridge.call.records import MemoryRecordStore, SqliteRecordStore  # noqa: PLC0415
 
         path = self.settings.records.path
-        return SqliteRecordStore(path) if path else MemoryRecordStore()
+        if not path:
+            return MemoryRecordStore()
+        store = SqliteRecordStore(path)
+        # Calls that were live when a previous run died (kill -9, a power cut) were never
+        # closed: close them now, before any call, or their duration grows for ever.
+        try:
+            closed = await store.close_orphans()
+        except Exception:              # the first save will say what is wrong with it
+            log.exception("could not look for call records a previous run left open")
+            closed = []
+        if closed:
+            log.warning("closed %d call record(s) a previous run left open (end reason "
+                        "crashed, ended at their last save)", len(closed))
+        return store
 
     async def _realtime_factory(self) -> RealtimeFactory:
         from bridge.realtime.client import RealtimeClient  # noqa: PLC0415

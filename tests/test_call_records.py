@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from bridge.call import records
 from bridge.call.records import (
+    CRASHED,
     BargeIn,
     CallRecord,
     DtmfRecord,
@@ -70,6 +72,54 @@ async def test_sqlite_round_trip_and_upsert(tmp_path: Path) -> None:
     rows = conn.execute("SELECT call_id, end_reason FROM calls ORDER BY call_id").fetchall()
     assert rows == [("c1", "transferred"), ("c2", "")]
     conn.close()
+
+
+async def test_records_a_dead_process_left_open_are_closed_as_crashed(tmp_path: Path) -> None:
+    path = tmp_path / "calls.sqlite"
+    store = SqliteRecordStore(path)
+    live = _record("live", started=100.0)
+    await store.save(live)                     # a call in progress when the process died
+    before = time.time()
+    live.transcript.append(TranscriptEntry("caller", "u1", "hello", 101.0))
+    await store.save(live)                     # its last save: the time it is closed at
+    after = time.time()
+    done = _record("done", started=50.0)
+    done.end_reason, done.ended_at = "caller_hangup", 60.0
+    await store.save(done)
+    await store.close()                        # (kill -9 closes nothing; this is a reopen)
+
+    store = SqliteRecordStore(path)
+    assert await store.close_orphans() == ["live"]
+    closed = await store.get("live")
+    assert closed is not None and closed.end_reason == CRASHED
+    assert closed.ended_at is not None and before <= closed.ended_at <= after
+    assert closed.transcript == live.transcript and closed.transcript[-1].text == "hello"
+    untouched = await store.get("done")
+    assert untouched is not None and (untouched.end_reason, untouched.ended_at) == (
+        "caller_hangup", 60.0)
+    assert await store.close_orphans() == []   # once closed, never again
+    assert await store.integrity() == "ok"
+    await store.close()
+
+
+async def test_a_records_file_from_before_saved_at_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript("""CREATE TABLE calls (call_id TEXT PRIMARY KEY, started_at REAL NOT
+        NULL, ended_at REAL, caller TEXT NOT NULL, called TEXT NOT NULL, source TEXT NOT
+        NULL, dialplan TEXT NOT NULL, end_reason TEXT NOT NULL, record TEXT NOT NULL);""")
+    old = _record("old", started=10.0)
+    conn.execute("INSERT INTO calls VALUES (?, ?, NULL, ?, ?, ?, ?, '', ?)",
+                 ("old", 10.0, old.caller, old.called, old.source, old.dialplan,
+                  old.to_json()))
+    conn.commit()
+    conn.close()
+    store = SqliteRecordStore(path)
+    assert await store.close_orphans() == ["old"]
+    got = await store.get("old")
+    assert got is not None and (got.end_reason, got.ended_at) == (CRASHED, 10.0)
+    await store.save(_record("new", started=20.0))
+    await store.close()
 
 
 async def test_memory_store_round_trip() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -295,18 +296,21 @@ CREATE TABLE IF NOT EXISTS calls (
     source      TEXT NOT NULL,
     dialplan    TEXT NOT NULL,
     end_reason  TEXT NOT NULL,
-    record      TEXT NOT NULL
+    record      TEXT NOT NULL,
+    saved_at    REAL
 );
 CREATE INDEX IF NOT EXISTS calls_started ON calls(started_at);
 """
+#: What closes a record left open by a process that died (``close_orphans``).
+CRASHED = "crashed"
 
 _UPSERT = """
 INSERT INTO calls (call_id, started_at, ended_at, caller, called, source, dialplan,
-                   end_reason, record)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   end_reason, record, saved_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(call_id) DO UPDATE SET
     ended_at = excluded.ended_at, end_reason = excluded.end_reason,
-    dialplan = excluded.dialplan, record = excluded.record
+    dialplan = excluded.dialplan, record = excluded.record, saved_at = excluded.saved_at
 """
 
 
@@ -332,6 +336,9 @@ class SqliteRecordStore:
             # can lose the last transactions), and avoids an fsync per turn.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+            if "saved_at" not in columns:          # a file from before the column existed
+                conn.execute("ALTER TABLE calls ADD COLUMN saved_at REAL")
             self._conn = conn
         return self._conn
 
@@ -352,8 +359,38 @@ class SqliteRecordStore:
         # Serialize on the loop thread: the record keeps changing while the worker writes.
         row = (record.call_id, record.started_at, record.ended_at, record.caller,
                record.called, record.source, record.dialplan, record.end_reason,
-               _encode(self._encoders, record))
+               _encode(self._encoders, record), time.time())
         await self._run(self._save, row)
+
+    def _close_orphans(self) -> list[str]:
+        db = self._db()
+        closed = []
+        with db:
+            rows = db.execute("SELECT call_id, record, saved_at, started_at FROM calls "
+                              "WHERE ended_at IS NULL").fetchall()
+            for call_id, text, saved_at, started_at in rows:
+                data = json.loads(text)
+                ended = float(saved_at if saved_at is not None else started_at)
+                data.update(ended_at=ended, end_reason=CRASHED,
+                            end_detail="the bridge stopped while the call was live")
+                db.execute("UPDATE calls SET ended_at = ?, end_reason = ?, record = ? "
+                           "WHERE call_id = ?", (ended, CRASHED, json.dumps(data), call_id))
+                closed.append(str(call_id))
+        return closed
+
+    async def close_orphans(self) -> list[str]:
+        """Close the records a process that died left open (no end): ``crashed``, ended
+        at their last save. Call it at start-up, before any call; returns their ids."""
+        closed: list[str] = await self._run(self._close_orphans)
+        return closed
+
+    def _integrity(self) -> str:
+        return str(self._db().execute("PRAGMA integrity_check").fetchone()[0])
+
+    async def integrity(self) -> str:
+        """SQLite's own check of the file: ``"ok"`` when it is sound."""
+        result: str = await self._run(self._integrity)
+        return result
 
     def _get(self, call_id: str) -> str | None:
         cur = self._db().execute("SELECT record FROM calls WHERE call_id = ?", (call_id,))
@@ -387,6 +424,7 @@ class SqliteRecordStore:
 
 
 __all__ = [
-    "BargeIn", "CallRecord", "DtmfRecord", "MemoryRecordStore", "RecordEncoder", "RecordStore",
+    "CRASHED", "BargeIn", "CallRecord", "DtmfRecord", "MemoryRecordStore", "RecordEncoder",
+    "RecordStore",
     "SpeechSpan", "SqliteRecordStore", "ToolCallRecord", "TranscriptEntry", "TurnLatency",
 ]
