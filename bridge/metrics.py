@@ -15,6 +15,7 @@ Metric                                   type       labels
 voicebridge_calls_active                 gauge      source
 voicebridge_calls_started_total          counter    source
 voicebridge_calls_ended_total            counter    reason
+voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over the cap)
 voicebridge_calls_rejected_total         counter    reason       (admission refused: busy,
                                                                sip_forbidden, sip_busy,
                                                                sip_no_rtp_port, sip_unusable_sdp)
@@ -104,6 +105,8 @@ UPSTREAM_RECONNECTS = Counter("upstream_reconnects", "Realtime sessions re-opene
 UPSTREAM_ERRORS = Counter("upstream_errors", "Realtime upstream errors by kind.",
                           ["kind", "error"], namespace=_NS, registry=REGISTRY)
 
+SIP_TCP_REFUSED = Counter("sip_tcp_refused", "SIP/TCP connections closed at once: the "
+                          "connection cap was reached.", namespace=_NS, registry=REGISTRY)
 WEBRTC_LEGS_ACTIVE = Gauge("webrtc_legs_active", "WebRTC peer connections open.",
                            namespace=_NS, registry=REGISTRY)
 SSE_CLIENTS = Gauge("http_sse_clients", "Clients following /calls/events.",

@@ -71,6 +71,8 @@ from bridge.sip.ua import (
 
 log = logging.getLogger(__name__)
 _throttled = Throttle(log)
+#: SIP/TCP connections open at once, from all peers; more are closed as they arrive.
+TCP_MAX_CONNECTIONS = 256
 
 Address = tuple[str, int]
 RETRY_AFTER_S = 5
@@ -122,7 +124,7 @@ class SipService:
         self._pending: dict[CallKey, _Pending] = {}
         self._legs: dict[CallKey, SipLeg] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stats = {"calls": 0, "rejected": 0, "options": 0}
+        self.stats = {"calls": 0, "rejected": 0, "options": 0, "tcp_refused": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -520,8 +522,18 @@ class _TcpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
+        service = self._service
+        if len(service._tcp) >= TCP_MAX_CONNECTIONS:
+            # Past the cap a connection is closed at once: idle connections from anywhere
+            # must not use up the file descriptors the calls' sockets need.
+            service.stats["tcp_refused"] += 1
+            metrics.SIP_TCP_REFUSED.inc()
+            _throttled.log(logging.WARNING, "tcp-cap", "SIP/TCP connection from %s refused: "
+                           "%d connections open", peer[0], len(service._tcp))
+            transport.abort()
+            return
         self._addr = (peer[0], peer[1])
-        self._service._tcp[self._addr] = transport
+        service._tcp[self._addr] = transport
         self._local_host = self._service._connection_local(transport, self._addr)
 
     def data_received(self, data: bytes) -> None:
