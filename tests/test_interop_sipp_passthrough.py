@@ -76,7 +76,7 @@ async def test_a_sip_callers_ulaw_goes_upstream_byte_for_byte(tmp_path: Path) ->
     media = tmp_path / "caller.ulaw"
     media.write_bytes(sent)
     received: dict[str, bytes] = {}
-    async with Emulator(EmulatorConfig()) as emu:
+    async with Emulator(EmulatorConfig(keep_input_audio=1_000_000)) as emu:
         with ServeProcess(tmp_path / "serve", dialplans=plans, records=False,
                           env={"VOICEBRIDGE_REALTIME_EMULATOR_URL": emu.url,
                                "VOICEBRIDGE_SIP_TRANSPORTS": "udp"}) as bridge:

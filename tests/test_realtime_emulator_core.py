@@ -145,3 +145,16 @@ def test_semantic_vad_eagerness_sets_how_long_silence_must_last(eagerness: str,
                       silence(200) + tone(500) + silence(1600))
     assert [(e["type"].rsplit(".", 1)[1], e.get("audio_end_ms")) for e in got] == [
         ("speech_started", None), ("speech_stopped", 700 + wait_ms)]
+
+
+@pytest.mark.parametrize("keep", [0, 1000])
+def test_input_audio_is_kept_only_up_to_what_the_config_asks(keep: int) -> None:
+    """Kept for tests that compare bytes; never by default (the emulator `serve` runs
+    in-process must not grow by a minute of audio per call)."""
+    core = make_core()
+    core.record.keep_input_audio = keep
+    audio = bytes(range(256)) * 8                       # 2048 bytes, recognisable
+    for now in (1.0, 1.02):
+        send(core, now, type="input_audio_buffer.append",
+             audio=base64.b64encode(audio).decode())
+    assert bytes(core.record.appended_audio) == (audio + audio)[:keep]

@@ -32,7 +32,7 @@ from bridge.realtime.emulator.audio import AudioFormat, to_pcm16
 from bridge.realtime.emulator.conversation import Conversation
 from bridge.realtime.emulator.dialect import EAGERNESS_SILENCE_MS, input_format, turn_detection
 from bridge.realtime.emulator.outbox import Outbox
-from bridge.realtime.emulator.record import AUDIO_CAPTURE_BYTES, UserItemRecord
+from bridge.realtime.emulator.record import UserItemRecord
 from bridge.realtime.emulator.vad import EnergyVad, VadSettings, VadStart, VadStop
 
 __all__ = ["MIN_COMMIT_MS", "InputAudio", "TurnHost"]
@@ -138,9 +138,9 @@ class InputAudio:
         self._buf += data
         self._in_bytes += len(data)
         self.record.appended_audio_ms += len(data) / fmt.bytes_per_ms
-        kept = self.record.appended_audio
-        if len(kept) < AUDIO_CAPTURE_BYTES:
-            kept += data[:AUDIO_CAPTURE_BYTES - len(kept)]
+        room = self.record.keep_input_audio - len(self.record.appended_audio)
+        if room > 0:
+            self.record.appended_audio += data[:room]
         vad = self._vad
         if vad is None:
             return

@@ -81,9 +81,6 @@ class ResponseRecord:
     item_ids: list[str] = field(default_factory=list)
 
 
-#: Input audio kept per session for inspection: 60 s of PCM16 at 24 kHz, 6 min of G.711.
-AUDIO_CAPTURE_BYTES = 2_880_000
-
 
 @dataclass
 class SessionRecord:
@@ -96,9 +93,11 @@ class SessionRecord:
     received_types: list[str] = field(default_factory=list, repr=False)  # every client event type
     received: list[dict[str, Any]] = field(default_factory=list, repr=False)  # non-audio events
     appended_audio_ms: float = 0.0
-    #: the first ``AUDIO_CAPTURE_BYTES`` of input audio, as the client appended it (tests
-    #: compare it byte for byte with what a caller sent)
+    #: the first ``keep_input_audio`` bytes of input audio, as the client appended it (tests
+    #: compare it byte for byte with what a caller sent); none unless the emulator's
+    #: ``EmulatorConfig.keep_input_audio`` asks for it
     appended_audio: bytearray = field(default_factory=bytearray, repr=False)
+    keep_input_audio: int = 0
     user_items: list[UserItemRecord] = field(default_factory=list)
     assistant_items: dict[str, AssistantItemRecord] = field(default_factory=dict)
     truncations: list[Truncation] = field(default_factory=list)

@@ -61,6 +61,8 @@ class EmulatorConfig:
     ``api_key`` / ``bearer_token``: when either is set, a connection must present one of
     them (``api-key`` header, or ``Authorization: Bearer``); neither set = no auth.
     ``pace``: audio deltas go out this many times faster than real time (0 = at once).
+    ``keep_input_audio``: bytes of each session's input audio kept in its record, as the
+    client appended them (for tests; 0, the default, keeps none).
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +74,7 @@ class EmulatorConfig:
     greeting_ms: int = 1200
     pace: float = 4.0
     model: str = "gpt-realtime"
+    keep_input_audio: int = 0
 
     def __repr__(self) -> str:  # never show the secrets
         return (f"EmulatorConfig(host={self.host!r}, port={self.port}, "
@@ -245,7 +248,8 @@ class Emulator:
             return
         loop = asyncio.get_running_loop()
         record = SessionRecord(session_id="", path=hs.path, query=hs.query, headers=hs.headers,
-                               dialect=hs.dialect)
+                               dialect=hs.dialect,
+                               keep_input_audio=self.config.keep_input_audio)
         self.record.sessions.append(record)
         if hs.beta_header:
             await self._refuse_beta(ws, record)
