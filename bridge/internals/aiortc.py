@@ -41,6 +41,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
 from bridge.internals import IncompatibleLibrary
+from bridge.internals import missing_names as _missing
 
 #: What a receiver's packet hook is: the transport awaits it per decrypted RTP packet.
 PacketHandler = Callable[[RtpPacket, int], Coroutine[object, object, None]]
@@ -69,29 +70,9 @@ LIBRARY = types.SimpleNamespace(
 )
 
 
-def _assigned_in_init(cls: type) -> set[str]:
-    """Attribute names the ``__init__`` of ``cls`` (and of its bases) refer to."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = vars(klass).get("__init__")
-        code = getattr(init, "__code__", None)
-        if code is not None:
-            names.update(code.co_names)
-    return names
-
-
 def missing_names(library: object) -> list[str]:
     """``Class.name`` for every required private name ``library`` lacks."""
-    missing: list[str] = []
-    for class_name, names in REQUIRED.items():
-        cls = getattr(library, class_name, None)
-        if not isinstance(cls, type):
-            missing += [f"{class_name}.{name}" for name in names]
-            continue
-        assigned = _assigned_in_init(cls)
-        missing += [f"{class_name}.{name}" for name in names
-                    if not hasattr(cls, name) and name not in assigned]
-    return missing
+    return _missing(library, REQUIRED)
 
 
 def check(library: object) -> None:

@@ -48,6 +48,7 @@ from websockets.asyncio.connection import Connection
 from websockets.protocol import State
 
 from bridge.internals import IncompatibleLibrary
+from bridge.internals import missing_names as _missing
 
 try:   # websockets' C masking, as its own framing uses
     from websockets.speedups import apply_mask
@@ -68,38 +69,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 _ASSIGNING = ("__init__", "connection_made")
 
 
-def _resolve(library: object, path: str) -> object | None:
-    obj: object | None = library
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _assigned(cls: type) -> set[str]:
-    """Attribute names the ``__init__`` / ``connection_made`` of ``cls`` and its bases use."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        for method in _ASSIGNING:
-            code = getattr(vars(klass).get(method), "__code__", None)
-            if code is not None:
-                names.update(code.co_names)
-    return names
-
-
 def missing_names(library: object) -> list[str]:
     """``path.name`` for every name ``library`` (the ``websockets`` package) lacks."""
-    missing: list[str] = []
-    for path, names in REQUIRED.items():
-        obj = _resolve(library, path)
-        if obj is None:
-            missing += [f"{path}.{name}" for name in names]
-            continue
-        assigned = _assigned(obj) if isinstance(obj, type) else set()
-        missing += [f"{path}.{name}" for name in names
-                    if not hasattr(obj, name) and name not in assigned]
-    return missing
+    return _missing(library, REQUIRED, assigning=_ASSIGNING)
 
 
 def check(library: object) -> None:
