@@ -39,11 +39,14 @@ else:
 
 __all__ = [
     "CODECS",
+    "SILENCE_BYTE",
     "TABLE_MIN_SAMPLES",
     "alaw_decode",
     "alaw_encode",
     "decode",
     "encode",
+    "silence",
+    "transcode",
     "ulaw_decode",
     "ulaw_encode",
 ]
@@ -155,3 +158,19 @@ def encode(codec: str, pcm: bytes) -> bytes:
 def decode(codec: str, data: bytes) -> bytes:
     """G.711 ``codec`` ("pcmu" or "pcma") -> PCM16LE."""
     return _lookup(codec)[1](data)
+
+
+#: Each law's code for a zero sample (its "negative zero"): what silence is on the wire.
+SILENCE_BYTE: dict[str, int] = {"pcmu": 0xFF, "pcma": 0xD5}
+
+
+def silence(codec: str, samples: int) -> bytes:
+    """``samples`` of silence in G.711 ``codec``."""
+    return bytes([SILENCE_BYTE[codec.lower()]]) * samples
+
+
+def transcode(src: str, dst: str, data: bytes) -> bytes:
+    """G.711 ``src`` -> G.711 ``dst`` (through PCM16; the identity when they are equal)."""
+    if src == dst:
+        return data
+    return encode(dst, decode(src, data))

@@ -130,3 +130,16 @@ def test_odd_byte_is_ignored_and_unknown_codec_is_refused() -> None:
     assert g711.encode("PCMU", b"\x00\x00") == b"\xff"
     with pytest.raises(ValueError, match="unknown G.711 codec"):
         g711.encode("g722", b"")
+
+
+def test_silence_and_transcode_between_the_laws() -> None:
+    assert g711.silence("pcmu", 3) == b"\xff\xff\xff"
+    assert g711.silence("PCMA", 2) == b"\xd5\xd5"
+    assert g711.decode("pcmu", g711.silence("pcmu", 4)) == bytes(8)    # zero samples
+    quiet = memoryview(g711.decode("pcma", g711.silence("pcma", 4))).cast("h")
+    assert max(abs(x) for x in quiet) <= 8                              # A-law's smallest
+    ulaw = bytes(range(256))
+    assert g711.transcode("pcmu", "pcmu", ulaw) is ulaw                 # the identity
+    alaw = g711.transcode("pcmu", "pcma", ulaw)
+    assert alaw == g711.alaw_encode(g711.ulaw_decode(ulaw)) and len(alaw) == 256
+    assert g711.transcode("pcma", "pcmu", alaw) == g711.ulaw_encode(g711.alaw_decode(alaw))

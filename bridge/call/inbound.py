@@ -37,8 +37,6 @@ from bridge.call.leg import MediaLeg
 from bridge.codecs import g711
 from bridge.codecs.resample import StreamResampler, inbound_resampler
 
-_G711_SILENCE = {"pcmu": 0xFF, "pcma": 0xD5}   # the -0 level of each law
-
 
 class Upstream(Protocol):
     def append_audio(self, data: bytes) -> None: ...
@@ -52,7 +50,7 @@ class InboundAudio:
         self._clock = clock
         self._time: Callable[[], float] = clock.time
         self._poll = clock.poll            # handed to the batch, which polls per delivery
-        law = audio_format if audio_format in _G711_SILENCE else ""
+        law = audio_format if audio_format in g711.SILENCE_BYTE else ""
         self.passthrough = bool(law) and leg.carry == law
         self._encode = law if law and not self.passthrough else ""
         self.resampler: StreamResampler | None = None if law else inbound_resampler(
@@ -61,7 +59,7 @@ class InboundAudio:
         self.gaps = InboundGaps(period=leg.frame_ms / 1000)
         self._leg_zero = bytes(leg.frame_bytes)
         if law:
-            self._silence = bytes([_G711_SILENCE[law]]) * (8 * leg.frame_ms)   # 8 kHz
+            self._silence = g711.silence(law, 8 * leg.frame_ms)          # 8 kHz
         else:
             self._silence = bytes(48 * leg.frame_ms)          # PCM16 24 kHz zeros
         self._append_frames = append_frames

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bridge.codecs import g711
+
 
 def _no_poll() -> None:
     return None
@@ -148,7 +150,7 @@ class MediaLeg(abc.ABC):
         if self.carry == "pcm16":
             self.write_frame(bytes(self.frame_bytes))
         else:
-            self.write_frame((b"\xff" if self.carry == "pcmu" else b"\xd5") * self.frame_samples)
+            self.write_frame(g711.silence(self.carry, self.frame_samples))
 
     @abc.abstractmethod
     async def hang_up(self, reason: str) -> None:

@@ -25,10 +25,8 @@ from dataclasses import dataclass, field
 
 from bridge.call.clock import Histogram, MediaClock
 from bridge.call.leg import LegInfo, LegSink, MediaLeg, Source, TransferOutcome, Underrun
+from bridge.codecs import g711
 from bridge.media.drain import Poll, no_poll
-
-#: A G.711 law's silence byte.
-_SILENCE_BYTE = {"pcmu": b"\xff", "pcma": b"\xd5"}
 
 
 @dataclass(frozen=True)
@@ -146,10 +144,10 @@ class MemoryLeg(MediaLeg):
         self._poll = poll
 
     def carry_encoded(self, law: str) -> bool:
-        if law not in _SILENCE_BYTE or self.g711 != law:
+        if law not in g711.SILENCE_BYTE or self.g711 != law:
             return False
         self.carry = law
-        self._silence = _SILENCE_BYTE[law] * self.frame_samples
+        self._silence = g711.silence(law, self.frame_samples)
         return True
 
     def attach(self, sink: LegSink) -> None:

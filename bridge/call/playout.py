@@ -88,7 +88,7 @@ class Playout:
             else StreamResampler(in_rate, self.rate))
         if self.passthrough:
             self._buf = PlayoutBuffer(self.rate, leg.frame_ms, sample_width=1,
-                                      silence=0xFF if self._g711 == "pcmu" else 0xD5)
+                                      silence=g711.SILENCE_BYTE[self._g711])
         else:
             self._buf = PlayoutBuffer(self.rate, leg.frame_ms)
         self._width = 1 if self.passthrough else 2

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 import time
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from bridge import metrics
+from bridge.codecs import g711
 from bridge.codecs.g711 import CODECS
 from bridge.errors import MediaError
 from bridge.media.drain import Convert, FrameDrain, Poll, no_poll
@@ -240,10 +242,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         elif not codec or carry == codec:
             self._convert_in = self._convert_out = None
         else:                       # a re-INVITE moved the call to the other law
-            carry_encode, carry_decode = CODECS[carry]
-            decode, encode = self._decode, self._encode
-            self._convert_in = lambda payload: carry_encode(decode(payload))
-            self._convert_out = lambda payload: encode(carry_decode(payload))
+            self._convert_in = functools.partial(g711.transcode, codec, carry)
+            self._convert_out = functools.partial(g711.transcode, carry, codec)
 
     # -- inbound ----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.codecs import g711
 from bridge.errors import RtpError
 from bridge.logthrottle import Throttle
 from bridge.rtp.dtmf import DtmfReceiver
@@ -64,7 +65,7 @@ Address = tuple[str, int]
 #: RFC 3389 comfort noise (static payload type 13 in RFC 3551).
 PT_COMFORT_NOISE = 13
 #: G.711 silence octets: what a concealment frame is made of.
-SILENCE_BYTE = {"pcmu": 0xFF, "pcma": 0xD5}
+SILENCE_BYTE = g711.SILENCE_BYTE
 _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 
 

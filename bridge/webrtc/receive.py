@@ -26,6 +26,7 @@ a negotiated codec) and cuts exact 20 ms frames (:class:`bridge.media.drain.Refr
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 import av
@@ -40,17 +41,9 @@ from bridge.rtp.jitter import JitterBuffer
 
 #: G.711 by MIME type (lower case): decoder and the codec's silence byte.
 G711_MIME: dict[str, tuple[str, Callable[[bytes], bytes], int]] = {
-    "audio/pcmu": ("pcmu", g711.ulaw_decode, 0xFF),
-    "audio/pcma": ("pcma", g711.alaw_decode, 0xD5),
+    "audio/pcmu": ("pcmu", g711.ulaw_decode, g711.SILENCE_BYTE["pcmu"]),
+    "audio/pcma": ("pcma", g711.alaw_decode, g711.SILENCE_BYTE["pcma"]),
 }
-
-
-def _to_ulaw(payload: bytes) -> bytes:
-    return g711.ulaw_encode(g711.alaw_decode(payload))
-
-
-def _to_alaw(payload: bytes) -> bytes:
-    return g711.alaw_encode(g711.ulaw_decode(payload))
 
 
 class G711Receive:
@@ -65,7 +58,7 @@ class G711Receive:
         self._receiver = receiver
         self._loop = loop
         self._tables = internals.receiver_tables(receiver)
-        self.jitter = JitterBuffer(silence_byte=0xD5 if law == "pcma" else 0xFF)
+        self.jitter = JitterBuffer(silence_byte=g711.SILENCE_BYTE.get(law, 0xFF))
         self._frames = FrameDrain(loop, frame_bytes, self._on_deadline)
         self._ssrc: int | None = None
         #: True: payloads pass as is (the leg carries G.711); else decoded by MIME type.
@@ -107,7 +100,7 @@ class G711Receive:
         elif entry[0] == self._law:
             self._convert = None
         else:                                  # the browser switched law: re-encode
-            self._convert = _to_ulaw if self._law == "pcmu" else _to_alaw
+            self._convert = functools.partial(g711.transcode, entry[0], self._law)
         self._drain(now)
 
     def _drain(self, now: float) -> None:

@@ -43,7 +43,6 @@ MAX_QUEUED = 3
 #: How late past its due time a frame may be before ``recv()`` sends silence instead.
 GRACE_S = 0.030
 #: A G.711 law's silence byte.
-SILENCE_BYTE = {"pcmu": b"\xff", "pcma": b"\xd5"}
 
 
 class OutboundTrack(MediaStreamTrack):
@@ -80,7 +79,7 @@ class OutboundTrack(MediaStreamTrack):
         if self.g711:
             self.carried = True
             self.frame_bytes = self.frame_samples
-            self._silence = SILENCE_BYTE[self.g711] * self.frame_samples
+            self._silence = g711.silence(self.g711, self.frame_samples)
             self._queue.clear()
 
     def park(self) -> None:
