@@ -112,18 +112,7 @@ class FrameDrain:
             jitter.release(now)
         ready = jitter.ready
         if ready:
-            # ``Reframer.drain`` inlined: this runs for every packet of every call.
-            rf = self.reframer
-            size = rf.size
-            while ready:
-                data = ready.popleft()
-                if convert is not None:
-                    data = convert(data)
-                if not rf._partial and len(data) == size:
-                    poll()
-                    deliver(data)
-                    continue
-                rf.push(data, deliver, poll)
+            self.reframer.drain(ready, convert, deliver, poll)
         if not jitter.holding:
             return                             # no gap open: no timer (steady state)
         deadline = jitter.get_timer()

@@ -202,7 +202,7 @@ class RtpSession:
         if latched is None and not self._latch(addr):
             return None
         if ssrc != self._remote_ssrc:
-            self._new_ssrc(ssrc)
+            self._new_ssrc(ssrc, now)
         self.received += 1
         if kind == 0:
             self.jitter.push(seq, ts, payload, now)
@@ -226,10 +226,10 @@ class RtpSession:
         logger.info("RTP latched to %s:%s", addr[0], addr[1])
         return True
 
-    def _new_ssrc(self, ssrc: int) -> None:
+    def _new_ssrc(self, ssrc: int, now: float) -> None:
         if self._remote_ssrc is not None:
             _throttled.log(logging.INFO, "ssrc", "RTP SSRC changed %08x -> %08x; resynchronising",
-                           self._remote_ssrc, ssrc)
+                           self._remote_ssrc, ssrc, now=now)
             self.jitter.resyncs += 1
             self.jitter.reset()
             self.dtmf.reset()
