@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -24,56 +23,28 @@ from bridge.codecs import g711
 from bridge.dialplans.plan import DialplanSet
 from bridge.realtime import events as ev
 from tests.support.audio import speech
+from tests.support.call_endings import (
+    Ending,
+    agent_hangs_up,
+    caller_hangs_up,
+    key_transfers,
+    limit_on_the_clock,
+    shutdown,
+    tool_transfers,
+    upstream_lost,
+)
 from tests.support.call_rig import OPERATOR, SALES, Rig, make_plan, settle
 from tests.support.waiting import until
-
-Ending = Callable[[Rig], Awaitable[None]]
-
-
-async def caller_hangs_up(rig: Rig) -> None:
-    rig.leg.far_end_hangup("bye")
-
-
-async def agent_hangs_up(rig: Rig) -> None:
-    await rig.reply("r1", "i1", 100, "Goodbye.", done=True)
-    await rig.emit(ev.FunctionCall("r1", "f1", "c1", "hang_up", '{"reason": "done"}'))
-    await rig.done("r1")
-
-
-async def tool_transfers(rig: Rig) -> None:
-    await rig.reply("r1", "i1", 100, "Transferring you.", done=True)
-    await rig.emit(ev.FunctionCall("r1", "f1", "c1", "transfer_call", '{"target": "sales"}'))
-    await rig.done("r1")
-
-
-async def key_transfers(rig: Rig) -> None:
-    rig.leg.press("0")
-
-
-async def upstream_lost(rig: Rig) -> None:
-    await rig.reply("r1", "i1", 1000)
-    await rig.tick(3)
-    await rig.emit(ev.UpstreamLost("connection refused", False))
-
-
-async def limit_fires(rig: Rig) -> None:
-    await rig.tick(5)                 # the limits are media-clock timers (0.05 s here)
-
-
-async def cancelled(rig: Rig) -> None:
-    assert rig.task is not None
-    rig.task.cancel()
-
 
 CASES: dict[str, tuple[Ending, dict[str, float | str], str]] = {
     "caller_hangup": (caller_hangs_up, {}, "caller_hangup"),
     "agent_hangup": (agent_hangs_up, {}, "agent_hangup"),
     "tool_transfer": (tool_transfers, {}, "transferred"),
     "dtmf_transfer": (key_transfers, {}, "transferred"),
-    "max_duration": (limit_fires, {"max_call_s": 0.05}, "max_duration"),
-    "caller_silence": (limit_fires, {"silence_s": 0.05}, "caller_silence"),
+    "max_duration": (limit_on_the_clock, {"max_call_s": 0.05}, "max_duration"),
+    "caller_silence": (limit_on_the_clock, {"silence_s": 0.05}, "caller_silence"),
     "upstream_lost": (upstream_lost, {"fallback": "hangup"}, "upstream_lost"),
-    "shutdown": (cancelled, {}, "shutdown"),
+    "shutdown": (shutdown, {}, "shutdown"),
 }
 
 

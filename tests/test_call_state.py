@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,21 @@ from bridge.call.state import (
 )
 from bridge.realtime import events as ev
 from tests.support.audio import tone
+from tests.support.call_endings import (
+    Ending,
+    agent_hangs_up,
+    caller_hangs_up,
+    key_hangs_up,
+    limit_on_the_clock,
+    operator,
+    own_bug,
+    shutdown,
+    tool_transfers,
+    upstream_lost,
+)
 from tests.support.call_rig import OPERATOR, Rig, ScriptedSession, make_plan
 
 S, E = CallState, EndReason
-Ending = Callable[[Rig], Awaitable[None]]
 log = logging.getLogger("test.state")
 
 
@@ -88,56 +98,6 @@ def test_every_live_state_can_end_and_ended_is_final() -> None:
 
 
 # ----------------------------------------------------------------------------- endings
-async def caller_hangs_up(rig: Rig) -> None:
-    rig.leg.far_end_hangup("bye")
-
-
-async def agent_hangs_up(rig: Rig) -> None:
-    await rig.reply("r1", "i1", 100, "Goodbye.", done=True)
-    await rig.emit(ev.FunctionCall("r1", "f1", "c1", "hang_up", '{"reason": "done"}'))
-    await rig.done("r1")
-    await rig.tick(10)
-
-
-async def tool_transfers(rig: Rig) -> None:
-    await rig.emit(ev.FunctionCall("r1", "f1", "c1", "transfer_call", '{"target": "sales"}'))
-    await rig.done("r1")
-    await rig.tick(5)
-
-
-async def key_hangs_up(rig: Rig) -> None:
-    rig.leg.press("9")
-    await rig.tick(2)
-
-
-async def limit_on_the_clock(rig: Rig) -> None:
-    await rig.tick(60)                    # 1.2 s of virtual time; the limits are 1 s
-
-
-async def upstream_lost(rig: Rig) -> None:
-    await rig.emit(ev.UpstreamLost("connection refused", False))
-    await rig.tick(40)                    # the fallback tones play out, then the hang-up
-
-
-async def operator(rig: Rig) -> None:
-    rig.call.end("operator")
-    await rig.tick()
-
-
-async def shutdown(rig: Rig) -> None:
-    assert rig.task is not None
-    rig.task.cancel()
-    await asyncio.wait([rig.task])
-
-
-async def own_bug(rig: Rig) -> None:
-    async def broken(text: str) -> None:
-        raise RuntimeError("a bug in a part of the call")
-    rig.session.add_user_text = broken    # type: ignore[method-assign]
-    rig.leg.press("5")                    # a key for the model: its task fails
-    await rig.tick(2)
-
-
 # reason -> (the state it ends from, how, plan options)
 CASES: dict[EndReason, tuple[CallState, Ending, dict[str, float | str]]] = {
     E.CALLER_HANGUP: (S.CONVERSING, caller_hangs_up, {}),
