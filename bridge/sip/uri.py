@@ -41,42 +41,24 @@ def split_list(value: str) -> list[str]:
     Elements are stripped; empty elements are kept (the caller decides whether they are
     an error: RFC 4475 badinv01 has ``;;,;,,`` in a Via).
     """
+    return [part.strip() for part in _split_outside(value, ",", angles=True)]
+
+
+def _split_semicolons(text: str) -> list[str]:
+    """Split on ``;`` outside quoted strings."""
+    return _split_outside(text, ";", angles=False)
+
+
+def _split_outside(text: str, sep: str, *, angles: bool) -> list[str]:
+    """Split ``text`` on ``sep`` outside quoted strings (``\\`` escapes inside them) and,
+    with ``angles``, outside ``<...>``. A quoted string left open is a parse error."""
     parts: list[str] = []
     start = 0
     in_quotes = False
     in_angle = False
     i = 0
-    n = len(value)
+    n = len(text)
     while i < n:
-        ch = value[i]
-        if in_quotes:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quotes = False
-        elif ch == '"':
-            in_quotes = True
-        elif ch == "<":
-            in_angle = True
-        elif ch == ">":
-            in_angle = False
-        elif ch == "," and not in_angle:
-            parts.append(value[start:i].strip())
-            start = i + 1
-        i += 1
-    if in_quotes:
-        raise SipParseError("unterminated quoted string")
-    parts.append(value[start:].strip())
-    return parts
-
-
-def _split_semicolons(text: str) -> list[str]:
-    """Split on ``;`` outside quoted strings."""
-    parts: list[str] = []
-    start = 0
-    in_quotes = False
-    i = 0
-    while i < len(text):
         ch = text[i]
         if in_quotes:
             if ch == "\\":
@@ -85,7 +67,11 @@ def _split_semicolons(text: str) -> list[str]:
                 in_quotes = False
         elif ch == '"':
             in_quotes = True
-        elif ch == ";":
+        elif angles and ch == "<":
+            in_angle = True
+        elif angles and ch == ">":
+            in_angle = False
+        elif ch == sep and not in_angle:
             parts.append(text[start:i])
             start = i + 1
         i += 1
