@@ -33,6 +33,11 @@ voicebridge_upstream_connects_total      counter    kind         (RealtimeTarget
 voicebridge_upstream_reconnects_total    counter    kind
 voicebridge_upstream_errors_total        counter    kind, error  ("auth", "unavailable",
                                                                   "server_error", "lost")
+voicebridge_upstream_hung_total          counter    kind, how    (keepalive, watchdog)
+voicebridge_upstream_outage_seconds      histogram  (an upstream outage mid-call, start to
+                                                     reconnect or fallback)
+voicebridge_outage_silence_seconds       histogram  (longest silence a caller heard during
+                                                     an upstream outage)
 voicebridge_webrtc_legs_active           gauge
 voicebridge_http_sse_clients             gauge
 """
@@ -104,6 +109,16 @@ UPSTREAM_RECONNECTS = Counter("upstream_reconnects", "Realtime sessions re-opene
                               ["kind"], namespace=_NS, registry=REGISTRY)
 UPSTREAM_ERRORS = Counter("upstream_errors", "Realtime upstream errors by kind.",
                           ["kind", "error"], namespace=_NS, registry=REGISTRY)
+UPSTREAM_HUNG = Counter("upstream_hung", "Realtime sessions dropped as hung.",
+                        ["kind", "how"], namespace=_NS, registry=REGISTRY)
+_OUTAGE_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
+UPSTREAM_OUTAGE = Histogram("upstream_outage_seconds",
+                            "Upstream outages mid-call, from the loss to a new session or "
+                            "the fallback.", namespace=_NS, registry=REGISTRY,
+                            buckets=_OUTAGE_BUCKETS)
+OUTAGE_SILENCE = Histogram("outage_silence_seconds",
+                           "Longest silence a caller heard during an upstream outage.",
+                           namespace=_NS, registry=REGISTRY, buckets=_OUTAGE_BUCKETS)
 
 SIP_TCP_REFUSED = Counter("sip_tcp_refused", "SIP/TCP connections closed at once: the "
                           "connection cap was reached.", namespace=_NS, registry=REGISTRY)

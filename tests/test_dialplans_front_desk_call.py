@@ -26,6 +26,7 @@ from bridge.call.records import SqliteRecordStore
 from bridge.dialplans.loader import PACKAGED_DIR, load_dialplans
 from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
+from bridge.realtime.recovery import RecoveryPolicy
 from tests.support.audio import speech
 from tests.support.call_harness import emu_wait, session
 from tests.support.order_api import SECRET, OrderApi, running_order_api
@@ -77,7 +78,8 @@ async def test_front_desk_call_hours_order_status_and_zero_for_the_operator(
 
     async with Emulator(EmulatorConfig(script=script, greeting_ms=400)) as emu:
         target = RealtimeSettings.from_env({}).target(emulator_url=emu.url)
-        manager = CallManager(plans, client_factory(target, max_reconnects=0), store, clock)
+        manager = CallManager(plans, client_factory(
+            target, recovery=RecoveryPolicy(budget_s=0, connect_attempts=1)), store, clock)
         task = asyncio.create_task(manager.handle(leg))
         await until(lambda: manager.live == 1, 15.0, clock=clock)
         (call,) = manager.calls.values()

@@ -68,6 +68,9 @@ def test_a_library_missing_one_name_is_refused_naming_only_that_one() -> None:
         def data_to_send(self) -> list[bytes]:
             return []
 
+        def send_ping(self, data: bytes) -> None:
+            pass
+
     fake = types.SimpleNamespace(
         asyncio=websockets.asyncio,
         protocol=types.SimpleNamespace(Protocol=OldProtocol, State=websockets.protocol.State),
@@ -89,6 +92,8 @@ def test_an_instance_attribute_no_longer_assigned_is_caught() -> None:
             self.pending: list[bytes] = []     # was ``writes``
 
         def send_text(self, data: bytes) -> None: ...
+
+        def send_ping(self, data: bytes) -> None: ...
 
         def data_to_send(self) -> list[bytes]:
             return self.pending

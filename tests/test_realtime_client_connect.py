@@ -21,6 +21,7 @@ from bridge.realtime import events as ev
 from bridge.realtime.client import RealtimeClient, RealtimeRejected
 from bridge.realtime.config import RealtimeSettings, RealtimeTarget
 from bridge.realtime.profile import SessionProfile
+from bridge.realtime.recovery import RecoveryPolicy
 from tests.support.client_events import Events
 from tests.support.realtime_oracle import validate_client_event
 from tests.support.realtime_server import FakeRealtime
@@ -40,7 +41,9 @@ def azure(base: str, *, key: str | None = AZ_KEY, version: str | None = None) ->
 
 
 def client_for(target: RealtimeTarget, **kw: Any) -> RealtimeClient:
-    kw.setdefault("reconnect_backoff_s", 0.01)
+    policy = {k: kw.pop(k) for k in ("budget_s", "connect_attempts", "max_drops",
+                                     "flap_window_s") if k in kw}
+    kw.setdefault("recovery", RecoveryPolicy(backoff_s=0.01, **policy))
     kw.setdefault("open_timeout_s", 5.0)
     return RealtimeClient(target, kw.pop("profile", SessionProfile()), **kw)
 
@@ -168,7 +171,7 @@ async def test_no_key_or_token_in_any_log_record_or_error(
 ])
 async def test_unusable_url_is_refused_without_showing_its_key(url: str) -> None:
     client = client_for(RealtimeTarget("azure-preview", url, "preview", AZ_KEY),
-                        max_reconnects=3)
+                        connect_attempts=4)
     with pytest.raises(RealtimeRejected, match="not a usable WebSocket URL") as info:
         await client.connect()
     assert AZ_KEY not in str(info.value)
@@ -254,7 +257,7 @@ async def test_entra_through_azure_identity_with_a_fake_credential(
                                                 (404, RealtimeRejected)])
 async def test_http_refusal_is_not_retried(status: int, error: type[Exception]) -> None:
     async with FakeRealtime(reject_status=status) as server:
-        client = client_for(azure(server.base), max_reconnects=3)
+        client = client_for(azure(server.base), connect_attempts=4)
         with pytest.raises(error, match=f"HTTP {status}"):
             await client.connect()
         assert len(server.sessions) == 1
@@ -264,7 +267,7 @@ async def test_http_refusal_is_not_retried(status: int, error: type[Exception]) 
                                               (4000, RealtimeRejected)])
 async def test_close_after_upgrade_is_not_retried(code: int, error: type[Exception]) -> None:
     async with FakeRealtime(close_on_connect=code) as server:
-        client = client_for(azure(server.base), max_reconnects=3)
+        client = client_for(azure(server.base), connect_attempts=4)
         with pytest.raises(error, match=str(code)):
             await client.connect()
         assert len(server.sessions) == 1
@@ -272,7 +275,7 @@ async def test_close_after_upgrade_is_not_retried(code: int, error: type[Excepti
 
 async def test_busy_upstream_is_retried_then_unavailable() -> None:
     async with FakeRealtime(reject_status=429) as server:
-        client = client_for(azure(server.base), max_reconnects=2)
+        client = client_for(azure(server.base), connect_attempts=3)
         with pytest.raises(RealtimeUnavailable, match="HTTP 429"):
             await client.connect()
         assert len(server.sessions) == 3
@@ -280,7 +283,7 @@ async def test_busy_upstream_is_retried_then_unavailable() -> None:
 
 async def test_auth_failure_on_reconnect_gives_up_at_once() -> None:
     async with FakeRealtime() as server:
-        client = client_for(azure(server.base), max_reconnects=5)
+        client = client_for(azure(server.base))
         await client.connect()
         events = Events(client)
         server.reject_status = 401
@@ -306,18 +309,37 @@ async def test_close_3000_mid_call_is_lost_without_reconnect() -> None:
         await client.close()
 
 
-async def test_gives_up_after_max_reconnects() -> None:
+async def test_gives_up_when_the_reconnect_budget_runs_out() -> None:
+    # Reconnecting is bounded by time, not by a count: attempts go on (jittered back-off)
+    # until the budget has passed since the loss, then the leg is lost at once.
     async with FakeRealtime() as server:
-        client = client_for(azure(server.base), max_reconnects=2)
+        client = client_for(azure(server.base), budget_s=1.0)
+        client.recovery = RecoveryPolicy(budget_s=1.0, backoff_s=0.05, backoff_max_s=0.2)
         await client.connect()
         events = Events(client)
         server.reject_status = 503
+        lost_at = time.monotonic()
         await server.drop(1006)
         lost = await events.read_until(ev.UpstreamLost)
+        took = time.monotonic() - lost_at
         assert not lost.fatal_auth
-        assert "2 reconnect attempts" in lost.reason
-        assert [e.attempt for e in events.seen if isinstance(e, ev.Reconnecting)] == [1, 2]
-        assert len(server.sessions) == 3
+        assert "1 s reconnect budget" in lost.reason and "HTTP 503" in lost.reason
+        attempts = [e.attempt for e in events.seen if isinstance(e, ev.Reconnecting)]
+        assert len(attempts) >= 4 and attempts == list(range(1, len(attempts) + 1))
+        assert len(server.sessions) == 1 + len(attempts)
+        assert 0.9 <= took < 1.8
+        await client.close()
+
+
+async def test_a_budget_of_zero_gives_up_at_once() -> None:
+    async with FakeRealtime() as server:
+        client = client_for(azure(server.base), budget_s=0.0)
+        await client.connect()
+        events = Events(client)
+        await server.drop(1006)
+        lost = await events.read_until(ev.UpstreamLost)
+        assert "0 s reconnect budget" in lost.reason
+        assert len(server.sessions) == 1        # no attempt at all
         await client.close()
 
 
@@ -760,7 +782,7 @@ async def test_an_upstream_that_keeps_dropping_is_given_up() -> None:
     # Every reconnect succeeds, every new session drops again: without a bound on drops
     # the per-drop retry count starts afresh each time and the caller waits for ever.
     async with FakeRealtime() as server:
-        client = client_for(azure(server.base), max_reconnects=2, flap_window_s=60.0)
+        client = client_for(azure(server.base), max_drops=2, flap_window_s=60.0)
         await client.connect()
         events = Events(client)
         for _ in range(2):
@@ -778,7 +800,7 @@ async def test_an_upstream_that_keeps_dropping_is_given_up() -> None:
 async def test_drops_far_apart_are_each_reconnected() -> None:
     async with FakeRealtime() as server:
         # A window of 0 s: no two drops count together however close they come.
-        client = client_for(azure(server.base), max_reconnects=1, flap_window_s=0.0)
+        client = client_for(azure(server.base), max_drops=1, flap_window_s=0.0)
         await client.connect()
         events = Events(client)
         for _ in range(3):

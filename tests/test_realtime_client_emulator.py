@@ -21,6 +21,7 @@ from bridge.realtime.client import RealtimeClient, RealtimeRejected
 from bridge.realtime.config import RealtimeSettings, RealtimeTarget
 from bridge.realtime.emulator import Emulator, EmulatorConfig, EmulatorRecord
 from bridge.realtime.profile import SessionProfile, TurnDetection
+from bridge.realtime.recovery import RecoveryPolicy
 from tests.support.audio import tone
 from tests.support.client_events import Events
 from tests.support.realtime_oracle import validate_client_event
@@ -50,7 +51,8 @@ def target(emu: Emulator, **env: str) -> RealtimeTarget:
 
 
 def make(emu: Emulator, **kw: Any) -> RealtimeClient:
-    kw.setdefault("reconnect_backoff_s", 0.01)
+    kw.setdefault("recovery", RecoveryPolicy(backoff_s=0.01,
+                                             connect_attempts=kw.pop("connect_attempts", 3)))
     return RealtimeClient(kw.pop("target", None) or target(emu), kw.pop("profile", PROFILE),
                           **kw)
 
@@ -117,7 +119,8 @@ async def test_without_a_hook_messages_are_read_as_usual() -> None:
     async with emulator() as emu:
         client = make(emu)
         await client.connect()
-        assert client._conn is not None and getattr(client._conn.ws, "hook", 1) is None
+        # The socket's hook only feeds the keepalive (no preemption hook was given).
+        assert client._conn is not None and callable(getattr(client._conn.ws, "hook", None))
         events = Events(client)
         done = await round_trip(client, events)
         assert done.status == "completed"
@@ -168,7 +171,7 @@ async def test_wrong_key_is_refused_once(caplog: pytest.LogCaptureFixture) -> No
     caplog.set_level(logging.INFO, logger="bridge.realtime")
     async with emulator() as emu:
         client = make(emu, target=target(emu, AZURE_OPENAI_API_KEY="wrong-key"),
-                      max_reconnects=3)
+                      connect_attempts=4)
         with pytest.raises(RealtimeAuthError, match="401"):
             await client.connect()
         refused = [r for r in caplog.records if "bad credentials" in r.getMessage()]
@@ -314,7 +317,7 @@ async def test_a_refused_session_update_is_not_retried() -> None:
     # minimum): the same update would be refused again, so connect() gives up at once.
     profile = SessionProfile(turn_detection=TurnDetection(idle_timeout_ms=1000))
     async with emulator() as emu:
-        client = make(emu, profile=profile, max_reconnects=3, open_timeout_s=3.0)
+        client = make(emu, profile=profile, connect_attempts=4, open_timeout_s=3.0)
         with pytest.raises(RealtimeRejected, match="integer_below_min_value"):
             await client.connect()
         assert len(emu.record) == 1

@@ -56,6 +56,7 @@ from bridge.codecs import g711
 from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.plan import DialplanSet
 from bridge.realtime.config import RealtimeSettings
+from bridge.realtime.recovery import RecoveryPolicy
 
 _PLAN = """
 description = "bench: echo agent, no greeting"
@@ -195,7 +196,8 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     target = RealtimeSettings.from_env({}).target(emulator_url=url)
     clock = MediaClock()
     store = MemoryRecordStore()
-    manager = CallManager(plans, client_factory(target, max_reconnects=0), store, clock,
+    manager = CallManager(plans, client_factory(
+            target, recovery=RecoveryPolicy(budget_s=0, connect_attempts=1)), store, clock,
                           max_calls=n, call_options={"append_ms": args.append_ms})
     frame = 2 * rate // 50
     burst_pcm = _burst(rate, 900)

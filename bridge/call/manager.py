@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 Listener = Callable[[CallEvent], None]
 
 
-#: Reconnect policy of a call's client. A dropped upstream is retried 3 times with back-off
-#: 0.2, 0.4, 0.8 s (±20 %): when it cannot come back (refused), the fallback announcement
-#: starts within ~1.7 s, inside the 2 s no-dead-air budget; comfort beeps cover the wait.
-DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {"max_reconnects": 3, "reconnect_backoff_s": 0.2}
+#: Options of every call's client. The recovery policy is ``RecoveryPolicy()``: a hung or
+#: dropped upstream is noticed within about 2 s and reconnected for up to 10 s (a
+#: dialplan's ``[fallback] reconnect_budget_s`` overrides it) while the caller hears the
+#: hold signal; then the fallback announcement starts at once.
+DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {}
 
 
 def client_factory(target: RealtimeTarget, **client_options: Any) -> RealtimeFactory:

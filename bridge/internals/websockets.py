@@ -14,9 +14,9 @@ tick there). None of that is ``websockets``' public API:
 
 * ``ClientConnection``: subclassed to override ``data_received``; its ``protocol`` and
   ``transport`` attributes (``transport`` of any ``Connection``, to drop one at once);
-* ``Protocol``: ``state``, ``send_text``, ``data_to_send``, and the attributes ``writes``
-  (bytes pending), ``extensions`` and ``expect_continuation_frame`` (the fast path is only
-  correct without either);
+* ``Protocol``: ``state``, ``send_text``, ``send_ping`` (the keepalive), ``data_to_send``,
+  and the attributes ``writes`` (bytes pending), ``extensions`` and
+  ``expect_continuation_frame`` (the fast path is only correct without either);
 * ``State.OPEN``; ``utils.apply_mask`` (and the C ``speedups.apply_mask`` when built).
 
 Nothing else in the project touches them: the names below are the only way in.
@@ -59,8 +59,8 @@ except ImportError:   # pragma: no cover - websockets built without its C extens
 REQUIRED: dict[str, tuple[str, ...]] = {
     "asyncio.client.ClientConnection": ("data_received", "protocol", "transport"),
     "asyncio.connection.Connection": ("transport",),
-    "protocol.Protocol": ("state", "send_text", "data_to_send", "writes", "extensions",
-                          "expect_continuation_frame"),
+    "protocol.Protocol": ("state", "send_text", "send_ping", "data_to_send", "writes",
+                          "extensions", "expect_continuation_frame"),
     "protocol.State": ("OPEN",),
     "utils": ("apply_mask",),
 }
@@ -173,6 +173,18 @@ class FrameWriter:
         if proto.state is not State.OPEN:
             return False
         proto.send_text(payload)
+        for chunk in proto.data_to_send():
+            self._transport.write(chunk)
+        return True
+
+    def ping(self) -> bool:
+        """A WebSocket ping (empty payload), written now; False unless the socket is open.
+        The pong is consumed by websockets; its bytes reaching ``HookedConnection`` are
+        what proves the socket alive."""
+        proto = self._proto
+        if proto.state is not State.OPEN:
+            return False
+        proto.send_ping(b"")
         for chunk in proto.data_to_send():
             self._transport.write(chunk)
         return True

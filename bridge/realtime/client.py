@@ -12,11 +12,18 @@ module is the asyncio adapter around them and owns exactly one task: the reader.
 * reads server events, maps them, has ``Responses`` book them (the one active response,
   queued ``response.create``, function-call items, assistant audio per item, the caller's
   turns), does what it decides and hands the events to the call through ``events()``;
-* on a close worth retrying (1001, 1005, 1006, 1011, 1012, 1013) reconnects with back-off
-  to a new session; on auth (HTTP 401/403, close 3000) or bad-request failures (HTTP
-  400/404, close 4000) gives up at once with ``UpstreamLost``, and so it does when sessions
-  keep dropping (more than ``max_reconnects`` drops within ``flap_window_s``: each
-  reconnect succeeding on its own would otherwise keep the caller in silence for ever);
+* watches each session (``recovery.Upkeep``): pings when quiet, drops the socket as hung
+  after 2 s with nothing received or 5 s without an awaited server event -- a hung
+  upstream is noticed in about 2 s, not the library's 20 + 20 s;
+* on a close worth retrying (1001, 1005, 1006, 1011, 1012, 1013, and a hung session)
+  reconnects with jittered back-off until the ``RecoveryPolicy`` time budget (10 s) runs
+  out; on auth (HTTP 401/403, close 3000) or bad-request failures (HTTP 400/404, close
+  4000) gives up at once with ``UpstreamLost``, and so it does when sessions keep dropping
+  (more than ``max_drops`` within ``flap_window_s``: each reconnect succeeding on its own
+  would otherwise keep the caller in silence for ever);
+* keeps the caller's audio across an outage (``replay.ReplayBuffer``, the last 15 s at
+  most) and appends it to the new session once it is re-seeded, so a turn spoken while
+  the upstream was away is heard and answered;
 * rotates the session before ``expires_at`` at a quiet moment (``Responses.quiet``: no
   response active, playout idle, caller not speaking, no caller turn waiting for server
   VAD's answer, no tool call outstanding) in a short-lived task that opens the new session
@@ -35,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from binascii import b2a_base64
 from collections import deque
@@ -48,7 +54,7 @@ from websockets.exceptions import ConnectionClosed
 from bridge import metrics
 from bridge.aio import cancel_all
 from bridge.errors import RealtimeAuthError, RealtimeError, RealtimeUnavailable
-from bridge.internals.websockets import BACKLOGGED, SENT
+from bridge.internals.websockets import BACKLOGGED, SENT, abort_now
 from bridge.realtime import dialects
 from bridge.realtime import events as ev
 from bridge.realtime.auth import EntraTokenProvider
@@ -66,6 +72,7 @@ from bridge.realtime.connection import (
 from bridge.realtime.dialects import APPEND_PREFIX, APPEND_SUFFIX
 from bridge.realtime.history import History
 from bridge.realtime.profile import SessionProfile
+from bridge.realtime.recovery import RecoveryPolicy, Upkeep
 from bridge.realtime.responses import Responses, Verdict
 
 #: Audio waiting in the transport beyond this is a stalled upstream: drop frames, not latency.
@@ -80,22 +87,11 @@ class ClientStats:
     rotation_attempts: int = 0   # rotations started (a busy call may defer one)
     frames_appended: int = 0
     frames_dropped: int = 0
+    bytes_replayed: int = 0      # caller audio kept across outages and appended after
+    hung: int = 0                # sessions dropped as hung (keepalive or watchdog)
     bytes_appended: int = 0
     events_received: int = 0
     last_connect_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try: attempts per connect, back-off, and the bound on flapping."""
-
-    max_reconnects: int = 3
-    reconnect_backoff_s: float = 0.5
-    flap_window_s: float = 60.0
-
-    def backoff(self, attempt: int) -> float:
-        base: float = self.reconnect_backoff_s * 2.0 ** (attempt - 1)
-        return min(base, 8.0) * random.uniform(0.8, 1.2)
 
 
 class RealtimeClient:
@@ -103,10 +99,8 @@ class RealtimeClient:
 
     def __init__(self, target: RealtimeTarget, profile: SessionProfile, *,
                  token_provider: Callable[[], Awaitable[str]] | None = None,
-                 log: Logger | None = None,
-                 max_reconnects: int = 3, rotate_margin_s: float = 120.0,
-                 reconnect_backoff_s: float = 0.5, open_timeout_s: float = 15.0,
-                 flap_window_s: float = 60.0,
+                 log: Logger | None = None, recovery: RecoveryPolicy | None = None,
+                 rotate_margin_s: float = 120.0, open_timeout_s: float = 15.0,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.target = target
         self.profile = profile
@@ -115,7 +109,8 @@ class RealtimeClient:
         if token_provider is None and target.use_entra and not target.api_key:
             self._owned_provider = EntraTokenProvider()
             token_provider = self._owned_provider
-        self.retry = RetryPolicy(max_reconnects, reconnect_backoff_s, flap_window_s)
+        #: the policy; a call may replace it before ``connect`` (its dialplan's budget)
+        self.recovery = recovery if recovery is not None else RecoveryPolicy()
         self.rotate_margin_s = rotate_margin_s
         self._drops: deque[float] = deque()   # monotonic times of recent session drops
         self._wall = wall_clock
@@ -136,6 +131,8 @@ class RealtimeClient:
         self.on_message: Callable[[], object] | None = None
 
         self._conn: Session | None = None
+        #: keepalive, watchdog and the replay buffer (sized at connect, from the policy)
+        self.upkeep = Upkeep(self._log, server_answers=self.books.server_answers)
         self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._rotation: asyncio.Task[None] | None = None
@@ -175,6 +172,8 @@ class RealtimeClient:
         """
         if self._reader is not None:
             raise RealtimeError("connect() called twice")
+        policy = self.recovery
+        self.upkeep.configure(policy, self.profile.bytes_per_ms)
         attempt = 0
         while True:
             attempt += 1
@@ -182,13 +181,13 @@ class RealtimeClient:
                 conn = await self._open(reseed=False)
                 break
             except _Retryable as exc:
-                if attempt > self.retry.max_reconnects:
+                if attempt >= policy.connect_attempts:
                     self._count_error("unavailable")
                     raise RealtimeUnavailable(
                         f"{self.target.kind} unreachable after {attempt} attempts: {exc}"
                     ) from None
                 self._log.warning("Realtime connect attempt %d failed: %s", attempt, exc)
-                await asyncio.sleep(self.retry.backoff(attempt))
+                await asyncio.sleep(policy.backoff(attempt))
             except RealtimeAuthError:
                 self._count_error("auth")
                 raise
@@ -215,8 +214,9 @@ class RealtimeClient:
 
     def append_audio(self, data: bytes) -> None:
         """Send caller audio (in the session's input format). Synchronous and cheap: no
-        task, no await. Dropped (and counted) while no session is ready or the upstream
-        is not draining."""
+        task, no await. Not sent (and counted) while no session is ready or the upstream
+        is not draining; kept for a replay after a reconnect either way."""
+        self.upkeep.replay.push(data)
         conn = self._conn
         stats = self.stats
         if conn is None or not conn.ready:
@@ -294,6 +294,7 @@ class RealtimeClient:
         self._closing = True
         if self._rotate_timer is not None:
             self._rotate_timer.cancel()
+        self.upkeep.stop()
         tasks = [t for t in (self._rotation, self._reader) if t is not None and not t.done()]
         conn = self._conn
         if conn is not None:
@@ -328,15 +329,30 @@ class RealtimeClient:
         self._m_connects.inc()
         return conn
 
-    def _install(self, conn: Session) -> None:
+    def _install(self, conn: Session, *, replay: bool = False) -> None:
         self._conn = conn
+        self.upkeep.watch(conn, self.on_message,
+                          lambda how, detail: self._on_hung(conn, how, detail))
         if self._rotate_timer is not None:
             self._rotate_timer.cancel()
             self._rotate_timer = None
         if conn.expires_at is not None:
             delay = max(0.0, self._rotate_at(conn) - self._wall())
             self._rotate_timer = asyncio.get_running_loop().call_later(delay, self._maybe_rotate)
+        if replay:
+            self.stats.bytes_replayed += self.upkeep.replay_into(conn)
         self._pump_creates()
+
+    def _on_hung(self, conn: Session, how: str, detail: str) -> None:
+        """``conn`` is hung: drop its socket; the reader reconnects as for any drop."""
+        if conn is not self._conn or conn.retired or self._closing:
+            return
+        self.stats.hung += 1
+        metrics.UPSTREAM_HUNG.labels(kind=self.target.kind, how=how).inc()
+        self._log.warning("Realtime session %s is hung (%s): %s; dropping it",
+                          conn.session_id, how, detail)
+        conn.close_reason = f"hung: {detail}"
+        abort_now(conn.ws)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -383,47 +399,69 @@ class RealtimeClient:
             pass
 
     async def _reconnect(self, reason: str) -> bool:
+        """New sessions until one is ready or the policy's time budget has passed since
+        the loss (each attempt cut short at the budget's end)."""
         self._end_session_state(reason)
+        policy = self.recovery
         if self._flapping():
             self._lose(f"{len(self._drops)} sessions dropped within "
-                       f"{self.retry.flap_window_s:.0f} s: {reason}", False)
+                       f"{policy.flap_window_s:.0f} s: {reason}", False)
             return False
-        for attempt in range(1, self.retry.max_reconnects + 1):
+        deadline = time.monotonic() + policy.budget_s
+        attempt = 0
+        while deadline - time.monotonic() > 0:
+            attempt += 1
+            if attempt > 1:        # the first attempt at once, then jittered back-off
+                await asyncio.sleep(min(policy.backoff(attempt - 1),
+                                        max(0.0, deadline - time.monotonic())))
+                if self._closing:
+                    return False
+                if deadline - time.monotonic() <= 0:
+                    attempt -= 1
+                    break
             self._emit(ev.Reconnecting(attempt, reason))
-            await asyncio.sleep(self.retry.backoff(attempt))
-            if self._closing:
-                return False
-            try:
-                conn = await self._open(reseed=True)
-            except RealtimeAuthError as exc:
-                self._lose(str(exc), True)
-                return False
-            except _Retryable as exc:
-                reason = str(exc)
-                self._log.warning("Realtime reconnect attempt %d failed: %s", attempt, reason)
+            conn = await self._attempt(deadline, attempt)
+            if isinstance(conn, str):
+                reason = conn or reason
                 continue
-            except RealtimeUnavailable as exc:
-                self._lose(str(exc), False)
+            if conn is None:
                 return False
             self.stats.reconnects += 1
             self._m_reconnects.inc()
-            self._install(conn)
+            self._install(conn, replay=True)
             self._emit(ev.Reconnected(conn.session_id))
             return True
-        self._lose(f"gave up after {self.retry.max_reconnects} reconnect attempts: {reason}",
-                   False)
+        self._lose(f"no new session within the {policy.budget_s:g} s reconnect budget "
+                   f"({attempt} attempts): {reason}", False)
         return False
+
+    async def _attempt(self, deadline: float, attempt: int) -> Session | str | None:
+        """One reconnect attempt within ``deadline``: the session, the reason it failed
+        (worth another try; "" when cut short by the deadline), or None (given up: auth,
+        a refused request)."""
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time()
+                                          + max(0.0, deadline - time.monotonic())):
+                return await self._open(reseed=True)
+        except TimeoutError:        # the budget ran out during the attempt
+            return ""
+        except RealtimeAuthError as exc:
+            self._lose(str(exc), True)
+            return None
+        except _Retryable as exc:
+            self._log.warning("Realtime reconnect attempt %d failed: %s", attempt, exc)
+            return str(exc)
+        except RealtimeUnavailable as exc:
+            self._lose(str(exc), False)
+            return None
 
     def _flapping(self) -> bool:
         """Count a session drop; True when too many came within the flap window."""
-        now = time.monotonic()
-        self._drops.append(now)
-        while now - self._drops[0] > self.retry.flap_window_s:
-            self._drops.popleft()
-        return len(self._drops) > self.retry.max_reconnects
+        return self.recovery.too_many_drops(self._drops, time.monotonic())
 
     def _end_session_state(self, reason: str) -> None:
         """A session is gone: close its books so the call never waits on it."""
+        self.upkeep.stop()
         if self._conn is not None:
             self._conn.ready = False
         done = self.books.session_lost(reason)
@@ -433,6 +471,7 @@ class RealtimeClient:
     def _lose(self, reason: str, fatal_auth: bool) -> None:
         self._count_error("auth" if fatal_auth else "lost")
         self._log.error("Realtime upstream lost: %s", reason)
+        self.upkeep.stop()
         if self._conn is not None:
             self._conn.ready = False
         self._emit(ev.UpstreamLost(reason, fatal_auth))
@@ -456,6 +495,7 @@ class RealtimeClient:
         if isinstance(event, ev.ServerError):
             self._on_server_error(conn, event)
         verdict: Verdict = self.books.on_event(event, conn.items)
+        self.upkeep.track(event, self.books.response_active)
         if verdict.mute is not None:
             self._mute(verdict.mute)
         if verdict.send_cancel:
@@ -491,6 +531,7 @@ class RealtimeClient:
         event = dialects.response_create(instructions)
         if self._send(event):
             self.books.create_sent(event["event_id"], instructions)
+            self.upkeep.expect("response.create")
         else:
             self.books.create_unsent(instructions)
 
@@ -556,4 +597,4 @@ class RealtimeClient:
 
 
 __all__ = ["AUDIO_HIGH_WATER", "ClientStats", "RealtimeClient", "RealtimeRejected",
-           "RetryPolicy"]
+           "RecoveryPolicy"]

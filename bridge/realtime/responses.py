@@ -83,6 +83,8 @@ class Responses:
         self.history = history
         self._bytes_per_ms = bytes_per_ms
         self._server_answers = server_answers
+        #: the server answers a caller turn by itself (server VAD with create_response)
+        self.server_answers = server_answers
         self._interrupt_response = interrupt_response
         self.active: str | None = None          # response id, "" while our create is unacked
         self.playout_active = False

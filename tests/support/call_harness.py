@@ -25,6 +25,7 @@ from bridge.dialplans.tools import Tool
 from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator
 from bridge.realtime.emulator.record import EmulatorRecord
+from bridge.realtime.recovery import RecoveryPolicy
 from tests.support.audio import speech
 from tests.support.waiting import until
 
@@ -90,6 +91,10 @@ def make_plans(tmp: Path, *, tools: tuple[str, ...] = ("transfer_call", "hang_up
     return load_dialplans(folder, tools=extra_tools)
 
 
+#: no reconnect and one connect attempt: a test decides when the upstream comes back
+NO_RECOVERY = RecoveryPolicy(budget_s=0, connect_attempts=1)
+
+
 class Harness:
     """One call on a MemoryLeg against an emulator, with helpers to wait on things."""
 
@@ -101,7 +106,7 @@ class Harness:
                                      caller="+15550123", called="100"), clock=self.clock,
                              idle_silence=idle_silence)
         target = RealtimeSettings.from_env({}).target(emulator_url=emu_url)
-        opts = {"max_reconnects": 0, **(client_options or {})}
+        opts = {"recovery": NO_RECOVERY, **(client_options or {})}
         self.call = Call(self.leg, plan, client_factory(target, **opts), self.clock, store,
                          **call_options)
         self.task: asyncio.Task[CallRecord] | None = None

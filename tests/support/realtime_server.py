@@ -48,6 +48,7 @@ class FakeRealtime:
         self.close_on_connect = close_on_connect
         self.expires_in_s = expires_in_s
         self.responder = responder
+        self._hung: list[ServerConnection] = []
         self.sessions: list[Captured] = []
         self.live: list[ServerConnection] = []
         self._server: Server | None = None
@@ -70,6 +71,8 @@ class FakeRealtime:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
+        for conn in self._hung:           # a paused socket never sees the client go
+            abort_now(conn)
         self._server.close()
         await self._server.wait_closed()
 
@@ -130,6 +133,12 @@ class FakeRealtime:
                 abort_now(conn)
             else:
                 await conn.close(code)
+
+    def hang(self) -> None:
+        """Freeze every live socket (nothing read: no events, no pongs; TCP stays open)."""
+        for conn in list(self.live):
+            conn.transport.pause_reading()
+            self._hung.append(conn)
 
     async def wait_for(self, predicate: Callable[[FakeRealtime], bool],
                        within: float = 10.0) -> None:

@@ -150,6 +150,9 @@ class Emulator:
     async def stop(self) -> None:
         if self._server is None:
             return
+        for conn in self._conns:
+            if not conn.ws.transport.is_reading():   # hung: it would never see its peer go
+                abort_now(conn.ws)
         self._server.close()
         await self._server.wait_closed()
         self._server = None
@@ -178,6 +181,13 @@ class Emulator:
         """Close every live session with ``code`` (1006: abort TCP, no close frame)."""
         await asyncio.gather(*(self._close(c, code, "dropped by the emulator")
                                for c in list(self._conns)))
+
+    def hang(self) -> None:
+        """Freeze every live session as a stopped process would: nothing more is read
+        (no events handled, no pong), the TCP connection stays open. New connections are
+        served as usual."""
+        for conn in list(self._conns):
+            conn.ws.transport.pause_reading()
 
     def _notify(self) -> None:
         if self._waiters:
