@@ -263,7 +263,24 @@ def _fallback(src: _Source, model: DialplanModel) -> Fallback:
             parse_tones(tones)
         except ValueError as exc:
             src.fail(str(exc), field_of_tones)
-    return Fallback(announcement=announcement, tones=tones, action=fb.action, target=fb.target)
+    return Fallback(announcement=announcement, tones=tones, action=fb.action, target=fb.target,
+                    reconnect_budget_s=fb.reconnect_budget_s, hold=_hold(src, fb.hold))
+
+
+def _hold(src: _Source, hold: str | None) -> str | None:
+    """The hold signal's spec, checked like an announcement (a file made absolute)."""
+    if hold is None:
+        return None
+    if is_tone_spec(hold):
+        try:
+            parse_tones(hold)
+        except ValueError as exc:
+            src.fail(str(exc), ("fallback", "hold"))
+        return hold
+    path = resolve_sound(hold, src.file.parent)
+    if path is None:
+        src.fail(f"no bundled sound or WAV file {hold!r}", ("fallback", "hold"))
+    return hold if is_bundled_name(hold) else str(path.resolve())
 
 
 def _tools(src: _Source, model: DialplanModel, *, env: Mapping[str, str],

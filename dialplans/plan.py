@@ -150,6 +150,11 @@ class Fallback:
     tones: str | None = None
     action: Literal["transfer", "hangup"] = "hangup"
     target: str | None = None
+    #: how long to try to get a lost upstream back (None: the process default, 10 s;
+    #: 0: the fallback at once)
+    reconnect_budget_s: float | None = None
+    #: played in a loop while reconnecting (a sound or tone spec; None: a soft chime)
+    hold: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

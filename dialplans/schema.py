@@ -212,6 +212,10 @@ class FallbackModel(_Model):
     tones: str | None = None
     action: Literal["transfer", "hangup"] = "hangup"
     target: str | None = None
+    #: seconds to try to get a lost upstream back before the fallback (unset: 10 s)
+    reconnect_budget_s: float | None = Field(default=None, ge=0, le=300)
+    #: what the caller hears while the upstream is being reconnected (a sound or tones)
+    hold: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> FallbackModel:

@@ -22,7 +22,6 @@ from bridge.call.clock import MediaClock
 from bridge.call.events import CallEnded, CallEvent, CallStarted, StateChanged
 from bridge.call.leg import LegInfo, Source, TransferOutcome
 from bridge.call.manager import (
-    DEFAULT_CLIENT_OPTIONS,
     CallManager,
     CallRejected,
     client_factory,
@@ -35,6 +34,7 @@ from bridge.dialplans.tools import tool_from_function
 from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.realtime.events import AudioDelta
+from bridge.realtime.recovery import RecoveryPolicy
 from tests.support.call_harness import OPERATOR, SALES, Harness, emu_wait, make_plans, session
 from tests.support.waiting import until
 
@@ -303,8 +303,9 @@ async def test_upstream_lost_mid_call_plays_the_fallback_and_transfers(tmp_path:
     store = SqliteRecordStore(tmp_path / "calls.sqlite")
     first = load_announcement("unavailable-transfer", 8000)[:320]
     async with Emulator(EmulatorConfig(greeting_ms=400)) as emu:
-        # The production reconnect policy (3 attempts): they all fail (refused).
-        h = Harness(emu.url, plans.default, store, client_options=DEFAULT_CLIENT_OPTIONS)
+        # A reconnect budget of 1 s: every attempt fails (refused), then the fallback.
+        h = Harness(emu.url, plans.default, store,
+                    client_options={"recovery": RecoveryPolicy(budget_s=1.0)})
         h.start()
         await h.until(lambda: h.agent_frames() >= 20 and not h.call.playout.playing)
         lost_at = h.clock.time()
@@ -315,7 +316,7 @@ async def test_upstream_lost_mid_call_plays_the_fallback_and_transfers(tmp_path:
 
     started = _announcement_start(h.leg, first)
     assert started is not None
-    assert started - lost_at <= 2.0                      # announcement within 2 s
+    assert started - lost_at <= 1.0 + 2.0                # within 2 s of the budget's end
     assert _max_gap(h.leg, lost_at, started) <= 2.0      # and no dead air before it
     assert h.leg.transfers == [OPERATOR]
     assert h.leg.transfer_times[0] >= max(f.handed_at for f in h.leg.frames if not f.silent)

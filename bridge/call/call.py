@@ -12,6 +12,7 @@ A ``Call`` wires the parts of one call and runs its lifecycle; the parts do the 
     control.py   CallControl        transfer, hang up, send DTMF (what tools may do)
     dtmf.py      DtmfActions        what a key press does
     fallback.py  Fallback           announce, then transfer or hang up
+    outage.py    Outage             hold signal while the upstream is reconnected; counted
     recorder.py  Recorder           the only place that saves the record
     timers.py    clock timers       limits and deadlines on the injected media clock
 
@@ -43,6 +44,7 @@ server cancels by itself otherwise) or the interruption is our own (DTMF action)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -63,6 +65,7 @@ from bridge.call.events import (
 from bridge.call.fallback import DEFAULT_FALLBACK_TONES, Fallback
 from bridge.call.inbound import InboundAudio
 from bridge.call.leg import MediaLeg
+from bridge.call.outage import Outage
 from bridge.call.playout import BYTES_PER_MS, Playout
 from bridge.call.recorder import Recorder
 from bridge.call.records import BargeIn, CallRecord, RecordStore
@@ -74,6 +77,7 @@ from bridge.dialplans.plan import Dialplan
 from bridge.errors import BridgeError, RealtimeError
 from bridge.realtime import events as ev
 from bridge.realtime.profile import SessionProfile
+from bridge.realtime.recovery import RecoveryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +192,7 @@ class Call:
         self.tools = ToolRunner(self)
         self.dtmf = DtmfActions(self)
         self.fallback = Fallback(self)
+        self.outage = Outage(self)
         self._silence = OneShot(self.clock, lambda: self.end(EndReason.CALLER_SILENCE))
         self._sync_handlers: dict[type, Callable[[Any], None]] = {
             ev.SessionReady: self._on_session_ready,
@@ -353,6 +358,7 @@ class Call:
         try:
             client = self._factory(self.profile, self.log)
             self._client = client
+            self._apply_budget(client)
             if hasattr(client, "on_message"):
                 client.on_message = self.clock.poll   # the connection's preemption point
             async with clock_timeout(self.clock, self.connect_timeout_s):
@@ -389,6 +395,13 @@ class Call:
         if not self.state.over:
             await self.fallback.run("upstream event stream ended")
 
+    def _apply_budget(self, client: RealtimeSession) -> None:
+        """The dialplan's reconnect budget, for a client that has a recovery policy."""
+        budget = self.dialplan.fallback.reconnect_budget_s
+        policy = getattr(client, "recovery", None)
+        if budget is not None and isinstance(policy, RecoveryPolicy):
+            client.recovery = dataclasses.replace(policy, budget_s=budget)  # type: ignore[attr-defined]
+
     async def _pump(self, client: RealtimeSession) -> None:
         """Hand every upstream event to its handler (dispatch table by type)."""
         sync, asyn = self._sync_handlers, self._async_handlers
@@ -423,11 +436,12 @@ class Call:
     def _on_reconnecting(self, e: ev.Reconnecting) -> None:
         self.log.warning("upstream reconnecting (attempt %d): %s", e.attempt, e.reason)
         self.playout.comfort = True
+        self.outage.begin()
         self._move(Trigger.RECONNECTING, CallState.GREETING, CallState.CONVERSING,
                    CallState.RECONNECTING, CallState.TRANSFERRING)
 
     def _on_reconnected(self, e: ev.Reconnected) -> None:
-        self.log.info("upstream reconnected")
+        self.outage.end("reconnected")
         self.record.session_ids.append(e.session_id)
         self.speech.new_session()
         self._move(Trigger.RECONNECTED, CallState.RECONNECTING, CallState.TRANSFERRING)

@@ -40,6 +40,7 @@ class Fallback:
         call.record.fallback = reason
         call.log.warning("running the fallback: %s", reason)
         fb = call.dialplan.fallback
+        call.outage.end("fallback")
         call.playout.barge_in()
         call.playout.comfort = False
         call.playout.push_leg_audio(self.announcement(fb.announcement, fb.tones))

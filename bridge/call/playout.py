@@ -28,7 +28,12 @@ hears the rest when taken off hold.
 
 Non-agent audio (fallback announcements, comfort tones) goes through ``push_leg_audio`` at
 the leg's rate with no item id: it is paced and flushed like the rest but never counted as
-heard agent audio.
+heard agent audio. The hold signal (``set_hold``, while the upstream is reconnected) is
+not buffered: a tick with nothing else to play sends its next frame, so it stops the
+moment agent audio arrives.
+
+``longest_silence_s()`` is the longest run of ticks that sent the caller nothing audible
+(nothing, or silence) since it was last read: the dead air a caller heard.
 """
 
 from __future__ import annotations
@@ -114,6 +119,10 @@ class Playout:
         self.comfort = False
         self._idle_ticks = 0
         self._comfort_pcm = b""
+        self._hold: list[bytes] | None = None
+        self._hold_at = 0
+        self._silent_run = 0                   # ticks in a row with nothing audible
+        self._longest_silent = 0
         self.frames_out = 0
         self.underruns = 0
         #: barge-in seen -> first tick that handed the leg no agent audio (seconds)
@@ -238,6 +247,14 @@ class Playout:
                 self._on_active(False)
         if self._waiters:
             self._check_drained()
+        hold = self._hold
+        if hold is not None:
+            leg.write_frame(hold[self._hold_at])
+            self._hold_at = (self._hold_at + 1) % len(hold)
+            self._silent_run = 0
+            return
+        self._silent_run += 1
+        self._longest_silent = max(self._longest_silent, self._silent_run)
         # Counted whether or not comfort is on: a wait that starts after a silence
         # already counts that silence toward the 1.5 s.
         self._idle_ticks += 1
@@ -252,9 +269,33 @@ class Playout:
             self._comfort_pcm = tone(440.0, COMFORT_TONE_MS, self.rate, -24.0)
         self.push_leg_audio(self._comfort_pcm)
 
+    def set_hold(self, pcm: bytes | None) -> None:
+        """Loop ``pcm`` (PCM16 at the leg's rate) whenever there is nothing else to play;
+        None stops it."""
+        if pcm is None:
+            self._hold = None
+            return
+        data = g711.encode(self._g711, pcm) if self.passthrough else pcm
+        step = self.frame_samples * self._width
+        frames = [data[at:at + step] for at in range(0, len(data) - step + 1, step)]
+        self._hold, self._hold_at = (frames or None), 0
+
+    @property
+    def holding(self) -> bool:
+        return self._hold is not None
+
+    def longest_silence_s(self, reset: bool = True) -> float:
+        """The longest run of ticks with nothing audible for the caller since the last
+        reset, in seconds."""
+        ticks = self._longest_silent
+        if reset:
+            self._longest_silent = self._silent_run
+        return ticks * self.frame_samples / self.rate
+
     def _account(self, samples: int, now: float) -> None:
         self._pending -= samples
         self._idle_ticks = 0
+        self._silent_run = 0
         if not self.active:
             self.active = True
             if self._on_active is not None:
