@@ -65,7 +65,7 @@ async def test_after_kill_9_the_next_start_closes_the_calls_that_were_live(
     db = first.records_path
     try:
         calls = asyncio.ensure_future(run_sipp(
-            scenario, first.sip_port, workdir=tmp_path, calls=3, rate=10, limit=3,
+            scenario, first.sip_port, workdir=tmp_path, calls=5, rate=10, limit=5,
             limit_s=10, sipp=sipp))
 
         def live_rows() -> int:
@@ -73,11 +73,11 @@ async def test_after_kill_9_the_next_start_closes_the_calls_that_were_live(
                 return int(conn.execute("SELECT COUNT(*) FROM calls WHERE ended_at IS NULL"
                                         ).fetchone()[0])
 
-        await until(lambda: db.exists() and live_rows() == 3, 20, what="3 live calls")
+        await until(lambda: db.exists() and live_rows() == 5, 20, what="5 live calls")
         assert first.proc is not None
         first.proc.kill()                       # SIGKILL: no shutdown, no last save
         first.proc.wait(10)
-        assert live_rows() == 3                 # nothing closed them
+        assert live_rows() == 5                 # nothing closed them
     finally:
         first.stop()
     await asyncio.wait_for(calls, 40)           # SIPp gives up on its own
@@ -87,7 +87,7 @@ async def test_after_kill_9_the_next_start_closes_the_calls_that_were_live(
             rows = conn.execute("SELECT end_reason, ended_at, started_at FROM calls"
                                 ).fetchall()
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert len(rows) == 3
+        assert len(rows) == 5
         assert all(reason == "crashed" and ended is not None and ended >= started
                    for reason, ended, started in rows), rows
         assert "previous run left open" in second.log_tail(200)
