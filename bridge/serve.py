@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import secrets
@@ -315,7 +316,9 @@ class Bridge:
         else:
             lines.append("  SIP:               off")
         if self.settings.http.softphone:
-            lines.append(f"  softphone page:    {self.http_url}/")
+            who = ("PUBLIC: anyone who reaches it may call" if self.settings.webrtc.public
+                   else "calls need the dashboard login or a call token")
+            lines.append(f"  softphone page:    {self.http_url}/  ({who})")
         if self.token_generated:
             lines.append(f"  dashboard:         {self.login_url}")
             lines.append("                     (one-click login with a token made for this run; "
@@ -329,7 +332,23 @@ class Bridge:
                      + ("  (built-in emulator: an echo agent)" if self.emulator else ""))
         lines.append(f"  dialplans:         {self.dialplans_path}")
         lines.append(f"  settings:          {self.settings.source}")
+        lines += [f"  WARNING: {warning}" for warning in self.exposure_warnings()]
         return "\n".join(lines)
+
+    def exposure_warnings(self) -> list[str]:
+        """What the banner warns about: listeners beyond loopback that anyone may use."""
+        warnings = []
+        sip = self.settings.sip
+        if self.sip is not None and not _loopback(sip.host) and not sip.allow_from:
+            warnings.append(f"SIP listens on {sip.host} with no allowlist ([sip] allow_from "
+                            "is empty): anyone who reaches port "
+                            f"{self.sip.port} may call the agent")
+        http = self.settings.http
+        if http.softphone and self.settings.webrtc.public and not _loopback(http.host):
+            warnings.append(f"HTTP listens on {http.host} and the softphone is public "
+                            "([webrtc] public = true): anyone who reaches port "
+                            f"{self.http_port} may call the agent, on your Realtime account")
+        return warnings
 
     async def readiness(self) -> dict[str, tuple[bool, str]]:
         checks: dict[str, tuple[bool, str]] = {
@@ -364,6 +383,16 @@ class Bridge:
             result = (True, f"{host}:{port} reachable")
         self._upstream_checked = (now, *result)
         return result
+
+
+def _loopback(host: str) -> bool:
+    """``host`` (a bind address) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False    # a name: it may resolve to anything
 
 
 def _local_address() -> str:
