@@ -229,3 +229,12 @@ async def test_a_public_softphone_needs_no_token(tmp_path: Path) -> None:
         foreign = await client.post(f"{bridge.http_url}/webrtc/offer", json=BAD_SDP,
                                     headers={"Origin": "https://evil.example"})
         assert foreign.status_code == 403
+
+
+async def test_offers_over_the_leg_limit_are_busy(tmp_path: Path) -> None:
+    before = rejected("webrtc_busy")
+    settings = settings_for(tmp_path, VOICEBRIDGE_WEBRTC_MAX_LEGS="0")
+    async with Bridge(settings, env={}) as bridge, httpx.AsyncClient() as client:
+        busy = await client.post(f"{bridge.http_url}/webrtc/offer", json=BAD_SDP, headers=AUTH)
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+    assert rejected("webrtc_busy") == before + 1
