@@ -14,6 +14,10 @@ need it and the banner never shows it. Without one, a random per-run token
 (``/login?token=...``) on stdout, so a developer on a fresh machine gets in while anyone
 else still gets 401; the token is never written to the log.
 
+The banner also says whether the softphone is public (``[webrtc] public``), and warns when
+SIP listens beyond loopback with no ``[sip] allow_from``, or HTTP does with a public
+softphone: either lets anyone who reaches the port run calls on the Realtime account.
+
 Shutdown on SIGINT/SIGTERM: stop admitting, end every live call (each writes its record),
 then close the listeners, the emulator and the record store, in that order.
 

@@ -303,6 +303,9 @@
       press(e.key);
     }
   });
-  setState("idle", "Press Call to talk to the agent. The browser will ask for the microphone.");
+  setState("idle", config.public || config.csrf
+    ? "Press Call to talk to the agent. The browser will ask for the microphone."
+    : "Calls from this page are for the operator: log in with the dashboard login URL " +
+      "that voicebridge serve printed, then come back and press Call.");
   listMicrophones();
 })();
