@@ -157,16 +157,17 @@ async def test_a_call_token_works_once_only(bridge: Bridge) -> None:
 
 
 async def test_a_call_token_expires(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, VOICEBRIDGE_WEBRTC_CALL_TOKEN_TTL_S="1")
+    settings = settings_for(tmp_path, VOICEBRIDGE_WEBRTC_CALL_TOKEN_TTL_S="2")
     async with Bridge(settings, env={}) as bridge, httpx.AsyncClient() as client:
         csrf = await logged_in(client, bridge)
-        fresh, stale = (await call_token(client, bridge, csrf),
-                        await call_token(client, bridge, csrf))
+        stale = await call_token(client, bridge, csrf)
+        issued = asyncio.get_running_loop().time()
+        fresh = await call_token(client, bridge, csrf)
         # in time: past the authorization (the SDP is then refused as malformed)
         ok = await client.post(f"{bridge.http_url}/webrtc/offer", json=BAD_SDP,
                                headers={"Authorization": f"Bearer {fresh}"})
         assert ok.status_code == 400
-        await asyncio.sleep(1.3)
+        await asyncio.sleep(max(0.0, issued + 2.5 - asyncio.get_running_loop().time()))
         late = await client.post(f"{bridge.http_url}/webrtc/offer", json=BAD_SDP,
                                  headers={"Authorization": f"Bearer {stale}"})
         assert late.status_code == 401
