@@ -45,7 +45,7 @@ def sessions(bridge: Bridge) -> int:
 
 @pytest.fixture
 async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
-    settings = settings_for(tmp_path, VOICEBRIDGE_WEBRTC_MEDIA_TIMEOUT_MS="1500",
+    settings = settings_for(tmp_path, VOICEBRIDGE_WEBRTC_MEDIA_TIMEOUT_MS="4000",
                             VOICEBRIDGE_WEBRTC_RATE_BURST="20")
     async with Bridge(settings, env={}) as running:
         yield running
