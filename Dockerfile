@@ -34,6 +34,8 @@ RUN apt-get update \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/voicebridge \
             --create-home --shell /usr/sbin/nologin voicebridge
 COPY --from=build /opt/voicebridge /opt/voicebridge
+# HTTP listens on all interfaces of the container; the softphone still places calls only
+# for the operator (VOICEBRIDGE_WEBRTC_PUBLIC stays false unless set at run time).
 ENV PATH=/opt/voicebridge/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -52,7 +52,8 @@ class HttpSettings:
     #: a random one for this run and prints a login URL with it in its start-up banner
     #: (stdout only, never logged); without the token those routes answer 401.
     token: str | None = field(default=None, repr=False)
-    #: Serve the softphone page ``/`` and ``POST /webrtc/offer``. Switch off in production.
+    #: Serve the softphone page ``/`` and ``POST /webrtc/offer``. Who may place a call from
+    #: it is ``[webrtc] public``; switch the page off where nobody needs it.
     softphone: bool = True
     #: Origins allowed by CORS. Empty (the default): no CORS headers at all.
     cors_origins: tuple[str, ...] = ()
@@ -94,6 +95,21 @@ class WebRtcConfig:
     #: Codecs offered in preference order; G.711 first keeps the leg at 8 kHz.
     codecs: tuple[str, ...] = ("pcmu", "pcma", "opus")
     max_legs: int = 100
+    #: Anyone who reaches the HTTP port may call (no operator login, no call token); only
+    #: the rate limit applies. Off: an offer needs the operator token or a call token.
+    public: bool = False
+    #: Names of the dialplans a browser may reach (the called number picks among them).
+    #: Empty: the default dialplan only. Any other number is refused (403).
+    dialplans: tuple[str, ...] = ()
+    #: A browser leg whose ICE and DTLS are not connected this long after the answer is
+    #: closed; its Realtime session is opened only once they are.
+    media_timeout_ms: int = 10000
+    #: Lifetime of a single-use call token from ``POST /webrtc/token``.
+    call_token_ttl_s: int = 60
+    #: Offers and call-token requests per client address: a token bucket refilled at
+    #: ``rate_per_minute`` holding at most ``rate_burst``. ``rate_per_minute = 0``: no limit.
+    rate_per_minute: int = 20
+    rate_burst: int = 5
 
 
 @dataclass(frozen=True)
@@ -290,10 +306,18 @@ def _validate(s: Settings) -> None:
     checks: tuple[tuple[str, int], ...] = (
         ("[sip] max_calls", s.sip.max_calls), ("[webrtc] max_legs", s.webrtc.max_legs),
         ("[sip] ring_ms", s.sip.ring_ms),
-        ("[http] recent_calls", s.http.recent_calls))
+        ("[http] recent_calls", s.http.recent_calls),
+        ("[webrtc] rate_per_minute", s.webrtc.rate_per_minute))
     for where, number in checks:
         if number < 0:
             raise ConfigError(f"{where}: must not be negative (got {number})")
+    positive: tuple[tuple[str, int], ...] = (
+        ("[webrtc] media_timeout_ms", s.webrtc.media_timeout_ms),
+        ("[webrtc] call_token_ttl_s", s.webrtc.call_token_ttl_s),
+        ("[webrtc] rate_burst", s.webrtc.rate_burst))
+    for where, number in positive:
+        if number <= 0:
+            raise ConfigError(f"{where}: must be above 0 (got {number})")
 
 
 def _apply_turn_env(webrtc: WebRtcConfig, env: Mapping[str, str]) -> WebRtcConfig:

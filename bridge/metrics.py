@@ -18,7 +18,13 @@ voicebridge_calls_ended_total            counter    reason
 voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over the cap)
 voicebridge_calls_rejected_total         counter    reason       (admission refused: busy,
                                                                sip_forbidden, sip_busy,
-                                                               sip_no_rtp_port, sip_unusable_sdp)
+                                                               sip_no_rtp_port, sip_unusable_sdp,
+                                                               webrtc_unauthorized,
+                                                               webrtc_rate_limited, webrtc_busy,
+                                                               webrtc_media_timeout,
+                                                               webrtc_dialplan)
+voicebridge_http_refused_total           counter    reason       (state-changing requests
+                                                               refused: origin, csrf)
 voicebridge_frames_in_total              counter    source       (20 ms frames from legs)
 voicebridge_frames_out_total             counter    source       (20 ms frames to legs)
 voicebridge_playout_underruns_total      counter    (a tick found nothing to play mid-response)
@@ -124,6 +130,9 @@ SIP_TCP_REFUSED = Counter("sip_tcp_refused", "SIP/TCP connections closed at once
                           "connection cap was reached.", namespace=_NS, registry=REGISTRY)
 WEBRTC_LEGS_ACTIVE = Gauge("webrtc_legs_active", "WebRTC peer connections open.",
                            namespace=_NS, registry=REGISTRY)
+HTTP_REFUSED = Counter("http_refused", "State-changing HTTP requests refused: a foreign "
+                       "Origin, or a session request without its CSRF token.", ["reason"],
+                       namespace=_NS, registry=REGISTRY)
 SSE_CLIENTS = Gauge("http_sse_clients", "Clients following /calls/events.",
                     namespace=_NS, registry=REGISTRY)
 

@@ -14,6 +14,10 @@ need it and the banner never shows it. Without one, a random per-run token
 (``/login?token=...``) on stdout, so a developer on a fresh machine gets in while anyone
 else still gets 401; the token is never written to the log.
 
+The banner also says whether the softphone is public (``[webrtc] public``), and warns when
+SIP listens beyond loopback with no ``[sip] allow_from``, or HTTP does with a public
+softphone: either lets anyone who reaches the port run calls on the Realtime account.
+
 Shutdown on SIGINT/SIGTERM: stop admitting, end every live call (each writes its record),
 then close the listeners, the emulator and the record store, in that order.
 
@@ -29,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import secrets
@@ -315,7 +320,9 @@ class Bridge:
         else:
             lines.append("  SIP:               off")
         if self.settings.http.softphone:
-            lines.append(f"  softphone page:    {self.http_url}/")
+            who = ("PUBLIC: anyone who reaches it may call" if self.settings.webrtc.public
+                   else "calls need the dashboard login or a call token")
+            lines.append(f"  softphone page:    {self.http_url}/  ({who})")
         if self.token_generated:
             lines.append(f"  dashboard:         {self.login_url}")
             lines.append("                     (one-click login with a token made for this run; "
@@ -329,7 +336,23 @@ class Bridge:
                      + ("  (built-in emulator: an echo agent)" if self.emulator else ""))
         lines.append(f"  dialplans:         {self.dialplans_path}")
         lines.append(f"  settings:          {self.settings.source}")
+        lines += [f"  WARNING: {warning}" for warning in self.exposure_warnings()]
         return "\n".join(lines)
+
+    def exposure_warnings(self) -> list[str]:
+        """What the banner warns about: listeners beyond loopback that anyone may use."""
+        warnings = []
+        sip = self.settings.sip
+        if self.sip is not None and not _loopback(sip.host) and not sip.allow_from:
+            warnings.append(f"SIP listens on {sip.host} with no allowlist ([sip] allow_from "
+                            "is empty): anyone who reaches port "
+                            f"{self.sip.port} may call the agent")
+        http = self.settings.http
+        if http.softphone and self.settings.webrtc.public and not _loopback(http.host):
+            warnings.append(f"HTTP listens on {http.host} and the softphone is public "
+                            "([webrtc] public = true): anyone who reaches port "
+                            f"{self.http_port} may call the agent, on your Realtime account")
+        return warnings
 
     async def readiness(self) -> dict[str, tuple[bool, str]]:
         checks: dict[str, tuple[bool, str]] = {
@@ -364,6 +387,16 @@ class Bridge:
             result = (True, f"{host}:{port} reachable")
         self._upstream_checked = (now, *result)
         return result
+
+
+def _loopback(host: str) -> bool:
+    """``host`` (a bind address) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False    # a name: it may resolve to anything
 
 
 def _local_address() -> str:

@@ -147,8 +147,9 @@ async def test_softphone_can_be_switched_off_and_cors_is_closed(tmp_path: Path) 
 
 async def test_bad_offers_are_refused(bridge: Bridge) -> None:
     client = bridge.app.test_client()
-    assert (await client.post("/webrtc/offer", data="not json")).status_code == 400
-    bad = await client.post("/webrtc/offer", json={"type": "offer", "sdp": "v=0\r\n"})
+    assert (await client.post("/webrtc/offer", data="not json", headers=AUTH)).status_code == 400
+    bad = await client.post("/webrtc/offer", json={"type": "offer", "sdp": "v=0\r\n"},
+                            headers=AUTH)
     assert bad.status_code == 400
     assert "error" in await bad.get_json()
 

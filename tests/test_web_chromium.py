@@ -1,5 +1,9 @@
 """End to end in real headless Chromium: softphone page -> WebRTC -> bridge -> emulator.
 
+The page calls as the operator: logged in at ``/login``, it asks ``POST /webrtc/token``
+for a single-use call token (with the session's CSRF token) and offers with it; before
+the login it says so instead of calling.
+
 Chromium is Debian's (``/usr/bin/chromium``) driven by Playwright; no browser download.
 Its microphone is a WAV file of a spoken phrase made at test time with espeak-ng + sox.
 """
@@ -87,6 +91,14 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
         try:
             page = await context.new_page()
             await page.goto(f"{bridge.http_url}/")
+            await page.click("#call")               # not logged in: no call token
+            await until(lambda: error_shown(page), 15, what="the login-needed error",
+                        poll_s=BROWSER_POLL_S)
+            assert "operator's login" in await page.inner_text("#info")
+            assert not bridge.manager.calls and not bridge.emulator.record.sessions
+            tokens = bridge.app.extensions["voicebridge"].tokens
+            await page.goto(f"{bridge.http_url}/login?token={TOKEN}")
+            await page.goto(f"{bridge.http_url}/")
             await page.click("#call")
 
             async def connected() -> bool:
@@ -109,6 +121,7 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
             events = await page.evaluate("window.softphone.events")
             call_id = next(e["call_id"] for e in events if e["type"] == "call.started")
             assert call_id in bridge.manager.calls
+            assert len(tokens) == 0                 # the page's call token was spent
 
             await page.click('#keypad .key[data-digit="5"]')
 
@@ -135,8 +148,7 @@ async def test_softphone_calls_the_echo_agent(bridge: Bridge, tmp_path: Path) ->
             assert metrics.WEBRTC_LEGS_ACTIVE._value.get() == 0
             assert frames_in._value.get() > frames_before + 50
 
-            # The dashboard's call page, logged in through the cookie.
-            await page.goto(f"{bridge.http_url}/login?token={TOKEN}")
+            # The dashboard's call page, logged in through the session cookie.
             await page.goto(f"{bridge.http_url}/calls/{call_id}")
             assert await page.locator("svg.timeline rect.speech.agent").count() >= 1
             await page.screenshot(path=str(ARTIFACTS / "call-page.png"), full_page=True)

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import struct
@@ -129,6 +130,9 @@ async def _bench(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     procs: list[asyncio.subprocess.Process] = []
     url, pid = args.url, args.pid
+    # Offers need the operator's token (the peers read it from their environment); a
+    # bridge given with --url takes the one in $VOICEBRIDGE_HTTP_TOKEN.
+    args.token = os.environ.get("VOICEBRIDGE_HTTP_TOKEN") or secrets.token_urlsafe(24)
     try:
         if url is None:
             emu_port, http_port = _free_port(), _free_port()
@@ -139,6 +143,7 @@ async def _bench(args: argparse.Namespace) -> int:
                        VOICEBRIDGE_REALTIME_EMULATOR_URL=f"ws://127.0.0.1:{emu_port}",
                        VOICEBRIDGE_RECORDS_PATH="", VOICEBRIDGE_HTTP_PORT=str(http_port),
                        VOICEBRIDGE_WEBRTC_MAX_LEGS=str(args.calls + 10),
+                       VOICEBRIDGE_HTTP_TOKEN=args.token, VOICEBRIDGE_WEBRTC_RATE_PER_MINUTE="0",
                        VOICEBRIDGE_SIP_MAX_CALLS=str(args.calls + 10))
             for var in ("AZURE_OPENAI_ENDPOINT", "OPENAI_API_KEY", "VOICEBRIDGE_CONFIG"):
                 env.pop(var, None)
@@ -176,6 +181,7 @@ async def _run_calls(args: argparse.Namespace, url: str, pid: int | None) -> int
         offset += share
         workers.append(await asyncio.create_subprocess_exec(
             sys.executable, "-c", "import bridge.bench.webrtc as b; b.peer_main()", spec,
+            env=dict(os.environ, VOICEBRIDGE_HTTP_TOKEN=args.token),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=RESULT_LINE_LIMIT))
     try:
@@ -274,7 +280,8 @@ async def _peers(spec: dict[str, object]) -> None:
         async with httpx.AsyncClient() as client:
             for i in range(first, first + calls):
                 caller = WebRtcCaller(url, pcm=pattern[(i * 1600) % len(pattern):] + pattern,
-                                      called="bench", light=True)
+                                      called="bench", light=True,
+                                      token=os.environ.get("VOICEBRIDGE_HTTP_TOKEN", ""))
                 await caller.call(client)
                 callers.append(caller)
                 await asyncio.sleep(ramp)

@@ -20,9 +20,13 @@ Open to anyone who can reach the port:
     GET  /metrics               Prometheus exposition (no call data in it)
 Softphone (``[http] softphone``, on by default; 404 when off):
     GET  /                      the softphone page
-    POST /webrtc/offer          browser SDP offer -> answer; the call runs until hang-up
-Token-protected (``[http] token``; ``Authorization: Bearer`` or the cookie set by /login):
-    GET  /login?token=...       sets the session cookie, redirects to /dashboard
+    POST /webrtc/token          a single-use call token (the operator's session, or
+                                anyone when ``[webrtc] public``); rate-limited
+    POST /webrtc/offer          browser SDP offer -> answer (the operator's bearer token or
+                                a call token, unless public; rate-limited); the call runs
+                                until hang-up, its Realtime session from when media connects
+Token-protected (``[http] token``; ``Authorization: Bearer`` or the session /login starts):
+    GET  /login?token=...       starts the signed session, redirects to /dashboard
     GET  /dashboard             live calls and recent history
     GET  /calls                 the same as JSON
     GET  /calls/events          server-sent events of every call event
@@ -31,21 +35,27 @@ Token-protected (``[http] token``; ``Authorization: Bearer`` or the cookie set b
     GET  /calls/<id>/timeline.svg
     POST /calls/<id>/hangup     end a live call
 
-An app built with no token keeps the protected routes closed (401) to everyone;
-``voicebridge serve`` always has one: the configured ``[http] token``, or one made for the
-run and shown only in its start-up banner. CORS is closed unless ``[http] cors_origins``
-lists origins.
+State-changing routes also check the ``Origin`` and, on the session cookie, a CSRF
+token (``bridge.web.access``). An app built with no token keeps the protected routes
+closed (401) to everyone; ``voicebridge serve`` always has one: the configured
+``[http] token``, or one made for the run and shown only in its start-up banner. CORS is
+closed unless ``[http] cors_origins`` lists origins.
 """
 
 from __future__ import annotations
 
+import secrets
+
 from quart import Quart
 
 from bridge.config import Settings
-from bridge.web.access import security_headers
+from bridge.errors import ConfigError
+from bridge.web.access import SESSION_COOKIE, security_headers
 from bridge.web.calls import calls
+from bridge.web.calltokens import CallTokens
 from bridge.web.dashboard import dashboard
 from bridge.web.health import health
+from bridge.web.ratelimit import RateLimiter
 from bridge.web.softphone import softphone
 from bridge.web.state import EXTENSION, Manager, Readiness, WebState
 from bridge.web.webrtc_calls import WebRtcCalls
@@ -57,9 +67,22 @@ MAX_OFFER_BYTES = 64 * 1024
 def create_app(manager: Manager, settings: Settings, *,
                readiness: Readiness | None = None) -> Quart:
     """The bridge's HTTP app around ``manager`` (see the module doc for the routes)."""
+    webrtc = settings.webrtc
+    unknown = sorted(set(webrtc.dialplans) - {plan.name for plan in manager.dialplans}
+                     if webrtc.dialplans else ())
+    if unknown:
+        raise ConfigError(f"[webrtc] dialplans: no dialplan named {unknown[0]!r} "
+                          f"(there are {', '.join(p.name for p in manager.dialplans)})")
     app = Quart(__name__, template_folder="templates", static_folder="static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_OFFER_BYTES
-    state = WebState(manager=manager, settings=settings, webrtc=WebRtcCalls(manager),
+    # The operator's session: signed with a key of this run (a restart logs everyone out).
+    app.secret_key = secrets.token_bytes(32)
+    app.config.update(SESSION_COOKIE_NAME=SESSION_COOKIE, SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Strict")
+    state = WebState(manager=manager, settings=settings,
+                     webrtc=WebRtcCalls(manager, media_timeout_s=webrtc.media_timeout_ms / 1000),
+                     tokens=CallTokens(webrtc.call_token_ttl_s),
+                     limiter=RateLimiter(webrtc.rate_per_minute, webrtc.rate_burst),
                      readiness=readiness)
     app.extensions[EXTENSION] = state
     app.after_serving(state.webrtc.close)

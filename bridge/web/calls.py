@@ -5,7 +5,9 @@ the operator's hang-up.
     GET  /calls/<id>                a call's record: JSON (Accept: application/json or
                                     ?format=json) or an HTML page with transcript and timeline
     GET  /calls/<id>/timeline.svg   the call's timeline drawing
-    POST /calls/<id>/hangup         end a live call (202), 404 when it is not live
+    POST /calls/<id>/hangup         end a live call (202), 404 when it is not live; a
+                                    state-changing action (``bridge.web.access``): same
+                                    origin, and the CSRF token with the session cookie
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from quart import Blueprint, Response, render_template, request
 from quart.typing import ResponseReturnValue
 
 from bridge.call.records import CallRecord
-from bridge.web.access import protected
+from bridge.web.access import action, csrf_token, protected
 from bridge.web.state import web_state
 from bridge.web.timeline import render_svg, timeline_from_record
 
@@ -89,7 +91,7 @@ async def call_view(call_id: str) -> ResponseReturnValue:
         return dict(record.to_dict(), live=live)
     svg = render_svg(timeline_from_record(record))
     return await render_template("call.html", record=record, live=live, svg=svg,
-                                 summary=summary(record, live),
+                                 summary=summary(record, live), csrf=csrf_token(),
                                  turns=[asdict(t) | {"total_ms": t.total_ms}
                                         for t in record.turns])
 
@@ -104,7 +106,7 @@ async def call_timeline(call_id: str) -> ResponseReturnValue:
 
 
 @calls.post("/calls/<call_id>/hangup")
-@protected
+@action
 async def call_hangup(call_id: str) -> ResponseReturnValue:
     if not web_state().manager.hang_up(call_id, "operator"):
         return {"error": "no such live call"}, 404

@@ -1,6 +1,6 @@
 """The dashboard (token-protected): logging in, the page of calls, and its live feed.
 
-    GET  /login?token=...   sets the session cookie, redirects to /dashboard
+    GET  /login?token=...   starts the operator's signed session, redirects to /dashboard
     GET  /dashboard         live calls and recent history
     GET  /calls/events      Server-Sent Events of every call event
 """
@@ -14,7 +14,7 @@ from quart import Blueprint, Response, redirect, render_template, request
 from quart.typing import ResponseReturnValue
 
 from bridge import metrics
-from bridge.web.access import COOKIE, protected, token_matches, unauthorized
+from bridge.web.access import csrf_token, protected, start_session, token_matches, unauthorized
 from bridge.web.calls import listing
 from bridge.web.events import WebEvent, sse_message
 from bridge.web.state import Manager, web_state
@@ -30,16 +30,14 @@ async def login() -> ResponseReturnValue:
     token = request.args.get("token", "")
     if not token_matches(token, web_state().http.token):
         return unauthorized()
-    response = redirect("/dashboard")
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict",
-                        secure=request.scheme == "https", path="/")
-    return response
+    start_session()          # the cookie holds a signed session, never the token
+    return redirect("/dashboard")
 
 
 @dashboard.get("/dashboard")
 @protected
 async def page() -> ResponseReturnValue:
-    return await render_template("dashboard.html", calls=await listing())
+    return await render_template("dashboard.html", calls=await listing(), csrf=csrf_token())
 
 
 class EventFollower:

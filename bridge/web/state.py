@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Protocol
 from quart import current_app
 
 from bridge.config import HttpSettings, Settings
+from bridge.web.calltokens import CallTokens
+from bridge.web.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from bridge.call.call import Call
     from bridge.call.leg import MediaLeg
     from bridge.call.records import CallRecord, RecordStore
+    from bridge.dialplans.plan import DialplanSet
     from bridge.web.events import EventListener
     from bridge.web.webrtc_calls import WebRtcCalls
 
@@ -37,6 +40,9 @@ class Manager(Protocol):
     @property
     def store(self) -> RecordStore: ...
 
+    @property
+    def dialplans(self) -> DialplanSet: ...
+
     def can_admit(self) -> bool: ...
 
     async def handle(self, leg: MediaLeg) -> CallRecord: ...
@@ -50,11 +56,14 @@ class Manager(Protocol):
 
 @dataclass(frozen=True)
 class WebState:
-    """The app's shared state: the calls, the browser calls' runner, the settings."""
+    """The app's shared state: the calls, the browser calls' runner, the settings, and
+    the softphone's call tokens and per-address rate limit."""
 
     manager: Manager
     settings: Settings
     webrtc: WebRtcCalls
+    tokens: CallTokens
+    limiter: RateLimiter
     readiness: Readiness | None = None
 
     @property

@@ -118,8 +118,12 @@ class WebRtcCaller:
     """One aiortc peer calling ``POST /webrtc/offer`` on a running bridge."""
 
     def __init__(self, base_url: str, pcm: bytes = b"", rate: int = 8000,
-                 codecs: tuple[str, ...] = (), called: str = "", *, light: bool = False) -> None:
+                 codecs: tuple[str, ...] = (), called: str = "", *, light: bool = False,
+                 token: str = "") -> None:
+        """``token``: sent as ``Authorization: Bearer`` with the offer (the operator's
+        ``[http] token`` or a call token), unless empty (a public softphone)."""
         self.base_url = base_url.rstrip("/")
+        self.token = token
         self.pc = RTCPeerConnection()
         self.light = light
         self.source = PcmSourceTrack(pcm, rate)
@@ -198,7 +202,9 @@ class WebRtcCaller:
         own = client is None
         client = client or httpx.AsyncClient()
         try:
-            response = await client.post(f"{self.base_url}/webrtc/offer", json=body, timeout=30)
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            response = await client.post(f"{self.base_url}/webrtc/offer", json=body,
+                                         headers=headers, timeout=30)
         finally:
             if own:
                 await client.aclose()

@@ -137,6 +137,8 @@ class WebRtcLeg(MediaLeg):
         self._hangup_reported = False
         self._closing: asyncio.Task[None] | None = None
         self.ended = asyncio.Event()
+        #: ICE and DTLS connected (aiortc's connection state "connected"): media can flow.
+        self.media_up = asyncio.Event()
         self.frames_in = 0
         self.frames_out = 0
         self._m_in = metrics.FRAMES_IN.labels(source="webrtc")
@@ -305,6 +307,19 @@ class WebRtcLeg(MediaLeg):
                  self.track.silent, self.track.dropped, jitter.lost if jitter else 0,
                  jitter.late if jitter else 0)
 
+    async def wait_media(self, timeout_s: float) -> bool:
+        """True once ICE and DTLS are connected; False when they are not within
+        ``timeout_s``, or the connection failed or closed first."""
+        up = asyncio.ensure_future(self.media_up.wait())
+        ended = asyncio.ensure_future(self.ended.wait())
+        try:
+            await asyncio.wait({up, ended}, timeout=timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            up.cancel()
+            ended.cancel()
+        return self.media_up.is_set() and not self._closed
+
     def _report_hangup(self, reason: str) -> None:
         if self._hangup_reported:
             return
@@ -377,6 +392,8 @@ class WebRtcLeg(MediaLeg):
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         log.debug("webrtc %s: connection %s", self.info.call_id, state)
+        if state == "connected":
+            self.media_up.set()
         if state in ("failed", "closed") and not self._closed:
             self._report_hangup(f"connection {state}")
 

@@ -1,6 +1,8 @@
 // voicebridge softphone: one WebRTC call to the bridge, no build step.
 //
-// Signalling is a single POST /webrtc/offer with a complete offer (ICE gathered first).
+// Signalling: POST /webrtc/token for a single-use call token (the operator's session and
+// its CSRF token, or nothing when the bridge's softphone is public), then one
+// POST /webrtc/offer with it and a complete offer (ICE gathered first).
 // Data channels: "dtmf" (one message per key), "bye" (hang-up both ways), "events" (the
 // bridge's call events: transcript, DTMF, barge-in, tool calls, end of call).
 "use strict";
@@ -43,6 +45,13 @@
     if (name === "NoMicrophoneApi") {
       return "This browser only gives a page the microphone over https:// or on " +
              "http://localhost. Open the page that way (or put the bridge behind https).";
+    }
+    if (name === "NeedsLogin") {
+      return "Calls from this page need the operator's login: open the dashboard login URL " +
+             "that voicebridge serve printed (or /login?token=...), then come back and press Call.";
+    }
+    if (name === "TooMany") {
+      return "Too many calls from this address just now. Try again in " + err.message + " s.";
     }
     if (name === "BridgeUnreachable" || name === "TypeError") {
       return "Cannot reach the bridge at " + location.host + ". Is voicebridge serve " +
@@ -149,6 +158,29 @@
     requestAnimationFrame(drawMeters);
   }
 
+  // A single-use call token for the next offer (401: not logged in, 429: rate-limited).
+  async function callToken() {
+    let response;
+    try {
+      response = await fetch("webrtc/token", {
+        method: "POST", credentials: "same-origin",
+        headers: { "X-CSRF-Token": config.csrf || "" },
+      });
+    } catch (err) {
+      throw failure("BridgeUnreachable");
+    }
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 401 || response.status === 403) throw failure("NeedsLogin");
+    if (response.status === 429) {
+      throw failure("TooMany", response.headers.get("Retry-After") || "a few");
+    }
+    if (!response.ok || !body.token) {
+      throw failure("Refused", "The bridge refused the call (HTTP " + response.status + "): " +
+                    (body.error || response.statusText || "error") + ".");
+    }
+    return body.token;
+  }
+
   async function call() {
     setState("connecting", "Asking for the microphone…");
     ui.transcript.innerHTML = "";
@@ -190,11 +222,12 @@
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIce(pc, 3000);
       ui.info.textContent = "Calling…";
+      const token = await callToken();
       let response;
       try {
         response = await fetch("webrtc/offer", {
           method: "POST",
-          headers: { "Content-Type": "application/json" },
+          headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token },
           body: JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp,
                                  called: ui.called.value.trim() }),
         });
@@ -202,6 +235,9 @@
         throw failure("BridgeUnreachable");
       }
       const answer = await response.json().catch(() => ({}));
+      if (response.status === 429) {
+        throw failure("TooMany", response.headers.get("Retry-After") || "a few");
+      }
       if (!response.ok) {
         const why = answer.error || response.statusText || "error";
         throw failure("Refused", "The bridge refused the call (HTTP " + response.status +
@@ -267,6 +303,9 @@
       press(e.key);
     }
   });
-  setState("idle", "Press Call to talk to the agent. The browser will ask for the microphone.");
+  setState("idle", config.public || config.csrf
+    ? "Press Call to talk to the agent. The browser will ask for the microphone."
+    : "Calls from this page are for the operator: log in with the dashboard login URL " +
+      "that voicebridge serve printed, then come back and press Call.");
   listMicrophones();
 })();
