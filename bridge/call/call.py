@@ -44,16 +44,15 @@ server cancels by itself otherwise) or the interruption is our own (DTMF action)
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from bridge.call.clock import MediaClock, TimerHandle
 from bridge.call.control import CallControl
 from bridge.call.dtmf import DtmfActions
+from bridge.call.early import EarlyUpstream, apply_budget, new_call_id
 from bridge.call.events import (
     BargedIn,
     CallEnded,
@@ -77,7 +76,6 @@ from bridge.dialplans.plan import Dialplan
 from bridge.errors import BridgeError, RealtimeError
 from bridge.realtime import events as ev
 from bridge.realtime.profile import SessionProfile
-from bridge.realtime.recovery import RecoveryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +131,16 @@ class Call:
                  clock: MediaClock, store: RecordStore, *, call_id: str | None = None,
                  connect_timeout_s: float = 10.0, drain_timeout_s: float = 10.0,
                  close_timeout_s: float = 2.0, on_event: EventHook | None = None,
-                 append_ms: int = 20) -> None:
+                 append_ms: int = 20, early: EarlyUpstream | None = None) -> None:
         if append_ms % leg.frame_ms or not 0 < append_ms <= 100:
             raise ValueError(f"append_ms must be a multiple of {leg.frame_ms} up to 100")
         self.leg = leg
         self.dialplan = dialplan
         self.clock = clock
         self.store = store
-        self.call_id = call_id or "c_" + uuid.uuid4().hex[:16]
+        #: the upstream opened while the call was set up (bridge.call.early), if any
+        self._early = early
+        self.call_id = early.call_id if early is not None else call_id or new_call_id()
         self.caller = leg.info.caller
         self.called = leg.info.called
         self.log = CallLog(log, {"call_id": self.call_id})
@@ -356,13 +356,17 @@ class Call:
     async def _session(self) -> None:
         self.playout.comfort = True        # a beep if connecting takes long
         try:
-            client = self._factory(self.profile, self.log)
+            early, self._early = self._early, None
+            client = self._factory(self.profile, self.log) if early is None else early.client
             self._client = client
-            self._apply_budget(client)
             if hasattr(client, "on_message"):
                 client.on_message = self.clock.poll   # the connection's preemption point
             async with clock_timeout(self.clock, self.connect_timeout_s):
-                await client.connect()
+                if early is None:
+                    apply_budget(client, self.dialplan)
+                    await client.connect()
+                else:
+                    await early.connecting            # opened during the call's set-up
         except (RealtimeError, TimeoutError, OSError) as exc:
             self.log.warning("upstream unavailable at connect: %r", exc)
             await self.fallback.run(f"connect: {type(exc).__name__}")
@@ -394,13 +398,6 @@ class Call:
             return
         if not self.state.over:
             await self.fallback.run("upstream event stream ended")
-
-    def _apply_budget(self, client: RealtimeSession) -> None:
-        """The dialplan's reconnect budget, for a client that has a recovery policy."""
-        budget = self.dialplan.fallback.reconnect_budget_s
-        policy = getattr(client, "recovery", None)
-        if budget is not None and isinstance(policy, RecoveryPolicy):
-            client.recovery = dataclasses.replace(policy, budget_s=budget)  # type: ignore[attr-defined]
 
     async def _pump(self, client: RealtimeSession) -> None:
         """Hand every upstream event to its handler (dispatch table by type)."""

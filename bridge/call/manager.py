@@ -2,8 +2,11 @@
 
 SIP and WebRTC hand every new leg to ``handle(leg)`` (awaited for the whole call). The
 manager picks the dialplan from the leg's info, builds the call with a Realtime client of
-its own, runs it, and keeps it in the registry while it runs. ``can_admit()`` is what the
-signalling asks before answering (SIP then says 503 + Retry-After when it is False).
+its own, runs it, and keeps it in the registry while it runs. SIP asks for that client
+earlier, while the INVITE is being answered (``open_early``; ``drop_early`` if the call
+does not happen), so the session is ready when the call starts (``bridge.call.early``).
+``can_admit()`` is what the signalling asks before answering (SIP then says 503 +
+Retry-After when it is False).
 
 Events of every call (started, transcript, barge-in, tool call, DTMF, fallback, ended) go
 to subscribers: ``subscribe()`` gives an async iterator per subscriber (the dashboard's
@@ -21,10 +24,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bridge.call.call import Call, RealtimeFactory, RealtimeSession
+from bridge.call.call import Call, CallLog, RealtimeFactory, RealtimeSession
 from bridge.call.clock import MediaClock, shared_clock
+from bridge.call.early import EarlyOpens
 from bridge.call.events import CallEvent
-from bridge.call.leg import MediaLeg
+from bridge.call.leg import LegInfo, MediaLeg
 from bridge.call.records import CallRecord, RecordStore
 from bridge.dialplans.plan import DialplanSet
 from bridge.errors import CallRejected
@@ -84,6 +88,9 @@ class CallManager:
         self.started = 0
         self.rejected = 0
         self.ended = 0
+        self.early = EarlyOpens(self.realtime_factory,
+                                lambda call_id: CallLog(log, {"call_id": call_id}),
+                                max_open=max(1, max_calls // 4), poll=self.clock.poll)
 
     # -- admission -----------------------------------------------------------------------
     def can_admit(self) -> bool:
@@ -94,6 +101,23 @@ class CallManager:
         return len(self.calls)
 
     # -- calls ---------------------------------------------------------------------------
+    def open_early(self, info: LegInfo, g711: str | None) -> bool:
+        """Start opening the upstream of a call being set up (its INVITE accepted, not yet
+        answered). False when the manager is full or at its bound of early opens."""
+        if not self.can_admit() or len(self.calls) + len(self.early) >= self.max_calls:
+            return False
+        plan = self.dialplans.match(called=info.called, caller=info.caller,
+                                    source=info.source.value)
+        try:
+            return self.early.open(info.call_id, plan, g711)
+        except Exception:
+            log.exception("could not open an early upstream on dialplan %s", plan.name)
+            return False
+
+    def drop_early(self, leg_call_id: str) -> None:
+        """The call set up as ``leg_call_id`` will not happen: close its early upstream."""
+        self.early.drop(leg_call_id)
+
     async def handle(self, leg: MediaLeg) -> CallRecord:
         """Run the call on ``leg`` to its end; raises ``CallRejected`` when full."""
         if not self.can_admit():
@@ -103,13 +127,20 @@ class CallManager:
         info = leg.info
         plan = self.dialplans.match(called=info.called, caller=info.caller,
                                     source=info.source.value)
+        early = self.early.take(info.call_id)
+        if early is not None and (early.plan is not plan or early.profile
+                                  != plan.session_profile(leg_g711=leg.g711)):
+            self.early.discard(early)            # the media settled otherwise: start afresh
+            early = None
         try:
             call = Call(leg, plan, self.realtime_factory, self.clock, self.store,
-                        on_event=self._publish, **self.call_options)
+                        on_event=self._publish, early=early, **self.call_options)
         except Exception as exc:
             # Not even a call could be built (e.g. a profile the dialplan cannot make):
             # the leg is released and the attempt still leaves a record.
             log.exception("cannot start a call on dialplan %s", plan.name)
+            if early is not None:
+                self.early.discard(early)
             return await self._record_failed(leg, plan.name, exc)
         self.calls[call.call_id] = call
         task = asyncio.current_task()
@@ -157,6 +188,7 @@ class CallManager:
     async def shutdown(self, reason: str = "shutdown", grace_s: float = 5.0) -> None:
         """Stop admitting, end every live call, wait (bounded) for their records."""
         self._closing = True
+        await self.early.close_all()
         calls = list(self.calls.values())
         for call in calls:
             call.end(reason)
