@@ -10,7 +10,8 @@ in-process UACs of :mod:`bridge.bench.faults_uac` (1.5 s warbling turns, every 4
 the fault, at the fault's start and every 4 s during it, then 3 s after it ends and every
 4 s after that; the emulator's VAD sees turns and echoes them):
 
-* ``upstream-kill``: the emulator SIGKILLed 9 s into the calls and never restarted;
+* ``upstream-kill``: the emulator SIGKILLed ``--pre-s`` (9) s into the calls and never
+  restarted;
 * ``hang-20``: the emulator SIGSTOPped for 20 s, then SIGCONT (connections stay open,
   nothing answers);
 * ``blip-1``, ``blip-5``, ``blip-15``: the emulator SIGKILLed and a new one started on
@@ -58,8 +59,6 @@ from bridge.bench.faults_uac import BURST_S, UacCall, judge
 from bridge.bench.faults_upstream import Upstream, log_size, raise_nofile
 from bridge.bench.sip import ServeProcess, free_rtp_range, rss_mib
 
-PRE_S = 9.0          # calls up and talking before the fault
-POST_S = 13.0        # after the fault's end
 UPSTREAM = ("upstream-kill", "blip-1", "blip-5", "blip-15", "hang-20")
 FLOODS = ("malformed-udp", "idle-tcp", "slowloris", "invite-flood", "webrtc-offers")
 SCENARIOS = UPSTREAM + FLOODS
@@ -87,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="anonymous WebRTC offers (default 50)")
     parser.add_argument("--hold-s", type=float, default=12.0,
                         help="how long idle/slowloris connections are held (default 12)")
+    parser.add_argument("--pre-s", type=float, default=9.0,
+                        help="seconds of calls before an upstream fault (default 9)")
+    parser.add_argument("--post-s", type=float, default=13.0,
+                        help="seconds of calls after an upstream fault ends (default 13, "
+                        "at least 5)")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep the serve and emulator logs in DIR")
 
@@ -209,9 +213,9 @@ async def upstream_fault(c: Campaign, name: str, row: Row) -> None:
     kind, _, arg = name.partition("-")
     fault_s = 0.0 if kind == "upstream" else float(arg)
     t0 = time.monotonic() + 0.3
-    fault_at = t0 + PRE_S
+    fault_at = t0 + max(c.args.pre_s, 2.0)
     planned_end = fault_at + fault_s
-    end = planned_end + POST_S
+    end = planned_end + max(c.args.post_s, 5.0)
     bursts = burst_plan(t0, fault_at, planned_end, end)
     calls = [UacCall(i, serve.sip_port, bursts=bursts) for i in range(c.args.calls)]
     tasks = [asyncio.ensure_future(call.run(end)) for call in calls]
@@ -229,8 +233,10 @@ async def upstream_fault(c: Campaign, name: str, row: Row) -> None:
     else:
         c.upstream.kill()
         await _until(planned_end - c.startup_s)
+        launched = time.monotonic()
         await asyncio.to_thread(c.upstream.start)
         fault_end = time.monotonic()
+        c.startup_s = max(c.startup_s, fault_end - launched)
         row.notes.append(f"emulator SIGKILLed, a new one listening on the same port "
                          f"{fault_end - fault_at:.1f} s later")
     answer_by = fault_end + 3.0 + BURST_S + 0.3
