@@ -50,7 +50,7 @@ def test_judge_tells_recovered_fell_back_and_lost_apart() -> None:
     late = judge(_outcome([(2.0, 4.0), (25.0, 26.0)]), 10.0, 15.0, 19.8)
     assert (late.kind, late.answered) == ("recovered", False)
     fell = judge(_outcome([(2.0, 4.0), (12.0, 14.0)], bye_at=14.5), 10.0, 10.0, 14.8)
-    assert fell.kind == "fell back"
+    assert (fell.kind, fell.answered) == ("fell back", False)    # it heard an announcement
     assert judge(_outcome([(2.0, 4.0)]), 10.0, 15.0, 19.8).kind == "lost"
 
 

@@ -26,8 +26,9 @@ gap in packets is silence too) and judged (:func:`~bridge.bench.faults_uac.judge
 bridge), *fell back* (the bridge sent BYE or REFER), *lost* (neither). The longest
 silence runs from the fault's start to the call's end (or the bridge's BYE).
 *answered after fault*: agent audio between the fault's end and the end of the first
-turn after it (+0.3 s) -- an answer to a turn spoken during the fault (a greeting from a
-reconnected session would count too).
+turn after it (+0.3 s), in a call the bridge did not hang up -- an answer to a turn spoken
+during the fault (a greeting from a reconnected session would count too; the fallback's
+announcement does not).
 
 SIP and HTTP abuse against the same serve (:mod:`bridge.bench.faults_floods`), each while
 ``--calls`` legitimate 6 s calls are placed from 127.0.0.2 (ok = answered, agent audio

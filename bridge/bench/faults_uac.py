@@ -171,6 +171,7 @@ class UacCall:
         self._sip: asyncio.DatagramTransport | None = None
         self._rtp: asyncio.DatagramTransport | None = None
         self._responses: dict[str, asyncio.Queue[SipText]] = {}
+        self._ack: str | None = None          # sent again for each retransmitted 200
         self.ended = asyncio.Event()
 
     # -- wire ----------------------------------------------------------------------------
@@ -214,7 +215,11 @@ class UacCall:
         if msg is None:
             return
         if msg.status:
-            queue = self._responses.get(msg.one("cseq").split(" ")[-1].upper())
+            method = msg.one("cseq").split(" ")[-1].upper()
+            if method == "INVITE" and self._ack is not None and 200 <= msg.status < 300:
+                self._send(self._ack)
+                return
+            queue = self._responses.get(method)
             if queue is not None:
                 queue.put_nowait(msg)
             return
@@ -296,7 +301,8 @@ class UacCall:
         if "<" in contact:
             self.remote_target = contact.split("<", 1)[1].split(">", 1)[0]
         self.remote_rtp = _sdp_media(reply.body)
-        self._send(self._request("ACK", 1, _token(), uri=self.remote_target))
+        self._ack = self._request("ACK", 1, _token(), uri=self.remote_target)
+        self._send(self._ack)
         await self._stream(until)
         self.out.ended_at = time.monotonic()
         if self.out.bridge_bye_at is None:
@@ -370,7 +376,8 @@ def judge(out: CallOutcome, fault_at: float, fault_end: float, answer_by: float)
         return Verdict("lost", 0.0, False)
     silence = longest_silence(out, fault_at, min(end, hung_up or end))
     heard_again = bool(out.voiced(fault_end + 1.0, hung_up or end))
-    answered = bool(out.voiced(fault_end, min(answer_by, hung_up or answer_by)))
+    # A call the bridge gave up on was not answered: what it heard was the announcement.
+    answered = hung_up is None and bool(out.voiced(fault_end, answer_by))
     if hung_up is not None:
         kind = "fell back"
     elif heard_again:
