@@ -54,6 +54,13 @@ def test_judge_tells_recovered_fell_back_and_lost_apart() -> None:
     assert judge(_outcome([(2.0, 4.0)]), 10.0, 15.0, 19.8).kind == "lost"
 
 
+def test_comfort_beeps_are_not_agent_audio_but_do_break_a_silence() -> None:
+    beeps = [(t, t + 0.2) for t in (12.0, 15.2, 17.0, 19.0, 21.0, 23.0, 25.0, 27.0)]
+    waiting = judge(_outcome([(2.0, 4.0), *beeps]), 10.0, 15.0, 19.8)
+    assert (waiting.kind, waiting.answered) == ("lost", False)
+    assert waiting.silence_s == pytest.approx(3.0, abs=0.05)        # 12.2 .. 15.2 s
+
+
 def test_turns_are_spoken_before_during_and_after_the_fault() -> None:
     plan = burst_plan(0.0, 9.0, 14.0, 27.0)
     assert plan == [5.0, 9.0, 13.0, 17.0, 21.0]

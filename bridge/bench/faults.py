@@ -21,11 +21,13 @@ the fault, at the fault's start and every 4 s during it, then 3 s after it ends 
   connects refused until it is back. The freeze is ``hang-20``.
 
 For each call the received audio is cut into 20 ms frames (RMS below 200 = silence; a
-gap in packets is silence too) and judged (:func:`~bridge.bench.faults_uac.judge`):
-*recovered* (agent audio again from 1 s after the fault's end, no BYE/REFER from the
-bridge), *fell back* (the bridge sent BYE or REFER), *lost* (neither). The longest
-silence runs from the fault's start to the call's end (or the bridge's BYE).
-*answered after fault*: agent audio between the fault's end and the end of the first
+gap in packets is silence too) and judged (:func:`~bridge.bench.faults_uac.judge`).
+*Agent audio* is a voiced stretch of at least 0.4 s (the bridge's comfort beeps are
+shorter; they do break a silence, as the caller hears them). *recovered*: agent audio
+beginning from 0.5 s after the fault's end, no BYE/REFER from the bridge; *fell back*: the
+bridge sent BYE or REFER; *lost*: neither. The longest silence runs from the fault's
+start to the call's end (or the bridge's BYE).
+*answered after fault*: agent audio beginning between the fault's end and the end of the first
 turn after it (+0.3 s), in a call the bridge did not hang up -- an answer to a turn spoken
 during the fault (a greeting from a reconnected session would count too; the fallback's
 announcement does not).
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import socket
 import sys
@@ -56,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.bench.faults_floods import RUNNERS
-from bridge.bench.faults_uac import BURST_S, UacCall, judge
+from bridge.bench.faults_uac import BURST_S, UacCall, judge, summary
 from bridge.bench.faults_upstream import Upstream, log_size, raise_nofile
 from bridge.bench.sip import ServeProcess, free_rtp_range, rss_mib
 
@@ -93,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of calls after an upstream fault ends (default 13, "
                         "at least 5)")
     parser.add_argument("--keep", default=None, metavar="DIR",
-                        help="keep the serve and emulator logs in DIR")
+                        help="keep the serve and emulator logs in DIR, and per scenario a "
+                        "JSON of every call (turns sent, voiced audio received, BYE times)")
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Row:
     log_bytes: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    detail: dict[str, object] = field(default_factory=dict)      # for --keep's JSON
 
 
 HEADER = (f"{'scenario':<14} {'calls':>5} {'recov':>5} {'fellbk':>6} {'lost':>5} "
@@ -243,6 +248,9 @@ async def upstream_fault(c: Campaign, name: str, row: Row) -> None:
                          f"{fault_end - fault_at:.1f} s later")
     answer_by = fault_end + 3.0 + BURST_S + 0.3
     outcomes = await asyncio.gather(*tasks)
+    row.detail = {"fault_at": round(fault_at - t0, 3), "fault_end": round(fault_end - t0, 3),
+                  "answer_by": round(answer_by - t0, 3),
+                  "calls": [summary(out, t0) for out in outcomes]}
     answered = 0
     for out in outcomes:
         verdict = judge(out, fault_at, fault_end, answer_by)
@@ -321,6 +329,9 @@ async def _campaign(args: argparse.Namespace, workdir: Path) -> int:
         print(HEADER, flush=True)
         for name in names:
             row = await run_scenario(c, name)
+            if args.keep and row.detail:
+                text = json.dumps(row.detail, indent=1)
+                (workdir / f"{name}.json").write_text(text, encoding="utf-8")
             print(format_row(row), flush=True)
             print(f"  {name}: {'; '.join(row.notes)}", flush=True)
     finally:

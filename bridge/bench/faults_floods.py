@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from aiortc import RTCPeerConnection
 
-from bridge.bench.faults_uac import CallOutcome, UacCall, judge_plain
+from bridge.bench.faults_uac import CallOutcome, UacCall, judge_plain, summary
 
 if TYPE_CHECKING:
     from bridge.bench.faults import Campaign, Row
@@ -42,16 +42,18 @@ if TYPE_CHECKING:
 LEGIT_S = 6.0
 
 
-async def _legit(c: Campaign, delay_s: float = 0.0) -> list[CallOutcome]:
+async def _legit(c: Campaign, delay_s: float = 0.0) -> tuple[float, list[CallOutcome]]:
     assert c.serve is not None
     await asyncio.sleep(delay_s)
     t0 = time.monotonic()
     bursts = [t0 + 1.5 + 4.0 * k for k in range(2)]
     calls = [UacCall(i, c.serve.sip_port, bursts=bursts) for i in range(c.args.calls)]
-    return list(await asyncio.gather(*(call.run(t0 + LEGIT_S) for call in calls)))
+    return t0, list(await asyncio.gather(*(call.run(t0 + LEGIT_S) for call in calls)))
 
 
-def _count(row: Row, outcomes: list[CallOutcome]) -> None:
+def _count(row: Row, placed: tuple[float, list[CallOutcome]]) -> None:
+    t0, outcomes = placed
+    row.detail = {"calls": [summary(out, t0) for out in outcomes]}
     for out in outcomes:
         verdict = judge_plain(out)
         row.calls += 1

@@ -352,6 +352,40 @@ def _sdp_media(body: str) -> tuple[str, int] | None:
 
 # ---- what the audio says --------------------------------------------------------------------
 
+#: A voiced stretch this long is agent audio; the bridge's comfort beeps are shorter.
+AGENT_SPAN_S = 0.4
+
+
+def voiced_spans(out: CallOutcome, origin: float = 0.0) -> list[tuple[float, float]]:
+    """The voiced stretches of what the caller received, seconds after ``origin``
+    (frames less than 60 ms apart joined)."""
+    spans: list[list[float]] = []
+    for at in out.voiced():
+        if spans and at - spans[-1][1] < 0.06:
+            spans[-1][1] = at + FRAME_S
+        else:
+            spans.append([at, at + FRAME_S])
+    return [(round(a - origin, 3), round(b - origin, 3)) for a, b in spans]
+
+
+def agent_audio(out: CallOutcome, start: float, end: float) -> bool:
+    """A voiced stretch of at least :data:`AGENT_SPAN_S` begins in [start, end)."""
+    return any(start <= a < end and b - a >= AGENT_SPAN_S for a, b in voiced_spans(out))
+
+
+def summary(out: CallOutcome, origin: float) -> dict[str, object]:
+    """One call for ``--keep``'s JSON: times in seconds after ``origin``."""
+    def rel(t: float | None) -> float | None:
+        return None if t is None else round(t - origin, 3)
+
+    return {"index": out.index, "status": out.status, "error": out.error,
+            "started": rel(out.started_at), "answered": rel(out.answered_at),
+            "ended": rel(out.ended_at), "bridge_bye": rel(out.bridge_bye_at),
+            "bridge_refer": rel(out.bridge_refer_at), "packets": len(out.frames),
+            "turns_sent": [rel(t) for t in out.bursts],
+            "voiced": voiced_spans(out, origin)}
+
+
 def longest_silence(out: CallOutcome, start: float, end: float) -> float:
     """Seconds of the longest stretch in [start, end) without a voiced received frame."""
     if end <= start:
@@ -375,9 +409,9 @@ def judge(out: CallOutcome, fault_at: float, fault_end: float, answer_by: float)
     if out.answered_at is None:
         return Verdict("lost", 0.0, False)
     silence = longest_silence(out, fault_at, min(end, hung_up or end))
-    heard_again = bool(out.voiced(fault_end + 1.0, hung_up or end))
+    heard_again = agent_audio(out, fault_end + 0.5, hung_up or end)
     # A call the bridge gave up on was not answered: what it heard was the announcement.
-    answered = hung_up is None and bool(out.voiced(fault_end, answer_by))
+    answered = hung_up is None and agent_audio(out, fault_end, answer_by)
     if hung_up is not None:
         kind = "fell back"
     elif heard_again:
@@ -394,9 +428,10 @@ def judge_plain(out: CallOutcome) -> Verdict:
         return Verdict("failed", 0.0, False)
     end = out.ended_at or time.monotonic()
     silence = longest_silence(out, out.answered_at, end)
-    ok = out.hung_up_by_bridge is None and bool(out.voiced(out.answered_at, end))
+    ok = out.hung_up_by_bridge is None and agent_audio(out, out.answered_at - 0.1, end)
     return Verdict("ok" if ok else "failed", silence, False)
 
 
-__all__ = ["BURST_S", "SILENT_RMS", "CallOutcome", "SipText", "UacCall", "Verdict", "judge",
-           "judge_plain", "longest_silence", "warble"]
+__all__ = ["AGENT_SPAN_S", "BURST_S", "SILENT_RMS", "CallOutcome", "SipText", "UacCall",
+           "Verdict", "agent_audio", "judge", "judge_plain", "longest_silence", "summary",
+           "voiced_spans", "warble"]
