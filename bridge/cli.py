@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sip": ("bridge.bench.sip", "SIPp load with RTP both ways"),
     "webrtc": ("bridge.bench.webrtc", "N aiortc peers calling the bridge"),
     "path": ("bridge.bench.path", "functions one 20 ms frame passes through, each way"),
+    "faults": ("bridge.bench.faults", "upstream faults and SIP/HTTP abuse against a real serve"),
 }
 
 
