@@ -61,6 +61,21 @@ def test_comfort_beeps_are_not_agent_audio_but_do_break_a_silence() -> None:
     assert waiting.silence_s == pytest.approx(3.0, abs=0.05)        # 12.2 .. 15.2 s
 
 
+def test_the_callers_own_turns_are_not_dead_air() -> None:
+    out = _outcome([(0.0, 2.0), (6.0, 8.0)])
+    assert longest_silence(out, 0.0, 8.0) == pytest.approx(4.0, abs=0.05)
+    out.bursts = [3.0]                   # the caller talked 3.0 .. 4.5 s
+    assert longest_silence(out, 0.0, 8.0) == pytest.approx(1.5, abs=0.05)
+
+
+def test_a_quiet_hold_signal_breaks_a_silence_but_is_not_the_agent() -> None:
+    out = _outcome([(2.0, 4.0)])
+    out.frames = [(t, 500.0 if 10.0 <= t < 20.0 else rms) for t, rms in out.frames]
+    held = judge(out, 10.0, 15.0, 19.8)
+    assert (held.kind, held.answered) == ("lost", False)             # only the hold
+    assert held.silence_s == pytest.approx(10.0, abs=0.05)           # 20 .. 30 s
+
+
 def test_turns_are_spoken_before_during_and_after_the_fault() -> None:
     plan = burst_plan(0.0, 9.0, 14.0, 27.0)
     assert plan == [5.0, 9.0, 13.0, 17.0, 21.0]

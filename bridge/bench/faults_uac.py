@@ -7,7 +7,8 @@ every 500 ms until a response), ACK for the 200, then a 20 ms RTP frame every 20
 turns and echoes them), and BYE at the end. A BYE or REFER from the bridge is answered
 and remembered. Every RTP packet received is kept as (arrival time, RMS of its PCM), which
 is all the analysis needs: a frame whose RMS is below :data:`SILENT_RMS` is silence, and a
-gap in packets is silence too.
+gap in packets is silence too, unless the caller is talking (their own turn is not dead
+air); the agent is a voiced stretch at :data:`AGENT_RMS` or more.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from bridge.codecs.g711 import alaw_decode, ulaw_decode, ulaw_encode
 
 #: RMS (PCM16) below which a received 20 ms frame is silence (about -44 dBFS).
 SILENT_RMS = 200.0
+#: RMS a voiced stretch must reach to be the agent (about -27 dBFS): the echo of a caller's
+#: turn and the greeting are far louder; the bridge's hold chime (-28 dBFS peaks) and
+#: comfort beeps (-24 dBFS) are not the agent, though they do break a silence.
+AGENT_RMS = 1500.0
 BURST_S = 1.5
 FRAME_S = 0.020
 _ULAW_SILENCE = b"\xff" * 160
@@ -124,8 +129,9 @@ class CallOutcome:
         times = [t for t in (self.bridge_bye_at, self.bridge_refer_at) if t is not None]
         return min(times) if times else None
 
-    def voiced(self, start: float = 0.0, end: float = math.inf) -> list[float]:
-        return [at for at, rms in self.frames if start <= at < end and rms >= SILENT_RMS]
+    def voiced(self, start: float = 0.0, end: float = math.inf,
+               level: float = SILENT_RMS) -> list[float]:
+        return [at for at, rms in self.frames if start <= at < end and rms >= level]
 
 
 class _SipProto(asyncio.DatagramProtocol):
@@ -356,11 +362,12 @@ def _sdp_media(body: str) -> tuple[str, int] | None:
 AGENT_SPAN_S = 0.4
 
 
-def voiced_spans(out: CallOutcome, origin: float = 0.0) -> list[tuple[float, float]]:
+def voiced_spans(out: CallOutcome, origin: float = 0.0,
+                 level: float = SILENT_RMS) -> list[tuple[float, float]]:
     """The voiced stretches of what the caller received, seconds after ``origin``
     (frames less than 60 ms apart joined)."""
     spans: list[list[float]] = []
-    for at in out.voiced():
+    for at in out.voiced(level=level):
         if spans and at - spans[-1][1] < 0.06:
             spans[-1][1] = at + FRAME_S
         else:
@@ -369,8 +376,10 @@ def voiced_spans(out: CallOutcome, origin: float = 0.0) -> list[tuple[float, flo
 
 
 def agent_audio(out: CallOutcome, start: float, end: float) -> bool:
-    """A voiced stretch of at least :data:`AGENT_SPAN_S` begins in [start, end)."""
-    return any(start <= a < end and b - a >= AGENT_SPAN_S for a, b in voiced_spans(out))
+    """A stretch of at least :data:`AGENT_SPAN_S` at the agent's level begins in
+    [start, end)."""
+    return any(start <= a < end and b - a >= AGENT_SPAN_S
+               for a, b in voiced_spans(out, level=AGENT_RMS))
 
 
 def summary(out: CallOutcome, origin: float) -> dict[str, object]:
@@ -387,12 +396,17 @@ def summary(out: CallOutcome, origin: float) -> dict[str, object]:
 
 
 def longest_silence(out: CallOutcome, start: float, end: float) -> float:
-    """Seconds of the longest stretch in [start, end) without a voiced received frame."""
+    """Seconds of the longest stretch in [start, end) in which the caller heard nothing
+    voiced and was not talking (their own turns are not dead air)."""
     if end <= start:
         return 0.0
-    voiced = out.voiced(start, end)
-    edges = [start, *(t for at in voiced for t in (at, at + FRAME_S)), end]
-    return max(max(b - a, 0.0) for a, b in zip(edges[::2], edges[1::2], strict=False))
+    busy = sorted([(at, at + FRAME_S) for at in out.voiced(start, end)]
+                  + [(b, b + BURST_S) for b in out.bursts if b < end and b + BURST_S > start])
+    longest, last = 0.0, start
+    for a, b in busy:
+        longest = max(longest, min(a, end) - last)
+        last = max(last, b)
+    return max(longest, end - last, 0.0)
 
 
 @dataclass(frozen=True)
