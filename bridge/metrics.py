@@ -15,10 +15,16 @@ Metric                                   type       labels
 voicebridge_calls_active                 gauge      source
 voicebridge_calls_started_total          counter    source
 voicebridge_calls_ended_total            counter    reason
-voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over the cap)
+voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over a cap)
+voicebridge_sip_tcp_dropped_total        counter    reason       (SIP/TCP refused or closed:
+                                                               overall, per_source, slow,
+                                                               idle, too_large, malformed,
+                                                               fd_exhausted (accept failed))
 voicebridge_calls_rejected_total         counter    reason       (admission refused: busy,
                                                                sip_forbidden, sip_busy,
-                                                               sip_no_rtp_port, sip_unusable_sdp)
+                                                               sip_no_rtp_port, sip_unusable_sdp,
+                                                               sip_rate_limited, sip_unacked_limit,
+                                                               draining)
 voicebridge_frames_in_total              counter    source       (20 ms frames from legs)
 voicebridge_frames_out_total             counter    source       (20 ms frames to legs)
 voicebridge_playout_underruns_total      counter    (a tick found nothing to play mid-response)
@@ -107,6 +113,9 @@ UPSTREAM_ERRORS = Counter("upstream_errors", "Realtime upstream errors by kind."
 
 SIP_TCP_REFUSED = Counter("sip_tcp_refused", "SIP/TCP connections closed at once: the "
                           "connection cap was reached.", namespace=_NS, registry=REGISTRY)
+SIP_TCP_DROPPED = Counter("sip_tcp_dropped", "SIP/TCP connections refused or closed by a "
+                          "limit, and accepts failed for lack of file descriptors, by reason.",
+                          ["reason"], namespace=_NS, registry=REGISTRY)
 WEBRTC_LEGS_ACTIVE = Gauge("webrtc_legs_active", "WebRTC peer connections open.",
                            namespace=_NS, registry=REGISTRY)
 SSE_CLIENTS = Gauge("http_sse_clients", "Clients following /calls/events.",
