@@ -156,12 +156,10 @@ class UserAgent(CallHandlers):
         return parser is not None and parser.in_progress
 
     def hangups_in_flight(self) -> int:
-        """BYEs (and other requests) sent and not yet answered nor given up (Timer F),
-        and BYEs waiting for the ACK of our 2xx: what a stop should wait for."""
-        sending = sum(1 for tx, _ in self._client_tx.values()
-                      if tx.state in (State.TRYING, State.PROCEEDING))
-        return sending + sum(1 for c in self._calls.values()
-                             if c.bye_pending and c.state is CallState.ANSWERING)
+        """BYEs (and other requests) sent and neither answered nor given up (Timer F):
+        what a stop waits for. (A BYE waiting for the ACK of our 2xx is not counted.)"""
+        return sum(1 for tx, _ in self._client_tx.values()
+                   if tx.state in (State.TRYING, State.PROCEEDING))
 
     def has_calls_on(self, addr: Address) -> bool:
         """Whether a call not yet ended was set up over the stream from ``addr``."""
