@@ -8,12 +8,14 @@ with no message for ``tcp_idle_timeout_s`` and no live call set up over it. A me
 bounded by the parser (64 KiB of headers, 256 KiB of body; more is answered ``513``
 when it can be, and the connection closed), so the memory a connection holds is too.
 
-:class:`TcpPort` is the asyncio adapter around it: the listener, the transports by peer
-address, a one-second sweep while any connection is open, and accept failures. When the
-process is out of file descriptors (EMFILE/ENFILE), asyncio's accept loop reports it to
-the loop's exception handler (with a traceback, every time) and stops accepting for a
-second; :class:`TcpPort` catches that report for its own sockets, counts it
-(``reason="fd_exhausted"``) and logs a throttled line without the traceback.
+:class:`TcpPort` is the asyncio adapter around it: the listening socket and its own
+accept loop, the transports by peer address, and a one-second sweep while any connection
+is open. It accepts itself (not ``loop.create_server``) so that a connection over a limit
+is closed before any transport or protocol is made for it, and so that running out of
+file descriptors (EMFILE/ENFILE on accept) is handled once: asyncio's server would report
+every failed accept of a batch to the loop's exception handler, with a traceback each,
+and schedule a retry for each. Here it is counted (``reason="fd_exhausted"``), logged as
+one throttled line, and accepting pauses for :data:`ACCEPT_BACKOFF_S`.
 
 Every refusal and close is counted in ``voicebridge_sip_tcp_dropped_total`` by reason:
 ``overall``, ``per_source``, ``slow``, ``idle``, ``too_large``, ``malformed``,
@@ -23,10 +25,12 @@ Every refusal and close is counted in ``voicebridge_sip_tcp_dropped_total`` by r
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from bridge import metrics
 from bridge.logthrottle import Throttle
@@ -38,8 +42,14 @@ _throttled = Throttle(log)
 Address = tuple[str, int]
 #: How often open connections are checked against their timeouts (seconds).
 SWEEP_S = 1.0
-#: What asyncio's accept loop reports when accept() fails for lack of descriptors.
-_ACCEPT_EXHAUSTED = "socket.accept() out of system resource"
+#: Accepting pauses this long when the process is out of file descriptors.
+ACCEPT_BACKOFF_S = 1.0
+#: Connections accepted per readiness event (then the loop runs other callbacks).
+ACCEPT_BATCH = 64
+LISTEN_BACKLOG = 128
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT state for a refusal.
+_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -138,38 +148,49 @@ class TcpPort:
                  local: Callable[[asyncio.BaseTransport, Address], str | None]) -> None:
         self.guard = TcpGuard(settings)
         self.connections: dict[Address, asyncio.Transport] = {}
-        self.server: asyncio.Server | None = None
         self.stats = {"refused": 0, "closed": 0, "fd_exhausted": 0}
         self._on_data, self._on_lost, self._busy, self._local = on_data, on_lost, busy, local
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
         self._sweep: asyncio.TimerHandle | None = None
-        self._previous_handler: Any = None
+        self._resume: asyncio.TimerHandle | None = None
+        self._starting: set[asyncio.Task[None]] = set()
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         loop = self._loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _TcpProtocol(self), host, port,
-                                               reuse_address=True)
-        self._previous_handler = loop.get_exception_handler()
-        loop.set_exception_handler(self._exception_handler)
-        sockname = self.server.sockets[0].getsockname()
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        family, _, proto, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._accept)
+        sockname = sock.getsockname()
         return sockname[0], sockname[1]
 
     async def close(self) -> None:
         """Close every connection and the listener."""
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
+        for handle in (self._sweep, self._resume):
+            if handle is not None:
+                handle.cancel()
+        self._sweep = self._resume = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        for task in list(self._starting):
+            task.cancel()
         for addr, transport in list(self.connections.items()):
             transport.close()
             self.guard.close(addr)
         self.connections.clear()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        loop = self._loop
-        if loop is not None and loop.get_exception_handler() == self._exception_handler:
-            loop.set_exception_handler(self._previous_handler)
 
     def write(self, addr: Address, data: bytes) -> bool:
         conn = self.connections.get(addr)
@@ -188,27 +209,79 @@ class TcpPort:
         count(reason)
         conn.close()
 
+    # -- accepting --------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self._loop is not None and self._sock is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _EXHAUSTED:
+                    self._exhausted(exc)
+                else:
+                    _throttled.log(logging.WARNING, "tcp-accept", "SIP/TCP accept failed: %s",
+                                   exc)
+                return
+            addr: Address = (peer[0], peer[1])
+            refused = self.guard.open(addr, self._loop.time())
+            if refused is not None:
+                self._refuse(conn, addr, refused)
+                continue
+            conn.setblocking(False)
+            task = self._loop.create_task(self._start(conn, addr))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    def _refuse(self, conn: socket.socket, addr: Address, reason: str) -> None:
+        # Closed at once: idle connections must not use up the file descriptors the
+        # calls' sockets need, nor one source all of the connections.
+        self.stats["refused"] += 1
+        count(reason)
+        _throttled.log(logging.WARNING, f"tcp-{reason}",
+                       "SIP/TCP connection from %s refused (%s): %d open, %d from it",
+                       addr[0], reason, len(self.guard), self.guard.from_source(addr[0]))
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        finally:
+            conn.close()
+
+    async def _start(self, conn: socket.socket, addr: Address) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(lambda: _TcpProtocol(self, addr), conn)
+        except OSError as exc:
+            self.guard.close(addr)
+            conn.close()
+            log.info("SIP/TCP connection from %s:%d failed: %s", addr[0], addr[1], exc)
+
+    def _exhausted(self, exc: OSError) -> None:
+        assert self._loop is not None and self._sock is not None
+        self.stats["fd_exhausted"] += 1
+        count("fd_exhausted")
+        _throttled.log(logging.WARNING, "tcp-fd", "SIP/TCP accept failed (%s): out of file "
+                       "descriptors; not accepting for %.0f s", exc.strerror or exc,
+                       ACCEPT_BACKOFF_S)
+        self._loop.remove_reader(self._sock.fileno())
+        self._resume = self._loop.call_later(ACCEPT_BACKOFF_S, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
     # -- the protocol's calls -------------------------------------------------------------
 
-    def _made(self, transport: asyncio.Transport) -> tuple[Address, str | None] | None:
+    def _made(self, transport: asyncio.Transport, addr: Address) -> str | None:
         assert self._loop is not None
-        peer = transport.get_extra_info("peername")
-        addr: Address = (peer[0], peer[1])
-        refused = self.guard.open(addr, self._loop.time())
-        if refused is not None:
-            # Closed at once: idle connections must not use up the file descriptors the
-            # calls' sockets need, nor one source all of the connections.
-            self.stats["refused"] += 1
-            count(refused)
-            _throttled.log(logging.WARNING, f"tcp-{refused}",
-                           "SIP/TCP connection from %s refused (%s): %d open, %d from it",
-                           addr[0], refused, len(self.guard), self.guard.from_source(addr[0]))
-            transport.abort()
-            return None
         self.connections[addr] = transport
         if self._sweep is None:
             self._sweep = self._loop.call_later(SWEEP_S, self._on_sweep)
-        return addr, self._local(transport, addr)
+        return self._local(transport, addr)
 
     def _data(self, addr: Address, data: bytes, local_host: str | None) -> None:
         assert self._loop is not None
@@ -235,51 +308,25 @@ class TcpPort:
         if self.connections:
             self._sweep = self._loop.call_later(SWEEP_S, self._on_sweep)
 
-    def _exception_handler(self, loop: asyncio.AbstractEventLoop,
-                           context: dict[str, Any]) -> None:
-        if context.get("message") == _ACCEPT_EXHAUSTED and self._ours(context.get("socket")):
-            # asyncio stops accepting on this socket for a second, then tries again.
-            self.stats["fd_exhausted"] += 1
-            count("fd_exhausted")
-            exc = context.get("exception")
-            _throttled.log(logging.WARNING, "tcp-fd", "SIP/TCP accept failed (%s): out of "
-                           "file descriptors; not accepting for a second",
-                           getattr(exc, "strerror", None) or exc)
-            return
-        if self._previous_handler is not None:
-            self._previous_handler(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    def _ours(self, sock: Any) -> bool:
-        if sock is None or self.server is None:
-            return False
-        try:
-            fileno = sock.fileno()
-        except OSError:
-            return False
-        return any(s.fileno() == fileno for s in self.server.sockets)
-
 
 class _TcpProtocol(asyncio.Protocol):
-    def __init__(self, port: TcpPort) -> None:
+    def __init__(self, port: TcpPort, addr: Address) -> None:
         self._port = port
-        self._addr: Address | None = None
+        self._addr = addr
         self._local_host: str | None = None
+        self._live = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        made = self._port._made(transport)
-        if made is not None:
-            self._addr, self._local_host = made
+        self._live = True
+        self._local_host = self._port._made(transport, self._addr)
 
     def data_received(self, data: bytes) -> None:
-        if self._addr is not None:
-            self._port._data(self._addr, data, self._local_host)
+        self._port._data(self._addr, data, self._local_host)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._addr is not None:
+        if self._live:
             self._port._lost(self._addr)
 
 
-__all__ = ["SWEEP_S", "TcpGuard", "TcpPort", "count"]
+__all__ = ["ACCEPT_BACKOFF_S", "SWEEP_S", "TcpGuard", "TcpPort", "count"]
