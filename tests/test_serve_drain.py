@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,20 @@ async def ask(peer: UdpPeer, method: str, port: int) -> tuple[int, str | None]:
             return response.status, response.headers.get("Retry-After")
 
 
+def webrtc_offer(bridge: ServeProcess) -> int:
+    """POST a (dummy) browser offer: the HTTP status (503 before any SDP work when busy)."""
+    request = urllib.request.Request(
+        bridge.http_url + "/webrtc/offer", method="POST",
+        data=json.dumps({"type": "offer", "sdp": "v=0"}).encode(),
+        headers={"Content-Type": "application/json",
+                 "Authorization": f"Bearer {bridge.TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def scenarios(tmp_path: Path, pause_ms: int) -> tuple[Path, Path]:
     media = tmp_path / "caller.ulaw"
     media.write_bytes(b"\xff" * 8000 * 3)
@@ -83,6 +100,7 @@ async def test_sigterm_drains_live_calls_then_byes_the_rest(tmp_path: Path) -> N
                       ) as bridge:
         probe = await udp_peer()
         assert await ask(probe, "OPTIONS", bridge.sip_port) == (200, None)
+        assert await asyncio.to_thread(webrtc_offer, bridge) == 400     # not busy: parsed
         first = asyncio.ensure_future(run_sipp(
             ends, bridge.sip_port, workdir=tmp_path, call_id_prefix="ends", limit_s=60,
             sipp=sipp))
@@ -106,6 +124,8 @@ async def test_sigterm_drains_live_calls_then_byes_the_rest(tmp_path: Path) -> N
         invite = await ask(probe, "INVITE", bridge.sip_port)
         assert invite[0] == 503 and invite[1] is not None, invite
         assert bridge.metric("voicebridge_calls_rejected_total", 'reason="draining"') >= 1
+        assert await asyncio.to_thread(webrtc_offer, bridge) == 503     # browsers too
+        assert bridge.get("/readyz")[0] == 503
         assert bridge.metric("voicebridge_calls_active", 'source="sip"') == 2
         # The first call ends by itself (SIPp's BYE) during the drain ...
         assert_ok(await first)

@@ -426,11 +426,13 @@ def _too_large(data: bytes | bytearray) -> SipParseError:
     and include a Via, so a response can be formed before the connection is closed."""
     reason = "header section too large"
     cut = data.rfind(b"\n", 0, MAX_HEADER_BYTES)
+    if cut <= 0:
+        return SipParseError(reason, status=513)
     try:
         start_line, headers = _parse_head(data[:cut].rstrip(b"\r"))
     except (SipParseError, ValueError, UnicodeError):
         return SipParseError(reason, status=513)
-    if cut <= 0 or not headers.get_lines("Via"):
+    if not headers.get_lines("Via"):
         return SipParseError(reason, status=513)
     return MalformedMessage(reason, 513, method=_method_of(start_line), headers=headers)
 
