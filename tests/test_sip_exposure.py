@@ -260,3 +260,34 @@ async def test_oversize_headers_and_body_get_513_then_the_connection_closes() ->
             writer.close()
         assert dropped("too_large") == before + 2
         assert len(svc._tcp) == 0
+
+
+async def test_an_idle_connection_carrying_a_live_call_stays_open() -> None:
+    """The idle timeout spares a connection a live call was set up over (its BYE comes on
+    it), and closes a quiet one beside it."""
+    async with service(tcp_idle_timeout_s=1) as (svc, rec):
+        rtp = await udp_peer()
+        reader, writer = await asyncio.open_connection("127.0.0.1", svc.port)
+        quiet_r, quiet_w = await asyncio.open_connection("127.0.0.1", svc.port)
+        alice = caller(0, "tcp")
+        writer.write(alice.invite(sdp=caller_sdp(rtp.port)).replace(b"/UDP", b"/TCP"))
+
+        async def read_response() -> bytes:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            return head + await reader.readexactly(length)
+
+        ok = parse_response(await read_response())
+        while ok.status < 200:
+            ok = parse_response(await read_response())
+        assert ok.status == 200
+        writer.write(alice.ack(ok).replace(b"/UDP", b"/TCP"))
+        await asyncio.wait_for(rec.started.wait(), 10)
+        assert await closed(quiet_r) == b""             # the quiet one: idle, closed
+        await asyncio.sleep(2.5)                        # well past the idle timeout
+        assert len(svc._tcp) == 1 and not rec.legs[0].ended
+        writer.write(alice.in_dialog("BYE").replace(b"/UDP", b"/TCP"))
+        assert parse_response(await read_response()).status == 200
+        await asyncio.wait_for(rec.finished.wait(), 10)
+        writer.close()
+        quiet_w.close()
