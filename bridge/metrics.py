@@ -18,7 +18,7 @@ voicebridge_calls_ended_total            counter    reason
 voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over a cap)
 voicebridge_sip_tcp_dropped_total        counter    reason       (SIP/TCP refused or closed:
                                                                overall, per_source, slow,
-                                                               idle, too_large, malformed,
+                                                               idle, unread, too_large, malformed,
                                                                fd_exhausted (accept failed))
 voicebridge_calls_rejected_total         counter    reason       (admission refused: busy,
                                                                sip_forbidden, sip_busy,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -291,3 +292,29 @@ async def test_an_idle_connection_carrying_a_live_call_stays_open() -> None:
         await asyncio.wait_for(rec.finished.wait(), 10)
         writer.close()
         quiet_w.close()
+
+
+async def test_a_peer_that_never_reads_our_answers_is_closed() -> None:
+    """Requests whose answers are never read must not grow our write buffer for ever."""
+    before = dropped("unread")
+    async with service() as (svc, _):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", svc.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        options = b"".join(
+            b"OPTIONS sip:bob@127.0.0.1 SIP/2.0\r\n"
+            b"Via: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bKopt%d\r\n"
+            b"Max-Forwards: 70\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:bob@127.0.0.1>\r\n"
+            b"Call-ID: opt%d@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n" % (n, n)
+            for n in range(200))
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):                  # 40,000 OPTIONS, never reading
+                writer.write(options)
+                await writer.drain()
+                if dropped("unread") > before:
+                    break
+        await until(lambda: dropped("unread") == before + 1, 30)
+        assert len(svc._tcp) == 0
+        writer.close()

@@ -17,8 +17,11 @@ every failed accept of a batch to the loop's exception handler, with a traceback
 and schedule a retry for each. Here it is counted (``reason="fd_exhausted"``), logged as
 one throttled line, and accepting pauses for :data:`ACCEPT_BACKOFF_S`.
 
+What we write is bounded too: a peer that leaves more than :data:`MAX_UNREAD` of our
+messages unread is closed.
+
 Every refusal and close is counted in ``voicebridge_sip_tcp_dropped_total`` by reason:
-``overall``, ``per_source``, ``slow``, ``idle``, ``too_large``, ``malformed``,
+``overall``, ``per_source``, ``slow``, ``idle``, ``unread``, ``too_large``, ``malformed``,
 ``fd_exhausted``.
 """
 
@@ -47,6 +50,9 @@ ACCEPT_BACKOFF_S = 1.0
 #: Connections accepted per readiness event (then the loop runs other callbacks).
 ACCEPT_BATCH = 64
 LISTEN_BACKLOG = 128
+#: Bytes of ours a peer may leave unread (it sends requests but never reads the
+#: answers); past this its connection is closed (``reason="unread"``).
+MAX_UNREAD = 256 * 1024
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT state for a refusal.
 _RESET = struct.pack("ii", 1, 0)
@@ -197,6 +203,11 @@ class TcpPort:
         if conn is None:
             return False
         conn.write(data)
+        if conn.get_write_buffer_size() > MAX_UNREAD:
+            _throttled.log(logging.INFO, "tcp-unread", "closing SIP/TCP connection from "
+                           "%s:%d: it leaves our answers unread", addr[0], addr[1])
+            self.drop(addr, "unread")
+            self._on_lost(addr)
         return True
 
     def drop(self, addr: Address, reason: str) -> None:
