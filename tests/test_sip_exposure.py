@@ -11,8 +11,12 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
+import pytest
+
 from bridge import metrics
 from bridge.bench.sip import free_udp_port
+from bridge.config import settings_from_mapping
+from bridge.errors import ConfigError
 from bridge.sip.admission import RateLimiter
 from bridge.sip.message import parse_response
 from bridge.sip.service import SipLeg, SipService
@@ -318,3 +322,13 @@ async def test_a_peer_that_never_reads_our_answers_is_closed() -> None:
         await until(lambda: dropped("unread") == before + 1, 30)
         assert len(svc._tcp) == 0
         writer.close()
+
+
+def test_limits_load_from_the_file_and_the_environment_and_refuse_negatives() -> None:
+    settings = settings_from_mapping(
+        {"sip": {"tcp_max_per_source": 8, "max_unacked": 3, "drain_s": 5}},
+        env={"VOICEBRIDGE_SIP_INVITE_RATE_PER_SOURCE": "0"})
+    assert (settings.sip.tcp_max_per_source, settings.sip.max_unacked, settings.sip.drain_s,
+            settings.sip.invite_rate_per_source) == (8, 3, 5, 0)
+    with pytest.raises(ConfigError, match=r"\[sip\] tcp_idle_timeout_s: must not be negative"):
+        settings_from_mapping({"sip": {"tcp_idle_timeout_s": -1}}, env={})
