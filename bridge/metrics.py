@@ -15,10 +15,16 @@ Metric                                   type       labels
 voicebridge_calls_active                 gauge      source
 voicebridge_calls_started_total          counter    source
 voicebridge_calls_ended_total            counter    reason
-voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over the cap)
+voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over a cap)
+voicebridge_sip_tcp_dropped_total        counter    reason       (SIP/TCP refused or closed:
+                                                               overall, per_source, slow,
+                                                               idle, unread, too_large, malformed,
+                                                               fd_exhausted (accept failed))
 voicebridge_calls_rejected_total         counter    reason       (admission refused: busy,
                                                                sip_forbidden, sip_busy,
                                                                sip_no_rtp_port, sip_unusable_sdp,
+                                                               sip_rate_limited, sip_unacked_limit,
+                                                               draining,
                                                                webrtc_unauthorized,
                                                                webrtc_rate_limited, webrtc_busy,
                                                                webrtc_media_timeout,
@@ -128,6 +134,9 @@ OUTAGE_SILENCE = Histogram("outage_silence_seconds",
 
 SIP_TCP_REFUSED = Counter("sip_tcp_refused", "SIP/TCP connections closed at once: the "
                           "connection cap was reached.", namespace=_NS, registry=REGISTRY)
+SIP_TCP_DROPPED = Counter("sip_tcp_dropped", "SIP/TCP connections refused or closed by a "
+                          "limit, and accepts failed for lack of file descriptors, by reason.",
+                          ["reason"], namespace=_NS, registry=REGISTRY)
 WEBRTC_LEGS_ACTIVE = Gauge("webrtc_legs_active", "WebRTC peer connections open.",
                            namespace=_NS, registry=REGISTRY)
 HTTP_REFUSED = Counter("http_refused", "State-changing HTTP requests refused: a foreign "

@@ -104,6 +104,8 @@ class Bridge:
         self._token_provider: EntraTokenProvider | None = None
         self._upstream_checked: tuple[float, bool, str] | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        #: Set by a second SIGTERM/SIGINT: end the drain, and stop waiting for BYE answers.
+        self.hurry = asyncio.Event()
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -130,7 +132,6 @@ class Bridge:
         factory = await self._realtime_factory()
         manager = self.manager = CallManager(dialplans, factory, store, shared_clock(),
                                              max_calls=self.settings.sip.max_calls)
-        self._closers.append(self._shutdown_calls)
 
         def live_record(call_id: str) -> CallRecord | None:
             call = manager.calls.get(call_id)
@@ -139,6 +140,8 @@ class Bridge:
         manager.add_listener(CallEventMetrics(live_record))
         if self.sip_wanted:
             await self._start_sip(manager)
+        # Calls end before SIP stops (closers run in reverse): their BYEs need it.
+        self._closers.append(self._shutdown_calls)
         await self._start_http(manager)
 
     async def stop(self) -> None:
@@ -151,6 +154,35 @@ class Bridge:
                 raise
             except Exception:
                 log.exception("error while shutting down")
+
+    async def drain(self) -> None:
+        """Stop admitting (SIP INVITEs and OPTIONS get 503, WebRTC offers 503) and let the
+        live calls go on for up to ``[sip] drain_s``, or until :attr:`hurry` is set; the
+        ones left are ended by :meth:`stop`."""
+        manager = self.manager
+        if manager is None:
+            return
+        manager.stop_admitting()
+        if self.sip is not None:
+            self.sip.drain()
+        limit = self.settings.sip.drain_s
+
+        def live() -> int:
+            return manager.live + (self.sip.unacked_calls if self.sip is not None else 0)
+
+        if not live() or limit <= 0:
+            return
+        log.info("draining: %d live call(s) may go on for up to %d s (a second signal "
+                 "ends them now)", live(), limit)
+        hurry = asyncio.ensure_future(self.hurry.wait())
+        try:
+            async with asyncio.timeout(limit):
+                while live() and not hurry.done():
+                    await asyncio.wait((hurry,), timeout=0.1)
+        except TimeoutError:
+            log.info("drain time over: ending %d call(s)", live())
+        finally:
+            hurry.cancel()
 
     async def _shutdown_calls(self) -> None:
         manager = self.manager
@@ -240,6 +272,7 @@ class Bridge:
         sip = self.sip = SipService(self.settings.sip, on_call,
                                     rtp_ports=(rtp.port_low, rtp.port_high),
                                     can_admit=manager.can_admit)
+        sip.hurry = self.hurry
         await sip.start()
         self._closers.append(sip.stop)
 
@@ -434,10 +467,18 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
 async def serve(settings: Settings, *, ready: Callable[[Bridge], None] | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    bridge = Bridge(settings)
+
+    def on_signal() -> None:
+        # The first SIGTERM/SIGINT drains; the next one ends the calls at once.
+        if stop.is_set():
+            bridge.hurry.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    async with Bridge(settings) as bridge:
+            loop.add_signal_handler(sig, on_signal)
+    async with bridge:
         # Everything imported and built at start-up lives for the whole process: move it
         # out of the collector's reach, so full collections stay short while calls run
         # (a full collection of the start-up heap stalled the media clock for >100 ms).
@@ -447,6 +488,7 @@ async def serve(settings: Settings, *, ready: Callable[[Bridge], None] | None = 
         if ready is not None:
             ready(bridge)
         await stop.wait()
+        await bridge.drain()
         log.info("shutting down")
     return 0
 

@@ -34,6 +34,7 @@ async def wildcard_service(on_call: Callable[[SipLeg], Awaitable[None]],
     try:
         yield svc
     finally:
+        svc.hurry.set()           # these callers never answer our BYE: do not wait for it
         await svc.stop()
 
 

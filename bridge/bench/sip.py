@@ -888,6 +888,10 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
             log_level="WARNING",
             env={"VOICEBRIDGE_REALTIME_EMULATOR_URL": emulator.url,
                  "VOICEBRIDGE_SIP_MAX_CALLS": str(n + 10),
+                 # One SIPp is one source: the per-source limits would cap the load.
+                 "VOICEBRIDGE_SIP_INVITE_RATE_PER_SOURCE": "0",
+                 "VOICEBRIDGE_SIP_MAX_UNACKED_PER_SOURCE": str(n + 10),
+                 "VOICEBRIDGE_SIP_MAX_UNACKED": str(n + 10),
                  "VOICEBRIDGE_SIP_TRANSPORTS": "udp"}) as bridge:
         pid = bridge.pid
         if placement is not None and not cpus.pin(pid, placement[0]):

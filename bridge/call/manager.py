@@ -96,6 +96,10 @@ class CallManager:
     def can_admit(self) -> bool:
         return not self._closing and len(self.calls) < self.max_calls
 
+    def stop_admitting(self) -> None:
+        """Refuse new calls from now on (draining); the live ones go on."""
+        self._closing = True
+
     @property
     def live(self) -> int:
         return len(self.calls)

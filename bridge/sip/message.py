@@ -360,6 +360,11 @@ class StreamParser:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def in_progress(self) -> bool:
+        """A message has begun and is not complete yet (after :meth:`next_message`)."""
+        return bool(self._buffer) or self._head is not None
+
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
@@ -386,12 +391,12 @@ class StreamParser:
             found = _find_header_end(self._buffer, max(0, self._scan_from - 3))
             if found is None:
                 if len(self._buffer) > MAX_HEADER_BYTES:
-                    raise SipParseError("header section too large", status=513)
+                    raise _too_large(self._buffer)
                 self._scan_from = len(self._buffer)
                 return None
             head_end, body_start = found
             if head_end > MAX_HEADER_BYTES:
-                raise SipParseError("header section too large", status=513)
+                raise _too_large(self._buffer)
             start_line, headers = _parse_head(self._buffer[:head_end])
             try:
                 length = _content_length(headers)
@@ -413,6 +418,23 @@ class StreamParser:
         del self._buffer[:self._length]
         self._head = None
         return _Framed(start_line, headers, body)
+
+
+def _too_large(data: bytes | bytearray) -> SipParseError:
+    """513 for a header section over the limit on a stream; a :class:`MalformedMessage`
+    (answerable) when the start line and the whole header lines before the limit parse
+    and include a Via, so a response can be formed before the connection is closed."""
+    reason = "header section too large"
+    cut = data.rfind(b"\n", 0, MAX_HEADER_BYTES)
+    if cut <= 0:
+        return SipParseError(reason, status=513)
+    try:
+        start_line, headers = _parse_head(data[:cut].rstrip(b"\r"))
+    except (SipParseError, ValueError, UnicodeError):
+        return SipParseError(reason, status=513)
+    if not headers.get_lines("Via"):
+        return SipParseError(reason, status=513)
+    return MalformedMessage(reason, 513, method=_method_of(start_line), headers=headers)
 
 
 # ----------------------------------------------------------------------------- building

@@ -45,10 +45,12 @@ from bridge.call.leg import LegInfo, Source
 from bridge.errors import BridgeError, SdpError
 from bridge.logthrottle import Throttle
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
+from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription, answer_offer, make_offer
 from bridge.sip.settings import SipSettings
+from bridge.sip.tcp import TcpPort
 from bridge.sip.ua import (
     ByeReceived,
     CallCancelled,
@@ -71,11 +73,8 @@ from bridge.sip.ua import (
 
 log = logging.getLogger(__name__)
 _throttled = Throttle(log)
-#: SIP/TCP connections open at once, from all peers; more are closed as they arrive.
-TCP_MAX_CONNECTIONS = 256
 
 Address = tuple[str, int]
-RETRY_AFTER_S = 5
 #: The ``[rtp]`` port range when none is given (one port per call).
 DEFAULT_RTP_PORTS = (20000, 20999)
 #: Peers whose route source address is remembered; past this the memory starts over (a
@@ -105,7 +104,8 @@ class SipService:
         self.rtp_ports = rtp_ports
         self._on_call = on_call
         self._can_admit = can_admit
-        self._allow = tuple(ipaddress.ip_network(c, strict=False) for c in settings.allow_from)
+        #: The admission decision (allowlist, draining, rates, unACKed INVITEs, capacity).
+        self.gate = Gate(settings)
         self._ports = PortAllocator(*rtp_ports)
         self.ua: UserAgent | None = None
         self.address = settings.host
@@ -117,14 +117,17 @@ class SipService:
         self._local_hosts: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: asyncio.DatagramTransport | None = None
-        self._tcp_server: asyncio.Server | None = None
-        self._tcp: dict[Address, asyncio.Transport] = {}
+        self.tcp = TcpPort(settings, self._feed_stream, self._stream_lost, self._busy_stream,
+                           self._connection_local)
+        self._tcp = self.tcp.connections
+        #: Set to stop waiting for the answers to our BYEs when stopping (a second signal).
+        self.hurry = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._pending: dict[CallKey, _Pending] = {}
         self._legs: dict[CallKey, SipLeg] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stats = {"calls": 0, "rejected": 0, "options": 0, "tcp_refused": 0}
+        self.stats = {"calls": 0, "rejected": 0, "options": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -158,41 +161,59 @@ class SipService:
             sockname = transport.get_extra_info("sockname")
             self.address, port = sockname[0], sockname[1]
         if "tcp" in self.settings.transports:
-            server = await self._loop.create_server(
-                lambda: _TcpProtocol(self), host, port, reuse_address=True)
-            self._tcp_server = server
-            sockname = server.sockets[0].getsockname()
-            self.address, port = sockname[0], sockname[1]
+            self.address, port = await self.tcp.listen(host, port)
         self.port = port
 
     async def _close_sockets(self) -> None:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-            await self._tcp_server.wait_closed()
-            self._tcp_server = None
+        await self.tcp.close()
 
     async def stop(self) -> None:
-        """Hang up every call, then close the sockets."""
-        for leg in list(self._legs.values()):
-            await leg.hang_up("shutting down")
-        for key in list(self._pending):
-            self._command(functools.partial(_bye, key))
+        """Hang up every call, wait for the BYEs' answers (each retransmitted until
+        answered or Timer F, unless :attr:`hurry` is set), then close the sockets."""
+        if self.ua is not None:
+            for leg in list(self._legs.values()):
+                await leg.hang_up("shutting down")
+            for key in list(self._pending):
+                self._command(functools.partial(_bye, key))
+            await self._wait_for_hangups()
         for error in await cancel_all(list(self._tasks)):
             log.warning("SIP task failed while stopping: %r", error)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for transport in self._tcp.values():
-            transport.close()
-        self._tcp.clear()
         await self._close_sockets()
+
+    async def _wait_for_hangups(self) -> None:
+        ua = self.ua
+        assert ua is not None
+        if not ua.hangups_in_flight():
+            return
+        log.info("waiting for the answers to %d BYE(s)", ua.hangups_in_flight())
+        hurry = asyncio.ensure_future(self.hurry.wait())
+        try:
+            async with asyncio.timeout(self.settings.timers.b + 1):
+                while ua.hangups_in_flight() and not hurry.done():
+                    await asyncio.wait((hurry,), timeout=0.05)
+        except TimeoutError:
+            log.warning("%d BYE(s) still unanswered", ua.hangups_in_flight())
+        finally:
+            hurry.cancel()
+
+    def drain(self) -> None:
+        """Stop admitting: new INVITEs and OPTIONS get 503 (calls in progress go on)."""
+        self.gate.draining = True
 
     @property
     def active_calls(self) -> int:
         return len(self._pending) + len(self._legs)
+
+    @property
+    def unacked_calls(self) -> int:
+        """Calls between the INVITE and the ACK (see ``max_unacked``)."""
+        return len(self._pending)
 
     # -- feeding the core ---------------------------------------------------------------
 
@@ -204,6 +225,22 @@ class SipService:
         self.ua.receive(data, (addr[0], addr[1]), transport, self._loop.time(),
                         local_host=local_host)
         self._pump()
+
+    def _feed_stream(self, data: bytes, addr: Address, local_host: str | None
+                     ) -> tuple[bool, bool]:
+        """TCP bytes to the core: whether a whole message came, whether one is unfinished."""
+        assert self.ua is not None
+        before = self.ua.stats["received"] + self.ua.stats["malformed"]
+        self._feed(data, addr, "tcp", local_host)
+        messages = self.ua.stats["received"] + self.ua.stats["malformed"] > before
+        return messages, self.ua.stream_in_progress(addr)
+
+    def _stream_lost(self, addr: Address) -> None:
+        if self.ua is not None:
+            self.ua.connection_lost(addr)
+
+    def _busy_stream(self, addr: Address) -> bool:
+        return self.ua is not None and self.ua.has_calls_on(addr)
 
     def _route_source(self, addr: Address) -> str:
         """Our address toward ``addr`` by the routing table (a UDP ``connect`` sends
@@ -252,15 +289,10 @@ class SipService:
         for data, addr in ua.datagrams_to_send():
             self._send_udp(data, addr)
         for data, addr in ua.data_to_send():
-            conn = self._tcp.get(addr)
-            if conn is None:
+            if not self.tcp.write(addr, data):
                 log.info("no TCP connection to %s:%d any more; message dropped", *addr)
-                continue
-            conn.write(data)
-        for addr in ua.connections_to_close():
-            conn = self._tcp.pop(addr, None)
-            if conn is not None:
-                conn.close()
+        for addr, why in ua.closes():
+            self.tcp.drop(addr, why)
         for event in ua.events():
             self._on_event(event)
         deadline = ua.get_timer()
@@ -295,29 +327,22 @@ class SipService:
     # -- admission ----------------------------------------------------------------------
 
     def _admit(self, request: Request, peer: Peer) -> Rejection | None:
+        assert self._loop is not None
+        source = peer.addr[0]
         invite = request.method == "INVITE"
-        if self._allow:
-            try:
-                source = ipaddress.ip_address(peer.addr[0])
-            except ValueError:
-                source = None
-            if source is None or not any(source in net for net in self._allow):
-                _throttled.log(logging.INFO, "allowlist",
-                               "request from %s refused: not in the allowlist", peer.addr[0])
-                self.stats["rejected"] += 1
-                if invite:
-                    metrics.CALLS_REJECTED.labels(reason="sip_forbidden").inc()
-                return Rejection(403)
-        if not invite:
+        load = Load(self.active_calls, len(self._pending),
+                    sum(1 for p in self._pending.values() if p.event.peer.addr[0] == source),
+                    can_admit=not invite or self._can_admit is None or self._can_admit())
+        refusal = self.gate.check(request.method, source, self._loop.time(), load)
+        if refusal is None:
             return None
-        full = self.active_calls >= self.settings.max_calls
-        if full or (self._can_admit is not None and not self._can_admit()):
-            self.stats["rejected"] += 1
-            metrics.CALLS_REJECTED.labels(reason="sip_busy").inc()
-            _throttled.log(logging.INFO, "capacity", "INVITE refused: at capacity (%d calls)",
-                           self.active_calls)
-            return Rejection(503, headers=(("Retry-After", str(RETRY_AFTER_S)),))
-        return None
+        self.stats["rejected"] += 1
+        if invite:
+            metrics.CALLS_REJECTED.labels(reason=refusal.reason).inc()
+        _throttled.log(logging.INFO, refusal.reason, "%s from %s refused (%d %s): %d calls, "
+                       "%d unconfirmed", request.method, source, refusal.status,
+                       refusal.reason, load.calls, load.unacked)
+        return Rejection(refusal.status, headers=refusal.headers)
 
     # -- events -------------------------------------------------------------------------
 
@@ -511,40 +536,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("SIP/UDP socket error: %s", exc)
-
-
-class _TcpProtocol(asyncio.Protocol):
-    def __init__(self, service: SipService) -> None:
-        self._service = service
-        self._addr: Address | None = None
-        self._local_host: str | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        peer = transport.get_extra_info("peername")
-        service = self._service
-        if len(service._tcp) >= TCP_MAX_CONNECTIONS:
-            # Past the cap a connection is closed at once: idle connections from anywhere
-            # must not use up the file descriptors the calls' sockets need.
-            service.stats["tcp_refused"] += 1
-            metrics.SIP_TCP_REFUSED.inc()
-            _throttled.log(logging.WARNING, "tcp-cap", "SIP/TCP connection from %s refused: "
-                           "%d connections open", peer[0], len(service._tcp))
-            transport.abort()
-            return
-        self._addr = (peer[0], peer[1])
-        service._tcp[self._addr] = transport
-        self._local_host = self._service._connection_local(transport, self._addr)
-
-    def data_received(self, data: bytes) -> None:
-        if self._addr is not None:
-            self._service._feed(data, self._addr, "tcp", self._local_host)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._addr is not None:
-            self._service._tcp.pop(self._addr, None)
-            if self._service.ua is not None:
-                self._service.ua.connection_lost(self._addr)
 
 
 def _bye(call: CallKey, ua: UserAgent, now: float) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bridge import __version__
+from bridge.errors import ConfigError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -68,6 +69,28 @@ class SipSettings:
     #: Ring before answering: send ``180 Ringing`` and wait this long (a caller may CANCEL
     #: meanwhile). 0 answers at once, without a 180.
     ring_ms: int = 0
+    #: SIP/TCP connections open at once, from all peers; more are closed as they arrive.
+    tcp_max_connections: int = 256
+    #: SIP/TCP connections open at once from one source address.
+    tcp_max_per_source: int = 32
+    #: A message begun on a SIP/TCP connection must be complete within this many seconds
+    #: (slowloris: bytes trickling in), else the connection is closed.
+    tcp_message_timeout_s: int = 10
+    #: A SIP/TCP connection with no message for this many seconds is closed (not while a
+    #: call set up over it is live: its BYE and re-INVITEs come over it).
+    tcp_idle_timeout_s: int = 120
+    #: INVITEs not yet confirmed by an ACK (ringing, or answered and waiting for the ACK
+    #: for up to 64*T1 = 32 s) at once, from everyone and from one source address; past
+    #: these an INVITE gets 503 with Retry-After, so they cannot fill ``max_calls``.
+    max_unacked: int = 20
+    max_unacked_per_source: int = 4
+    #: New INVITEs per second one source address may send (a token bucket this fast,
+    #: holding ``invite_burst_per_source``); past it 503 with Retry-After. 0: no limit.
+    invite_rate_per_source: int = 10
+    invite_burst_per_source: int = 20
+    #: On SIGTERM/SIGINT, live calls may go on for this many seconds (new ones get 503)
+    #: before each remaining one is ended with a BYE; a second signal ends them at once.
+    drain_s: int = 30
     #: The codecs we answer with, in our order of preference (G.711 only on SIP).
     codecs: tuple[str, ...] = field(default=("pcmu", "pcma"), metadata=NOT_IN_FILE)
     #: What we write in Server and User-Agent.
@@ -77,6 +100,18 @@ class SipSettings:
     #: Send requests inside a dialog without a route set back to the address the INVITE
     #: came from rather than to its Contact (which is often a private address behind NAT).
     symmetric_requests: bool = field(default=True, metadata=NOT_IN_FILE)
+
+    def __post_init__(self) -> None:
+        for name in _NOT_NEGATIVE:
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"[sip] {name}: must not be negative (got {value})")
+
+
+#: The limits above that must be 0 or more (0 for the rate: no limit).
+_NOT_NEGATIVE = ("tcp_max_connections", "tcp_max_per_source", "tcp_message_timeout_s",
+                 "tcp_idle_timeout_s", "max_unacked", "max_unacked_per_source",
+                 "invite_rate_per_source", "invite_burst_per_source", "drain_s")
 
 
 def file_keys(cls: type[DataclassInstance]) -> tuple[str, ...]:

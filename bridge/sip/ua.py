@@ -77,7 +77,7 @@ from bridge.sip.responder import (
 )
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription
 from bridge.sip.settings import SipSettings
-from bridge.sip.transaction import InviteServerTransaction, server_key
+from bridge.sip.transaction import InviteServerTransaction, State, server_key
 
 log = logging.getLogger(__name__)
 #: Lines a peer can cause, bounded (a flood of junk is a count, not a log).
@@ -94,6 +94,8 @@ class UserAgent(CallHandlers):
         super().__init__(settings, host=host, port=port, ids=ids)
         self._admission = admission
         self._streams: dict[Address, StreamParser] = {}
+        #: Why each connection in the close queue is closed ("too_large", "malformed").
+        self._close_why: dict[Address, str] = {}
         self.stats: dict[str, int] = {"received": 0, "malformed": 0, "dropped": 0}
 
     # ------------------------------------------------------------------------ interface
@@ -132,6 +134,7 @@ class UserAgent(CallHandlers):
                     log.info("closing SIP/TCP connection from %s:%d: %s", addr[0], addr[1],
                              exc.reason)
                     self._to_close.append(addr)
+                    self._close_why[addr] = "too_large" if exc.status == 513 else "malformed"
                     self._streams.pop(addr, None)
                     return
                 continue
@@ -141,6 +144,27 @@ class UserAgent(CallHandlers):
 
     def connection_lost(self, addr: Address) -> None:
         self._streams.pop(addr, None)
+
+    def closes(self) -> list[tuple[Address, str]]:
+        """:meth:`connections_to_close`, each with why ("too_large", "malformed")."""
+        return [(addr, self._close_why.pop(addr, "malformed"))
+                for addr in self.connections_to_close()]
+
+    def stream_in_progress(self, addr: Address) -> bool:
+        """Whether the stream from ``addr`` holds the beginning of an unfinished message."""
+        parser = self._streams.get(addr)
+        return parser is not None and parser.in_progress
+
+    def hangups_in_flight(self) -> int:
+        """BYEs (and other requests) sent and neither answered nor given up (Timer F):
+        what a stop waits for. (A BYE waiting for the ACK of our 2xx is not counted.)"""
+        return sum(1 for tx, _ in self._client_tx.values()
+                   if tx.state in (State.TRYING, State.PROCEEDING))
+
+    def has_calls_on(self, addr: Address) -> bool:
+        """Whether a call not yet ended was set up over the stream from ``addr``."""
+        return any(c.peer.reliable and c.peer.addr == addr and c.state is not CallState.ENDED
+                   for c in self._calls.values())
 
     def handle_timer(self, now: float) -> None:
         for key, tx in list(self._server_tx.items()):
