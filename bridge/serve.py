@@ -271,7 +271,7 @@ class Bridge:
 
         sip = self.sip = SipService(self.settings.sip, on_call,
                                     rtp_ports=(rtp.port_low, rtp.port_high),
-                                    can_admit=manager.can_admit)
+                                    can_admit=manager.can_admit, early=manager)
         sip.hurry = self.hurry
         await sip.start()
         self._closers.append(sip.stop)

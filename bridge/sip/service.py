@@ -38,6 +38,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from bridge import metrics
 from bridge.aio import cancel_all
@@ -92,18 +93,28 @@ class _Pending:
     leg: SipLeg | None = None
 
 
+class EarlyUpstreams(Protocol):
+    """Who opens a call's upstream while its INVITE is answered (the call manager)."""
+    def open_early(self, info: LegInfo, g711: str | None) -> bool: ...
+
+    def drop_early(self, leg_call_id: str) -> None: ...
+
+
 class SipService:
     """SIP over UDP and TCP for inbound calls; see the module docstring."""
 
     def __init__(self, settings: SipSettings, on_call: Callable[[SipLeg], Awaitable[None]],
                  *, rtp_ports: tuple[int, int] = DEFAULT_RTP_PORTS,
-                 can_admit: Callable[[], bool] | None = None) -> None:
+                 can_admit: Callable[[], bool] | None = None,
+                 early: EarlyUpstreams | None = None) -> None:
         """``settings`` as loaded (``[sip]``); ``rtp_ports``: the ``[rtp]`` range, one port
-        per call; ``can_admit``: asked before a new INVITE is let in (False: 503)."""
+        per call; ``can_admit``: asked before a new INVITE is let in (False: 503);
+        ``early``: opens a call's upstream as its INVITE is answered."""
         self.settings = settings
         self.rtp_ports = rtp_ports
         self._on_call = on_call
         self._can_admit = can_admit
+        self._early = early
         #: The admission decision (allowlist, draining, rates, unACKed INVITEs, capacity).
         self.gate = Gate(settings)
         self._ports = PortAllocator(*rtp_ports)
@@ -380,6 +391,8 @@ class SipService:
             self._legs.pop(key, None)
             if pending.leg is not None:
                 pending.leg.rtp.close()
+            if self._early is not None:        # a no-op once the call has taken it over
+                self._early.drop_early(pending.event.invite.call_id)
 
     async def _answer(self, pending: _Pending) -> SipLeg | None:
         """Open RTP, answer (after ringing), wait for the ACK: the live leg, or None when
@@ -394,6 +407,12 @@ class SipService:
             rtp.close()
             return None
         sdp, media = offer
+        info = LegInfo(call_id=event.invite.call_id, source=Source.SIP, caller=event.caller,
+                       called=event.called,
+                       remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
+                       extra={"transport": event.peer.transport})
+        if self._early is not None:       # the upstream opens while we ring and answer
+            self._early.open_early(info, media.codec if media is not None else None)
         if self.settings.ring_ms > 0:
             self._command(lambda ua, now: ua.ringing(key, now))
             await asyncio.wait((pending.established,), timeout=self.settings.ring_ms / 1000)
@@ -402,10 +421,6 @@ class SipService:
             # sent the 487; answering now would be an error.
             rtp.close()
             return None
-        info = LegInfo(call_id=event.invite.call_id, source=Source.SIP, caller=event.caller,
-                       called=event.called,
-                       remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
-                       extra={"transport": event.peer.transport})
         leg = SipLeg(self._command, key, info, rtp, media)
         pending.leg = leg
         if media is not None:

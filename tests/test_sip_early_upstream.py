@@ -1,0 +1,85 @@
+"""A SIP call's upstream opens while its INVITE is answered, not after the ACK.
+
+In-process ``SipService`` and ``CallManager`` with the emulator over a real WebSocket and a
+Python caller on loopback UDP: the Realtime session exists while the phone is still
+ringing, the call takes it over (one session in all), and a call cancelled while ringing
+closes its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from bridge.bench.sip import free_udp_port
+from bridge.call.clock import MediaClock
+from bridge.call.manager import CallManager
+from bridge.call.records import MemoryRecordStore
+from bridge.realtime.config import RealtimeSettings
+from bridge.realtime.emulator import Emulator, EmulatorConfig
+from bridge.sip.service import SipLeg, SipService
+from bridge.sip.settings import SipSettings
+from tests.support.call_harness import make_plans
+from tests.support.sip_peers import Uac, caller_sdp, udp_peer
+from tests.support.waiting import until
+
+
+@contextlib.asynccontextmanager
+async def bridge(tmp: Path, emu: Emulator) -> AsyncIterator[tuple[SipService, CallManager]]:
+    target = RealtimeSettings.from_env({}).target(emulator_url=emu.url)
+    manager = CallManager(make_plans(tmp), target, MemoryRecordStore(), MediaClock())
+
+    async def on_call(leg: SipLeg) -> None:
+        await manager.handle(leg)
+
+    low = free_udp_port() & ~1
+    svc = SipService(SipSettings(host="127.0.0.1", port=0, ring_ms=800), on_call,
+                     rtp_ports=(low, low + 9), can_admit=manager.can_admit, early=manager)
+    await svc.start()
+    try:
+        yield svc, manager
+    finally:
+        await manager.shutdown()
+        await svc.stop()
+
+
+async def test_the_session_is_ready_while_ringing_and_the_call_uses_it(tmp_path: Path) -> None:
+    async with Emulator(EmulatorConfig(greeting_ms=400)) as emu, \
+            bridge(tmp_path, emu) as (svc, manager):
+        sip, rtp = await udp_peer(), await udp_peer()
+        assert sip.transport is not None
+        alice = Uac(rport=True)
+        target = ("127.0.0.1", svc.port)
+        sip.transport.sendto(alice.invite(sdp=caller_sdp(rtp.port)), target)
+        assert (await sip.recv_sip()).status == 100
+        assert (await sip.recv_sip()).status == 180              # ringing for 0.8 s ...
+        await emu.wait_for(lambda r: len(r) == 1 and r.sessions[0].session_updates == 1, 5)
+        assert manager.live == 0                                 # ... session ready, no call
+        ok = await sip.recv_sip()
+        assert ok.status == 200
+        sip.transport.sendto(alice.ack(ok), target)
+        first = await asyncio.wait_for(rtp.recv(), 5)           # media flows at once
+        assert len(first) == 12 + 160
+        await until(lambda: manager.live == 1, 5)
+        call = next(iter(manager.calls.values()))
+        assert call.record.session_ids == [emu.record.sessions[0].session_id]
+        sip.transport.sendto(alice.in_dialog("BYE"), target)
+        await until(lambda: manager.live == 0, 10)
+        assert len(emu.record) == 1 and manager.early.taken == 1
+
+
+async def test_a_call_cancelled_while_ringing_closes_its_session(tmp_path: Path) -> None:
+    async with Emulator(EmulatorConfig()) as emu, bridge(tmp_path, emu) as (svc, manager):
+        sip, rtp = await udp_peer(), await udp_peer()
+        assert sip.transport is not None
+        alice = Uac(rport=True)
+        target = ("127.0.0.1", svc.port)
+        sip.transport.sendto(alice.invite(sdp=caller_sdp(rtp.port)), target)
+        assert (await sip.recv_sip()).status == 100
+        assert (await sip.recv_sip()).status == 180
+        await emu.wait_for(lambda r: len(r) == 1, 5)
+        sip.transport.sendto(alice.cancel(), target)
+        await emu.wait_for(lambda r: r.sessions[0].close_code is not None, 5)
+        assert manager.live == 0 and len(manager.early) == 0 and manager.early.dropped == 1
