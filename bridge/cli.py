@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "webrtc": ("bridge.bench.webrtc", "N aiortc peers calling the bridge"),
     "path": ("bridge.bench.path", "functions one 20 ms frame passes through, each way"),
     "faults": ("bridge.bench.faults", "upstream faults and SIP/HTTP abuse against a real serve"),
+    "setup": ("bridge.bench.setup", "INVITE -> first greeting audio, on a real serve"),
 }
 
 

@@ -30,7 +30,7 @@ async def test_the_call_takes_over_the_session_opened_during_set_up(tmp_path: Pa
     clock = MediaClock()
     async with Emulator(EmulatorConfig(greeting_ms=400)) as emu:
         manager = manager_for(emu, tmp_path, clock)
-        assert manager.open_early(info("leg-1"), "pcmu")
+        assert manager.open_early(info("leg-1"), "pcmu") is not None
         # The session is opened and configured before there is any call (the INVITE is
         # still being answered).
         await emu.wait_for(lambda r: len(r) == 1 and r.sessions[0].session_updates == 1, 5)
@@ -51,7 +51,7 @@ async def test_a_call_that_does_not_happen_closes_its_early_session(tmp_path: Pa
     clock = MediaClock()
     async with Emulator(EmulatorConfig()) as emu:
         manager = manager_for(emu, tmp_path, clock)
-        assert manager.open_early(info("leg-cancelled"), "pcmu")
+        assert manager.open_early(info("leg-cancelled"), "pcmu") is not None
         await emu.wait_for(lambda r: len(r) == 1 and r.sessions[0].session_updates == 1, 5)
         manager.drop_early("leg-cancelled")      # CANCEL, a refusal, no ACK
         await emu.wait_for(lambda r: r.sessions[0].close_code is not None, 5)
@@ -63,11 +63,11 @@ async def test_early_sessions_are_bounded_in_number_and_age(tmp_path: Path) -> N
     async with Emulator(EmulatorConfig()) as emu:
         manager = manager_for(emu, tmp_path, clock, max_calls=8)   # at most 2 early ones
         manager.early.max_age_s = 1.0
-        opened = [manager.open_early(info(f"leg-{n}"), "pcmu") for n in range(5)]
+        opened = [manager.open_early(info(f"leg-{n}"), "pcmu") is not None for n in range(5)]
         assert opened == [True, True, False, False, False]
         await emu.wait_for(lambda r: len(r) == 2, 5)
         # Nobody takes them (INVITEs never ACKed): closed once they are too old.
         await emu.wait_for(lambda r: all(s.close_code is not None for s in r.sessions), 5)
         assert len(manager.early) == 0
         await manager.shutdown()
-        assert not manager.open_early(info("leg-late"), "pcmu")   # shutting down
+        assert manager.open_early(info("leg-late"), "pcmu") is None   # shutting down

@@ -17,7 +17,7 @@ from bridge.sip.settings import SipSettings, file_keys
 
 #: The ``[sip]`` keys README.md and voicebridge.example.toml document, in their order.
 DOCUMENTED = ("enabled", "host", "port", "transports", "public_address", "max_calls",
-              "allow_from", "latch_any", "ring_ms", "tcp_max_connections",
+              "allow_from", "latch_any", "ring_ms", "answer_wait_ms", "tcp_max_connections",
               "tcp_max_per_source", "tcp_message_timeout_s", "tcp_idle_timeout_s",
               "max_unacked", "max_unacked_per_source", "invite_rate_per_source",
               "invite_burst_per_source", "drain_s")

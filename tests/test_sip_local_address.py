@@ -14,6 +14,7 @@ import pytest
 
 import bridge.sip.service as sip_service
 from bridge.bench.sip import free_udp_port
+from bridge.sip.addresses import plain_host
 from bridge.sip.message import Request, Response, parse_message, parse_request, parse_response
 from bridge.sip.sdp import parse_sdp
 from bridge.sip.service import SipLeg, SipService
@@ -42,7 +43,7 @@ async def wildcard_service(on_call: Callable[[SipLeg], Awaitable[None]],
 def loopback_guess(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the host-wide guess the Debian one, whatever this host's /etc/hosts says, so
     that advertising the guess instead of the reached address shows up here too."""
-    monkeypatch.setattr(sip_service, "_public_guess", lambda bound: DEBIAN_HOSTS_GUESS)
+    monkeypatch.setattr(sip_service, "public_guess", lambda bound: DEBIAN_HOSTS_GUESS)
 
 
 async def next_request(peer: UdpPeer) -> Request:
@@ -173,6 +174,6 @@ async def test_configured_public_address_wins_over_the_reached_one(
 
 
 def test_ipv4_mapped_and_zoned_addresses_are_written_plainly() -> None:
-    assert sip_service._plain_host("::ffff:192.0.2.7") == "192.0.2.7"
-    assert sip_service._plain_host("fe80::1%eth0") == "fe80::1"
-    assert sip_service._plain_host("2001:db8::1") == "2001:db8::1"
+    assert plain_host("::ffff:192.0.2.7") == "192.0.2.7"
+    assert plain_host("fe80::1%eth0") == "fe80::1"
+    assert plain_host("2001:db8::1") == "2001:db8::1"

@@ -27,10 +27,12 @@ _OPENED = re.compile(rb"emulator: session \S+ opened")
 class Upstream:
     """``voicebridge emulator --port PORT`` with ``PYTHONPATH`` = ``pythonpath`` (if given)."""
 
-    def __init__(self, port: int, log_path: Path, pythonpath: str | None = None) -> None:
+    def __init__(self, port: int, log_path: Path, pythonpath: str | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.port = port
         self.log_path = log_path
         self.pythonpath = pythonpath
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopped = False
 
@@ -43,7 +45,7 @@ class Upstream:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge", "--log-level", "INFO", "emulator",
-                 "--port", str(self.port)], env=env, stdin=subprocess.DEVNULL,
+                 "--port", str(self.port), *self.extra], env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log)
         self.stopped = False
         deadline = time.monotonic() + limit_s

@@ -78,11 +78,11 @@ class EarlyOpens:
     def __len__(self) -> int:
         return len(self._open)
 
-    def open(self, key: str, plan: Dialplan, g711: str | None) -> bool:
-        """Start opening the upstream of the call being set up as ``key``; False when at
-        the bound (the call then opens its own, as usual)."""
+    def open(self, key: str, plan: Dialplan, g711: str | None) -> asyncio.Task[None] | None:
+        """Start opening the upstream of the call being set up as ``key``: the connect,
+        under way. None when at the bound (the call then opens its own, as usual)."""
         if key in self._open or len(self._open) >= self.max_open:
-            return False
+            return None
         call_id = new_call_id()
         profile = plan.session_profile(leg_g711=g711)
         client = self._factory(profile, self._log_for(call_id))
@@ -97,7 +97,7 @@ class EarlyOpens:
             self.max_age_s, self.drop, key)
         self._open[key] = early
         self.opened += 1
-        return True
+        return task
 
     def take(self, key: str) -> EarlyUpstream | None:
         """The early upstream of ``key`` for its call (None if there is none)."""

@@ -105,18 +105,19 @@ class CallManager:
         return len(self.calls)
 
     # -- calls ---------------------------------------------------------------------------
-    def open_early(self, info: LegInfo, g711: str | None) -> bool:
+    def open_early(self, info: LegInfo, g711: str | None) -> asyncio.Future[None] | None:
         """Start opening the upstream of a call being set up (its INVITE accepted, not yet
-        answered). False when the manager is full or at its bound of early opens."""
+        answered): a future done once it is ready (or failed). None when the manager is
+        full or at its bound of early opens."""
         if not self.can_admit() or len(self.calls) + len(self.early) >= self.max_calls:
-            return False
+            return None
         plan = self.dialplans.match(called=info.called, caller=info.caller,
                                     source=info.source.value)
         try:
             return self.early.open(info.call_id, plan, g711)
         except Exception:
             log.exception("could not open an early upstream on dialplan %s", plan.name)
-            return False
+            return None
 
     def drop_early(self, leg_call_id: str) -> None:
         """The call set up as ``leg_call_id`` will not happen: close its early upstream."""

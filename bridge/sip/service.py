@@ -46,6 +46,7 @@ from bridge.call.leg import LegInfo, Source
 from bridge.errors import BridgeError, SdpError
 from bridge.logthrottle import Throttle
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
+from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, public_guess
 from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
@@ -81,7 +82,6 @@ DEFAULT_RTP_PORTS = (20000, 20999)
 #: Peers whose route source address is remembered; past this the memory starts over (a
 #: spray of requests from many addresses must not grow it without bound).
 LOCAL_HOST_CACHE = 4096
-_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 @dataclass
@@ -95,7 +95,7 @@ class _Pending:
 
 class EarlyUpstreams(Protocol):
     """Who opens a call's upstream while its INVITE is answered (the call manager)."""
-    def open_early(self, info: LegInfo, g711: str | None) -> bool: ...
+    def open_early(self, info: LegInfo, g711: str | None) -> asyncio.Future[None] | None: ...
 
     def drop_early(self, leg_call_id: str) -> None: ...
 
@@ -154,8 +154,8 @@ class SipService:
                 await self._close_sockets()
                 if port != 0 or attempt == 4:
                     raise
-        self.public_address = self.settings.public_address or _public_guess(self.address)
-        self._per_peer = not self.settings.public_address and self.address in _WILDCARDS
+        self.public_address = self.settings.public_address or public_guess(self.address)
+        self._per_peer = not self.settings.public_address and self.address in WILDCARDS
         self.ua = UserAgent(self.settings, host=self.public_address, port=self.port,
                             admission=self._admit)
         log.info("SIP listening on %s:%d (%s), contact address %s", self.address, self.port,
@@ -258,7 +258,7 @@ class SipService:
         nothing); remembered per peer IP, the configured guess when there is no route."""
         local = self._local_hosts.get(addr[0])
         if local is None:
-            local = _local_address_toward(addr) or self.public_address
+            local = local_address_toward(addr) or self.public_address
             self._remember_local(addr[0], local)
         return local
 
@@ -278,7 +278,7 @@ class SipService:
         sockname = transport.get_extra_info("sockname")
         if not sockname:
             return None
-        local = _plain_host(sockname[0])
+        local = plain_host(sockname[0])
         self._remember_local(peer[0], local)
         return local
 
@@ -411,11 +411,9 @@ class SipService:
                        called=event.called,
                        remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
                        extra={"transport": event.peer.transport})
-        if self._early is not None:       # the upstream opens while we ring and answer
-            self._early.open_early(info, media.codec if media is not None else None)
-        if self.settings.ring_ms > 0:
-            self._command(lambda ua, now: ua.ringing(key, now))
-            await asyncio.wait((pending.established,), timeout=self.settings.ring_ms / 1000)
+        ready = (None if self._early is None else      # the upstream opens as we answer
+                 self._early.open_early(info, media.codec if media is not None else None))
+        await self._ring(pending, ready)
         if pending.established.done():
             # CANCELled (or otherwise ended) before we answered: the core has already
             # sent the 487; answering now would be an error.
@@ -431,6 +429,20 @@ class SipService:
             leg._media_updated(established.media)
             leg.g711 = established.media.codec
         return None if leg.ended else leg
+
+    async def _ring(self, pending: _Pending, ready: asyncio.Future[None] | None) -> None:
+        """``180 Ringing`` for ``ring_ms``, then on until the call's upstream is ready (up to
+        ``answer_wait_ms`` in all), so the greeting starts as the call is answered."""
+        ring_s, wait_s = self.settings.ring_ms / 1000, self.settings.answer_wait_ms / 1000
+        waiting = ready is not None and not ready.done() and wait_s > ring_s
+        if ring_s <= 0 and not waiting:
+            return
+        key = pending.event.call
+        self._command(lambda ua, now: ua.ringing(key, now))
+        await asyncio.wait((pending.established,), timeout=ring_s)
+        if waiting and ready is not None and not pending.established.done():
+            await asyncio.wait((pending.established, ready), timeout=wait_s - ring_s,
+                               return_when=asyncio.FIRST_COMPLETED)
 
     async def _open_rtp(self, event: IncomingCall) -> RtpEndpoint | None:
         """The call's RTP endpoint; None (and a 503 sent) when no port is free."""
@@ -555,46 +567,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 def _bye(call: CallKey, ua: UserAgent, now: float) -> None:
     ua.bye(call, now)
-
-
-def _plain_host(host: str) -> str:
-    """``host`` as it goes in SIP and SDP: an IPv4-mapped IPv6 address (a dual-stack
-    socket's view of an IPv4 peer) as IPv4, without an IPv6 zone (``%eth0``)."""
-    host = host.split("%", 1)[0]
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return host
-
-
-def _local_address_toward(peer: Address) -> str | None:
-    """The source address the routing table picks toward ``peer``, or None (no route).
-
-    ``connect`` on a UDP socket only looks the route up and fixes the source address; it
-    sends nothing, so this costs no traffic and needs no answer from the peer.
-    """
-    host = _plain_host(peer[0])
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((host, peer[1] or 9))
-            return _plain_host(str(probe.getsockname()[0]))
-    except OSError as exc:
-        log.debug("no route toward %s (%s)", host, exc)
-        return None
-
-
-def _public_guess(bound: str) -> str:
-    """The address to advertise when none is configured: the bound one, unless wildcard."""
-    if bound not in _WILDCARDS:
-        return bound
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
 
 
 __all__ = ["SipLeg", "SipService", "SipSettings"]

@@ -69,6 +69,9 @@ class SipSettings:
     #: Ring before answering: send ``180 Ringing`` and wait this long (a caller may CANCEL
     #: meanwhile). 0 answers at once, without a 180.
     ring_ms: int = 0
+    #: Answer once the call's Realtime session is ready (it is opened as the INVITE comes
+    #: in), ringing meanwhile, but wait no longer than this; 0 answers without waiting.
+    answer_wait_ms: int = 2000
     #: SIP/TCP connections open at once, from all peers; more are closed as they arrive.
     tcp_max_connections: int = 256
     #: SIP/TCP connections open at once from one source address.

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="session length before session_expired (default 1800)")
     parser.add_argument("--greeting-ms", type=int, default=1200,
                         help="length of the greeting tone (default 1200)")
+    parser.add_argument("--open-delay-ms", type=int, default=0,
+                        help="wait this long before session.created, as a cloud service's "
+                        "session set-up does (default 0)")
     parser.add_argument("--pace", type=float, default=4.0,
                         help="send audio deltas this many times faster than real time "
                         "(0 = at once; default 4)")
@@ -41,7 +44,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
                               "not set")
     return EmulatorConfig(host=args.host, port=args.port, api_key=api_key, script=args.script,
                           session_max_s=args.session_max_s, greeting_ms=args.greeting_ms,
-                          pace=args.pace)
+                          pace=args.pace, open_delay_ms=args.open_delay_ms)
 
 
 async def _serve(config: EmulatorConfig) -> None:

@@ -75,6 +75,8 @@ class EmulatorConfig:
     pace: float = 4.0
     model: str = "gpt-realtime"
     keep_input_audio: int = 0
+    #: wait this long before ``session.created``, as a cloud service's session set-up does
+    open_delay_ms: int = 0
 
     def __repr__(self) -> str:  # never show the secrets
         return (f"EmulatorConfig(host={self.host!r}, port={self.port}, "
@@ -276,6 +278,8 @@ class Emulator:
                                      name=f"emulator-writer-{record.session_id}")
         writer.add_done_callback(lambda task: self._writer_done(task, conn))
         try:
+            if self.config.open_delay_ms > 0:
+                await asyncio.sleep(self.config.open_delay_ms / 1000)
             core.start(loop.time())
             conn.wake.set()
             self._notify()
