@@ -7,6 +7,7 @@ import sys
 
 from bridge.dialplans.loader import ENV_DIR, default_dialplans_dir, load_dialplans
 from bridge.errors import DialplanError
+from bridge.realtime.recovery import RecoveryPolicy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
             what = action.target or action.text or ""
             print(f"  dtmf {digit}:   {action.kind} {what}".rstrip())
         fb = plan.fallback
+        budget = (RecoveryPolicy.budget_s if fb.reconnect_budget_s is None
+                  else fb.reconnect_budget_s)
         print(f"  fallback: {fb.announcement or fb.tones or 'no announcement'}, then "
-              f"{fb.action}{' to ' + fb.target if fb.target else ''}")
+              f"{fb.action}{' to ' + fb.target if fb.target else ''}; a lost upstream is "
+              f"reconnected for {budget:g} s, on hold ({fb.hold or 'chime'})")
     return 0

@@ -5,7 +5,7 @@ whose Realtime upstream is a ``voicebridge emulator`` in a process of its own (b
 with ``PYTHONPATH=--serve-pythonpath`` when given, so the same campaign measures an older
 checkout; only settings every version knows are passed). Scenarios (``--only``):
 
-Upstream faults, each during ``--calls`` concurrent SIP calls placed from 127.0.0.2 by the
+Upstream faults, each during ``--calls`` concurrent SIP calls placed from 127.0.1.N by the
 in-process UACs of :mod:`bridge.bench.faults_uac` (1.5 s warbling turns, every 4 s before
 the fault, at the fault's start and every 4 s during it, then 3 s after it ends and every
 4 s after that; the emulator's VAD sees turns and echoes them):
@@ -33,7 +33,7 @@ during the fault (a greeting from a reconnected session would count too; the fal
 announcement does not).
 
 SIP and HTTP abuse against the same serve (:mod:`bridge.bench.faults_floods`), each while
-``--calls`` legitimate 6 s calls are placed from 127.0.0.2 (ok = answered, agent audio
+``--calls`` legitimate 6 s calls are placed from 127.0.1.N (ok = answered, agent audio
 heard, not hung up by the bridge): ``malformed-udp``, ``idle-tcp``, ``slowloris``,
 ``invite-flood`` (max_calls unACKed INVITEs from 127.0.0.3 first) and ``webrtc-offers``
 (anonymous ``POST /webrtc/offer``, no calls; Realtime sessions counted from the
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.bench.faults_floods import RUNNERS
-from bridge.bench.faults_uac import BURST_S, UacCall, judge, summary
+from bridge.bench.faults_uac import BURST_S, UacCall, caller_ip, judge, summary
 from bridge.bench.faults_upstream import Upstream, log_size, raise_nofile
 from bridge.bench.sip import ServeProcess, free_rtp_range, rss_mib
 
@@ -223,7 +223,8 @@ async def upstream_fault(c: Campaign, name: str, row: Row) -> None:
     planned_end = fault_at + fault_s
     end = planned_end + max(c.args.post_s, 5.0)
     bursts = burst_plan(t0, fault_at, planned_end, end)
-    calls = [UacCall(i, serve.sip_port, bursts=bursts) for i in range(c.args.calls)]
+    calls = [UacCall(i, serve.sip_port, bursts=bursts, local_ip=caller_ip(i))
+             for i in range(c.args.calls)]
     tasks = [asyncio.ensure_future(call.run(end)) for call in calls]
     await _until(fault_at)
     fault_end = fault_at

@@ -1,6 +1,6 @@
 """SIP and HTTP abuse scenarios of ``voicebridge bench faults`` (see :mod:`bridge.bench.faults`).
 
-Each SIP flood runs while ``--calls`` legitimate calls from 127.0.0.2 are placed (6 s
+Each SIP flood runs while ``--calls`` legitimate calls from 127.0.1.N are placed (6 s
 each, turns every 4 s): the row's "recov" column counts those that were answered, heard
 agent audio and were not hung up by the bridge, "lost" those that were not.
 
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from aiortc import RTCPeerConnection
 
-from bridge.bench.faults_uac import CallOutcome, UacCall, judge_plain, summary
+from bridge.bench.faults_uac import CallOutcome, UacCall, caller_ip, judge_plain, summary
 
 if TYPE_CHECKING:
     from bridge.bench.faults import Campaign, Row
@@ -47,7 +47,8 @@ async def _legit(c: Campaign, delay_s: float = 0.0) -> tuple[float, list[CallOut
     await asyncio.sleep(delay_s)
     t0 = time.monotonic()
     bursts = [t0 + 1.5 + 4.0 * k for k in range(2)]
-    calls = [UacCall(i, c.serve.sip_port, bursts=bursts) for i in range(c.args.calls)]
+    calls = [UacCall(i, c.serve.sip_port, bursts=bursts, local_ip=caller_ip(i))
+             for i in range(c.args.calls)]
     return t0, list(await asyncio.gather(*(call.run(t0 + LEGIT_S) for call in calls)))
 
 

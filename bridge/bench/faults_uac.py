@@ -103,6 +103,12 @@ class SipText:
         return "" if self.status else self.first.split(" ", 1)[0]
 
 
+def caller_ip(index: int) -> str:
+    """Each caller its own loopback address (127.0.1.N), as separate phones are: the
+    bridge's per-source limits judge one phone, not the whole campaign."""
+    return f"127.0.1.{index % 250 + 1}"
+
+
 def _token() -> str:
     return f"{random.getrandbits(64):016x}"
 
