@@ -18,7 +18,8 @@ from bridge.bench.faults import burst_plan
 from bridge.bench.faults_uac import SILENT_RMS, CallOutcome, judge, longest_silence
 
 ROW = re.compile(r"^(?P<name>[a-z0-9-]+)\s+(?P<calls>\d+)\s+(?P<ok>\d+)\s+(?P<fell>\d+)\s+"
-                 r"(?P<lost>\d+)\s+(?P<silence>[\d.]+|-)\s+(?P<answered>\S+)\s+"
+                 r"(?P<lost>\d+)\s+(?P<silence>[\d.]+|-)\s+(?P<dead_air>[\d.]+|-)\s+"
+                 r"(?P<answered>\S+)\s+"
                  r"(?P<rss0>[\d.]+)->(?P<rss1>[\d.]+)\s+(?P<log>-?\d+)\s+(?P<secs>[\d.]+)\s+"
                  r"\[(?P<per_call>[^\]]*)\]$", re.MULTILINE)
 
@@ -61,11 +62,12 @@ def test_comfort_beeps_are_not_agent_audio_but_do_break_a_silence() -> None:
     assert waiting.silence_s == pytest.approx(3.0, abs=0.05)        # 12.2 .. 15.2 s
 
 
-def test_the_callers_own_turns_are_not_dead_air() -> None:
+def test_dead_air_does_not_count_the_callers_own_turns() -> None:
     out = _outcome([(0.0, 2.0), (6.0, 8.0)])
     assert longest_silence(out, 0.0, 8.0) == pytest.approx(4.0, abs=0.05)
     out.bursts = [3.0]                   # the caller talked 3.0 .. 4.5 s
-    assert longest_silence(out, 0.0, 8.0) == pytest.approx(1.5, abs=0.05)
+    assert longest_silence(out, 0.0, 8.0) == pytest.approx(4.0, abs=0.05)    # raw
+    assert longest_silence(out, 0.0, 8.0, talking_counts=True) == pytest.approx(1.5, abs=0.05)
 
 
 def test_a_quiet_hold_signal_breaks_a_silence_but_is_not_the_agent() -> None:
@@ -106,6 +108,7 @@ def test_a_tiny_campaign_prints_a_sane_row_per_scenario() -> None:
     per_call = [float(x) for x in blip["per_call"].split()]
     assert len(per_call) == 2, out                          # both calls set up and measured
     assert float(blip["silence"]) == pytest.approx(max(per_call), abs=0.06), out
+    assert 0 <= float(blip["dead_air"]) <= float(blip["silence"]), out
     notes = re.search(r"blip-1: emulator SIGKILLed, a new one listening on the same port "
                       r"[\d.]+ s later; (\d+) Realtime sessions opened", out)
     assert notes is not None, out

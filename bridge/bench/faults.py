@@ -110,6 +110,7 @@ class Row:
     fell_back: int = 0
     lost: int = 0
     silences: list[float] = field(default_factory=list)
+    dead_airs: list[float] = field(default_factory=list)
     answered: int | None = None
     rss_before: float = 0.0
     rss_after: float = 0.0
@@ -120,7 +121,8 @@ class Row:
 
 
 HEADER = (f"{'scenario':<14} {'calls':>5} {'recov':>5} {'fellbk':>6} {'lost':>5} "
-          f"{'silence_max_s':>13} {'answered':>8} {'rss_mib':>13} {'log_bytes':>10} "
+          f"{'silence_max_s':>13} {'dead_air_s':>10} {'answered':>8} {'rss_mib':>13} "
+          f"{'log_bytes':>10} "
           f"{'secs':>6}  silence per call (s)")
 
 
@@ -128,9 +130,10 @@ def format_row(row: Row) -> str:
     answered = "-" if row.answered is None else f"{row.answered}/{row.calls}"
     rss = f"{row.rss_before:.1f}->{row.rss_after:.1f}"
     silence = f"{max(row.silences):.2f}" if row.silences else "-"
+    dead_air = f"{max(row.dead_airs):.2f}" if row.dead_airs else "-"
     per_call = " ".join(f"{s:.1f}" for s in row.silences) or "-"
     return (f"{row.name:<14} {row.calls:>5} {row.ok:>5} {row.fell_back:>6} {row.lost:>5} "
-            f"{silence:>13} {answered:>8} {rss:>13} {row.log_bytes:>10} "
+            f"{silence:>13} {dead_air:>10} {answered:>8} {rss:>13} {row.log_bytes:>10} "
             f"{row.seconds:>6.1f}  [{per_call}]")
 
 
@@ -261,6 +264,7 @@ async def upstream_fault(c: Campaign, name: str, row: Row) -> None:
         row.lost += verdict.kind == "lost"
         if out.answered_at is not None:
             row.silences.append(verdict.silence_s)
+            row.dead_airs.append(verdict.dead_air_s)
         answered += verdict.answered
     row.answered = answered if kind != "upstream" else None
     setup = sum(out.answered_at is not None for out in outcomes)

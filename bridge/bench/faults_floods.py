@@ -62,6 +62,7 @@ def _count(row: Row, placed: tuple[float, list[CallOutcome]]) -> None:
         row.lost += verdict.kind != "ok"
         if out.answered_at is not None:
             row.silences.append(verdict.silence_s)
+            row.dead_airs.append(verdict.dead_air_s)
         if out.hung_up_by_bridge is not None:
             row.fell_back += 1
     failed = Counter(str(o.status or o.error or "no answer") for o in outcomes

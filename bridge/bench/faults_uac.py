@@ -7,8 +7,8 @@ every 500 ms until a response), ACK for the 200, then a 20 ms RTP frame every 20
 turns and echoes them), and BYE at the end. A BYE or REFER from the bridge is answered
 and remembered. Every RTP packet received is kept as (arrival time, RMS of its PCM), which
 is all the analysis needs: a frame whose RMS is below :data:`SILENT_RMS` is silence, and a
-gap in packets is silence too, unless the caller is talking (their own turn is not dead
-air); the agent is a voiced stretch at :data:`AGENT_RMS` or more.
+gap in packets is silence too; "dead air" is the same without the stretches in which the
+caller was talking. The agent is a voiced stretch at :data:`AGENT_RMS` or more.
 """
 
 from __future__ import annotations
@@ -401,13 +401,16 @@ def summary(out: CallOutcome, origin: float) -> dict[str, object]:
             "voiced": voiced_spans(out, origin)}
 
 
-def longest_silence(out: CallOutcome, start: float, end: float) -> float:
-    """Seconds of the longest stretch in [start, end) in which the caller heard nothing
-    voiced and was not talking (their own turns are not dead air)."""
+def longest_silence(out: CallOutcome, start: float, end: float, *,
+                    talking_counts: bool = False) -> float:
+    """Seconds of the longest stretch in [start, end) in which the caller received nothing
+    voiced. ``talking_counts``: a stretch in which the caller was talking is not silence
+    either (their own turn is not dead air)."""
     if end <= start:
         return 0.0
-    busy = sorted([(at, at + FRAME_S) for at in out.voiced(start, end)]
-                  + [(b, b + BURST_S) for b in out.bursts if b < end and b + BURST_S > start])
+    talk = ([(b, b + BURST_S) for b in out.bursts if b < end and b + BURST_S > start]
+            if talking_counts else [])
+    busy = sorted([(at, at + FRAME_S) for at in out.voiced(start, end)] + talk)
     longest, last = 0.0, start
     for a, b in busy:
         longest = max(longest, min(a, end) - last)
@@ -420,6 +423,7 @@ class Verdict:
     kind: str                 # "recovered", "fell back", "lost" ("ok"/"failed" for floods)
     silence_s: float          # longest caller-side silence from the fault to the call's end
     answered: bool            # a turn spoken during the fault answered after it
+    dead_air_s: float = 0.0   # the same, not counting the caller's own turns
 
 
 def judge(out: CallOutcome, fault_at: float, fault_end: float, answer_by: float) -> Verdict:
@@ -429,6 +433,7 @@ def judge(out: CallOutcome, fault_at: float, fault_end: float, answer_by: float)
     if out.answered_at is None:
         return Verdict("lost", 0.0, False)
     silence = longest_silence(out, fault_at, min(end, hung_up or end))
+    dead_air = longest_silence(out, fault_at, min(end, hung_up or end), talking_counts=True)
     heard_again = agent_audio(out, fault_end + 0.5, hung_up or end)
     # A call the bridge gave up on was not answered: what it heard was the announcement.
     answered = hung_up is None and agent_audio(out, fault_end, answer_by)
@@ -438,7 +443,7 @@ def judge(out: CallOutcome, fault_at: float, fault_end: float, answer_by: float)
         kind = "recovered"
     else:
         kind = "lost"
-    return Verdict(kind, silence, answered)
+    return Verdict(kind, silence, answered, dead_air)
 
 
 def judge_plain(out: CallOutcome) -> Verdict:
@@ -448,8 +453,9 @@ def judge_plain(out: CallOutcome) -> Verdict:
         return Verdict("failed", 0.0, False)
     end = out.ended_at or time.monotonic()
     silence = longest_silence(out, out.answered_at, end)
+    dead_air = longest_silence(out, out.answered_at, end, talking_counts=True)
     ok = out.hung_up_by_bridge is None and agent_audio(out, out.answered_at - 0.1, end)
-    return Verdict("ok" if ok else "failed", silence, False)
+    return Verdict("ok" if ok else "failed", silence, False, dead_air)
 
 
 __all__ = ["AGENT_SPAN_S", "BURST_S", "SILENT_RMS", "CallOutcome", "SipText", "UacCall",
