@@ -70,6 +70,16 @@ def test_dead_air_does_not_count_the_callers_own_turns() -> None:
     assert longest_silence(out, 0.0, 8.0, talking_counts=True) == pytest.approx(1.5, abs=0.05)
 
 
+def test_the_quiet_tail_after_the_last_answered_turn_is_not_counted() -> None:
+    # Turns at 5 and 9 s, answered at 7-8.5 and 11-12.5 s; the caller then says nothing
+    # until the call ends at 30 s. One turn period after the last turn ends the window.
+    out = _outcome([(7.0, 8.5), (11.0, 12.5)])
+    out.bursts = [5.0, 9.0]
+    verdict = judge(out, 6.0, 6.0, 14.0)
+    assert verdict.silence_s == pytest.approx(2.5, abs=0.05)      # 8.5 .. 11.0 s
+    assert verdict.dead_air_s == pytest.approx(0.5, abs=0.05)     # 8.5 .. 9.0 s
+
+
 def test_a_quiet_hold_signal_breaks_a_silence_but_is_not_the_agent() -> None:
     out = _outcome([(2.0, 4.0)])
     out.frames = [(t, 500.0 if 10.0 <= t < 20.0 else rms) for t, rms in out.frames]

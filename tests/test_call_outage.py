@@ -99,14 +99,20 @@ async def test_a_hung_upstream_mid_call_holds_then_answers_what_was_said(tmp_pat
     assert any("upstream away" in e for e in record.errors)
 
 
+async def greeted(emu: Emulator, plans: DialplanSet) -> Harness:
+    """A call with the production recovery policy, its greeting played."""
+    h = Harness(emu.url, plans.default, MemoryRecordStore(),
+                client_options={"recovery": RecoveryPolicy()})
+    h.start()
+    await h.until(lambda: h.agent_frames() >= 20 and not h.call.playout.playing)
+    return h
+
+
 async def test_a_budget_of_zero_announces_at_once(tmp_path: Path) -> None:
     plans = plans_with(tmp_path, "reconnect_budget_s = 0")
     first = load_announcement("unavailable-transfer", 8000)[:320]
     async with Emulator(EmulatorConfig(greeting_ms=400)) as emu:
-        h = Harness(emu.url, plans.default, MemoryRecordStore(),
-                    client_options={"recovery": RecoveryPolicy()})
-        h.start()
-        await h.until(lambda: h.agent_frames() >= 20 and not h.call.playout.playing)
+        h = await greeted(emu, plans)
         lost_at = h.clock.time()
         await emu.drop(1006)
         await h.until(lambda: bool(h.leg.transfers), 10)
@@ -122,10 +128,7 @@ async def test_when_the_budget_runs_out_the_announcement_starts_within_2_s(
     plans = plans_with(tmp_path, "reconnect_budget_s = 3")
     first = load_announcement("unavailable-transfer", 8000)[:320]
     async with Emulator(EmulatorConfig(greeting_ms=400)) as emu:
-        h = Harness(emu.url, plans.default, MemoryRecordStore(),
-                    client_options={"recovery": RecoveryPolicy()})
-        h.start()
-        await h.until(lambda: h.agent_frames() >= 20 and not h.call.playout.playing)
+        h = await greeted(emu, plans)
         lost_at = h.clock.time()
         await emu.stop()                             # gone for good: every attempt refused
         await h.until(lambda: bool(h.leg.transfers), 15)

@@ -92,9 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long idle/slowloris connections are held (default 12)")
     parser.add_argument("--pre-s", type=float, default=9.0,
                         help="seconds of calls before an upstream fault (default 9)")
-    parser.add_argument("--post-s", type=float, default=13.0,
-                        help="seconds of calls after an upstream fault ends (default 13, "
-                        "at least 5)")
+    parser.add_argument("--post-s", type=float, default=18.0,
+                        help="seconds of calls after an upstream fault ends (default 18: "
+                        "long enough to see a 10 s reconnect budget run out and the "
+                        "fallback's announcement end; at least 5)")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep the serve and emulator logs in DIR, and per scenario a "
                         "JSON of every call (turns sent, voiced audio received, BYE times)")

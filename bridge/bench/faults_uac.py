@@ -28,6 +28,8 @@ from bridge.codecs.g711 import alaw_decode, ulaw_decode, ulaw_encode
 
 #: RMS (PCM16) below which a received 20 ms frame is silence (about -44 dBFS).
 SILENT_RMS = 200.0
+#: The callers speak a turn every this many seconds (``bridge.bench.faults.burst_plan``).
+TURN_EVERY_S = 4.0
 #: RMS a voiced stretch must reach to be the agent (about -27 dBFS): the echo of a caller's
 #: turn and the greeting are far louder; the bridge's hold chime (-28 dBFS peaks) and
 #: comfort beeps (-24 dBFS) are not the agent, though they do break a silence.
@@ -432,8 +434,12 @@ def judge(out: CallOutcome, fault_at: float, fault_end: float, answer_by: float)
     hung_up = out.hung_up_by_bridge
     if out.answered_at is None:
         return Verdict("lost", 0.0, False)
-    silence = longest_silence(out, fault_at, min(end, hung_up or end))
-    dead_air = longest_silence(out, fault_at, min(end, hung_up or end), talking_counts=True)
+    # Silence is measured up to the bridge's hang-up, and no later than one turn period
+    # after the caller's last turn: the quiet tail after the last answer, while the caller
+    # says nothing more, is the end of the scenario, not dead air.
+    stop = min(end, hung_up or end, out.bursts[-1] + TURN_EVERY_S if out.bursts else end)
+    silence = longest_silence(out, fault_at, stop)
+    dead_air = longest_silence(out, fault_at, stop, talking_counts=True)
     heard_again = agent_audio(out, fault_end + 0.5, hung_up or end)
     # A call the bridge gave up on was not answered: what it heard was the announcement.
     answered = hung_up is None and agent_audio(out, fault_end, answer_by)
