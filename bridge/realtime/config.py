@@ -48,6 +48,9 @@ DEFAULT_EMULATOR_DEPLOYMENT = "gpt-realtime"
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:api-key|api_key|key|token|access_token)=)[^&#]*")
+#: ``[realtime] provider``: azure picks the preview endpoint when an API version is set;
+#: azure-preview requires one.
+PROVIDERS = ("azure", "azure-preview", "openai", "emulator")
 _FILE_KEYS = frozenset({"provider", "endpoint", "deployment", "api_version", "openai_model",
                         "openai_url", "api_key_env", "emulator_url"})
 _SCHEMES = {"https": "wss", "wss": "wss", "http": "ws", "ws": "ws"}
@@ -150,9 +153,9 @@ class RealtimeSettings:
                 raise ConfigError(f"[realtime] api_key_env: variable {key_env} is not set")
             azure_key = openai_key = named
         provider = section.get("provider")
-        if provider is not None and provider not in ("azure", "openai", "emulator"):
-            raise ConfigError(f"[realtime] provider: {provider!r} is not azure, openai or "
-                              "emulator")
+        if provider is not None and provider not in PROVIDERS:
+            raise ConfigError(f"[realtime] provider: {provider!r} is not one of "
+                              f"{', '.join(PROVIDERS)}")
         return cls(
             provider=provider,
             endpoint=pick("AZURE_OPENAI_ENDPOINT", "endpoint"),
@@ -178,8 +181,8 @@ class RealtimeSettings:
         """The target these settings select (no Azure/OpenAI settings -> the emulator at
         ``emulator_url``, e.g. ``ws://127.0.0.1:8765``)."""
         chosen = self._chosen()
-        if chosen == "azure":
-            return self._azure()
+        if chosen in ("azure", "azure-preview"):
+            return self._azure(preview=chosen == "azure-preview")
         if chosen == "openai":
             return self._openai()
         base_url = emulator_url or self.emulator_url
@@ -190,7 +193,11 @@ class RealtimeSettings:
                               f"{_base(base_url, 'emulator_url')}/openai/v1/realtime"
                               f"?model={deployment}", "ga")
 
-    def _azure(self) -> RealtimeTarget:
+    def _azure(self, *, preview: bool = False) -> RealtimeTarget:
+        if preview and not self.api_version:
+            raise ConfigError("realtime: provider azure-preview needs an API version "
+                              "(AZURE_OPENAI_API_VERSION or [realtime] api_version, e.g. "
+                              "2025-04-01-preview)")
         if not self.endpoint:
             raise ConfigError("realtime: AZURE_OPENAI_ENDPOINT (or [realtime] endpoint) "
                               "is not set")
