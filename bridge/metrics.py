@@ -50,6 +50,9 @@ voicebridge_upstream_outage_seconds      histogram  (an upstream outage mid-call
                                                      reconnect or fallback)
 voicebridge_outage_silence_seconds       histogram  (longest silence a caller heard during
                                                      an upstream outage)
+voicebridge_upstream_rate_limit_remaining gauge    name         (requests, tokens: the
+                                                     latest rate_limits.updated)
+voicebridge_upstream_rate_limit          gauge      name         (the limit itself)
 voicebridge_webrtc_legs_active           gauge
 voicebridge_http_sse_clients             gauge
 """
@@ -71,6 +74,7 @@ from prometheus_client import (
 
 from bridge.call.events import BargedIn, CallEnded, CallEvent, CallStarted, ToolCalled
 from bridge.call.records import CallRecord
+from bridge.realtime.events import RateLimits
 
 #: The registry ``/metrics`` serves. Process CPU/memory come along (``process_*``).
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -121,6 +125,12 @@ UPSTREAM_RECONNECTS = Counter("upstream_reconnects", "Realtime sessions re-opene
                               ["kind"], namespace=_NS, registry=REGISTRY)
 UPSTREAM_ERRORS = Counter("upstream_errors", "Realtime upstream errors by kind.",
                           ["kind", "error"], namespace=_NS, registry=REGISTRY)
+RATE_LIMIT_REMAINING = Gauge("upstream_rate_limit_remaining",
+                             "What the Realtime account has left of each rate limit, as the "
+                             "latest rate_limits.updated said.", ["name"], namespace=_NS,
+                             registry=REGISTRY)
+RATE_LIMIT = Gauge("upstream_rate_limit", "Each Realtime rate limit, as the latest "
+                   "rate_limits.updated said.", ["name"], namespace=_NS, registry=REGISTRY)
 UPSTREAM_HUNG = Counter("upstream_hung", "Realtime sessions dropped as hung.",
                         ["kind", "how"], namespace=_NS, registry=REGISTRY)
 _OUTAGE_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
@@ -144,6 +154,13 @@ HTTP_REFUSED = Counter("http_refused", "State-changing HTTP requests refused: a 
                        namespace=_NS, registry=REGISTRY)
 SSE_CLIENTS = Gauge("http_sse_clients", "Clients following /calls/events.",
                     namespace=_NS, registry=REGISTRY)
+
+
+def observe_rate_limits(event: RateLimits) -> None:
+    """``rate_limits.updated`` from any call's session: the account's latest figures."""
+    for limit in event.limits:
+        RATE_LIMIT.labels(name=limit.name).set(limit.limit)
+        RATE_LIMIT_REMAINING.labels(name=limit.name).set(limit.remaining)
 
 
 def render() -> tuple[bytes, str]:

@@ -75,11 +75,31 @@ def test_ga_turn_maps_to_internal_events() -> None:
         ev.AudioDone("resp_1", "item_a1"),
         ev.TranscriptDone("resp_1", "item_a1", "Hello there"),
         ev.UserTranscript("item_u1", "hi"),
+        ev.RateLimits(()),
         ev.ResponseDone("resp_1", "completed", None, {"total_tokens": 42}, None),
     ]
-    # conversation.item.added and rate_limits.updated are known to be ignorable.
-    assert mapper.stats.ignored == 2
+    # conversation.item.added is known to be ignorable.
+    assert mapper.stats.ignored == 1
     assert mapper.stats.malformed == 0
+
+
+def test_rate_limits_and_transcription_deltas() -> None:
+    mapper = EventMapper("ga")
+    out = feed(
+        mapper,
+        '{"type":"rate_limits.updated","event_id":"e1","rate_limits":[{"name":"requests",'
+        '"limit":1000,"remaining":999,"reset_seconds":0.06},{"name":"tokens","limit":'
+        '50000,"remaining":48200,"reset_seconds":2}]}',
+        '{"type":"conversation.item.input_audio_transcription.delta","event_id":"e2",'
+        '"item_id":"item_u1","content_index":0,"delta":"my order"}',
+        '{"type":"rate_limits.updated","event_id":"e3","rate_limits":[{"name":"tokens"}]}',
+        '{"type":"rate_limits.updated","event_id":"e4","rate_limits":"lots"}')
+    assert out == [
+        ev.RateLimits((ev.RateLimit("requests", 1000, 999, 0.06),
+                       ev.RateLimit("tokens", 50000, 48200, 2.0))),
+        ev.UserTranscriptDelta("item_u1", "my order"),
+    ]
+    assert mapper.stats.malformed == 2          # logged and skipped, never raised
 
 
 def test_preview_names_map_to_the_same_events() -> None:

@@ -49,6 +49,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
+from bridge import metrics
 from bridge.call.clock import MediaClock, TimerHandle
 from bridge.call.control import CallControl
 from bridge.call.dtmf import DtmfActions
@@ -60,6 +61,7 @@ from bridge.call.events import (
     CallStarted,
     StateChanged,
     TranscriptAdded,
+    TranscriptDelta,
 )
 from bridge.call.fallback import DEFAULT_FALLBACK_TONES, Fallback
 from bridge.call.inbound import InboundAudio
@@ -206,6 +208,9 @@ class Call:
             ev.UserTranscript: self._on_user_transcript,
             ev.UserTranscriptFailed:
                 lambda e: self.speech.user_transcript_failed(e.item_id, e.error),
+            ev.UserTranscriptDelta: lambda e: self.emit(TranscriptDelta(
+                call_id=self.call_id, item_id=e.item_id, delta=e.delta)),
+            ev.RateLimits: metrics.observe_rate_limits,
             ev.ServerError: self._on_server_error,
             ev.Reconnecting: self._on_reconnecting,
             ev.Reconnected: self._on_reconnected,

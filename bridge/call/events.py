@@ -56,6 +56,16 @@ class TranscriptAdded(CallEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TranscriptDelta(CallEvent):
+    """A piece of the caller's words as the transcription streams them (shown live; the
+    turn's ``call.transcript`` follows with the whole text)."""
+
+    kind: ClassVar[str] = "call.transcript_delta"
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class BargedIn(CallEvent):
     kind: ClassVar[str] = "call.barge_in"
     item_id: str
@@ -84,8 +94,9 @@ class FallbackStarted(CallEvent):
 
 #: Every kind a call emits, for consumers that list them (the dashboard's SSE names).
 KINDS: tuple[str, ...] = tuple(cls.kind for cls in (
-    CallStarted, CallEnded, StateChanged, TranscriptAdded, BargedIn, ToolCalled,
-    DtmfReceived, FallbackStarted))
+    CallStarted, CallEnded, StateChanged, TranscriptAdded, TranscriptDelta, BargedIn,
+    ToolCalled, DtmfReceived, FallbackStarted))
 
 __all__ = ["KINDS", "BargedIn", "CallEnded", "CallEvent", "CallStarted", "DtmfReceived",
-           "FallbackStarted", "StateChanged", "ToolCalled", "TranscriptAdded"]
+           "FallbackStarted", "StateChanged", "ToolCalled", "TranscriptAdded",
+           "TranscriptDelta"]

@@ -48,9 +48,6 @@ DEFAULT_EMULATOR_DEPLOYMENT = "gpt-realtime"
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:api-key|api_key|key|token|access_token)=)[^&#]*")
-#: ``[realtime] provider``: azure picks the preview endpoint when an API version is set;
-#: azure-preview requires one.
-PROVIDERS = ("azure", "azure-preview", "openai", "emulator")
 _FILE_KEYS = frozenset({"provider", "endpoint", "deployment", "api_version", "openai_model",
                         "openai_url", "api_key_env", "emulator_url"})
 _SCHEMES = {"https": "wss", "wss": "wss", "http": "ws", "ws": "ws"}
@@ -153,9 +150,11 @@ class RealtimeSettings:
                 raise ConfigError(f"[realtime] api_key_env: variable {key_env} is not set")
             azure_key = openai_key = named
         provider = section.get("provider")
-        if provider is not None and provider not in PROVIDERS:
+        # azure picks the preview endpoint when an API version is set; azure-preview
+        # requires one.
+        if provider is not None and provider not in KINDS:
             raise ConfigError(f"[realtime] provider: {provider!r} is not one of "
-                              f"{', '.join(PROVIDERS)}")
+                              f"{', '.join(KINDS)}")
         return cls(
             provider=provider,
             endpoint=pick("AZURE_OPENAI_ENDPOINT", "endpoint"),

@@ -264,6 +264,24 @@ class EventMapper:
     def _user_transcript(self, d: dict[str, Any]) -> list[ev.Event]:
         return [ev.UserTranscript(_str(d, "item_id"), _str(d, "transcript"))]
 
+    def _user_transcript_delta(self, d: dict[str, Any]) -> list[ev.Event]:
+        return [ev.UserTranscriptDelta(_str(d, "item_id"), _str(d, "delta"))]
+
+    def _rate_limits(self, d: dict[str, Any]) -> list[ev.Event]:
+        limits = d.get("rate_limits")
+        if not isinstance(limits, list):
+            raise _Malformed("rate_limits")
+        out: list[ev.RateLimit] = []
+        for entry in limits:
+            if not isinstance(entry, dict):
+                raise _Malformed("rate_limits[]")
+            reset = entry.get("reset_seconds", 0.0)
+            if not isinstance(reset, int | float) or isinstance(reset, bool):
+                raise _Malformed("rate_limits[].reset_seconds")
+            out.append(ev.RateLimit(_str(entry, "name"), _int(entry, "limit"),
+                                    _int(entry, "remaining"), float(reset)))
+        return [ev.RateLimits(tuple(out))]
+
     def _user_transcript_failed(self, d: dict[str, Any]) -> list[ev.Event]:
         error = _opt_obj(d, "error") or {}
         text = _opt_str(error, "code") or _opt_str(error, "message") or "transcription failed"
@@ -289,6 +307,8 @@ _COMMON: dict[str, Parser] = {
     "response.function_call_arguments.done": EventMapper._arguments_done,
     "conversation.item.input_audio_transcription.completed": EventMapper._user_transcript,
     "conversation.item.input_audio_transcription.failed": EventMapper._user_transcript_failed,
+    "conversation.item.input_audio_transcription.delta": EventMapper._user_transcript_delta,
+    "rate_limits.updated": EventMapper._rate_limits,
     "error": EventMapper._error,
 }
 

@@ -150,6 +150,29 @@ class UserTranscript:
 
 
 @dataclass(frozen=True, slots=True)
+class UserTranscriptDelta:
+    """A piece of a caller turn's transcript, as the transcription model streams it."""
+
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    name: str                 # "requests", "tokens"
+    limit: int
+    remaining: int
+    reset_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """``rate_limits.updated``: the account's limits after a response was created."""
+
+    limits: tuple[RateLimit, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class UserTranscriptFailed:
     item_id: str
     error: str
@@ -211,6 +234,8 @@ Event: TypeAlias = (
     | TranscriptDone
     | FunctionCall
     | UserTranscript
+    | UserTranscriptDelta
+    | RateLimits
     | UserTranscriptFailed
     | ServerError
     | Reconnecting

@@ -93,9 +93,34 @@
     li.scrollIntoView({ block: "end" });
   }
 
+  // The caller's words as they are transcribed: one line per turn, grown by each
+  // call.transcript_delta, replaced by the turn's call.transcript.
+  let partial = null;
+
+  function addDelta(e) {
+    if (!partial || partial.dataset.item !== e.item_id) {
+      addLine("caller", "");
+      partial = ui.transcript.lastChild;
+      partial.dataset.item = e.item_id;
+      partial.classList.add("partial");
+    }
+    partial.lastChild.textContent += e.delta || "";
+  }
+
+  function addTranscript(e) {
+    if (e.role === "caller" && partial) {
+      partial.lastChild.textContent = " " + (e.text || "");
+      partial.classList.remove("partial");
+      partial = null;
+      return;
+    }
+    addLine(e.role === "caller" ? "caller" : "agent", e.text || "");
+  }
+
   const eventHandlers = {
     "call.started": () => setState("connected", "Connected. Speak, or use the keypad."),
-    "call.transcript": (e) => addLine(e.role === "caller" ? "caller" : "agent", e.text || ""),
+    "call.transcript_delta": addDelta,
+    "call.transcript": addTranscript,
     "call.dtmf": (e) => addLine("system", "key " + e.digit + (e.action ? " → " + e.action : "")),
     "call.barge_in": (e) => addLine("system", "interrupted the agent after " + e.heard_ms + " ms"),
     "call.tool_call": (e) => addLine("system", "tool " + e.name + (e.ok ? " ok" : " failed")),
