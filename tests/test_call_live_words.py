@@ -50,3 +50,23 @@ async def test_rate_limits_updated_become_gauges(tmp_path: Path) -> None:
     assert gauge("upstream_rate_limit_remaining", "tokens") == 39000    # the latest wins
     rig.leg.far_end_hangup()
     await rig.finish()
+
+
+async def test_stale_caller_audio_is_cleared_on_hold_and_before_a_dtmf_transfer(
+        tmp_path: Path) -> None:
+    rig = Rig(make_plan(tmp_path))
+    await rig.start()
+    await rig.tick(2)
+    assert rig.session.sent("clear_input") == []
+    rig.leg.set_hold(True)                 # the far end's re-INVITE: sendonly
+    await rig.tick(2)
+    assert len(rig.session.sent("clear_input")) == 1
+    rig.leg.set_hold(False)
+    await rig.tick(2)
+    assert len(rig.session.sent("clear_input")) == 2
+    rig.call.on_leg_dtmf("0")              # the plan's "0": transfer to the operator
+    await rig.until(lambda: bool(rig.leg.transfers))
+    log = [entry[0] for entry in rig.session.log]
+    assert log.count("clear_input") == 4   # the DTMF menu took over, then the transfer
+    record = await rig.finish()
+    assert record.end_reason == "transferred"

@@ -101,6 +101,8 @@ class RealtimeSession(Protocol):
 
     async def add_user_text(self, text: str) -> None: ...
 
+    async def clear_input_audio(self) -> None: ...
+
     def set_playout_active(self, active: bool) -> None: ...
 
     @property
@@ -189,7 +191,8 @@ class Call:
         self.playout = Playout(self.leg, audio_format=fmt,
                                on_first_frame=self.speech.first_frame,
                                on_active=self._on_playout_active,
-                               on_span=self.speech.agent_span)
+                               on_span=self.speech.agent_span,
+                               on_hold=self._on_leg_hold)
         self.control = CallControl(self, drain_timeout_s)
         self.tools = ToolRunner(self)
         self.dtmf = DtmfActions(self)
@@ -424,6 +427,12 @@ class Call:
 
     def on_leg_hangup(self, reason: str) -> None:
         self.end(EndReason.CALLER_HANGUP, reason)
+
+    def _on_leg_hold(self, held: bool) -> None:
+        """The far end put the call on hold (or took it off): what the caller's line
+        carried meanwhile (hold music, a side conversation) must not start a turn."""
+        self.log.info("the caller %s", "put the call on hold" if held else "is back")
+        self.spawn(self.control.clear_input(), "clear-input")
 
     # ================================================================== upstream events
     def _move(self, trigger: Key, *when: CallState) -> None:

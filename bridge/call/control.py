@@ -18,6 +18,7 @@ from bridge.call.leg import TransferOutcome
 from bridge.call.records import DtmfRecord
 from bridge.call.state import CallState, EndReason, Trigger
 from bridge.call.timers import wait_within
+from bridge.errors import RealtimeError
 
 if TYPE_CHECKING:
     from bridge.call.call import Call
@@ -58,6 +59,7 @@ class CallControl:
         if not state.in_(CallState.FALLING_BACK) and not state.fire(Trigger.TRANSFER):
             return TransferOutcome(False, 0, f"no transfer while {state.state.value}")
         call.log.info("transferring to %s", label)
+        await self.clear_input()
         playout = call.playout
         playout.comfort = True
         try:
@@ -78,6 +80,18 @@ class CallControl:
                 state.fire(Trigger.TRANSFER_FAILED)
         playout.comfort = call.comfort_wanted()
         return outcome
+
+    async def clear_input(self) -> None:
+        """``input_audio_buffer.clear``: what the caller's line carried until now must not
+        start a turn (a hold, a transfer, a DTMF menu taking over)."""
+        call = self._call
+        client = call.client
+        if client is None or not call.upstream_usable or call.state.over:
+            return
+        try:
+            await client.clear_input_audio()
+        except RealtimeError as exc:
+            call.log.warning("input_audio_buffer.clear failed: %r", exc)
 
     async def hang_up(self, reason: str) -> None:
         """End the call once what the agent is saying has played (bounded wait)."""

@@ -43,6 +43,8 @@ class DtmfActions:
 
     async def _action(self, action: DtmfAction) -> None:
         call = self._call
+        if action.kind in ("transfer", "say"):      # the menu takes over from the caller's turn
+            await call.control.clear_input()
         if action.kind == "transfer":
             await self._transfer(action)
         elif action.kind == "hangup":

@@ -78,7 +78,8 @@ class Playout:
     def __init__(self, leg: MediaLeg, *, audio_format: str = "pcm16",
                  on_first_frame: Callable[[str, float], None] | None = None,
                  on_active: Callable[[bool], None] | None = None,
-                 on_span: Callable[[str, float, float], None] | None = None) -> None:
+                 on_span: Callable[[str, float, float], None] | None = None,
+                 on_hold: Callable[[bool], None] | None = None) -> None:
         self.leg = leg
         self.rate = leg.sample_rate
         self.frame_samples = leg.frame_samples
@@ -121,6 +122,8 @@ class Playout:
         self._comfort_pcm = b""
         self._hold: list[bytes] | None = None
         self._hold_at = 0
+        self._on_hold = on_hold
+        self._held = False                     # the leg is on hold (the far end's)
         self._silent_run = 0                   # ticks in a row with nothing audible
         self._longest_silent = 0
         self.frames_out = 0
@@ -228,7 +231,15 @@ class Playout:
         if not leg.sending_allowed:
             if self._span_item is not None:
                 self.close_span()
+            if not self._held:
+                self._held = True
+                if self._on_hold is not None:
+                    self._on_hold(True)
             return
+        if self._held:
+            self._held = False
+            if self._on_hold is not None:
+                self._on_hold(False)
         pending = self._pending
         fs = self.frame_samples
         if pending >= fs or (pending and self._draining):

@@ -7,23 +7,18 @@ The wire mapping lives in ``dialects.EventMapper`` (sans-I/O), the response book
 session settings in ``profile``, opening one session in ``connection.Connector``; this
 module is the asyncio adapter around them and owns exactly one task: the reader. It
 
-* connects (``connect``): a session is opened, configured and -- on a new socket mid-call
-  -- re-seeded with the conversation text (docs/realtime-protocol.md §8);
+* connects: a session is opened, configured, re-seeded mid-call (protocol §8);
 * reads server events, maps them, has ``Responses`` book them (the one active response,
   queued ``response.create``, function-call items, assistant audio per item, the caller's
   turns), does what it decides and hands the events to the call through ``events()``;
-* watches each session (``recovery.Upkeep``): pings when quiet, drops the socket as hung
-  after 2 s with nothing received or 5 s without an awaited server event -- a hung
-  upstream is noticed in about 2 s, not the library's 20 + 20 s;
+* watches each session (``recovery.Upkeep``): a hung upstream is noticed in about 2 s;
 * on a close worth retrying (1001, 1005, 1006, 1011, 1012, 1013, and a hung session)
   reconnects with jittered back-off until the ``RecoveryPolicy`` time budget (10 s) runs
   out; on auth (HTTP 401/403, close 3000) or bad-request failures (HTTP 400/404, close
   4000) gives up at once with ``UpstreamLost``, and so it does when sessions keep dropping
   (more than ``max_drops`` within ``flap_window_s``: each reconnect succeeding on its own
   would otherwise keep the caller in silence for ever);
-* keeps the caller's audio across an outage (``replay.ReplayBuffer``, the last 15 s at
-  most) and appends it to the new session once it is re-seeded, so a turn spoken while
-  the upstream was away is heard and answered;
+* replays the caller's audio from an outage to the new session (``replay``, 15 s at most);
 * rotates the session before ``expires_at`` at a quiet moment (``Responses.quiet``: no
   response active, playout idle, caller not speaking, no caller turn waiting for server
   VAD's answer, no tool call outstanding) in a short-lived task that opens the new session
@@ -54,7 +49,7 @@ from websockets.exceptions import ConnectionClosed
 from bridge import metrics
 from bridge.aio import cancel_all
 from bridge.errors import RealtimeAuthError, RealtimeError, RealtimeUnavailable
-from bridge.internals.websockets import BACKLOGGED, SENT, abort_now
+from bridge.internals.websockets import BACKLOGGED, SENT
 from bridge.realtime import dialects
 from bridge.realtime import events as ev
 from bridge.realtime.auth import EntraTokenProvider
@@ -278,6 +273,16 @@ class RealtimeClient:
             self._send(dialects.function_output_item(call_id, output))
         self._maybe_rotate()
 
+    async def clear_input_audio(self) -> None:
+        """``input_audio_buffer.clear``: caller audio not yet committed must not start a
+        turn (hold, a transfer, a DTMF menu taking over); not replayed either."""
+        self.upkeep.replay.clear()
+        self._send({"type": "input_audio_buffer.clear"})
+
+    async def commit_input_audio(self) -> None:
+        """``input_audio_buffer.commit``: the caller's turn ends here (no server VAD)."""
+        self._send({"type": "input_audio_buffer.commit"})
+
     async def add_user_text(self, text: str) -> None:
         """A user text message (e.g. DTMF digits described in words)."""
         self.history.user_text(text)
@@ -345,14 +350,9 @@ class RealtimeClient:
 
     def _on_hung(self, conn: Session, how: str, detail: str) -> None:
         """``conn`` is hung: drop its socket; the reader reconnects as for any drop."""
-        if conn is not self._conn or conn.retired or self._closing:
-            return
-        self.stats.hung += 1
-        metrics.UPSTREAM_HUNG.labels(kind=self.target.kind, how=how).inc()
-        self._log.warning("Realtime session %s is hung (%s): %s; dropping it",
-                          conn.session_id, how, detail)
-        conn.close_reason = f"hung: {detail}"
-        abort_now(conn.ws)
+        if conn is self._conn and not conn.retired and not self._closing:
+            self.stats.hung += 1
+            self.upkeep.drop_hung(conn, how, detail, self.target.kind)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -37,7 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.internals.websockets import FrameWriter, HookedConnection
+from bridge import metrics
+from bridge.internals.websockets import FrameWriter, HookedConnection, abort_now
 from bridge.realtime import events as ev
 from bridge.realtime.connection import Session
 from bridge.realtime.dialects import APPEND_PREFIX, APPEND_SUFFIX
@@ -169,6 +170,14 @@ class Upkeep:
         if self.current is not None:
             self.current.stop()
             self.current = None
+
+    def drop_hung(self, conn: Session, how: str, detail: str, kind: str) -> None:
+        """Drop ``conn``'s socket as hung (counted, logged); the reader then reconnects."""
+        metrics.UPSTREAM_HUNG.labels(kind=kind, how=how).inc()
+        self._log.warning("Realtime session %s is hung (%s): %s; dropping it",
+                          conn.session_id, how, detail)
+        conn.close_reason = f"hung: {detail}"
+        abort_now(conn.ws)
 
     def expect(self, what: str) -> None:
         """We sent something the server must act on."""

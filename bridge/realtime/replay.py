@@ -81,6 +81,12 @@ class ReplayBuffer:
         self._turn = None
         self.anchor = self._total
 
+    def clear(self) -> None:
+        """Forget everything kept so far (the caller's buffer was cleared on purpose)."""
+        self._chunks.clear()
+        self._first = self.anchor = self._total
+        self._turn = None
+
     def take(self) -> list[bytes]:
         """The audio to replay, oldest first (trimmed to the anchor); then start afresh."""
         start = self._keep_from()

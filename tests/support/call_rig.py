@@ -123,6 +123,9 @@ class ScriptedSession:
     async def add_user_text(self, text: str) -> None:
         self.log.append(("user_text", text))
 
+    async def clear_input_audio(self) -> None:
+        self.log.append(("clear_input",))
+
     def set_playout_active(self, active: bool) -> None:
         pass
 
