@@ -24,8 +24,10 @@ def test_packaged_plans_are_valid() -> None:
     proc = check()
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "2 dialplan(s)" in out
+    assert "3 dialplan(s)" in out
     assert out.index("front-desk") < out.index("\necho")     # the default comes last
+    assert out.index("unhurried") < out.index("\necho")
+    assert "called unhurried | 3000 (priority 0)" in out
     assert "called frontdesk | 2000 | +15550100 (priority 10)" in out
     assert "tool:     order_status (webhook, timeout 4 s)" in out
     assert "tool:     opening_hours (python, timeout 2 s)" in out
