@@ -18,6 +18,8 @@ translated to the GA shape first.
   the conversation; an unknown id is refused with ``invalid_value``) and full items (taken
   as given, validated like ``conversation.item.create``'s). When given, the response is
   generated from exactly these items instead of the conversation.
+
+See docs/realtime-protocol.md §10 and §10.1.
 """
 
 from __future__ import annotations

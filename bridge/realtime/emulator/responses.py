@@ -14,6 +14,12 @@ A barge-in or ``response.cancel`` stops the generator between deltas
 sent, with an ``incomplete`` item and a ``cancelled`` response. The output items join the
 conversation as they open; the usage reported at the end is estimated from the session's
 instructions, the caller audio heard and what was produced.
+
+Besides the conversation's one active response, out-of-band responses
+(``conversation: "none"``, docs/realtime-protocol.md §10) run at the same time, each its
+own generator: :meth:`Responses.pump` advances whichever is due first, so their deltas
+interleave. Their items never join the conversation (no ``conversation.item.*`` events),
+and finishing one does not restart the idle timer, which follows the spoken reply.
 """
 
 from __future__ import annotations
