@@ -17,8 +17,10 @@ from openai.types.realtime.response_item_reference import ResponseItemReference
 
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.realtime.emulator.analysis import analyse, answer
+from bridge.realtime.emulator.request import MAX_OUT_OF_BAND
 from tests.support.emulator_client import GA_PATH, PREVIEW_PATH, RawClient
 from tests.support.realtime_oracle import assert_conforms, validate_client_event
+from tests.support.waiting import until
 
 ANGRY = "I am furious, my order never arrived and this is the worst service ever"
 CLASSIFY = ("Classify the caller's last turn. Answer with JSON only: "
@@ -207,13 +209,23 @@ async def test_an_unknown_item_reference_is_refused(path: str) -> None:
             await s.send({"type": "response.create", "response": {"conversation": "none",
                                                                   **s.text_only()}})
             await s.c.read_until("response.done")  # the session still answers
+            # an in-band response with its own input: answered from that input, and its
+            # reply joins the conversation
+            await s.send({"type": "response.create", "response": {**s.text_only(), "input": [
+                {"type": "message", "role": "user",
+                 "content": [{"type": "input_text", "text": "what time is it"}]}]}})
+            inband = (await s.c.read_until("response.done"))["response"]
+            reply = inband["output"][0]
+            assert reply["content"][0]["text"] == "(response to: what time is it)"
+            assert reply["id"] in {e["item"]["id"] for e in s.c.of(s.item_added)}
         finally:
             await s.c.close()
     s.conforms()
     record = emu.record.last
     assert record is not None
-    assert not s.c.of("response.created")[:-1]  # the refused ones created nothing
-    assert len(record.responses) == 1
+    assert len(s.c.of("response.created")) == 2  # the refused ones created nothing
+    assert [r.conversation for r in record.responses] == ["none", "auto"]
+    assert record.responses[1].input_texts == ["what time is it"]
 
 
 async def test_the_json_schema_in_the_instructions_decides_the_keys() -> None:
@@ -243,3 +255,27 @@ def test_analysis_rules() -> None:
     assert analyse(["Can I speak to a manager"])["escalate"] is True
     assert analyse(["hello"])["intent"] == "general"
     assert answer("Say hi", ["hello there"]) == "(response to: hello there)"
+
+
+async def test_out_of_band_responses_in_flight_are_bounded() -> None:
+    # pace 0.05: each spoken out-of-band reply (~1.8 s of tone) stays in flight for ~36 s
+    async with Emulator(EmulatorConfig(pace=0.05)) as emu:
+        s = await open_session(emu, GA_PATH)
+        try:
+            for _ in range(MAX_OUT_OF_BAND):
+                await s.oob(input=[])
+            for _ in range(MAX_OUT_OF_BAND):
+                await s.c.read_until("response.created")
+            sent = await s.oob(input=[])
+            error = await s.c.error()
+            assert (error["code"], error["event_id"]) == ("too_many_active_responses", sent)
+            await s.send({"type": "response.create"})  # the conversation's own still may
+            inband = (await s.c.read_until("response.created"))["response"]
+            assert inband["conversation_id"] is not None
+        finally:
+            await s.c.close()
+    s.conforms()
+    record = emu.record.last
+    assert record is not None
+    assert len(record.out_of_band) == MAX_OUT_OF_BAND
+    await until(lambda: all(r.status == "cancelled" for r in record.responses))

@@ -53,7 +53,6 @@ from bridge.realtime.emulator.record import SessionRecord
 from bridge.realtime.emulator.request import (
     MAX_OUT_OF_BAND,
     Refusal,
-    Request,
     item_texts,
     parse_request,
 )
@@ -250,9 +249,10 @@ class SessionCore:
     def _on_response_create(self, event: dict[str, Any], event_id: str | None,
                             now: float) -> None:
         self.record.response_creates += 1
-        req = parse_request(event.get("response"), self._conv, preview=self._out.preview)
+        params = event.get("response")
+        req = parse_request(params, self._conv, preview=self._out.preview)
         active = self._responses.active
-        if isinstance(req, Request) and req.out_of_band:
+        if isinstance(params, dict) and params.get("conversation") == "none":
             if len(self._responses.oob) >= MAX_OUT_OF_BAND:
                 self._error("too_many_active_responses", "Too many out-of-band responses in "
                             f"progress (at most {MAX_OUT_OF_BAND}). Wait until one is finished "
