@@ -93,6 +93,33 @@ class Conversation:
         self.add_item(built, previous)
         self._after_item(built, now)
 
+    def build_item(self, item: dict[str, Any],
+                   param: str) -> dict[str, Any] | tuple[str, str, str | None]:
+        """Validate a full item given in a ``response.input`` (at ``param``) without adding
+        it: the item, or the ``(code, message, param)`` of the error to answer."""
+        builder = self._item_builders.get(str(item.get("type", "")))
+        if builder is None:
+            return ("invalid_value", f"Invalid value: '{str(item.get('type'))[:80]}'. Supported "
+                    "values are: 'message', 'function_call', 'function_call_output', and "
+                    "'item_reference'.", f"{param}.type")
+        refused: list[tuple[str, str, str | None]] = []
+
+        def capture(code: str, message: str, *, param: str | None = None,
+                    event_id: str | None = None, kind: str = "") -> None:
+            refused.append((code, message, param))
+
+        saved, self._error = self._error, capture
+        try:
+            built = builder(self, item, str(item.get("id") or self._id("item")), None)
+        finally:
+            self._error = saved
+        if built is None:
+            code, message, where = refused[0]
+            if where is not None and where.startswith("item"):
+                where = param + where[len("item"):]
+            return code, message.replace("'item.", f"'{param}."), where
+        return built
+
     def _build_message(self, item: dict[str, Any], item_id: str,
                        event_id: str | None) -> dict[str, Any] | None:
         role = item.get("role")

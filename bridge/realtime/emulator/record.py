@@ -79,7 +79,20 @@ class ResponseRecord:
     status: str = "in_progress"
     reason: str | None = None
     item_ids: list[str] = field(default_factory=list)
+    #: "auto" (the default conversation) or "none" (an out-of-band response)
+    conversation: str = "auto"
+    metadata: dict[str, str] | None = None
+    instructions: str | None = None
+    #: ``response.input`` as resolved: the item ids referenced or given, in order, and the
+    #: texts the response was generated from (None: no ``input``, the conversation was used)
+    input_ids: list[str] | None = None
+    input_texts: list[str] = field(default_factory=list)
+    #: what the response said: its messages' text or transcript, joined
+    output_text: str = ""
 
+    @property
+    def out_of_band(self) -> bool:
+        return self.conversation == "none"
 
 
 @dataclass
@@ -117,6 +130,11 @@ class SessionRecord:
     def turns(self) -> int:
         return sum(1 for u in self.user_items if u.kind == "audio")
 
+    @property
+    def out_of_band(self) -> list[ResponseRecord]:
+        """The out-of-band responses (``conversation: "none"``), in the order created."""
+        return [r for r in self.responses if r.out_of_band]
+
     def error_codes(self) -> list[str | None]:
         return [code for code, _ in self.errors]
 
@@ -142,6 +160,10 @@ class EmulatorRecord:
     @property
     def tool_outputs(self) -> list[tuple[str, str]]:
         return [o for s in self.sessions for o in s.tool_outputs]
+
+    @property
+    def out_of_band(self) -> list[ResponseRecord]:
+        return [r for s in self.sessions for r in s.out_of_band]
 
     @property
     def live(self) -> list[SessionRecord]:

@@ -14,6 +14,12 @@ A barge-in or ``response.cancel`` stops the generator between deltas
 sent, with an ``incomplete`` item and a ``cancelled`` response. The output items join the
 conversation as they open; the usage reported at the end is estimated from the session's
 instructions, the caller audio heard and what was produced.
+
+Besides the conversation's one active response, out-of-band responses
+(``conversation: "none"``, docs/realtime-protocol.md §10) run at the same time, each its
+own generator: :meth:`Responses.pump` advances whichever is due first, so their deltas
+interleave. Their items never join the conversation (no ``conversation.item.*`` events),
+and finishing one does not restart the idle timer, which follows the spoken reply.
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ class Active:
     modalities: list[str]
     metadata: dict[str, Any] | None
     next_at: float
+    #: out of band (``conversation: "none"``): its items stay out of the conversation and
+    #: it runs beside the conversation's one active response
+    oob: bool = False
+    instructions: str | None = None
     gen: Generator[float, None, None] | None = None
     output: list[dict[str, Any]] = field(default_factory=list)
     item: dict[str, Any] | None = None  # the output item still open
@@ -115,6 +125,8 @@ class Responses:
         self._input = audio
         self._pace = pace
         self._active: Active | None = None
+        #: the out-of-band responses in progress, by id
+        self.oob: dict[str, Active] = {}
         #: assistant audio was sent: the voice can no longer change
         self.voice_locked = False
         self.count = 0
@@ -123,46 +135,69 @@ class Responses:
     def active(self) -> Active | None:
         return self._active
 
-    def deadline(self) -> float | None:
-        """When the response in progress has its next delta to send (None: nothing paced)."""
+    def running(self) -> list[Active]:
+        """Every response in progress: the conversation's one, then the out-of-band ones."""
+        return ([] if self._active is None else [self._active]) + list(self.oob.values())
+
+    def find(self, rid: str) -> Active | None:
         a = self._active
-        return a.next_at if a is not None and a.gen is not None else None
+        return a if a is not None and a.rid == rid else self.oob.get(rid)
+
+    def deadline(self) -> float | None:
+        """When a response in progress has its next delta to send (None: nothing paced)."""
+        times = [a.next_at for a in self.running() if a.gen is not None]
+        return min(times) if times else None
 
     def drop(self) -> None:
-        """Forget the response in progress, sending nothing (the socket is closing)."""
+        """Forget the responses in progress, sending nothing (the socket is closing)."""
         self._active = None
+        self.oob.clear()
 
     def abandon(self) -> None:
-        """The socket is gone: the response in progress is recorded as cancelled."""
-        if self._active is not None:
-            self._active.record.status = "cancelled"
-            self._active = None
+        """The socket is gone: the responses in progress are recorded as cancelled."""
+        for a in self.running():
+            a.record.status = "cancelled"
+        self.drop()
 
     def start(self, trigger: str, params: dict[str, Any] | None, steps: list[Step],
-              now: float) -> None:
-        """Start a response to ``trigger`` that runs ``steps``."""
+              now: float, *, input_ids: list[str] | None = None,
+              input_texts: list[str] | None = None) -> None:
+        """Start a response to ``trigger`` that runs ``steps`` (out of band when ``params``
+        say ``conversation: "none"``); ``input_*``: what its ``input`` resolved to."""
         params = params or {}
         modalities = params.get("output_modalities") or params.get("modalities") \
             or self._outbox.session["output_modalities"]
         modalities = ["audio"] if "audio" in modalities else ["text"]
         metadata = params.get("metadata") if isinstance(params.get("metadata"), dict) else None
+        oob = params.get("conversation") == "none"
         rid = self._id("resp")
-        rec = ResponseRecord(rid, trigger)
+        rec = ResponseRecord(rid, trigger, conversation="none" if oob else "auto",
+                             metadata=metadata, instructions=params.get("instructions"),
+                             input_ids=input_ids, input_texts=list(input_texts or []))
         self.record.responses.append(rec)
         self.count += 1
         active = Active(rid=rid, record=rec, modalities=modalities, metadata=metadata,
-                         next_at=now)
-        self._active = active
+                        next_at=now, oob=oob, instructions=params.get("instructions"))
+        if oob:
+            self.oob[rid] = active
+        else:
+            self._active = active
         active.gen = self._run(active, steps)
         self.pump(now)
 
     def pump(self, now: float) -> None:
-        """Run the response in progress up to ``now``."""
-        while (a := self._active) is not None and a.gen is not None and a.next_at <= now:
+        """Run the responses in progress up to ``now``, earliest delta first."""
+        while True:
+            due = [a for a in self.running() if a.gen is not None and a.next_at <= now]
+            if not due:
+                return
+            a = min(due, key=lambda r: r.next_at)
             try:
+                assert a.gen is not None
                 pause = next(a.gen)
             except StopIteration:
-                break
+                a.gen = None
+                continue
             a.next_at += pause
 
     def _response_obj(self, a: Active, status: str,
@@ -170,7 +205,7 @@ class Responses:
         session = self._outbox.session
         usage = None
         if status != "in_progress":
-            in_text = len(session.get("instructions") or "") // 4
+            in_text = len(a.instructions or session.get("instructions") or "") // 4
             in_audio = int(self._input.user_audio_ms / 100)
             out_audio = int(a.audio_ms / 50)
             usage = {
@@ -185,7 +220,7 @@ class Responses:
         return {
             "object": "realtime.response", "id": a.rid, "status": status,
             "status_details": details, "output": list(a.output),
-            "conversation_id": self._conv.id, "output_modalities": a.modalities,
+            "conversation_id": None if a.oob else self._conv.id, "output_modalities": a.modalities,
             "max_output_tokens": session["max_output_tokens"],
             "audio": {"output": {"format": session["audio"]["output"]["format"],
                                  "voice": session["audio"]["output"]["voice"]}},
@@ -212,15 +247,18 @@ class Responses:
         a.record.item_ids.append(item["id"])
         self._emit({"type": "response.output_item.added", "response_id": a.rid,
                     "output_index": a.output_index, "item": dict(item)})
+        if a.oob:
+            return
         prev = self._conv.append(item)
         self._emit({"type": "conversation.item.added", "previous_item_id": prev,
                     "item": dict(item)})
 
     def _close_item(self, a: Active, final: dict[str, Any]) -> None:
-        self._conv.items[final["id"]] = final
         a.output.append(final)
         a.item = None
-        self._emit({"type": "conversation.item.done", "item": final})
+        if not a.oob:
+            self._conv.items[final["id"]] = final
+            self._emit({"type": "conversation.item.done", "item": final})
         self._emit({"type": "response.output_item.done", "response_id": a.rid,
                     "output_index": a.output_index, "item": final})
 
@@ -247,7 +285,8 @@ class Responses:
         sizes = chunk_sizes(len(say.audio), fmt.bytes_per_ms)
         words = spread(say.transcript, len(sizes))
         record = self.record.assistant_items[item_id]
-        self._conv.item_audio_ms[item_id] = 0.0
+        item_ms = self._conv.item_audio_ms if not a.oob else {}
+        item_ms[item_id] = 0.0
         pause_per_ms = 0.0 if self._pace <= 0 else 1.0 / (1000.0 * self._pace)
         offset = 0
         for i, size in enumerate(sizes):
@@ -259,7 +298,7 @@ class Responses:
             ms = size / fmt.bytes_per_ms
             a.audio_ms += ms
             record.audio_ms_sent += ms
-            self._conv.item_audio_ms[item_id] += ms
+            item_ms[item_id] += ms
             if words[i]:
                 a.transcript += words[i]
                 record.transcript = a.transcript
@@ -320,13 +359,20 @@ class Responses:
     def _finish(self, a: Active, status: str, details: dict[str, Any] | None) -> None:
         a.record.status = status
         a.record.reason = (details or {}).get("reason")
-        self._active = None
+        a.record.output_text = "".join(
+            self.record.assistant_items[i].transcript for i in a.record.item_ids
+            if self.record.assistant_items[i].kind == "message")
         self._emit({"type": "response.done", "response": self._response_obj(a, status, details)})
+        if a.oob:
+            self.oob.pop(a.rid, None)
+            return
+        self._active = None
         self._input.reply_finished(a.audio_ms)
 
-    def cancel(self, reason: str) -> None:
-        """Stop the response in progress and close what it left open."""
-        a = self._active
+    def cancel(self, reason: str, rid: str | None = None) -> None:
+        """Stop the conversation's response in progress (or the one with id ``rid``) and
+        close what it left open."""
+        a = self._active if rid is None else self.find(rid)
         assert a is not None
         if a.gen is not None:
             a.gen.close()

@@ -38,6 +38,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bridge.realtime.emulator.analysis import answer
 from bridge.realtime.emulator.audio import PCM16, AudioFormat, convert, tone
 from bridge.realtime.emulator.conversation import Conversation
 from bridge.realtime.emulator.dialect import (
@@ -49,6 +50,12 @@ from bridge.realtime.emulator.dialect import (
 from bridge.realtime.emulator.input_audio import MIN_COMMIT_MS, InputAudio
 from bridge.realtime.emulator.outbox import DUMPS, Close, Outbox, elide
 from bridge.realtime.emulator.record import SessionRecord
+from bridge.realtime.emulator.request import (
+    MAX_OUT_OF_BAND,
+    Refusal,
+    item_texts,
+    parse_request,
+)
 from bridge.realtime.emulator.responses import CHUNK_MS, Call, Fail, Responses, Say, Step
 from bridge.realtime.emulator.script import Rule, Script
 
@@ -242,28 +249,45 @@ class SessionCore:
     def _on_response_create(self, event: dict[str, Any], event_id: str | None,
                             now: float) -> None:
         self.record.response_creates += 1
+        params = event.get("response")
+        req = parse_request(params, self._conv, preview=self._out.preview)
         active = self._responses.active
-        if active is not None:
+        if isinstance(params, dict) and params.get("conversation") == "none":
+            if len(self._responses.oob) >= MAX_OUT_OF_BAND:
+                self._error("too_many_active_responses", "Too many out-of-band responses in "
+                            f"progress (at most {MAX_OUT_OF_BAND}). Wait until one is finished "
+                            "before creating another.", event_id=event_id)
+                return
+        elif active is not None:
             self._error("conversation_already_has_active_response", "Conversation already has "
                         f"an active response in progress: {active.rid}. Wait until the "
                         "response is finished before creating a new one.", event_id=event_id)
             return
-        params = event.get("response")
-        if params is not None and not isinstance(params, dict):
-            self._error("invalid_type", "Invalid type for 'response': expected an object.",
-                        param="response", event_id=event_id)
+        if isinstance(req, Refusal):
+            self._error(req.code, req.message, param=req.param, event_id=event_id)
             return
-        self._start_response("client", params, now)
+        if not req.out_of_band and req.items is None:
+            self._start_response("client", req.params, now)
+            return
+        texts = req.texts if req.items is not None else item_texts(
+            [i for i in self._conv.items.values() if i.get("role") == "user"])
+        instructions = req.params.get("instructions", self._out.session.get("instructions"))
+        self._responses.start("client", req.params, [self._say(answer(instructions, texts))],
+                              now, input_ids=req.input_ids, input_texts=req.texts)
 
     def _on_response_cancel(self, event: dict[str, Any], event_id: str | None,
                             now: float) -> None:
+        """Cancel the conversation's response, or any one in progress named by id."""
         wanted = event.get("response_id")
-        active = self._responses.active
-        if active is None or (wanted is not None and wanted != active.rid):
+        if wanted is None:
+            target = self._responses.active
+        else:
+            target = self._responses.find(wanted) if isinstance(wanted, str) else None
+        if target is None:
             self._error("response_cancel_not_active", "Cancellation failed: no active response "
                         "found.", event_id=event_id)
             return
-        self._responses.cancel("client_cancelled")
+        self._responses.cancel("client_cancelled", target.rid)
 
     def trigger(self, trigger: str, value: int | str, now: float) -> None:
         """A scripted rule may fire on ``trigger`` (``Script``'s trigger names)."""
