@@ -19,16 +19,13 @@ module is the asyncio adapter around them and owns exactly one task: the reader.
   (more than ``max_drops`` within ``flap_window_s``: each reconnect succeeding on its own
   would otherwise keep the caller in silence for ever);
 * replays the caller's audio from an outage to the new session (``replay``, 15 s at most);
-* rotates the session before ``expires_at`` at a quiet moment (``Responses.quiet``: no
-  response active, playout idle, caller not speaking, no caller turn waiting for server
-  VAD's answer, no tool call outstanding) in a short-lived task that opens the new session
-  beside the old one and swaps them.
+* rotates the session before ``expires_at`` at a quiet moment (``Responses.quiet``) in a
+  short-lived task that opens the new session beside the old one and swaps them.
 
 Writing never awaits. Every client event is one unfragmented text frame, written to the
-transport in the same step (``bridge.internals.websockets.FrameWriter``). That keeps
-``append_audio`` -- called from a datagram callback 50 times a second per call -- free of
-tasks, futures and loop wake-ups. Flow control: while more than ``AUDIO_HIGH_WATER`` bytes
-wait in the transport, audio frames are dropped (and counted) instead of piling up
+transport in the same step (``bridge.internals.websockets.FrameWriter``): no task,
+future or wake-up per ``append_audio``. Flow control: past ``AUDIO_HIGH_WATER`` bytes
+waiting in the transport, audio frames are dropped (and counted), not piled up as
 latency; control events are always written.
 """
 
@@ -40,7 +37,7 @@ import logging
 import time
 from binascii import b2a_base64
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +47,7 @@ from bridge import metrics
 from bridge.aio import cancel_all
 from bridge.errors import RealtimeAuthError, RealtimeError, RealtimeUnavailable
 from bridge.internals.websockets import BACKLOGGED, SENT
-from bridge.realtime import dialects
+from bridge.realtime import dialects, outofband
 from bridge.realtime import events as ev
 from bridge.realtime.auth import EntraTokenProvider
 from bridge.realtime.config import RealtimeTarget
@@ -120,9 +117,8 @@ class RealtimeClient:
             server_answers=(profile.turn_detection is not None
                             and profile.turn_detection.create_response),
             interrupt_response=profile.interrupt_response)
-        #: called as bytes arrive and before each received message is handled: a busy
-        #: process's media clock delivers a due tick there instead of after a whole burst
-        #: of socket reads and messages (set before ``connect``)
+        #: called as bytes arrive and before each message is handled: a busy process's
+        #: media clock delivers a due tick there (set before ``connect``)
         self.on_message: Callable[[], object] | None = None
 
         self._conn: Session | None = None
@@ -146,7 +142,7 @@ class RealtimeClient:
 
     @property
     def session_id(self) -> str:
-        return self._conn.session_id if self._conn is not None else ""
+        return "" if self._conn is None else self._conn.session_id
 
     @property
     def connected(self) -> bool:
@@ -200,8 +196,7 @@ class RealtimeClient:
             if item is None:
                 self._events.put_nowait(None)  # later iterators end too
                 return
-            # Events queued together are handed out without yielding to the loop: the
-            # consumer's preemption point (a tick due meanwhile goes out between two).
+            # No yield between queued events: the hook is the consumer's preemption point.
             hook = self.on_message
             if hook is not None:
                 hook()
@@ -265,8 +260,7 @@ class RealtimeClient:
             self._log.warning("tool output for unknown call %s dropped", call_id)
         else:
             call = plan.recreate
-            # The call was made on a session that has since been replaced: give the new
-            # session the function_call item first, so the output has something to answer.
+            # A call of a replaced session: its function_call item first, then the output.
             if (call is not None and live is not None and self._send(
                     dialects.function_call_item(call.call_id, call.name, call.arguments))):
                 live.items.call_ids.add(call_id)
@@ -282,6 +276,13 @@ class RealtimeClient:
     async def commit_input_audio(self) -> None:
         """``input_audio_buffer.commit``: the caller's turn ends here (no server VAD)."""
         self._send({"type": "input_audio_buffer.commit"})
+
+    async def create_out_of_band(self, instructions: str, metadata: Mapping[str, str],
+                                 item_ids: Sequence[str] = ()) -> bool:
+        """A text response beside the conversation (``outofband``): never played, never
+        in the history, free to run with a spoken one; it ends as ``OutOfBandDone``."""
+        return self._send(outofband.request(instructions, metadata, item_ids,
+                                            self.target.dialect))
 
     async def add_user_text(self, text: str) -> None:
         """A user text message (e.g. DTMF digits described in words)."""
@@ -579,8 +580,7 @@ class RealtimeClient:
         try:
             new = await self._open(reseed=True)
         except RealtimeError as exc:
-            # The old session still runs; at expiry the server closes it (1001) and the
-            # reconnect path takes over.
+            # The old session still runs; at expiry (1001) the reconnect path takes over.
             self._log.warning("session rotation failed: %s", exc)
             return
         if self._closing or self._conn is not old or not self.books.quiet():

@@ -33,6 +33,7 @@ from typing import Any
 
 from bridge.errors import MalformedEvent
 from bridge.realtime import events as ev
+from bridge.realtime.outofband import OutOfBandTracker
 
 DIALECTS = ("ga", "preview")
 
@@ -106,6 +107,8 @@ class EventMapper:
         self._calls: dict[str, _CallItem] = {}
         self._cancelled: set[str] = set()
         self.stats = MapperStats()
+        #: the bridge's out-of-band responses, kept out of the ordinary stream
+        self.oob = OutOfBandTracker()
 
     # -- input ------------------------------------------------------------------------
 
@@ -131,6 +134,8 @@ class EventMapper:
     def feed_event(self, data: dict[str, Any]) -> list[ev.Event]:
         """Map one already-decoded server event."""
         etype: str = data["type"]
+        if self.oob.active and data.get("response_id") in self.oob.active:
+            return self.oob.feed(data)
         parser = self._table.get(etype)
         if parser is None:
             self.stats.ignored += 1
@@ -184,10 +189,14 @@ class EventMapper:
                                 _int(d, "audio_end_ms"))]
 
     def _response_created(self, d: dict[str, Any]) -> list[ev.Event]:
-        return [ev.ResponseCreated(_str(_obj(d, "response"), "id"))]
+        response = _obj(d, "response")
+        return self.oob.started(response) or [ev.ResponseCreated(_str(response, "id"))]
 
     def _response_done(self, d: dict[str, Any]) -> list[ev.Event]:
         response = _obj(d, "response")
+        ours = self.oob.done(response)
+        if ours is not None:
+            return ours
         rid = _str(response, "id")
         status = _opt_str(response, "status") or "completed"
         details = _opt_obj(response, "status_details") or {}

@@ -158,6 +158,24 @@ class UserTranscriptDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class OutOfBandStarted:
+    """The server began one of the bridge's out-of-band (text, unspoken) responses."""
+
+    response_id: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfBandDone:
+    """An out-of-band response ended: its whole text, never played nor in the history."""
+
+    response_id: str
+    status: str
+    metadata: dict[str, str]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     name: str                 # "requests", "tokens"
     limit: int
@@ -236,6 +254,8 @@ Event: TypeAlias = (
     | UserTranscript
     | UserTranscriptDelta
     | RateLimits
+    | OutOfBandStarted
+    | OutOfBandDone
     | UserTranscriptFailed
     | ServerError
     | Reconnecting
