@@ -10,7 +10,8 @@ The hierarchy::
     │   └── MissingEnv               an environment variable a dialplan names is not set
     ├── ProtocolError                untrusted bytes that do not parse; carries the wire answer
     │   ├── SipParseError            -> SIP 400 Bad Request (reason in ``reason``)
-    │   │   └── MalformedMessage     a message whose header block cannot be split at all
+    │   │   ├── MalformedMessage     a message whose header block cannot be split at all
+    │   │   └── DigestError          a Digest challenge or Authorization header (sip/digest.py)
     │   ├── SdpError                 -> SIP 488 Not Acceptable Here
     │   ├── RtpError                 -> packet dropped and counted under ``reason``
     │   └── WebRtcOfferError         a browser offer that cannot be answered (HTTP 400)
