@@ -23,7 +23,7 @@ from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.sip.service import SipLeg, SipService
 from bridge.sip.settings import SipSettings
 from tests.support.call_harness import make_plans
-from tests.support.sip_peers import Uac, caller_sdp, udp_peer
+from tests.support.sip_peers import Uac, UdpPeer, caller_sdp, udp_peer
 from tests.support.waiting import until
 
 
@@ -49,14 +49,21 @@ async def bridge(tmp: Path, emu: Emulator, ring_ms: int = 800,
         await svc.stop()
 
 
+async def invite(svc: SipService) -> tuple[UdpPeer, UdpPeer, Uac, tuple[str, int]]:
+    """A caller on loopback sends its INVITE: its SIP and RTP sockets, its UAC state and
+    where it sends to."""
+    sip, rtp = await udp_peer(), await udp_peer()
+    assert sip.transport is not None
+    alice = Uac(rport=True)
+    target = ("127.0.0.1", svc.port)
+    sip.transport.sendto(alice.invite(sdp=caller_sdp(rtp.port)), target)
+    return sip, rtp, alice, target
+
+
 async def test_the_session_is_ready_while_ringing_and_the_call_uses_it(tmp_path: Path) -> None:
     async with Emulator(EmulatorConfig(greeting_ms=400)) as emu, \
             bridge(tmp_path, emu) as (svc, manager):
-        sip, rtp = await udp_peer(), await udp_peer()
-        assert sip.transport is not None
-        alice = Uac(rport=True)
-        target = ("127.0.0.1", svc.port)
-        sip.transport.sendto(alice.invite(sdp=caller_sdp(rtp.port)), target)
+        sip, rtp, alice, target = await invite(svc)
         assert (await sip.recv_sip()).status == 100
         assert (await sip.recv_sip()).status == 180              # ringing for 0.8 s ...
         await emu.wait_for(lambda r: len(r) == 1 and r.sessions[0].session_updates == 1, 5)
@@ -76,11 +83,7 @@ async def test_the_session_is_ready_while_ringing_and_the_call_uses_it(tmp_path:
 
 async def test_a_call_cancelled_while_ringing_closes_its_session(tmp_path: Path) -> None:
     async with Emulator(EmulatorConfig()) as emu, bridge(tmp_path, emu) as (svc, manager):
-        sip, rtp = await udp_peer(), await udp_peer()
-        assert sip.transport is not None
-        alice = Uac(rport=True)
-        target = ("127.0.0.1", svc.port)
-        sip.transport.sendto(alice.invite(sdp=caller_sdp(rtp.port)), target)
+        sip, rtp, alice, target = await invite(svc)
         assert (await sip.recv_sip()).status == 100
         assert (await sip.recv_sip()).status == 180
         await emu.wait_for(lambda r: len(r) == 1, 5)
@@ -100,12 +103,8 @@ async def test_without_ringing_the_call_is_answered_once_its_session_is_ready(
     # not 600 ms of dead air after the answer.
     async with Emulator(EmulatorConfig(greeting_ms=400, open_delay_ms=600)) as emu, \
             bridge(tmp_path, emu, ring_ms=0) as (svc, manager):
-        sip, rtp = await udp_peer(), await udp_peer()
-        assert sip.transport is not None
-        alice = Uac(rport=True)
-        target = ("127.0.0.1", svc.port)
         started = time.monotonic()
-        sip.transport.sendto(alice.invite(sdp=caller_sdp(rtp.port)), target)
+        sip, rtp, alice, target = await invite(svc)
         assert (await sip.recv_sip()).status == 100
         assert (await sip.recv_sip()).status == 180
         ok = await sip.recv_sip()

@@ -51,8 +51,6 @@ import asyncio
 import json
 import random
 import socket
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -60,8 +58,8 @@ from pathlib import Path
 
 from bridge.bench.faults_floods import RUNNERS
 from bridge.bench.faults_uac import BURST_S, UacCall, caller_ip, judge, summary
-from bridge.bench.faults_upstream import Upstream, log_size, raise_nofile
-from bridge.bench.sip import ServeProcess, free_rtp_range, rss_mib
+from bridge.bench.faults_upstream import Upstream, add_serve_pythonpath, log_size, raise_nofile
+from bridge.bench.sip import ServeProcess, free_rtp_range, rss_mib, run_in_workdir
 
 UPSTREAM = ("upstream-kill", "blip-1", "blip-5", "blip-15", "hang-20")
 FLOODS = ("malformed-udp", "idle-tcp", "slowloris", "invite-flood", "webrtc-offers")
@@ -74,8 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default="", metavar="A,B",
                         help=f"scenarios to run, comma-separated (default all: "
                         f"{','.join(SCENARIOS)})")
-    parser.add_argument("--serve-pythonpath", default=None, metavar="PATH",
-                        help="run serve and emulator with PYTHONPATH=PATH (an older checkout)")
+    add_serve_pythonpath(parser, "serve and emulator")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--max-calls", type=int, default=40,
                         help="the serve's [sip] max_calls, and the INVITE flood's size "
@@ -348,16 +345,7 @@ async def _campaign(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.keep:
-        workdir = Path(args.keep)
-        workdir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_campaign(args, workdir))
-    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        try:
-            return asyncio.run(_campaign(args, Path(tmp)))
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+    return run_in_workdir(_campaign, args, "bench-faults-", args.keep)
 
 
 __all__ = ["Campaign", "Row", "SCENARIOS", "add_arguments", "burst_plan", "format_row", "run"]

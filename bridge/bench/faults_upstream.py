@@ -8,6 +8,7 @@ the bridge opened (the emulator has no stats route).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -22,6 +23,13 @@ from pathlib import Path
 from bridge.bench.sip import clean_env
 
 _OPENED = re.compile(rb"emulator: session \S+ opened")
+
+
+def add_serve_pythonpath(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--serve-pythonpath PATH``: run ``what`` from another checkout (before/after)."""
+    parser.add_argument("--serve-pythonpath", default=None, metavar="PATH",
+                        help=f"run {what} with PYTHONPATH=PATH (another checkout of the "
+                        "bridge, to compare before and after a change)")
 
 
 class Upstream:

@@ -23,20 +23,17 @@ import argparse
 import asyncio
 import socket
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 from bridge.bench.faults_uac import SILENT_RMS, UacCall
-from bridge.bench.faults_upstream import Upstream
-from bridge.bench.sip import ServeProcess, free_rtp_range
+from bridge.bench.faults_upstream import Upstream, add_serve_pythonpath
+from bridge.bench.sip import ServeProcess, free_rtp_range, run_in_workdir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=int, default=20, help="calls, one after another")
-    parser.add_argument("--serve-pythonpath", default="",
-                        help="run serve and emulator with this PYTHONPATH (another checkout)")
+    add_serve_pythonpath(parser, "serve (the emulator always from this checkout)")
     parser.add_argument("--ring-ms", type=int, default=0,
                         help="the serve's [sip] ring_ms (180 Ringing, then answer)")
     parser.add_argument("--open-ms", type=int, default=600,
@@ -93,12 +90,7 @@ async def _measure(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-setup-") as tmp:
-        try:
-            return asyncio.run(_measure(args, Path(tmp)))
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+    return run_in_workdir(_measure, args, "bench-setup-")
 
 
 __all__ = ["add_arguments", "run"]

@@ -53,7 +53,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -973,14 +973,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.keep:
-        workdir = Path(args.keep)
+    return run_in_workdir(_bench, args, "bench-sip-", args.keep)
+
+
+def run_in_workdir(main: Callable[[argparse.Namespace, Path], Coroutine[Any, Any, int]],
+                   args: argparse.Namespace, prefix: str, keep: str | None = None) -> int:
+    """Run a bench program's ``main(args, workdir)``: in ``keep`` (made if need be, and
+    kept), else in a temporary folder removed afterwards; Ctrl-C exits 130."""
+    if keep:
+        workdir = Path(keep)
         workdir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_bench(args, workdir))
-    with tempfile.TemporaryDirectory(prefix="bench-sip-") as tmp:
+        return asyncio.run(main(args, workdir))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         try:
-            return asyncio.run(_bench(args, Path(tmp)))
+            return asyncio.run(main(args, Path(tmp)))
         except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
             return 130
 
 
