@@ -28,6 +28,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import types
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from bridge.errors import ConfigError
 from bridge.realtime.config import RealtimeSettings
+from bridge.sip.lines import Account, Trunk
 from bridge.sip.settings import SipSettings, file_keys
 
 ENV_PREFIX = "VOICEBRIDGE_"
@@ -78,6 +80,25 @@ class DialplansConfig:
 class RecordsConfig:
     #: SQLite file of call records ("" = keep records in memory only).
     path: str = "var/calls.db"
+    #: A PostgreSQL URL (``postgresql://user@host/db``); when set, records go there instead
+    #: of ``path``, shared by every node of a cluster. Its password belongs in the
+    #: environment (``VOICEBRIDGE_RECORDS_URL`` or libpq's ``PGPASSWORD``), not the file.
+    url: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    #: This node's name in records, metrics and the cluster dashboard. Empty: the host
+    #: name. Unique per process when several nodes share a machine.
+    node_id: str = ""
+    #: Seconds between a node's heartbeats in the shared record store.
+    heartbeat_s: int = 2
+    #: A node silent this long is taken for dead: its live calls are marked lost.
+    lost_after_s: int = 10
+
+    def node(self) -> str:
+        """The node id to use: ``node_id`` or the host name."""
+        return self.node_id or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,7 @@ class Settings:
     dialplans: DialplansConfig = DialplansConfig()
     records: RecordsConfig = RecordsConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
+    cluster: ClusterConfig = ClusterConfig()
     #: The raw ``[realtime]`` section, for ``RealtimeSettings.from_env``.
     realtime: Mapping[str, Any] = field(default_factory=dict)
     #: Where the settings came from (a path, or "defaults").
@@ -137,10 +159,13 @@ _SECTIONS: dict[str, type[Any]] = {
     "dialplans": DialplansConfig,
     "records": RecordsConfig,
     "webrtc": WebRtcConfig,
+    "cluster": ClusterConfig,
 }
-_SECRET_KEYS = frozenset({"token", "credential"})
+_SECRET_KEYS = frozenset({"token", "credential", "url"})
 _CODECS = frozenset({"pcmu", "pcma", "opus"})
 _TRANSPORTS = frozenset({"udp", "tcp"})
+#: Dataclasses read from an array of tables.
+_TABLES: frozenset[type[Any]] = frozenset({Account, Trunk})
 
 
 class _Where:
@@ -215,6 +240,8 @@ def _check_value(hint: Any, value: Any, where: str, key: str) -> Any:
         return tuple(_check_value(item_hint, item, where, key) for item in value)
     if base is IceServer:
         return _ice_server(value, where)
+    if base in _TABLES:
+        return _table(base, value, where)
     if base is bool:
         if not isinstance(value, bool):
             raise _fail(where, "expected true or false", value, key)
@@ -228,6 +255,22 @@ def _check_value(hint: Any, value: Any, where: str, key: str) -> Any:
             raise _fail(where, "expected a string", value, key)
         return value
     raise _fail(where, f"unsupported type {base!r}", value, key)  # pragma: no cover
+
+
+def _table(cls: type[Any], value: Any, where: str) -> Any:
+    """One table of an array of tables (``[[sip.accounts]]``) into its dataclass."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: each entry is a table (set these in the file)")
+    hints = get_type_hints(cls)
+    unknown = sorted(set(value) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; takes {', '.join(hints)}")
+    values = {key: _check_value(hints[key], item, f"{where}.{key}", key)
+              for key, item in value.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _ice_server(value: Any, where: str) -> IceServer:
@@ -314,10 +357,19 @@ def _validate(s: Settings) -> None:
     positive: tuple[tuple[str, int], ...] = (
         ("[webrtc] media_timeout_ms", s.webrtc.media_timeout_ms),
         ("[webrtc] call_token_ttl_s", s.webrtc.call_token_ttl_s),
-        ("[webrtc] rate_burst", s.webrtc.rate_burst))
+        ("[webrtc] rate_burst", s.webrtc.rate_burst),
+        ("[cluster] heartbeat_s", s.cluster.heartbeat_s))
     for where, number in positive:
         if number <= 0:
             raise ConfigError(f"{where}: must be above 0 (got {number})")
+
+
+def _check_cluster(s: Settings) -> None:
+    if s.cluster.lost_after_s < 2 * s.cluster.heartbeat_s:
+        raise ConfigError(f"[cluster] lost_after_s: at least two heartbeats "
+                          f"({2 * s.cluster.heartbeat_s} s; got {s.cluster.lost_after_s})")
+    if s.records.url and not s.records.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("[records] url: a postgresql:// URL (got <hidden>)")
 
 
 def _apply_turn_env(webrtc: WebRtcConfig, env: Mapping[str, str]) -> WebRtcConfig:
@@ -388,4 +440,5 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str], *,
     settings = Settings(**sections, realtime=dict(realtime),
                         source=str(file) if file else "defaults")
     _validate(settings)
+    _check_cluster(settings)
     return settings

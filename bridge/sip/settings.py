@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from bridge import __version__
 from bridge.errors import ConfigError
+from bridge.sip.lines import Account, Trunk
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -94,6 +95,10 @@ class SipSettings:
     #: On SIGTERM/SIGINT, live calls may go on for this many seconds (new ones get 503)
     #: before each remaining one is ended with a BYE; a second signal ends them at once.
     drain_s: int = 30
+    #: ``[[sip.accounts]]``: registrations the bridge keeps up (:mod:`bridge.sip.lines`).
+    accounts: tuple[Account, ...] = ()
+    #: ``[[sip.trunks]]``: peers that call us, known by source address.
+    trunks: tuple[Trunk, ...] = ()
     #: The codecs we answer with, in our order of preference (G.711 only on SIP).
     codecs: tuple[str, ...] = field(default=("pcmu", "pcma"), metadata=NOT_IN_FILE)
     #: What we write in Server and User-Agent.
