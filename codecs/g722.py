@@ -26,9 +26,12 @@ fail, the payload is dropped, counted, and the decoder replaced.
 Loss: the jitter buffer conceals a lost packet with ``FILLER_BYTE`` repeated (it knows
 payloads only as octets). Decoded as such from a state in the middle of speech, that
 would be a loud decaying burst, so the decoder recognises a payload made only of the
-filler and returns silence of its length, while still running the payload through the
-codec so that its state decays as it would across a pause. (0xFA is also what FFmpeg's
-encoder makes of digital silence, so a real all-0xFA packet is silence either way.)
+filler and returns silence of its length without decoding it: its state stays the one
+of the last packet that arrived, the nearest to the far encoder's. (Measured on a tone
+with one packet lost: the next packets come out at their level at once, where running
+the filler through the codec costs 14 dB and 40 ms to recover, and a reset 36 dB and
+80 ms.) 0xFA is also what FFmpeg's encoder makes of digital silence, so a real all-0xFA
+packet is silence either way.
 """
 
 from __future__ import annotations
@@ -109,15 +112,14 @@ class G722Decoder:
             return self._drop()
         if len(payload) != len(self._filler):
             self._filler = bytes((FILLER_BYTE,)) * len(payload)
-        filler = payload == self._filler
+        if payload == self._filler:
+            self.concealed += 1
+            return bytes(4 * len(payload))
         try:
             frames = self._ctx.decode(av.Packet(payload))
         except FFmpegError:
             self._ctx = _context("r")
             return self._drop()
-        if filler:
-            self.concealed += 1
-            return bytes(4 * len(payload))
         if len(frames) == 1:
             frame = frames[0]
             return bytes(frame.planes[0])[:2 * frame.samples]

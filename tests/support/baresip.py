@@ -107,11 +107,16 @@ async def call(cfg: Path, sounds: Path, uri: str, records: Any,
             proc.kill()
         output = (await proc.communicate())[0].decode(errors="replace")
     output = re.sub(r"\[\d+:\d+:\d+\] audio=\S+ \(bit/s\)\s*", "", output)   # status ticker
+    return BaresipCall(record, output, *_recordings(sounds))
+
+
+def _recordings(sounds: Path) -> tuple[Samples, Samples, int]:
+    """What baresip sent and heard, and their rate (the codec's)."""
     [enc] = sounds.glob("dump-*-enc.wav")
     [dec] = sounds.glob("dump-*-dec.wav")
     (sent, rate), (heard, heard_rate) = read_wav(enc), read_wav(dec)
     assert rate == heard_rate, (rate, heard_rate)
-    return BaresipCall(record, output, sent, heard, rate)
+    return sent, heard, rate
 
 
 def read_wav(path: Path) -> tuple[Samples, int]:
