@@ -12,10 +12,11 @@ bytes), its timeline and the jitter buffer's timestamp arithmetic need no specia
 The codec is stateful (the sub-band ADPCM predictors and the QMF filter bank), so each
 call has one :class:`G722Encoder` and one :class:`G722Decoder` of its own, never shared
 and never reset mid-call (a reset would click). Both are FFmpeg's, opened through PyAV
-(``av.CodecContext.create("g722", ...)``), which aiortc already brings. Neither withholds
-audio: one 20 ms frame in, one 20 ms payload out, at once. Encoding takes whole 20 ms
-frames only (PyAV would otherwise queue a partial frame inside the codec until the rest
-came, a hidden delay).
+(``av.CodecContext.create("g722", ...)``), which aiortc already brings, each on one
+thread. Neither withholds audio: one 20 ms frame in, one 20 ms payload out, at once.
+Encoding takes whole 20 ms frames only, each handed to the codec as it is (the
+encoder's own format and frame size), without PyAV's per-encoder filter graph
+(:mod:`bridge.internals.av` says why).
 
 The decoder guards FFmpeg from what a peer may send. Every non-empty payload is a valid
 G.722 bit stream (any octet is a code), so garbage decodes to noise of the right length,
@@ -42,6 +43,8 @@ from typing import Literal
 import av
 from av.error import FFmpegError
 
+from bridge.internals.av import frame_encoder
+
 __all__ = [
     "FILLER_BYTE",
     "FRAME_BYTES",
@@ -65,9 +68,13 @@ def _context(mode: Literal["r", "w"]) -> av.AudioCodecContext:
     ctx = av.CodecContext.create("g722", mode)
     ctx.sample_rate = SAMPLE_RATE
     ctx.layout = "mono"
+    ctx.thread_count = 1
     if mode == "w":
         ctx.format = "s16"
         ctx.open()
+        if ctx.frame_size != _FRAME_SAMPLES:            # pragma: no cover - FFmpeg changed
+            raise RuntimeError(f"FFmpeg's G.722 encoder takes {ctx.frame_size} samples "
+                               f"a frame, not {_FRAME_SAMPLES}")
     return ctx
 
 
@@ -76,6 +83,7 @@ class G722Encoder:
 
     def __init__(self) -> None:
         self._ctx = _context("w")
+        self._send = frame_encoder(self._ctx)
         self.frames = 0
 
     def encode(self, pcm: bytes) -> bytes:
@@ -88,7 +96,7 @@ class G722Encoder:
             frame = av.AudioFrame(format="s16", layout="mono", samples=_FRAME_SAMPLES)
             frame.planes[0].update(pcm[at:at + FRAME_BYTES])
             frame.sample_rate = SAMPLE_RATE
-            out.extend(bytes(packet) for packet in self._ctx.encode(frame))
+            out.extend(bytes(packet) for packet in self._send(frame))
             self.frames += 1
         return b"".join(out)
 
