@@ -133,6 +133,10 @@ class G722Decoder:
             return bytes(frame.planes[0])[:2 * frame.samples]
         return b"".join(bytes(f.planes[0])[:2 * f.samples] for f in frames)
 
+    def reset(self) -> None:
+        """Start afresh: the far end began a new stream (a new SSRC, a new encoder)."""
+        self._ctx = _context("r")
+
     def _drop(self) -> bytes:
         self.dropped += 1
         if self.on_drop is not None:

@@ -217,3 +217,46 @@ async def test_loss_is_concealed_as_silence_and_the_stream_goes_on() -> None:
         ep.close()
         assert phone.transport is not None
         phone.transport.close()
+
+
+async def test_a_new_ssrc_starts_the_decoder_afresh() -> None:
+    """The far end switches streams (a transfer, a B2BUA): its new encoder starts from
+    scratch, and so must our decoder, else the first packets decode against the old
+    stream's state."""
+    alloc = PortAllocator(44000, 44999)
+    ep = await RtpEndpoint.open(HOST, alloc)
+    phone = await udp_peer()
+    assert phone.transport is not None
+    try:
+        ep.configure((HOST, phone.port), "g722", PT_G722, 101)
+        got: list[bytes] = []
+        ep.on_audio = got.append
+        old = G722Encoder()
+        for seq, frame in enumerate(_frames(tone(900, 100, SAMPLE_RATE, -6.0))):
+            phone.transport.sendto(pack_header(False, PT_G722, seq, 160 * seq, 0xA)
+                                   + old.encode(frame), (HOST, ep.local_port))
+        await until(lambda: len(got) == 5)
+        new = [G722Encoder().encode(f) for f in _frames(tone(300, 20, SAMPLE_RATE, -6.0))]
+        phone.transport.sendto(pack_header(True, PT_G722, 500, 90000, 0xB) + new[0],
+                               (HOST, ep.local_port))
+        await until(lambda: len(got) == 6)
+        assert got[5] == G722Decoder().decode(new[0])       # as a fresh decoder hears it
+        assert ep.stats.resyncs == 1
+    finally:
+        ep.close()
+        assert phone.transport is not None
+        phone.transport.close()
+
+
+async def test_ptime_30_packets(pair: tuple[RtpEndpoint, RtpEndpoint]) -> None:
+    """30 ms G.722 packets are 240 bytes (timestamps +240) and come out as 20 ms frames."""
+    a, b = pair
+    a.configure((HOST, b.local_port), "g722", PT_G722, None, ptime_ms=30)
+    b.configure((HOST, a.local_port), "g722", PT_G722, None, ptime_ms=30)
+    got: list[bytes] = []
+    b.on_audio = got.append
+    for frame in _frames(tone(800, 120, SAMPLE_RATE)):
+        a.send_audio(frame)
+    await until(lambda: len(got) == 6)
+    assert a.stats.sent == 4 and b.stats.received == 4
+    assert all(len(f) == FRAME_BYTES for f in got)

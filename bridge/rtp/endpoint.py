@@ -25,7 +25,8 @@ on the schedule :func:`bridge.rtp.dtmf.tone_packets` computes; audio is held bac
 an event is being sent.
 
 G.722 (:mod:`bridge.codecs.g722`): the endpoint holds the call's own encoder and decoder
-(stateful, so never shared, and kept across a re-INVITE that keeps the codec); frames
+(stateful, so never shared, kept across a re-INVITE that keeps the codec, the decoder
+started afresh when the far end's SSRC changes); frames
 are then 20 ms at 16 kHz (640 bytes), and a payload the decoder drops is counted as
 ``codec``. Timestamps, ptime and DTMF stay on the 8000 Hz RTP clock.
 
@@ -128,6 +129,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._decode: Callable[[bytes], bytes] = _ignore_codec
         self._encode: Callable[[bytes], bytes] = _ignore_codec
         self._codec = ""
+        self._reset_decoder: Callable[[], None] = _nothing
         #: inbound payload -> frame bytes (None: as is), carried payload -> wire payload
         self._convert_in: Convert = _ignore_codec
         self._convert_out: Convert = None
@@ -220,7 +222,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         codec = codec.lower()
         if codec == "g722":
             if self._codec != "g722":          # keep the stream's state on a re-INVITE
-                self._encode, self._decode = _g722_pair(self._codec_dropped)
+                decoder = G722Decoder(self._codec_dropped)
+                self._encode, self._decode = G722Encoder().encode, decoder.decode
+                self._reset_decoder = decoder.reset
         else:
             self._encode, self._decode = CODECS[codec]
         if codec != self._codec and not self.carry:
@@ -234,6 +238,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                 latch_any=self.latch_any, peer_host=self.peer_host, ptime_ms=ptime_ms)
             self._session.set_sending(self._sending)
             self._session.on_drop = _count_drop
+            self._session.on_new_ssrc = self._new_stream
         else:
             self._session.configure(remote=remote, payload_type=payload_type,
                                     codec=codec, dtmf_payload_type=dtmf_payload_type,
@@ -247,6 +252,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     def frame_bytes(self) -> int:
         """PCM16 bytes of one 20 ms frame at the negotiated codec's rate."""
         return CODEC_FRAME_BYTES.get(self._codec, FRAME_BYTES)
+
+    def _new_stream(self) -> None:
+        """The far end's SSRC changed: a new stream, from a new encoder (a transfer, a
+        re-INVITE through a B2BUA); G.722's decoder starts afresh with it."""
+        if self._codec == "g722":
+            self._reset_decoder()
 
     def _codec_dropped(self, reason: str) -> None:
         if self._session is not None:
@@ -417,12 +428,6 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                         _drop_counter(reason).inc(count)
 
 
-def _g722_pair(on_drop: Callable[[str], None]
-               ) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
-    """(encode, decode) of a new G.722 stream, with state of its own."""
-    return G722Encoder().encode, G722Decoder(on_drop).decode
-
-
 def _bound_socket(host: str, port: int) -> socket.socket | None:
     """A non-blocking UDP socket bound to numeric ``host``:``port``; None for a name.
 
@@ -458,6 +463,10 @@ def _drop_counter(reason: str) -> Any:
 
 def _count_drop(reason: str) -> None:
     _drop_counter(reason).inc()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _nothing_buffered() -> int:

@@ -130,6 +130,8 @@ class RtpSession:
         self.dropped: dict[str, int] = {}
         #: Called with the reason of every dropped packet (the adapter feeds metrics).
         self.on_drop: Callable[[str], None] | None = None
+        #: Called when the latched source starts a new SSRC (a codec with state resets).
+        self.on_new_ssrc: Callable[[], None] | None = None
         self.configure(remote=remote, payload_type=payload_type, codec=codec,
                        dtmf_payload_type=dtmf_payload_type, ptime_ms=ptime_ms)
 
@@ -236,6 +238,8 @@ class RtpSession:
             self.jitter.resyncs += 1
             self.jitter.reset()
             self.dtmf.reset()
+            if self.on_new_ssrc is not None:
+                self.on_new_ssrc()
         self._remote_ssrc = ssrc
 
     def pop_audio(self, now: float) -> bytes | None:
