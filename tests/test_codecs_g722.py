@@ -153,6 +153,15 @@ async def test_endpoints_carry_g722_at_16khz(pair: tuple[RtpEndpoint, RtpEndpoin
     assert all(len(f) == FRAME_BYTES for f in got)      # 20 ms at 16 kHz each
     heard = _samples(b"".join(got))[800:]
     assert abs(_peak_hz(heard) - 3000) < 20 and _rms_db(heard) > -20
+    # RFC 4733 DTMF beside G.722, on the same 8000 Hz clock: received as digits, and
+    # the audio after it goes on.
+    digits: list[str] = []
+    b.on_dtmf = digits.append
+    await a.send_dtmf("7#", tone_ms=60, gap_ms=20)
+    await until(lambda: digits == ["7", "#"])
+    a.send_audio(bytes(FRAME_BYTES))
+    await until(lambda: len(got) == 21)
+    assert b.stats.dtmf_received == 2 and b.stats.lost == 0
 
 
 async def test_g722_packets_on_the_wire_use_the_8000_clock() -> None:
