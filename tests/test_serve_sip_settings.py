@@ -20,7 +20,7 @@ DOCUMENTED = ("enabled", "host", "port", "transports", "public_address", "max_ca
               "allow_from", "latch_any", "ring_ms", "answer_wait_ms", "tcp_max_connections",
               "tcp_max_per_source", "tcp_message_timeout_s", "tcp_idle_timeout_s",
               "max_unacked", "max_unacked_per_source", "invite_rate_per_source",
-              "invite_burst_per_source", "drain_s")
+              "invite_burst_per_source", "drain_s", "accounts", "trunks", "codecs")
 
 
 async def test_loaded_sip_settings_reach_the_service_and_the_user_agent(
@@ -50,7 +50,7 @@ async def test_loaded_sip_settings_reach_the_service_and_the_user_agent(
 def test_the_file_offers_the_documented_sip_keys_only() -> None:
     assert file_keys(SipSettings) == DOCUMENTED
     internal = {f.name for f in dataclasses.fields(SipSettings)} - set(DOCUMENTED)
-    assert internal == {"codecs", "user_agent", "timers", "symmetric_requests"}
+    assert internal == {"user_agent", "timers", "symmetric_requests"}
     for key in sorted(internal):
         with pytest.raises(ConfigError, match=rf"\[sip\] {key}: unknown key; \[sip\] takes "
                                               + ", ".join(DOCUMENTED)):
@@ -59,5 +59,5 @@ def test_the_file_offers_the_documented_sip_keys_only() -> None:
 
 def test_the_environment_overrides_documented_sip_keys_only() -> None:
     settings = settings_from_mapping({}, env={"VOICEBRIDGE_SIP_RING_MS": "250",
-                                              "VOICEBRIDGE_SIP_CODECS": "opus"})
+                                              "VOICEBRIDGE_SIP_USER_AGENT": "x"})
     assert settings.sip == SipSettings(ring_ms=250)

@@ -144,7 +144,7 @@ async def test_offerless_invite_offer_in_200_answer_in_ack_with_media() -> None:
         m_line = offer.split("m=audio ")[1].split("\r\n")[0].split()
         our_rtp = int(m_line[0])
         assert low <= our_rtp <= high and our_rtp % 2 == 0
-        assert m_line[2:] == ["0", "8", "101"]
+        assert m_line[2:] == ["9", "0", "8", "101"]     # [sip] codecs: G.722 first
         answer = caller_sdp(rtp.port).replace(b"RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000",
                                               b"RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000")
         sip.transport.sendto(alice.ack(ok, body=answer), target)

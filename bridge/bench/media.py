@@ -3,6 +3,8 @@
 Inbound, per frame: µ-law 160 B -> PCM16 8 kHz -> 24 kHz -> base64 -> the
 ``input_audio_buffer.append`` JSON text. Outbound, per response delta: base64 -> 24 kHz
 PCM16 -> leg rate -> playout buffer; then per frame: pop -> µ-law -> 12-byte RTP header.
+``--codec g722`` measures the wideband SIP path instead (G.722 160 B <-> PCM16 16 kHz,
+the call's stateful PyAV codec), and prints the codec's own cost each way.
 Each resampler mode is timed in both directions, with its latency, its image/alias
 rejection and the calls per core the conversion alone would allow. Figures drift between
 runs on shared machines: the best of ``--repeat`` runs is shown.
@@ -25,6 +27,7 @@ import soxr
 
 from bridge.codecs import g711
 from bridge.codecs.framing import PlayoutBuffer
+from bridge.codecs.g722 import G722Decoder, G722Encoder
 from bridge.codecs.resample import (
     API_RATE,
     DEFAULT_MODE,
@@ -48,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="size of one outbound response delta in ms (default 100)")
     parser.add_argument("--rate", type=int, default=8000, choices=(8000, 16000, 48000),
                         help="leg sample rate (default 8000; G.711 is encoded at 8000 only)")
-    parser.add_argument("--codec", default="pcmu", choices=sorted(g711.CODECS))
+    parser.add_argument("--codec", default="pcmu", choices=[*sorted(g711.CODECS), "g722"],
+                        help="the leg's codec (g722: the leg runs at 16000)")
     parser.add_argument("--modes", default=",".join(m for m in MODES if m != "default"),
                         help="comma-separated resampler modes to measure")
     parser.add_argument("--no-quality", action="store_true",
@@ -90,12 +94,25 @@ def _best_us_per_frame(run: Callable[[], int], repeat: int) -> float:
 # --------------------------------------------------------------------------- the paths
 
 
+Convert = Callable[[bytes], bytes]
+
+
+def _leg_codec(codec: str, rate: int) -> tuple[Convert, Convert]:
+    """(encode, decode) of the leg: G.722's are new streams (they have state), G.711's
+    are functions, and a PCM16 leg (16/48 kHz) converts nothing."""
+    if codec == "g722":
+        return G722Encoder().encode, G722Decoder().decode
+    if rate == 8000:
+        return g711.CODECS[codec]
+    return bytes, bytes
+
+
 def _inbound_run(frames: list[bytes], codec: str, rate: int, mode: str) -> Callable[[], int]:
-    """G.711 frames (or PCM16 frames at 16/48 kHz) -> append JSON text, per frame."""
-    decode = g711.CODECS[codec][1] if rate == 8000 else bytes
+    """G.711 or G.722 frames (or PCM16 frames at 16/48 kHz) -> append JSON text."""
     b64 = base64.b64encode
 
     def run() -> int:
+        decode = _leg_codec(codec, rate)[1]
         r = inbound_resampler(rate, mode)
         last = ""
         for payload in frames:
@@ -106,12 +123,12 @@ def _inbound_run(frames: list[bytes], codec: str, rate: int, mode: str) -> Calla
 
 
 def _outbound_run(deltas: list[str], codec: str, rate: int, mode: str) -> Callable[[], int]:
-    """base64 response deltas -> leg-rate frames -> G.711 (or PCM16) RTP packets."""
-    encode = g711.CODECS[codec][0] if rate == 8000 else bytes
-    pt = 0 if codec == "pcmu" else 8
-    samples = rate * FRAME_MS // 1000
+    """base64 response deltas -> leg-rate frames -> G.711/G.722 (or PCM16) RTP packets."""
+    pt = {"pcmu": 0, "pcma": 8, "g722": 9}[codec]
+    samples = 8000 * FRAME_MS // 1000 if codec == "g722" else rate * FRAME_MS // 1000
 
     def run() -> int:
+        encode = _leg_codec(codec, rate)[0]
         r = outbound_resampler(rate, mode)
         playout = PlayoutBuffer(rate, FRAME_MS)
         seq = ts = 0
@@ -131,7 +148,10 @@ def _inputs(args: argparse.Namespace) -> tuple[list[bytes], list[str]]:
     leg_pcm = _speechlike(seconds, args.rate)
     step = args.rate * FRAME_MS // 1000 * 2
     leg_frames = [leg_pcm[i:i + step] for i in range(0, len(leg_pcm), step)]
-    if args.rate == 8000:
+    if args.codec == "g722":
+        encode = G722Encoder().encode
+        leg_frames = [encode(f) for f in leg_frames if len(f) == step]
+    elif args.rate == 8000:
         leg_frames = [g711.encode(args.codec, f) for f in leg_frames]
     api_pcm = _speechlike(seconds, API_RATE, seed=8)
     dstep = API_RATE * args.delta_ms // 1000 * 2
@@ -259,8 +279,36 @@ def _g711_lines(codec: str, repeat: int) -> Iterator[str]:
                f"{_best_us_per_frame(via_audioop, repeat):6.2f} µs")
 
 
+def _g722_lines(repeat: int) -> Iterator[str]:
+    """The G.722 codec alone, each way, per 20 ms frame (a call's own stream)."""
+    frames = [f for f in _frames(_speechlike(2.0, 16000), 640) if len(f) == 640]
+    enc = G722Encoder()
+    payloads = [enc.encode(f) for f in frames]
+
+    def encode() -> int:
+        e = G722Encoder()
+        for f in frames:
+            e.encode(f)
+        return len(frames)
+
+    def decode() -> int:
+        d = G722Decoder()
+        for p in payloads:
+            d.decode(p)
+        return len(payloads)
+
+    yield (f"  g722 encode {_best_us_per_frame(encode, repeat):6.1f} µs, decode "
+           f"{_best_us_per_frame(decode, repeat):6.1f} µs per 20 ms frame")
+
+
+def _frames(pcm: bytes, size: int) -> list[bytes]:
+    return [pcm[i:i + size] for i in range(0, len(pcm), size)]
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.rate != 8000:
+    if args.codec == "g722":
+        args.rate = 16000     # G.722 is 16 kHz audio
+    elif args.rate != 8000:
         args.codec = "pcmu"   # G.711 is 8 kHz only: wider legs carry PCM16 to the leg codec
     modes = [DEFAULT_MODE if m == "default" else m for m in args.modes.split(",") if m]
     unknown = [m for m in modes if m not in MODES]
@@ -268,7 +316,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"unknown mode(s) {unknown}; choose from {sorted(MODES)}")
         return 2
     leg_frames, deltas = _inputs(args)
-    print(f"media conversion per {FRAME_MS} ms frame, leg {args.rate} Hz <-> {API_RATE} Hz, "
+    print(f"media conversion per {FRAME_MS} ms frame, leg {args.rate} Hz "
+          f"({args.codec if args.codec == 'g722' or args.rate == 8000 else 'pcm16'}) <-> "
+          f"{API_RATE} Hz, "
           f"{args.frames} frames per direction, outbound deltas of {args.delta_ms} ms, "
           f"best of {args.repeat}")
     print(f"{'mode':<10} {'inbound µs':>11} {'outbound µs':>12} {'total µs':>9} "
@@ -285,7 +335,11 @@ def run(args: argparse.Namespace) -> int:
               f"{FRAME_MS * 1000 / (t_in + t_out):11.0f} {lat_in:8.1f} / {lat_out:<7.1f}{star}")
     print(f"soxr one-shot over a sliding window (not offered): "
           f"{_window_oneshot_us(args.rate, args.repeat):.1f} µs per frame for the resampling alone")
-    if args.rate == 8000:
+    if args.codec == "g722":
+        print("G.722 codec (PyAV):")
+        for line in _g722_lines(args.repeat):
+            print(line)
+    elif args.rate == 8000:
         print("G.711 encode paths:")
         for line in _g711_lines(args.codec, args.repeat):
             print(line)

@@ -6,7 +6,8 @@ knows which one it has.
 Theory of operation
 -------------------
 Audio crosses the seam as PCM16 little-endian mono at the leg's own ``sample_rate``
-(8000 for G.711 legs, 48000 for Opus), in frames of exactly ``frame_ms`` (20 ms).
+(8000 for G.711 legs, 16000 for G.722, 48000 for Opus), in frames of exactly
+``frame_ms`` (20 ms).
 
 G.711 passthrough: when the Realtime session's audio format is the leg's own G.711 law
 (``audio/pcmu`` or ``audio/pcma``), the call asks ``carry_encoded(law)`` before attaching.

@@ -24,6 +24,12 @@ latched (or SDP) address. DTMF is sent as RFC 4733 events paced with ``asyncio.s
 on the schedule :func:`bridge.rtp.dtmf.tone_packets` computes; audio is held back while
 an event is being sent.
 
+G.722 (:mod:`bridge.codecs.g722`): the endpoint holds the call's own encoder and decoder
+(stateful, so never shared, kept across a re-INVITE that keeps the codec, the decoder
+started afresh when the far end's SSRC changes); frames
+are then 20 ms at 16 kHz (640 bytes), and a payload the decoder drops is counted as
+``codec``. Timestamps, ptime and DTMF stay on the 8000 Hz RTP clock.
+
 G.711 passthrough (:meth:`RtpEndpoint.carry_encoded`): inbound frames are the payload
 bytes as they arrived (20 ms = 160 bytes, no decode; a concealed gap is encoded silence)
 and :meth:`RtpEndpoint.send_encoded` sends a payload as is. Should a re-INVITE switch the
@@ -45,6 +51,7 @@ from typing import Any, cast
 from bridge import metrics
 from bridge.codecs import g711
 from bridge.codecs.g711 import CODECS
+from bridge.codecs.g722 import G722Decoder, G722Encoder
 from bridge.errors import MediaError
 from bridge.media.drain import Convert, FrameDrain, Poll, no_poll
 from bridge.rtp.dtmf import EventPacket, tone_packets
@@ -54,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 FRAME_SAMPLES = 160          # 20 ms at 8 kHz
 FRAME_BYTES = 2 * FRAME_SAMPLES
+#: PCM16 bytes of a 20 ms frame at each codec's audio rate.
+CODEC_FRAME_BYTES = {"pcmu": FRAME_BYTES, "pcma": FRAME_BYTES, "g722": 4 * FRAME_SAMPLES}
 
 
 class PortsExhausted(MediaError):
@@ -120,6 +129,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._decode: Callable[[bytes], bytes] = _ignore_codec
         self._encode: Callable[[bytes], bytes] = _ignore_codec
         self._codec = ""
+        self._reset_decoder: Callable[[], None] = _nothing
         #: inbound payload -> frame bytes (None: as is), carried payload -> wire payload
         self._convert_in: Convert = _ignore_codec
         self._convert_out: Convert = None
@@ -209,25 +219,49 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     def configure(self, remote: Address, codec: str, payload_type: int,
                   dtmf_payload_type: int | None, ptime_ms: int = 20) -> None:
         """Apply the negotiated media (again on a re-INVITE; a new address re-latches)."""
-        encode, decode = CODECS[codec.lower()]
-        self._encode, self._decode = encode, decode
-        self._codec = codec.lower()
+        codec = codec.lower()
+        if codec == "g722":
+            if self._codec != "g722":          # keep the stream's state on a re-INVITE
+                decoder = G722Decoder(self._codec_dropped)
+                self._encode, self._decode = G722Encoder().encode, decoder.decode
+                self._reset_decoder = decoder.reset
+        else:
+            self._encode, self._decode = CODECS[codec]
+        if codec != self._codec and not self.carry:
+            self._frames.reframer.reset(CODEC_FRAME_BYTES[codec])
+        self._codec = codec
         self._set_conversions()
         if self._session is None:
             self._session = RtpSession(
-                payload_type=payload_type, codec=codec.lower(),
+                payload_type=payload_type, codec=codec,
                 dtmf_payload_type=dtmf_payload_type, remote=remote,
                 latch_any=self.latch_any, peer_host=self.peer_host, ptime_ms=ptime_ms)
             self._session.set_sending(self._sending)
             self._session.on_drop = _count_drop
+            self._session.on_new_ssrc = self._new_stream
         else:
             self._session.configure(remote=remote, payload_type=payload_type,
-                                    codec=codec.lower(), dtmf_payload_type=dtmf_payload_type,
+                                    codec=codec, dtmf_payload_type=dtmf_payload_type,
                                     ptime_ms=ptime_ms)
 
     @property
     def session(self) -> RtpSession | None:
         return self._session
+
+    @property
+    def frame_bytes(self) -> int:
+        """PCM16 bytes of one 20 ms frame at the negotiated codec's rate."""
+        return CODEC_FRAME_BYTES.get(self._codec, FRAME_BYTES)
+
+    def _new_stream(self) -> None:
+        """The far end's SSRC changed: a new stream, from a new encoder (a transfer, a
+        re-INVITE through a B2BUA); G.722's decoder starts afresh with it."""
+        if self._codec == "g722":
+            self._reset_decoder()
+
+    def _codec_dropped(self, reason: str) -> None:
+        if self._session is not None:
+            self._session._drop(reason)        # counted with the packet drops
 
     def carry_encoded(self, law: str) -> None:
         """From now on carry the G.711 ``law`` payload as is, both ways (see module doc)."""
@@ -268,8 +302,13 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     def send_silence(self, samples: int = 160) -> None:
         """Send ``samples`` of silence (an idle call's every tick): the encoded silence is
-        made once per codec and size, not encoded from zeros 50 times a second."""
+        made once per codec and size, not encoded from zeros 50 times a second. G.722's
+        encoder has state, so its silence goes through it (the far end's decoder then
+        follows our encoder across the pause, and the next talkspurt does not click)."""
         encode = self._encode
+        if self._codec == "g722":
+            self._send_payload(encode(bytes(2 * samples)))
+            return
         key = (encode, samples)
         if self._silence_key != key:
             self._silence_key = key
@@ -426,6 +465,10 @@ def _count_drop(reason: str) -> None:
     _drop_counter(reason).inc()
 
 
+def _nothing() -> None:
+    return None
+
+
 def _nothing_buffered() -> int:
     return 0
 
@@ -438,4 +481,4 @@ def _ignore_codec(data: bytes) -> bytes:
     return b""
 
 
-__all__ = ["FRAME_BYTES", "PortAllocator", "PortsExhausted", "RtpEndpoint"]
+__all__ = ["CODEC_FRAME_BYTES", "FRAME_BYTES", "PortAllocator", "PortsExhausted", "RtpEndpoint"]

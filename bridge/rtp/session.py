@@ -38,7 +38,9 @@ Send: our SSRC, first sequence number and first timestamp are random (RFC 3550 Â
 in sending longer than ``gap_ms``; across such a pause the timestamp advances by the
 real time elapsed, so the far end's playout stays aligned. That rule is
 :class:`bridge.rtp.timestamps.RtpTimeline`, which the WebRTC leg's G.711 sender shares.
-Frames arrive as 20 ms of G.711 and are regrouped to the negotiated ptime.
+Frames arrive as 20 ms of G.711 or G.722 and are regrouped to the negotiated ptime (both
+codecs put one timestamp unit in each payload octet at their 8000 Hz RTP clock, so the
+byte count is the timestamp step).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bridge.codecs import g711
+from bridge.codecs import g711, g722
 from bridge.errors import RtpError
 from bridge.logthrottle import Throttle
 from bridge.rtp.dtmf import DtmfReceiver
@@ -64,8 +66,9 @@ Address = tuple[str, int]
 
 #: RFC 3389 comfort noise (static payload type 13 in RFC 3551).
 PT_COMFORT_NOISE = 13
-#: G.711 silence octets: what a concealment frame is made of.
-SILENCE_BYTE = g711.SILENCE_BYTE
+#: What a concealment frame is made of, per codec: G.711's silence octets, and for G.722
+#: the filler its decoder turns into silence.
+SILENCE_BYTE = {**g711.SILENCE_BYTE, "g722": g722.FILLER_BYTE}
 _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 
 
@@ -127,6 +130,8 @@ class RtpSession:
         self.dropped: dict[str, int] = {}
         #: Called with the reason of every dropped packet (the adapter feeds metrics).
         self.on_drop: Callable[[str], None] | None = None
+        #: Called when the latched source starts a new SSRC (a codec with state resets).
+        self.on_new_ssrc: Callable[[], None] | None = None
         self.configure(remote=remote, payload_type=payload_type, codec=codec,
                        dtmf_payload_type=dtmf_payload_type, ptime_ms=ptime_ms)
 
@@ -233,10 +238,12 @@ class RtpSession:
             self.jitter.resyncs += 1
             self.jitter.reset()
             self.dtmf.reset()
+            if self.on_new_ssrc is not None:
+                self.on_new_ssrc()
         self._remote_ssrc = ssrc
 
     def pop_audio(self, now: float) -> bytes | None:
-        """The next G.711 payload in order (or a silence frame for a lost one), else None."""
+        """The next payload in order (or a silence frame for a lost one), else None."""
         return self.jitter.pop(now)
 
     def get_timer(self) -> float | None:
@@ -257,7 +264,7 @@ class RtpSession:
         return self._sending
 
     def send_audio(self, payload: bytes, now: float) -> list[bytes]:
-        """Packetize G.711 ``payload`` (any length) at the ptime; returns datagrams."""
+        """Packetize a G.711 or G.722 ``payload`` (any length) at the ptime."""
         if not self._sending or self._in_event:
             return []
         size = self._packet_samples

@@ -50,6 +50,7 @@ from bridge.sip.sdp import (
     accept_answer,
     answer_offer,
     parse_sdp,
+    renegotiation_codecs,
 )
 from bridge.sip.transaction import (
     InviteServerTransaction,
@@ -134,8 +135,7 @@ class CallHandlers(Responder):
         if request.body:
             try:
                 offer = parse_sdp(request.body)
-                current = (call.media.codec,) if call.media is not None else ()
-                codecs = current + tuple(c for c in self.settings.codecs if c not in current)
+                codecs = renegotiation_codecs(call.media, self.settings.codecs)
                 answer, media = answer_offer(
                     offer, address=local.connection.address, port=local.media[0].port,
                     codecs=codecs, session_id=local.origin.session_id,

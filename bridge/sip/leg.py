@@ -10,6 +10,7 @@ Media is the RTP endpoint's: inbound frames go from its datagram callback straig
 sink (after the media clock's ``poll``, which whoever creates the leg sets as
 :attr:`SipLeg.poll`), outbound frames from the media clock straight to its socket. With
 G.711 passthrough (``carry_encoded``) both are the negotiated law's payload bytes as is.
+The leg's ``sample_rate`` is the codec's audio rate: 8000 for G.711, 16000 for G.722.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from bridge.call.leg import LegInfo, LegSink, MediaLeg, TransferOutcome
 from bridge.media.drain import Poll
 from bridge.rtp.endpoint import RtpEndpoint
-from bridge.sip.sdp import NegotiatedMedia
+from bridge.sip.sdp import AUDIO_RATE, G711_LAWS, NegotiatedMedia
 from bridge.sip.ua import CallKey, UserAgent
 
 log = logging.getLogger("bridge.sip.service")
@@ -42,8 +43,8 @@ class SipLeg(MediaLeg):
         self.info = info
         self.rtp = rtp
         self.media = media
-        self.g711 = media.codec if media is not None else ""
         self._sink: LegSink | None = None
+        self._set_codec(media)
         self._ended: str | None = None
         self._transfer: asyncio.Future[TransferOutcome] | None = None
         self.log = logging.LoggerAdapter(log, {"call_id": info.call_id})
@@ -138,8 +139,16 @@ class SipLeg(MediaLeg):
         if self._sink is not None:
             self._sink.on_leg_hangup(reason)
 
+    def _set_codec(self, media: NegotiatedMedia | None) -> None:
+        """The leg's rate and G.711 law follow the codec until a call attaches; after
+        that a re-INVITE may change only the law (the user agent keeps the rate)."""
+        if self._sink is None and media is not None:
+            self.g711 = media.codec if media.codec in G711_LAWS else ""
+            self.sample_rate = AUDIO_RATE[media.codec]
+
     def _media_updated(self, media: NegotiatedMedia) -> None:
         self.media = media
+        self._set_codec(media)
         self.rtp.configure((media.remote_address, media.remote_port), media.codec,
                            media.payload_type, media.dtmf_payload_type, media.ptime_ms)
         self.rtp.set_sending(media.may_send)

@@ -7,12 +7,17 @@ an :class:`~bridge.errors.SdpError` (answered ``488 Not Acceptable Here``). Unkn
 and attributes are kept, so a description serializes back as it came.
 
 Offer/answer is about one thing here: a plain RTP/AVP audio stream carrying G.711
-(PCMU or PCMA) and, if offered, RFC 4733 ``telephone-event``.
+(PCMU or PCMA) or G.722 and, if offered, RFC 4733 ``telephone-event``. G.722 is static
+payload type 9, ``G722/8000``: its RTP clock is 8000 Hz although its audio is 16 kHz
+(RFC 3551 §4.5.2).
 
-* :func:`answer_offer` picks the first audio stream we can use, and in it the *caller's*
-  first codec among ours (RFC 3264 §6.1: the answerer SHOULD respect the offerer's
-  ordering). Every other stream is refused with port 0 in the same position (RFC 3264
-  §6: the answer MUST contain as many m-lines as the offer). Nothing usable -> SdpError.
+* :func:`answer_offer` picks the first audio stream we can use, and in it the codec our
+  ``codecs`` list (``[sip] codecs``) ranks first among those offered; the two G.711 laws
+  rank together, at the place of the first of them, and between them the *caller's*
+  order decides (RFC 3264 §6.1: the answerer SHOULD respect the offerer's ordering; the
+  laws are of equal quality, wideband is not). Every other stream is refused with port 0
+  in the same position (RFC 3264 §6: the answer MUST contain as many m-lines as the
+  offer). Nothing usable -> SdpError.
 * :func:`make_offer` writes our offer for an INVITE that came without one (the offer goes
   in our 200, the answer comes back in the ACK) and :func:`accept_answer` reads that answer.
 * Directions: the answer mirrors the offer (sendonly -> recvonly, recvonly -> sendonly,
@@ -28,8 +33,12 @@ from dataclasses import dataclass, replace
 from bridge.errors import SdpError
 
 #: Static payload types of RFC 3551 for the codecs we carry.
-STATIC_PT = {0: "pcmu", 8: "pcma"}
-CODEC_NAMES = {"pcmu": "PCMU", "pcma": "PCMA"}
+STATIC_PT = {0: "pcmu", 8: "pcma", 9: "g722"}
+CODEC_NAMES = {"pcmu": "PCMU", "pcma": "PCMA", "g722": "G722"}
+#: The audio rate of each codec's PCM (a call's leg rate; G.722's RTP clock is 8000).
+AUDIO_RATE = {"pcmu": 8000, "pcma": 8000, "g722": 16000}
+#: Codecs of equal quality, ranked together (the caller's order decides between them).
+G711_LAWS = ("pcmu", "pcma")
 DEFAULT_DTMF_PT = 101
 ALLOWED_PTIME = (10, 20, 30, 40, 50, 60)
 MAX_SDP_BYTES = 64 * 1024
@@ -274,7 +283,7 @@ class NegotiatedMedia:
 
     remote_address: str
     remote_port: int
-    codec: str                      # "pcmu" / "pcma"
+    codec: str                      # "pcmu" / "pcma" / "g722"
     payload_type: int
     dtmf_payload_type: int | None
     ptime_ms: int
@@ -301,7 +310,7 @@ def _codec_of(m: MediaDescription, pt: str) -> str | None:
     rtpmap = m.rtpmap()
     if pt in rtpmap:
         name, rate = rtpmap[pt]
-        if rate == 8000 and name in ("pcmu", "pcma"):
+        if rate == 8000 and name in CODEC_NAMES:      # G722/8000 too (RFC 3551)
             return name
         return None
     if pt.isdigit() and int(pt) in STATIC_PT:
@@ -314,6 +323,37 @@ def _dtmf_pt(m: MediaDescription) -> str | None:
         if name == "telephone-event" and rate == 8000 and pt in m.formats:
             return pt
     return None
+
+
+def _rank(codec: str, codecs: tuple[str, ...]) -> int:
+    """Our preference for ``codec`` (lower is better); the G.711 laws rank together."""
+    if codec in G711_LAWS:
+        return min(codecs.index(c) for c in G711_LAWS if c in codecs)
+    return codecs.index(codec)
+
+
+def _pick_codec(m: MediaDescription, codecs: tuple[str, ...]) -> tuple[str, str] | None:
+    """(payload type, codec) of the offered codec we rank first; ties: the caller's order."""
+    best: tuple[int, str, str] | None = None
+    for pt in m.formats:
+        codec = _codec_of(m, pt)
+        if codec is not None and codec in codecs:
+            rank = _rank(codec, codecs)
+            if best is None or rank < best[0]:
+                best = (rank, pt, codec)
+    return None if best is None else (best[1], best[2])
+
+
+def renegotiation_codecs(current: NegotiatedMedia | None, codecs: tuple[str, ...],
+                         ) -> tuple[str, ...]:
+    """The codecs a re-INVITE's answer may choose: the call's own first, then ours at its
+    audio rate only (the call's resamplers were built for that rate; a re-offer without
+    one of them is refused with 488 and the call goes on as it was)."""
+    if current is None:
+        return codecs
+    rate = AUDIO_RATE[current.codec]
+    return (current.codec, *(c for c in codecs
+                             if c != current.codec and AUDIO_RATE[c] == rate))
 
 
 def _choose_ptime(offered: int | None) -> int:
@@ -332,17 +372,13 @@ def answer_offer(offer: SessionDescription, *, address: str, port: int,
     """
     chosen: tuple[int, str, str] | None = None   # (index, pt, codec)
     for index, m in enumerate(offer.media):
-        if not _usable_audio(m):
-            continue
-        for pt in m.formats:
-            codec = _codec_of(m, pt)
-            if codec is not None and codec in codecs:
-                chosen = (index, pt, codec)
+        if _usable_audio(m):
+            picked = _pick_codec(m, codecs)
+            if picked is not None:
+                chosen = (index, *picked)
                 break
-        if chosen is not None:
-            break
     if chosen is None:
-        raise SdpError("no common audio codec (PCMU/PCMA over RTP/AVP)")
+        raise SdpError("no common audio codec (PCMU/PCMA/G722 over RTP/AVP)")
     index, pt, codec = chosen
     offered = offer.media[index]
     conn = offered.connection or offer.connection

@@ -50,7 +50,7 @@ from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, pu
 from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
-from bridge.sip.sdp import NegotiatedMedia, SessionDescription, answer_offer, make_offer
+from bridge.sip.sdp import G711_LAWS, NegotiatedMedia, SessionDescription, answer_offer, make_offer
 from bridge.sip.settings import SipSettings
 from bridge.sip.tcp import TcpPort
 from bridge.sip.ua import (
@@ -411,8 +411,9 @@ class SipService:
                        called=event.called,
                        remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
                        extra={"transport": event.peer.transport})
+        law = None if media is None else (media.codec if media.codec in G711_LAWS else "")
         ready = (None if self._early is None else      # the upstream opens as we answer
-                 self._early.open_early(info, media.codec if media is not None else None))
+                 self._early.open_early(info, law))
         await self._ring(pending, ready)
         if pending.established.done():
             # CANCELled (or otherwise ended) before we answered: the core has already
@@ -427,7 +428,6 @@ class SipService:
         established = await pending.established
         if established.media is not None:
             leg._media_updated(established.media)
-            leg.g711 = established.media.codec
         return None if leg.ended else leg
 
     async def _ring(self, pending: _Pending, ready: asyncio.Future[None] | None) -> None:

@@ -5,7 +5,7 @@
 to :class:`bridge.sip.service.SipService`, which hands it to
 :class:`bridge.sip.ua.UserAgent`. Nothing copies fields from one type to another.
 
-Some fields are not read from the file (``codecs``, ``user_agent``, ``timers``,
+Some fields are not read from the file (``user_agent``, ``timers``,
 ``symmetric_requests``): they are fixed by the program and varied only by tests. They carry
 :data:`NOT_IN_FILE` in their field metadata, and the loader leaves them alone
 (:func:`file_keys`).
@@ -27,6 +27,9 @@ from bridge.sip.lines import Account, Trunk
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+#: The codecs a SIP call may use (``[sip] codecs`` chooses among them, in order).
+SIP_CODECS = ("g722", "pcmu", "pcma")
 
 #: Field metadata of a setting the configuration file does not offer.
 NOT_IN_FILE = {"file": False}
@@ -99,8 +102,9 @@ class SipSettings:
     accounts: tuple[Account, ...] = ()
     #: ``[[sip.trunks]]``: peers that call us, known by source address.
     trunks: tuple[Trunk, ...] = ()
-    #: The codecs we answer with, in our order of preference (G.711 only on SIP).
-    codecs: tuple[str, ...] = field(default=("pcmu", "pcma"), metadata=NOT_IN_FILE)
+    #: The codecs we answer and offer with, in our order of preference (``SIP_CODECS``);
+    #: between PCMU and PCMA the caller's order decides (see ``bridge.sip.sdp``).
+    codecs: tuple[str, ...] = ("g722", "pcmu", "pcma")
     #: What we write in Server and User-Agent.
     user_agent: str = field(default=f"voicebridge/{__version__}", metadata=NOT_IN_FILE)
     #: Transaction timers (T1, T2, T4).
@@ -110,6 +114,10 @@ class SipSettings:
     symmetric_requests: bool = field(default=True, metadata=NOT_IN_FILE)
 
     def __post_init__(self) -> None:
+        if (not self.codecs or len(set(self.codecs)) != len(self.codecs)
+                or not set(self.codecs) <= set(SIP_CODECS)):
+            raise ConfigError(f"[sip] codecs: choose from {', '.join(SIP_CODECS)}, each "
+                              f"once (got {list(self.codecs)})")
         for name in _NOT_NEGATIVE:
             value = getattr(self, name)
             if value < 0:
@@ -127,4 +135,4 @@ def file_keys(cls: type[DataclassInstance]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("file", True))
 
 
-__all__ = ["NOT_IN_FILE", "SipSettings", "Timers", "file_keys"]
+__all__ = ["NOT_IN_FILE", "SIP_CODECS", "SipSettings", "Timers", "file_keys"]
