@@ -144,8 +144,8 @@ class TrunkAuth:
                  mint: NonceMint | None = None, counts: NonceCounts | None = None) -> None:
         self.trunks = trunks
         self._passwords = dict(passwords)
-        self.mint = mint or NonceMint()
-        self.counts = counts or NonceCounts()
+        self.mint = NonceMint() if mint is None else mint
+        self.counts = NonceCounts() if counts is None else counts
 
     @classmethod
     def from_env(cls, trunks: tuple[Trunk, ...], env: Mapping[str, str]) -> TrunkAuth | None:
