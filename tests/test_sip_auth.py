@@ -257,3 +257,11 @@ def test_challenge_allowing_only_auth_int_is_not_answered() -> None:
     challenge = _challenge(parse_request(data), 401).replace(b'qop="auth"', b'qop="auth-int"')
     assert h.send(challenge) == []
     assert parse_response(challenge).status == 401
+
+
+def test_sess_without_qop_is_not_answered() -> None:
+    """MD5-sess mixes in the client nonce, which is only sent with qop: no usable answer."""
+    challenge = digest.parse_challenge('Digest realm="r", nonce="n", algorithm=MD5-sess')
+    with pytest.raises(digest.DigestError, match="-sess"):
+        digest.authorization(challenge, method="BYE", uri="sip:x", username="u",
+                             password="p", cnonce="c")

@@ -47,6 +47,14 @@ def _rank(challenge: Challenge) -> tuple[bool, bool]:
     return algorithm.startswith("SHA-256"), not algorithm.endswith("-SESS")
 
 
+def _answerable(challenge: Challenge) -> bool:
+    """qop=auth or none (auth-int is not done), and -sess only with qop (it needs the
+    client nonce the server sees only with qop)."""
+    if challenge.qop:
+        return "auth" in challenge.qop
+    return not challenge.algorithm.upper().endswith("-SESS")
+
+
 class ChallengeMemory:
     """One call's challenges and nonce counts (see the module docstring)."""
 
@@ -69,7 +77,7 @@ class ChallengeMemory:
                 challenge = parse_challenge(value)
             except SipParseError:
                 continue
-            if challenge.qop and "auth" not in challenge.qop:
+            if not _answerable(challenge):
                 continue
             current = best.get(challenge.realm)
             if current is None or _rank(challenge) > _rank(current):
