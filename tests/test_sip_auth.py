@@ -118,12 +118,19 @@ def test_malformed_authorization_is_400(header: str) -> None:
     assert refusal is not None and (refusal.status, refusal.reason) == (400, "sip_auth_malformed")
 
 
-def test_uri_other_than_the_request_uri_is_400() -> None:
+def test_uri_is_hashed_and_must_be_a_uri_but_may_differ_from_the_request_uri() -> None:
+    """A proxy may rewrite the Request-URI and SIPp writes its next hop there: the uri is
+    only checked through the hash (and for being a URI at all)."""
     auth = _auth()
     challenge = auth.challenge(PBX, ALICE[0], 10.0)[0][1]
-    header = _answer(challenge, uri="sip:someone-else@biloxi.example.com")
-    refusal = auth.check(_invite((f"Authorization: {header}",)), ALICE[0], 11.0)
+    header = _answer(challenge, uri="sip:192.0.2.200:5060")
+    assert auth.check(_invite((f"Authorization: {header}",)), ALICE[0], 11.0) is None
+    garbage = _answer(challenge, uri="not a uri", nc=2)
+    refusal = auth.check(_invite((f"Authorization: {garbage}",)), ALICE[0], 12.0)
     assert refusal is not None and refusal.status == 400
+    tampered = _answer(challenge, nc=3).replace("sip:bob@biloxi.example.com", "sip:x@y.z")
+    refusal = auth.check(_invite((f"Authorization: {tampered}",)), ALICE[0], 13.0)
+    assert refusal is not None and refusal.status == 403
 
 
 def test_other_sources_and_methods_are_not_challenged() -> None:

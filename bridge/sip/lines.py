@@ -28,6 +28,8 @@ from bridge.errors import ConfigError
 #: call that does not offer SRTP (488).
 SRTP_POLICIES = ("off", "accept", "require")
 TRANSPORTS = ("udp", "tcp", "tls")
+#: Digest algorithms a trunk's challenges may offer (RFC 8760), one challenge each.
+DIGEST_ALGORITHMS = ("SHA-256", "MD5")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class Trunk:
     password_env: str = ""
     #: The realm of our challenges; default: the trunk's name.
     realm: str = ""
+    #: The algorithms our challenges offer, one challenge each, in this order (a client
+    #: takes the first it supports; some old ones take the first whatever it is).
+    digest_algorithms: tuple[str, ...] = DIGEST_ALGORITHMS
     #: SRTP policy for the trunk's calls (see :data:`SRTP_POLICIES`).
     srtp: str = "off"
     #: Accept SDES keys (``a=crypto``) in SDP that came over plain UDP or TCP, where anyone
@@ -113,6 +118,10 @@ class Trunk:
         if self.srtp not in SRTP_POLICIES:
             raise ConfigError(f"{where}: srtp: choose from {', '.join(SRTP_POLICIES)} "
                               f"(got {self.srtp!r})")
+        if not self.digest_algorithms or not set(self.digest_algorithms) <= set(
+                DIGEST_ALGORITHMS):
+            raise ConfigError(f"{where}: digest_algorithms: choose from "
+                              f"{', '.join(DIGEST_ALGORITHMS)} (got {self.digest_algorithms!r})")
         if bool(self.auth_user) != bool(self.password_env):
             raise ConfigError(f"{where}: auth_user and password_env go together")
 
@@ -133,4 +142,4 @@ def trunk_for(trunks: tuple[Trunk, ...], ip: str) -> Trunk | None:
     return None
 
 
-__all__ = ["SRTP_POLICIES", "TRANSPORTS", "Account", "Trunk", "trunk_for"]
+__all__ = ["DIGEST_ALGORITHMS", "SRTP_POLICIES", "TRANSPORTS", "Account", "Trunk", "trunk_for"]

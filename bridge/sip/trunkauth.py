@@ -7,11 +7,12 @@ provider's trunk. :class:`TrunkAuth` decides on one request from what the adapte
 :class:`~bridge.sip.admission.Refusal` carrying the status, its ``reason`` (the counter
 label and the throttled log line's key) and the challenge headers:
 
-* no credentials for our realm: ``401`` with two ``WWW-Authenticate`` challenges, SHA-256
-  first, then MD5 (RFC 8760 §2.4: one per algorithm, the client takes the first it
-  supports), both ``qop="auth"`` (``sip_auth_required``);
-* an ``Authorization`` that does not parse, or whose ``uri`` is not the Request-URI or
-  whose ``nc`` is not hex: ``400`` (``sip_auth_malformed``);
+* no credentials for our realm: ``401`` with one ``WWW-Authenticate`` challenge per
+  algorithm of the trunk's ``digest_algorithms`` (SHA-256, then MD5, by default; RFC 8760
+  §2.4: the client takes the first it supports), all ``qop="auth"``
+  (``sip_auth_required``);
+* an ``Authorization`` that does not parse, or whose ``uri`` is not a URI or whose
+  ``nc`` is not hex: ``400`` (``sip_auth_malformed``);
 * a nonce we did not issue (another source, another process): a fresh ``401``
   (``sip_auth_nonce``); one we issued but older than :data:`NONCE_TTL_S`: ``401`` with
   ``stale=true`` (``sip_auth_stale``), so the caller retries without asking anyone for a
@@ -52,8 +53,6 @@ NONCE_TTL_S = 300.0
 NONCE_MEMORY = 4096
 #: Methods a trunk with ``auth_user`` must authenticate.
 AUTH_METHODS = frozenset({"INVITE"})
-#: The algorithms offered, in the order of the challenges.
-ALGORITHMS = ("SHA-256", "MD5")
 
 
 def load_passwords(trunks: tuple[Trunk, ...], env: Mapping[str, str]) -> dict[str, str]:
@@ -166,7 +165,7 @@ class TrunkAuth:
         return tuple(("WWW-Authenticate",
                       f'Digest realm={quote(realm)}, nonce="{nonce}", '
                       f'algorithm={algorithm}, qop="auth"{tail}')
-                     for algorithm in ALGORITHMS)
+                     for algorithm in trunk.digest_algorithms)
 
     def check(self, request: Request, source: str, now: float) -> Refusal | None:
         """None to let ``request`` from ``source`` in, else the refusal to answer."""
@@ -193,9 +192,11 @@ class TrunkAuth:
     def _verify(self, creds: digest.Credentials, request: Request, trunk: Trunk, *,
                 password: str, source: str, now: float) -> Refusal | None:
         try:
-            if parse_uri(creds.uri) != request.uri:
-                return Refusal(400, "sip_auth_malformed",
-                               phrase="Bad Request (Authorization uri is not the Request-URI)")
+            # The uri is covered by the response hash, but it is not compared with the
+            # Request-URI: a proxy may have rewritten that (a dispatcher), and some clients
+            # write the next hop's address there (SIPp). Replays are stopped by the nonce,
+            # bound to the source, and its count.
+            parse_uri(creds.uri)
             nc = int(creds.nc, 16) if creds.nc is not None else 0
         except (SipParseError, ValueError):
             return Refusal(400, "sip_auth_malformed", phrase="Bad Request (bad Authorization)")
@@ -213,5 +214,5 @@ class TrunkAuth:
         return None
 
 
-__all__ = ["ALGORITHMS", "AUTH_METHODS", "NONCE_MEMORY", "NONCE_TTL_S", "NonceCounts",
+__all__ = ["AUTH_METHODS", "NONCE_MEMORY", "NONCE_TTL_S", "NonceCounts",
            "NonceMint", "TrunkAuth", "load_passwords", "realm_of"]
