@@ -4,6 +4,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bridge.errors import ConfigError
@@ -272,3 +277,40 @@ def test_sess_without_qop_is_not_answered() -> None:
     with pytest.raises(digest.DigestError, match="-sess"):
         digest.authorization(challenge, method="BYE", uri="sip:x", username="u",
                              password="p", cnonce="c")
+
+
+# ------------------------------------------------------------------------------ start-up
+
+def _serve(tmp_path: Path, settings: str, **env: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "voicebridge.toml"
+    config.write_text(settings)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("VOICEBRIDGE_", "AZURE_OPENAI_", "OPENAI_"))}
+    clean.update(VOICEBRIDGE_RECORDS_PATH="", VOICEBRIDGE_SIP_HOST="127.0.0.1",
+                 VOICEBRIDGE_SIP_PORT="0", VOICEBRIDGE_HTTP_PORT="0", **env)
+    return subprocess.run([sys.executable, "-m", "bridge", "serve", "--config", str(config)],
+                          cwd=tmp_path, env=clean, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+TRUNK_TOML = """
+[[sip.trunks]]
+name = "pbx"
+match = ["192.0.2.0/24"]
+auth_user = "bridge"
+password_env = "VB_TEST_UNSET_TRUNK_PASSWORD"
+"""
+
+
+def test_a_missing_password_variable_stops_the_start(tmp_path: Path) -> None:
+    result = _serve(tmp_path, TRUNK_TOML)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert ("[[sip.trunks]] pbx: password_env: the environment variable "
+            "VB_TEST_UNSET_TRUNK_PASSWORD is not set") in result.stderr
+
+
+def test_a_trunk_dialplan_that_does_not_exist_stops_the_start(tmp_path: Path) -> None:
+    result = _serve(tmp_path, TRUNK_TOML + 'dialplan = "nowhere"\n',
+                    VB_TEST_UNSET_TRUNK_PASSWORD="x")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "[[sip.trunks]] pbx: dialplan: no dialplan named 'nowhere'" in result.stderr
