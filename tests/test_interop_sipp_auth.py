@@ -48,6 +48,7 @@ dialplan = "desk"
 digest_algorithms = ["MD5", "SHA-256"]
 """
 REJECTED = "voicebridge_calls_rejected_total"
+CHALLENGES = "voicebridge_sip_challenges_total"
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,7 @@ async def test_refer_challenged_with_407_is_answered_and_succeeds(
     sip_port, media_port = ports
     prefix = f"auth-refer-{uuid.uuid4().hex[:8]}"
     required = serve.metric(REJECTED, 'reason="sip_auth_required"')
+    answered = serve.metric(CHALLENGES, 'method="REFER",outcome="answered"')
     async with LoopbackCapture(dst_ports=(sip_port,)) as capture:
         run = await run_sipp(SIPP_DIR / "auth_refer.xml", serve.sip_port, workdir=tmp_path,
                              local_port=sip_port, media_port=media_port,
@@ -130,6 +132,7 @@ async def test_refer_challenged_with_407_is_answered_and_succeeds(
     assert record["dialplan"] == "desk", record            # the trunk's, not by number
     assert record["end_reason"] == "transferred" and record["transferred_to"] == "desk"
     assert serve.metric(REJECTED, 'reason="sip_auth_required"') >= required + 1
+    assert serve.metric(CHALLENGES, 'method="REFER",outcome="answered"') == answered + 1
 
 
 async def test_bye_challenged_with_401_is_answered(serve: ServeProcess, ports: tuple[int, int],
@@ -138,12 +141,14 @@ async def test_bye_challenged_with_401_is_answered(serve: ServeProcess, ports: t
     the Authorization of the BYE sent again (a wrong one fails the scenario)."""
     sip_port, media_port = ports
     prefix = f"auth-bye-{uuid.uuid4().hex[:8]}"
+    answered = serve.metric(CHALLENGES, 'method="BYE",outcome="answered"')
     run = await run_sipp(SIPP_DIR / "auth_bye.xml", serve.sip_port, workdir=tmp_path,
                          local_port=sip_port, media_port=media_port, call_id_prefix=prefix,
                          args=("-s", "agent", "-au", "bridge", "-ap", PASSWORD))
     _ok(run, serve)
     record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
     assert record["end_reason"] == "caller_dtmf_hangup" and record["dialplan"] == "desk"
+    assert serve.metric(CHALLENGES, 'method="BYE",outcome="answered"') == answered + 1
 
 
 async def test_wrong_password_is_refused_and_counted(serve: ServeProcess,

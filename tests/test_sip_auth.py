@@ -14,6 +14,7 @@ import pytest
 from bridge.errors import ConfigError
 from bridge.sip import digest
 from bridge.sip.admission import Gate
+from bridge.sip.events import Challenged
 from bridge.sip.lines import Trunk
 from bridge.sip.message import Request, parse_request, parse_response
 from bridge.sip.settings import SipSettings
@@ -211,7 +212,7 @@ def test_refer_challenged_with_407_is_resent_and_succeeds() -> None:
     assert resent.headers.get("Refer-To") == "<sip:desk@pbx.example.com>"
     assert resent.via[0].branch != refer.via[0].branch
     _check(resent, "Proxy-Authorization", nc=1)
-    assert h.events() == []                                 # no failure reported
+    assert h.events() == [Challenged(call.call, "REFER", 407, True)]   # no failure
     h.send(respond(resent, 202, "Accepted"))
     assert h.events() == [ReferProgress(call.call, 202, "Accepted")]
     notify = alice.in_dialog("NOTIFY", b"SIP/2.0 200 OK\r\n",
@@ -240,6 +241,8 @@ def test_bye_challenged_with_401_is_resent_once_then_gives_up() -> None:
     # Challenged again with a new nonce (not stale): the credentials were refused.
     assert h.send(_challenge(resent, 401, nonce="other")) == []
     assert h.ua.hangups_in_flight() == 0
+    assert h.events()[-2:] == [Challenged(call.call, "BYE", 401, True),
+                               Challenged(call.call, "BYE", 401, False)]
 
 
 def test_stale_challenge_gets_one_more_resend() -> None:
@@ -258,8 +261,8 @@ def test_without_credentials_a_challenge_fails_the_request_as_before() -> None:
     h.ua.refer(call.call, "sip:desk@pbx.example.com", h.now)
     (data,) = h.out()
     assert h.send(_challenge(parse_request(data), 407)) == []
-    assert h.events() == [ReferDone(call.call, False, 407,
-                                    "Proxy Authentication Required")]
+    assert h.events() == [Challenged(call.call, "REFER", 407, False),
+                          ReferDone(call.call, False, 407, "Proxy Authentication Required")]
 
 
 def test_challenge_allowing_only_auth_int_is_not_answered() -> None:

@@ -33,6 +33,7 @@ from bridge.sip.events import (
     CallEnded,
     CallEstablished,
     CallKey,
+    Challenged,
     DtmfInfo,
     Hold,
     IncomingCall,
@@ -321,9 +322,10 @@ class CallHandlers(Responder):
                           response: Response, now: float) -> bool:
         """A 401/407 to our request: resend it with credentials (True), or not (False:
         the request failed, as any other final response says)."""
-        if self._credentials is None or self._credentials(call) is None:
-            return False
-        number = call.auth.learn(response, ctx.request)
+        method = ctx.request.method
+        number = (None if self._credentials is None or self._credentials(call) is None
+                  else call.auth.learn(response, ctx.request))
+        self._events.append(Challenged(call.key, method, response.status, number is not None))
         if number is None:
             log.info("call %s: %s challenged again (%d); giving up", call.invite.call_id,
                      ctx.request.method, response.status)

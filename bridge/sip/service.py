@@ -49,6 +49,7 @@ from bridge.logthrottle import Throttle
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
 from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, public_guess
 from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
+from bridge.sip.events import Challenged
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription, answer_offer, make_offer
@@ -514,6 +515,9 @@ class SipService:
                 self._on_refer_done(event)
             case OptionsAnswered():
                 self.stats["options"] += 1
+            case Challenged():
+                metrics.SIP_CHALLENGES.labels(method=event.method, outcome="answered"
+                                              if event.answered else "failed").inc()
 
     def _on_established(self, event: CallEstablished) -> None:
         pending = self._pending.get(event.call)
