@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.config import load_settings
 from bridge.errors import ConfigError
 from bridge.sip import digest
 from bridge.sip.admission import Gate
@@ -317,3 +318,22 @@ def test_a_trunk_dialplan_that_does_not_exist_stops_the_start(tmp_path: Path) ->
                     VB_TEST_UNSET_TRUNK_PASSWORD="x")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "[[sip.trunks]] pbx: dialplan: no dialplan named 'nowhere'" in result.stderr
+
+
+def test_a_trunk_is_known_on_a_dual_stack_socket_too() -> None:
+    """An IPv4 trunk seen as ::ffff:192.0.2.9 must still be challenged, not let through."""
+    refusal = _auth().check(_invite(), "::ffff:192.0.2.9", 1.0)
+    assert refusal is not None and refusal.status == 401
+    assert trunk_extra((PBX,), "::ffff:192.0.2.9")["trunk"] == "pbx"
+
+
+def test_trunk_digest_algorithms_are_read_and_checked(tmp_path: Path) -> None:
+    config = tmp_path / "voicebridge.toml"
+    config.write_text(TRUNK_TOML + 'digest_algorithms = ["MD5"]\n')
+    (trunk,) = load_settings(config, {}).sip.trunks
+    assert trunk.digest_algorithms == ("MD5",)
+    assert [digest.parse_challenge(v).algorithm for _, v in
+            TrunkAuth((trunk,), {"pbx": "x"}).challenge(trunk, "192.0.2.1", 0.0)] == ["MD5"]
+    config.write_text(TRUNK_TOML + 'digest_algorithms = ["SHA-512"]\n')
+    with pytest.raises(ConfigError, match="digest_algorithms: choose from SHA-256, MD5"):
+        load_settings(config, {})

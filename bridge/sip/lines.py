@@ -128,9 +128,12 @@ class Trunk:
     def matches(self, ip: str) -> bool:
         """Whether a request from ``ip`` belongs to this trunk."""
         try:
-            address = ipaddress.ip_address(ip)
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d: still the trunk.
+            address = address.ipv4_mapped
         return any(address in ipaddress.ip_network(c, strict=False) for c in self.match)
 
 
