@@ -337,3 +337,12 @@ def test_trunk_digest_algorithms_are_read_and_checked(tmp_path: Path) -> None:
     config.write_text(TRUNK_TOML + 'digest_algorithms = ["SHA-512"]\n')
     with pytest.raises(ConfigError, match="digest_algorithms: choose from SHA-256, MD5"):
         load_settings(config, {})
+
+
+def test_a_refer_challenged_after_the_call_ended_is_not_sent_again() -> None:
+    h, alice, call = _established()
+    h.ua.refer(call.call, "sip:desk@pbx.example.com", h.now)
+    (data,) = h.out()
+    h.send(alice.in_dialog("BYE"))                  # the far end hangs up meanwhile
+    h.events()
+    assert h.send(_challenge(parse_request(data), 407)) == []

@@ -323,12 +323,16 @@ class CallHandlers(Responder):
         """A 401/407 to our request: resend it with credentials (True), or not (False:
         the request failed, as any other final response says)."""
         method = ctx.request.method
-        number = (None if self._credentials is None or self._credentials(call) is None
+        # Only what still matters: the BYE, or a request of a call that goes on.
+        wanted = ctx is call.bye_tx or (call.state is not CallState.ENDED and (
+            ctx is not call.refer_tx or call.refer_active))
+        number = (None if not wanted or self._credentials is None
+                  or self._credentials(call) is None
                   else call.auth.learn(response, ctx.request))
         self._events.append(Challenged(call.key, method, response.status, number is not None))
         if number is None:
-            log.info("call %s: %s challenged again (%d); giving up", call.invite.call_id,
-                     ctx.request.method, response.status)
+            log.info("call %s: %s answered %d, not sent again (no credentials, or "
+                     "challenged again)", call.invite.call_id, method, response.status)
             return False
         extra, content_type = resend_headers(ctx.request)
         resend = self._send_in_dialog(call, ctx.request.method, now, extra=extra,
