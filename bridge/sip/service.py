@@ -361,7 +361,8 @@ class SipService:
         self.stats["rejected"] += 1
         if invite:
             metrics.CALLS_REJECTED.labels(reason=refusal.reason).inc()
-        _throttled.log(logging.INFO, refusal.reason, "%s from %s refused (%d %s): %d calls, "
+        level = logging.DEBUG if refusal.reason == "sip_auth_required" else logging.INFO
+        _throttled.log(level, refusal.reason, "%s from %s refused (%d %s): %d calls, "
                        "%d unconfirmed", request.method, source, refusal.status,
                        refusal.reason, load.calls, load.unacked)
         return Rejection(refusal.status, reason=refusal.phrase, headers=refusal.headers)
