@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,18 +12,32 @@ from pathlib import Path
 
 import pytest
 
+from bridge.bench.sip import free_udp_port
 from bridge.config import load_settings
 from bridge.errors import ConfigError
 from bridge.sip import digest
 from bridge.sip.admission import Gate
 from bridge.sip.events import Challenged
 from bridge.sip.lines import Trunk
-from bridge.sip.message import Request, parse_request, parse_response
+from bridge.sip.message import Request, Response, parse_request, parse_response
+from bridge.sip.service import SipService
 from bridge.sip.settings import SipSettings
 from bridge.sip.trunkauth import NonceCounts, NonceMint, TrunkAuth, load_passwords
 from bridge.sip.trunkcalls import call_credentials, trunk_extra
 from bridge.sip.ua import CallEstablished, IncomingCall, ReferDone, ReferProgress, UserAgent
-from tests.support.sip_peers import ALICE, BOB, CountingIds, Uac, UasHarness, respond
+from tests.support.sip_peers import (
+    ALICE,
+    BOB,
+    CountingIds,
+    Recorder,
+    SipSink,
+    Uac,
+    UasHarness,
+    UdpPeer,
+    caller_sdp,
+    respond,
+    udp_peer,
+)
 
 PBX = Trunk(name="pbx", match=("192.0.2.0/24",), auth_user="bridge",
             password_env="PBX_PASSWORD", realm="pbx.example.com", dialplan="front-desk")
@@ -346,3 +361,66 @@ def test_a_refer_challenged_after_the_call_ended_is_not_sent_again() -> None:
     h.send(alice.in_dialog("BYE"))                  # the far end hangs up meanwhile
     h.events()
     assert h.send(_challenge(parse_request(data), 407)) == []
+
+
+# ------------------------------------------------------------------- over real sockets
+
+async def wait_for_hangup(leg: object, sink: SipSink) -> None:
+    await sink.hangup.wait()
+
+
+async def test_service_challenges_refuses_malformed_and_admits_with_credentials() -> None:
+    """SipService on loopback with a trunk for 127.0.0.1: the wire answers (401 with both
+    challenges, 400 with the reason, then a call with credentials) and the leg it makes
+    carries the trunk's name and dialplan."""
+    trunk = Trunk(name="loop", match=("127.0.0.1/32",), auth_user="bridge",
+                  password_env="LOOP_PASSWORD", dialplan="front-desk")
+    rec = Recorder(wait_for_hangup)
+    low = free_udp_port() & ~1
+    svc = SipService(SipSettings(host="127.0.0.1", port=0, ring_ms=0, trunks=(trunk,)), rec,
+                     rtp_ports=(low, low + 19), env={"LOOP_PASSWORD": PASSWORD})
+    await svc.start()
+    try:
+        sip = await udp_peer()
+        assert sip.transport is not None
+        alice = Uac(rport=True)
+        sip.transport.sendto(alice.invite(caller_sdp(low + 40)), ("127.0.0.1", svc.port))
+        challenge = await _final(sip)
+        assert challenge.status == 401
+        values = challenge.headers.get_lines("WWW-Authenticate")
+        assert [digest.parse_challenge(v).algorithm for v in values] == ["SHA-256", "MD5"]
+        sip.transport.sendto(alice.ack(challenge), ("127.0.0.1", svc.port))
+        alice.remote_tag = None                # a new INVITE: no To tag
+
+        alice.cseq += 1
+        bad = alice.invite(caller_sdp(low + 40), extra=('Authorization: Digest realm="loop"',))
+        sip.transport.sendto(bad, ("127.0.0.1", svc.port))
+        refused = await _final(sip)
+        assert refused.status == 400 and refused.reason.startswith("Bad Request (Digest")
+        sip.transport.sendto(alice.ack(refused), ("127.0.0.1", svc.port))
+        alice.remote_tag = None
+
+        alice.cseq += 1
+        answer = digest.authorization(digest.parse_challenge(values[0]), method="INVITE",
+                                      uri="sip:bob@biloxi.example.com", username="bridge",
+                                      password=PASSWORD, cnonce="abc", nc=1)
+        sip.transport.sendto(alice.invite(caller_sdp(low + 40),
+                                          extra=(f"Authorization: {answer}",)),
+                             ("127.0.0.1", svc.port))
+        ok = await _final(sip)
+        assert ok.status == 200
+        sip.transport.sendto(alice.ack(ok), ("127.0.0.1", svc.port))
+        await asyncio.wait_for(rec.started.wait(), 10)
+        assert rec.legs[0].info.extra["trunk"] == "loop"
+        assert rec.legs[0].info.extra["dialplan"] == "front-desk"
+        sip.transport.sendto(alice.in_dialog("BYE"), ("127.0.0.1", svc.port))
+        await asyncio.wait_for(rec.finished.wait(), 10)
+    finally:
+        await svc.stop()
+
+
+async def _final(peer: UdpPeer) -> Response:
+    while True:
+        response = await peer.recv_sip()
+        if response.status >= 200:
+            return response
