@@ -16,6 +16,8 @@ voicebridge_calls_active                 gauge      source
 voicebridge_calls_started_total          counter    source
 voicebridge_calls_ended_total            counter    reason
 voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over a cap)
+voicebridge_sip_challenges_total         counter    method, outcome (401/407 to our REFER,
+                                                               BYE...: answered, failed)
 voicebridge_sip_tcp_dropped_total        counter    reason       (SIP/TCP refused or closed:
                                                                overall, per_source, slow,
                                                                idle, unread, too_large, malformed,
@@ -142,6 +144,9 @@ OUTAGE_SILENCE = Histogram("outage_silence_seconds",
                            "Longest silence a caller heard during an upstream outage.",
                            namespace=_NS, registry=REGISTRY, buckets=_OUTAGE_BUCKETS)
 
+SIP_CHALLENGES = Counter("sip_challenges", "401/407 to the bridge's own requests in a call, "
+                         "by method and outcome (answered: sent again with credentials; "
+                         "failed).", ["method", "outcome"], namespace=_NS, registry=REGISTRY)
 SIP_TCP_REFUSED = Counter("sip_tcp_refused", "SIP/TCP connections closed at once: the "
                           "connection cap was reached.", namespace=_NS, registry=REGISTRY)
 SIP_TCP_DROPPED = Counter("sip_tcp_dropped", "SIP/TCP connections refused or closed by a "

@@ -127,6 +127,10 @@ class Bridge:
         from bridge.metrics import CallEventMetrics  # noqa: PLC0415
 
         dialplans = self._load_dialplans()
+        for trunk in self.settings.sip.trunks:
+            if trunk.dialplan and trunk.dialplan not in dialplans:
+                raise ConfigError(f"[[sip.trunks]] {trunk.name}: dialplan: no dialplan named "
+                                  f"{trunk.dialplan!r} in {self.dialplans_path}")
         store = self.store = await self._open_store()
         self._closers.append(store.close)
         factory = await self._realtime_factory()
@@ -271,7 +275,7 @@ class Bridge:
 
         sip = self.sip = SipService(self.settings.sip, on_call,
                                     rtp_ports=(rtp.port_low, rtp.port_high),
-                                    can_admit=manager.can_admit, early=manager)
+                                    can_admit=manager.can_admit, early=manager, env=self.env)
         sip.hurry = self.hurry
         await sip.start()
         self._closers.append(sip.stop)

@@ -30,7 +30,7 @@ from bridge.call.early import EarlyOpens
 from bridge.call.events import CallEvent
 from bridge.call.leg import LegInfo, MediaLeg
 from bridge.call.records import CallRecord, RecordStore
-from bridge.dialplans.plan import DialplanSet
+from bridge.dialplans.plan import Dialplan, DialplanSet
 from bridge.errors import CallRejected
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.config import RealtimeTarget
@@ -111,13 +111,24 @@ class CallManager:
         full or at its bound of early opens."""
         if not self.can_admit() or len(self.calls) + len(self.early) >= self.max_calls:
             return None
-        plan = self.dialplans.match(called=info.called, caller=info.caller,
-                                    source=info.source.value)
+        plan = self._plan(info)
         try:
             return self.early.open(info.call_id, plan, g711)
         except Exception:
             log.exception("could not open an early upstream on dialplan %s", plan.name)
             return None
+
+    def _plan(self, info: LegInfo) -> Dialplan:
+        """The dialplan the leg's line names (a SIP trunk's ``dialplan``), else the one
+        that matches the call."""
+        named = info.extra.get("dialplan")
+        if named and named in self.dialplans:
+            return self.dialplans[named]
+        if named:
+            log.warning("call %s: no dialplan named %r; matching by number", info.call_id,
+                        named)
+        return self.dialplans.match(called=info.called, caller=info.caller,
+                                    source=info.source.value)
 
     def drop_early(self, leg_call_id: str) -> None:
         """The call set up as ``leg_call_id`` will not happen: close its early upstream."""
@@ -130,8 +141,7 @@ class CallManager:
             await leg.hang_up("busy")
             raise CallRejected("busy" if not self._closing else "shutting down")
         info = leg.info
-        plan = self.dialplans.match(called=info.called, caller=info.caller,
-                                    source=info.source.value)
+        plan = self._plan(info)
         early = self.early.take(info.call_id)
         if early is not None and (early.plan is not plan or early.profile
                                   != plan.session_profile(leg_g711=leg.g711)):

@@ -5,7 +5,8 @@
 source address, ``now``, the counts of calls) and returns a :class:`Refusal` or None. In
 this order:
 
-1. the source allowlist (``allow_from``): ``403`` to any request from elsewhere;
+1. the source allowlist (``allow_from``, plus the ``match`` addresses of the
+   ``[[sip.trunks]]`` when ``allow_from`` is set): ``403`` to any request from elsewhere;
 2. draining (after SIGTERM): an INVITE gets ``503`` with Retry-After, and so does OPTIONS,
    so a load balancer's health probe (Kamailio's dispatcher, OpenSIPS' load balancer)
    takes this bridge out of its set while the live calls finish;
@@ -37,17 +38,21 @@ RATE_SOURCES = 4096
 
 @dataclass(frozen=True)
 class Refusal:
-    """A new request refused: the status, the Retry-After (if any) and why."""
+    """A new request refused: the status, the Retry-After (if any) and why; ``phrase`` and
+    ``extra`` headers when the answer needs them (a digest challenge, see
+    :mod:`bridge.sip.trunkauth`)."""
 
     status: int
     reason: str
     retry_after: int | None = None
+    phrase: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
         if self.retry_after is None:
-            return ()
-        return (("Retry-After", str(self.retry_after)),)
+            return self.extra
+        return (("Retry-After", str(self.retry_after)),) + self.extra
 
 
 class RateLimiter:
@@ -109,7 +114,12 @@ class Gate:
 
     def __init__(self, settings: SipSettings) -> None:
         self.settings = settings
-        self._allow = tuple(ipaddress.ip_network(c, strict=False) for c in settings.allow_from)
+        # A trunk's ``match`` addresses are let in too when there is an allowlist: naming
+        # a trunk is saying it may call (without an allowlist everyone may).
+        allow = settings.allow_from
+        if allow:
+            allow = allow + tuple(c for t in settings.trunks for c in t.match)
+        self._allow = tuple(ipaddress.ip_network(c, strict=False) for c in allow)
         self.rate = RateLimiter(settings.invite_rate_per_source,
                                 settings.invite_burst_per_source)
         #: Set when the bridge drains (SIGTERM): no new calls, OPTIONS says 503.

@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass, field
 
 from bridge.errors import SipError
+from bridge.sip.authclient import ChallengeMemory
 from bridge.sip.dialog import Dialog
 from bridge.sip.events import CallKey, Peer
 from bridge.sip.message import SIP_VERSION, Request
@@ -77,6 +78,8 @@ class Call:
     refer_tx: NonInviteClientTransaction | None = None
     refer_active: bool = False
     clients: list[NonInviteClientTransaction] = field(default_factory=list)
+    #: Challenges our requests in this call met (bridge.sip.authclient).
+    auth: ChallengeMemory = field(default_factory=ChallengeMemory)
 
     def move(self, event: CallInput) -> CallState:
         try:

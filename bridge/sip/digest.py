@@ -173,6 +173,10 @@ def authorization(challenge: Challenge, *, method: str, uri: str, username: str,
     if challenge.qop and "auth" not in challenge.qop:
         raise DigestError("the server allows only qop=auth-int, which is not supported")
     qop = "auth" if challenge.qop else None
+    if qop is None and challenge.algorithm.upper().endswith("-SESS"):
+        # -sess mixes the client nonce into HA1, but without qop no cnonce is sent
+        # (RFC 2617 §3.2.2): the server could never check the answer.
+        raise DigestError("a -sess algorithm without qop cannot be answered")
     nc_text = f"{nc:08x}"
     response = response_hash(algorithm=challenge.algorithm, username=username,
                              realm=challenge.realm, password=password, method=method,

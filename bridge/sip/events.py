@@ -153,13 +153,25 @@ class OptionsAnswered:
     peer: Peer
 
 
+@dataclass(frozen=True)
+class Challenged:
+    """A 401/407 to our ``method`` in the call: ``answered`` when it was sent again with
+    credentials, else it failed (no credentials, or challenged again)."""
+
+    call: CallKey
+    method: str
+    status: int
+    answered: bool
+
+
 
 Event = (IncomingCall | CallCancelled | CallEstablished | ByeReceived | CallEnded
          | MediaUpdated | Hold | Resume | DtmfInfo | ReferProgress | ReferDone
-         | OptionsAnswered)
+         | OptionsAnswered | Challenged)
 
 __all__ = [
     "Address", "Admission", "ByeReceived", "CallCancelled", "CallEnded", "CallEstablished",
+    "Challenged",
     "CallKey", "DtmfInfo", "Event", "Hold", "IdSource", "IncomingCall", "MediaUpdated",
     "OptionsAnswered", "Peer", "RandomIds", "ReferDone", "ReferProgress", "Rejection",
     "Resume",

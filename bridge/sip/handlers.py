@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from bridge.errors import SdpError
+from bridge.sip.authclient import CredentialLookup, resend_headers
 from bridge.sip.calls import (
     DTMF_INFO_TYPES,
     Call,
@@ -32,6 +33,7 @@ from bridge.sip.events import (
     CallEnded,
     CallEstablished,
     CallKey,
+    Challenged,
     DtmfInfo,
     Hold,
     IncomingCall,
@@ -65,6 +67,9 @@ log = logging.getLogger("bridge.sip.ua")
 
 class CallHandlers(Responder):
     """Method handlers and the call bookkeeping of the user agent (see the module doc)."""
+
+    #: A call's user name and password for challenged requests (set by the user agent).
+    _credentials: CredentialLookup | None = None
 
     # ---------------------------------------------------------------- method handlers
 
@@ -302,6 +307,8 @@ class CallHandlers(Responder):
         call = self._calls.get(call_key)
         if call is None:
             return
+        if response.status in (401, 407) and self._answer_challenge(call, ctx, response, now):
+            return
         if ctx is call.refer_tx and response.status >= 200:
             call.refer_tx = None
             if 200 <= response.status < 300:
@@ -310,6 +317,41 @@ class CallHandlers(Responder):
                 self._refer_done(call, False, response.status, response.reason)
         elif ctx is call.bye_tx and response.status >= 200:
             self._finish_bye(call)
+
+    def _answer_challenge(self, call: Call, ctx: NonInviteClientTransaction,
+                          response: Response, now: float) -> bool:
+        """A 401/407 to our request: resend it with credentials (True), or not (False:
+        the request failed, as any other final response says)."""
+        method = ctx.request.method
+        # Only what still matters: the BYE, or a request of a call that goes on.
+        wanted = ctx is call.bye_tx or (call.state is not CallState.ENDED and (
+            ctx is not call.refer_tx or call.refer_active))
+        number = (None if not wanted or self._credentials is None
+                  or self._credentials(call) is None
+                  else call.auth.learn(response, ctx.request))
+        self._events.append(Challenged(call.key, method, response.status, number is not None))
+        if number is None:
+            log.info("call %s: %s answered %d, not sent again (no credentials, or "
+                     "challenged again)", call.invite.call_id, method, response.status)
+            return False
+        extra, content_type = resend_headers(ctx.request)
+        resend = self._send_in_dialog(call, ctx.request.method, now, extra=extra,
+                                      body=ctx.request.body, content_type=content_type)
+        call.auth.resent(resend.request, number)
+        if ctx is call.refer_tx:
+            call.refer_tx = resend
+        elif ctx is call.bye_tx:
+            call.bye_tx = resend
+        log.info("call %s: %s answered %d; sent again with credentials",
+                 call.invite.call_id, ctx.request.method, response.status)
+        return True
+
+    def _sign(self, call: Call, request: Request) -> Request:
+        lookup = self._credentials
+        secret = lookup(call) if lookup is not None and len(call.auth) else None
+        if secret is None:
+            return request
+        return call.auth.sign(request, secret[0], secret[1], self._ids.token)
 
     def _refer_done(self, call: Call, ok: bool, status: int, reason: str) -> None:
         if not call.refer_active:

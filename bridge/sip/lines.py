@@ -28,6 +28,8 @@ from bridge.errors import ConfigError
 #: call that does not offer SRTP (488).
 SRTP_POLICIES = ("off", "accept", "require")
 TRANSPORTS = ("udp", "tcp", "tls")
+#: Digest algorithms a trunk's challenges may offer (RFC 8760), one challenge each.
+DIGEST_ALGORITHMS = ("SHA-256", "MD5")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class Trunk:
     password_env: str = ""
     #: The realm of our challenges; default: the trunk's name.
     realm: str = ""
+    #: The algorithms our challenges offer, one challenge each, in this order (a client
+    #: takes the first it supports; some old ones take the first whatever it is).
+    digest_algorithms: tuple[str, ...] = DIGEST_ALGORITHMS
     #: SRTP policy for the trunk's calls (see :data:`SRTP_POLICIES`).
     srtp: str = "off"
     #: Accept SDES keys (``a=crypto``) in SDP that came over plain UDP or TCP, where anyone
@@ -113,15 +118,22 @@ class Trunk:
         if self.srtp not in SRTP_POLICIES:
             raise ConfigError(f"{where}: srtp: choose from {', '.join(SRTP_POLICIES)} "
                               f"(got {self.srtp!r})")
+        if not self.digest_algorithms or not set(self.digest_algorithms) <= set(
+                DIGEST_ALGORITHMS):
+            raise ConfigError(f"{where}: digest_algorithms: choose from "
+                              f"{', '.join(DIGEST_ALGORITHMS)} (got {self.digest_algorithms!r})")
         if bool(self.auth_user) != bool(self.password_env):
             raise ConfigError(f"{where}: auth_user and password_env go together")
 
     def matches(self, ip: str) -> bool:
         """Whether a request from ``ip`` belongs to this trunk."""
         try:
-            address = ipaddress.ip_address(ip)
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d: still the trunk.
+            address = address.ipv4_mapped
         return any(address in ipaddress.ip_network(c, strict=False) for c in self.match)
 
 
@@ -133,4 +145,4 @@ def trunk_for(trunks: tuple[Trunk, ...], ip: str) -> Trunk | None:
     return None
 
 
-__all__ = ["SRTP_POLICIES", "TRANSPORTS", "Account", "Trunk", "trunk_for"]
+__all__ = ["DIGEST_ALGORITHMS", "SRTP_POLICIES", "TRANSPORTS", "Account", "Trunk", "trunk_for"]

@@ -191,18 +191,24 @@ class Responder:
     # ----------------------------------------------------------- requests and sending
 
     def _send_in_dialog(self, call: Call, method: str, now: float, *,
-                        extra: Headers = NO_HEADERS) -> NonInviteClientTransaction:
+                        extra: Headers = NO_HEADERS, body: bytes = b"",
+                        content_type: str | None = None) -> NonInviteClientTransaction:
         peer = self._request_peer(call)
         via = (f"SIP/2.0/{peer.transport.upper()} {self._sent_by(call.local_host)}"
                f";branch={MAGIC_COOKIE}{self._ids.token()};rport")
-        request = call.dialog.new_request(method, via=via, extra=extra,
-                                          user_agent=self.settings.user_agent)
+        request = self._sign(call, call.dialog.new_request(
+            method, via=via, extra=extra, body=body, content_type=content_type,
+            user_agent=self.settings.user_agent))
         ctx = NonInviteClientTransaction(request, reliable=peer.reliable,
                                          timers=self.settings.timers, now=now)
         self._client_tx[ctx.key] = (ctx, call.key)
         self._tx_peer[ctx.key] = (peer, request)
         self._flush_client(ctx, call.key)
         return ctx
+
+    def _sign(self, call: Call, request: Request) -> Request:
+        """``request`` with the call's credentials, if any (see the user agent)."""
+        return request
 
     def _request_peer(self, call: Call) -> Peer:
         if call.peer.reliable or (self.settings.symmetric_requests

@@ -35,8 +35,9 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,11 +49,14 @@ from bridge.logthrottle import Throttle
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
 from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, public_guess
 from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
+from bridge.sip.events import Challenged
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
 from bridge.sip.sdp import G711_LAWS, NegotiatedMedia, SessionDescription, answer_offer, make_offer
 from bridge.sip.settings import SipSettings
 from bridge.sip.tcp import TcpPort
+from bridge.sip.trunkauth import TrunkAuth
+from bridge.sip.trunkcalls import call_credentials, trunk_extra
 from bridge.sip.ua import (
     ByeReceived,
     CallCancelled,
@@ -106,10 +110,12 @@ class SipService:
     def __init__(self, settings: SipSettings, on_call: Callable[[SipLeg], Awaitable[None]],
                  *, rtp_ports: tuple[int, int] = DEFAULT_RTP_PORTS,
                  can_admit: Callable[[], bool] | None = None,
-                 early: EarlyUpstreams | None = None) -> None:
+                 early: EarlyUpstreams | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         """``settings`` as loaded (``[sip]``); ``rtp_ports``: the ``[rtp]`` range, one port
         per call; ``can_admit``: asked before a new INVITE is let in (False: 503);
-        ``early``: opens a call's upstream as its INVITE is answered."""
+        ``early``: opens a call's upstream as its INVITE is answered; ``env``: where the
+        trunks' passwords are read (default: this process's environment)."""
         self.settings = settings
         self.rtp_ports = rtp_ports
         self._on_call = on_call
@@ -117,6 +123,8 @@ class SipService:
         self._early = early
         #: The admission decision (allowlist, draining, rates, unACKed INVITEs, capacity).
         self.gate = Gate(settings)
+        #: Digest authentication of the trunks' INVITEs (None: no trunk asks for it).
+        self.auth = TrunkAuth.from_env(settings.trunks, os.environ if env is None else env)
         self._ports = PortAllocator(*rtp_ports)
         self.ua: UserAgent | None = None
         self.address = settings.host
@@ -157,7 +165,8 @@ class SipService:
         self.public_address = self.settings.public_address or public_guess(self.address)
         self._per_peer = not self.settings.public_address and self.address in WILDCARDS
         self.ua = UserAgent(self.settings, host=self.public_address, port=self.port,
-                            admission=self._admit)
+                            admission=self._admit,
+                            credentials=call_credentials(self.settings.trunks, self.auth))
         log.info("SIP listening on %s:%d (%s), contact address %s", self.address, self.port,
                  "/".join(self.settings.transports),
                  "per caller: the address it reached" if self._per_peer
@@ -345,15 +354,18 @@ class SipService:
                     sum(1 for p in self._pending.values() if p.event.peer.addr[0] == source),
                     can_admit=not invite or self._can_admit is None or self._can_admit())
         refusal = self.gate.check(request.method, source, self._loop.time(), load)
+        if refusal is None and self.auth is not None:
+            refusal = self.auth.check(request, source, self._loop.time())
         if refusal is None:
             return None
         self.stats["rejected"] += 1
         if invite:
             metrics.CALLS_REJECTED.labels(reason=refusal.reason).inc()
-        _throttled.log(logging.INFO, refusal.reason, "%s from %s refused (%d %s): %d calls, "
+        level = logging.DEBUG if refusal.reason == "sip_auth_required" else logging.INFO
+        _throttled.log(level, refusal.reason, "%s from %s refused (%d %s): %d calls, "
                        "%d unconfirmed", request.method, source, refusal.status,
                        refusal.reason, load.calls, load.unacked)
-        return Rejection(refusal.status, headers=refusal.headers)
+        return Rejection(refusal.status, reason=refusal.phrase, headers=refusal.headers)
 
     # -- events -------------------------------------------------------------------------
 
@@ -410,7 +422,8 @@ class SipService:
         info = LegInfo(call_id=event.invite.call_id, source=Source.SIP, caller=event.caller,
                        called=event.called,
                        remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
-                       extra={"transport": event.peer.transport})
+                       extra={"transport": event.peer.transport,
+                              **trunk_extra(self.settings.trunks, event.peer.addr[0])})
         law = None if media is None else (media.codec if media.codec in G711_LAWS else "")
         ready = (None if self._early is None else      # the upstream opens as we answer
                  self._early.open_early(info, law))
@@ -503,6 +516,9 @@ class SipService:
                 self._on_refer_done(event)
             case OptionsAnswered():
                 self.stats["options"] += 1
+            case Challenged():
+                metrics.SIP_CHALLENGES.labels(method=event.method, outcome="answered"
+                                              if event.answered else "failed").inc()
 
     def _on_established(self, event: CallEstablished) -> None:
         pending = self._pending.get(event.call)

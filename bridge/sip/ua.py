@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 from bridge.errors import SipParseError
 from bridge.logthrottle import Throttle
+from bridge.sip.authclient import CredentialLookup
 from bridge.sip.calls import Call, CallInput, CallState, UaError
 from bridge.sip.dialog import DialogInput
 from bridge.sip.events import (
@@ -88,10 +89,14 @@ class UserAgent(CallHandlers):
     """Sans-I/O SIP user agent server (with the client transactions its calls need)."""
 
     def __init__(self, settings: SipSettings, *, host: str, port: int,
-                 admission: Admission | None = None, ids: IdSource | None = None) -> None:
+                 admission: Admission | None = None, ids: IdSource | None = None,
+                 credentials: CredentialLookup | None = None) -> None:
         """``settings`` as loaded; ``host``/``port``: the address we advertise and the
-        port we are bound to (see :class:`bridge.sip.responder.Responder`)."""
+        port we are bound to (see :class:`bridge.sip.responder.Responder`);
+        ``credentials``: a call's user name and password, to answer a 401/407 to our
+        requests in it (:mod:`bridge.sip.authclient`)."""
         super().__init__(settings, host=host, port=port, ids=ids)
+        self._credentials = credentials
         self._admission = admission
         self._streams: dict[Address, StreamParser] = {}
         #: Why each connection in the close queue is closed ("too_large", "malformed").
