@@ -294,7 +294,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("[http] token: use at least 16 characters (got <hidden>)")
     bad = set(s.sip.transports) - _TRANSPORTS
     if bad or not s.sip.transports:
-        raise ConfigError(f"[sip] transports: choose from udp, tcp, tls (got {list(s.sip.transports)})")
+        raise ConfigError("[sip] transports: choose from udp, tcp, tls "
+                          f"(got {list(s.sip.transports)})")
     for cidr in s.sip.allow_from:
         try:
             ipaddress.ip_network(cidr, strict=False)
