@@ -186,6 +186,8 @@ class SipService:
         if self.tls is not None:
             self.address, self.tls_port = await self.tls.listen(host, self.settings.tls_port)
             log.info("SIP over TLS listening on %s:%d", self.address, self.tls_port)
+            if not {"udp", "tcp"} & set(self.settings.transports):
+                self.port = self.tls_port
 
     async def _close_sockets(self) -> None:
         if self._udp is not None:
