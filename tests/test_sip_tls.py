@@ -287,6 +287,26 @@ async def test_a_server_certificate_that_does_not_fit_is_refused(pki: Pki, which
         assert peer.messages.empty()
 
 
+async def test_a_server_that_never_completes_the_handshake_is_given_up(pki: Pki) -> None:
+    before = failures("client", "timeout")
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()                     # accepts, says nothing, until closed
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with service(pki, wait_for_hangup, tls_handshake_timeout_s=1) as svc:
+            assert svc.tls is not None
+            with pytest.raises(TlsConnectFailed, match="timeout"):
+                await svc.tls.connect("127.0.0.1", port)
+            assert failures("client", "timeout") == before + 1
+            assert len(svc.tls.guard) == 0
+    finally:
+        server.close()
+
+
 async def test_bye_to_a_sips_route_goes_over_a_new_tls_connection(pki: Pki) -> None:
     """A call over UDP whose proxy record-routes with a ``sips:`` URI: our BYE goes to that
     proxy over TLS (RFC 5630), on a connection we open and verify."""
@@ -340,6 +360,8 @@ def test_unusable_files_are_named_at_start(pki: Pki, tmp_path: Path) -> None:
         build(tls_verify_client=True)
     with pytest.raises(ConfigError, match="tls_ca: .* holds no usable CA"):
         build(tls_verify_client=True, tls_ca=str(garbage))
+    with pytest.raises(ConfigError, match="tls_handshake_timeout_s: must be above 0"):
+        build(tls_handshake_timeout_s=0)
     build(tls_verify_client=True, tls_ca=str(pki.ca))                 # all usable
 
 

@@ -73,6 +73,9 @@ DEFAULT_TLS_PORT = 5061
 ACCEPTED_MEMORY = 4096
 #: Client connections being opened at once; more sends to new targets are dropped.
 MAX_OPENING = 64
+#: A client connection (TCP connect and handshake) must be up within this many times
+#: ``tls_handshake_timeout_s``.
+CONNECT_FACTOR = 2
 
 
 class TlsConnectFailed(SipError):
@@ -179,9 +182,12 @@ class TlsPort(TcpPort):
                  local: Callable[[asyncio.BaseTransport, Address], str | None]) -> None:
         """Loads the certificate, key and CA now: a :class:`ConfigError` names the file."""
         super().__init__(settings, on_data, on_lost, busy, local)
+        if settings.tls_handshake_timeout_s <= 0:
+            raise ConfigError("[sip] tls_handshake_timeout_s: must be above 0 (got "
+                              f"{settings.tls_handshake_timeout_s})")
         self.server = server_context(settings)
         self.client = client_context(settings)
-        self.handshake_timeout = float(settings.tls_handshake_timeout_s or 10)
+        self.handshake_timeout = float(settings.tls_handshake_timeout_s)
         self.stats.update({"handshake_failed": 0, "client_failed": 0})
         self._accepted: OrderedDict[Address, None] = OrderedDict()
         self._opening: dict[Address, _Opening] = {}
@@ -235,7 +241,8 @@ class TlsPort(TcpPort):
         if self.write(key, data):
             return
         if key in self._accepted:
-            log.info("no SIP/TLS connection from %s:%d any more; message dropped", *key)
+            _throttled.log(logging.INFO, "tls-gone", "no SIP/TLS connection from %s:%d any "
+                           "more; message dropped", key[0], key[1])
             return
         opening = self._open(key)
         if opening is None or opening.size + len(data) > MAX_UNREAD:
@@ -270,10 +277,13 @@ class TlsPort(TcpPort):
                 raise TlsConnectFailed(f"SIP/TLS connection to {key[0]}:{key[1]} refused: "
                                        f"{refused} connection limit")
             try:
-                await self._loop.create_connection(
-                    lambda: _TcpProtocol(self, key), key[0], key[1], ssl=self.client,
-                    server_hostname=key[0], ssl_handshake_timeout=self.handshake_timeout)
-            except OSError as exc:
+                # The handshake has its own limit; this one also bounds the TCP connect
+                # (an address that never answers would hold the attempt for minutes).
+                async with asyncio.timeout(CONNECT_FACTOR * self.handshake_timeout):
+                    await self._loop.create_connection(
+                        lambda: _TcpProtocol(self, key), key[0], key[1], ssl=self.client,
+                        server_hostname=key[0], ssl_handshake_timeout=self.handshake_timeout)
+            except OSError as exc:              # TimeoutError, ssl.SSLError, refusals
                 self.guard.close(key)
                 self._failed("client", key, exc)
                 raise TlsConnectFailed(f"SIP/TLS connection to {key[0]}:{key[1]} failed "
@@ -284,7 +294,8 @@ class TlsPort(TcpPort):
         except TlsConnectFailed as exc:
             opening.done.set_exception(exc)
         except asyncio.CancelledError:
-            opening.done.cancel()
+            # Whoever waits in connect() is told why, not handed our cancellation.
+            opening.done.set_exception(TlsConnectFailed("SIP/TLS: the service is stopping"))
             raise
         finally:
             self._opening.pop(key, None)
