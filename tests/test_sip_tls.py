@@ -325,6 +325,8 @@ async def test_bye_to_a_sips_route_goes_over_a_new_tls_connection(pki: Pki) -> N
         assert (await sip.recv_sip()).status == 100
         ok = await sip.recv_sip()
         assert ok.status == 200
+        # §12.1.1: a sips: top Record-Route asks for a SIPS Contact (our TLS address).
+        assert ok.headers.get("Contact") == f"<sips:127.0.0.1:{svc.tls_port}>"
         sip.transport.sendto(alice.ack(ok), ("127.0.0.1", svc.port))
         bye = parse_request(await asyncio.wait_for(proxy.messages.get(), 10))
         assert bye.method == "BYE" and bye.headers.get("Route") == route

@@ -193,11 +193,11 @@ class Responder:
         return f"{host}:{self.tls_port if transport == 'tls' else self.port}"
 
     def _contact(self, peer: Peer, host: str, dialog_request: Request | None = None) -> str:
+        if ("tls" in self.settings.transports and dialog_request is not None
+                and wants_sips(dialog_request)):
+            return f"<sips:{self._sent_by(host, 'tls')}>"   # §12.1.1: SIPS asked for
         if peer.transport == "tls":
-            # §12.1.1: a SIPS Contact when the dialog's request asked for SIPS; else
-            # sip: with transport=tls (RFC 5630 §3.1.3: the common usage).
-            if dialog_request is not None and wants_sips(dialog_request):
-                return f"<sips:{self._sent_by(host, 'tls')}>"
+            # sip: over TLS: transport=tls (RFC 5630 §3.1.3: deprecated, but the usage).
             return f"<sip:{self._sent_by(host, 'tls')};transport=tls>"
         suffix = ";transport=tcp" if peer.transport == "tcp" else ""
         return f"<sip:{self._sent_by(host)}{suffix}>"

@@ -102,7 +102,8 @@ class UserAgent(CallHandlers):
 
     def receive(self, data: bytes, addr: Address, transport: str, now: float,
                 local_host: str | None = None) -> None:
-        """Feed a datagram (``"udp"``) or a chunk of a stream (``"tcp"``). Never raises.
+        """Feed a datagram (``"udp"``) or a chunk of a stream (``"tcp"``, ``"tls"``).
+        Never raises.
 
         ``local_host``: our address the bytes arrived on, if the adapter knows it and it
         may differ from the configured ``host`` (a wildcard bind on a multi-homed host). A
