@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 :class:`SipService` owns one :class:`~bridge.sip.ua.UserAgent` and the sockets that feed
 it: a UDP :class:`asyncio.DatagramProtocol` and a TCP server whose connections are keyed
-by the peer's address. Every callback does the same three steps: hand the bytes and
-``loop.time()`` to the core, then :meth:`SipService._pump`: write what the core wants
-written, act on its events, and re-arm *the one* timer (``loop.call_at`` at the core's
-earliest deadline; never a task per transaction).
+by the peer's address (and a TLS one, :mod:`bridge.sip.tls`, when configured). Every
+callback does the same three steps: hand the bytes and ``loop.time()`` to the core, then
+:meth:`SipService._pump`: write what the core wants written, act on its events, and re-arm
+*the one* timer (``loop.call_at`` at the core's earliest deadline; never a task per
+transaction).
 
 Each incoming call runs in a task of its own (held in a set): it opens an RTP endpoint
 from the port range, answers the offer (or makes ours when the INVITE had none), sends
@@ -132,8 +133,7 @@ class SipService:
         self.tcp = TcpPort(settings, self._feed_stream, self._stream_lost, self._busy_stream,
                            self._connection_local)
         self._tcp = self.tcp.connections
-        #: SIP over TLS, listener and client connections (``bridge.sip.tls``): None without
-        #: "tls" in ``transports``. Building it loads the certificate (ConfigError).
+        #: SIP over TLS (``bridge.sip.tls``; loads the certificate: ConfigError), or None.
         self.tls: TlsPort | None = None
         if "tls" in settings.transports:
             self.tls = TlsPort(settings, functools.partial(self._feed_stream, transport="tls"),
@@ -255,8 +255,7 @@ class SipService:
 
     def _feed_stream(self, data: bytes, addr: Address, local_host: str | None,
                      transport: str = "tcp") -> tuple[bool, bool]:
-        """TCP (or TLS) bytes to the core: whether a whole message came, whether one is
-        unfinished."""
+        """TCP/TLS bytes to the core: whether a whole message came, whether one is unfinished."""
         assert self.ua is not None
         before = self.ua.stats["received"] + self.ua.stats["malformed"]
         self._feed(data, addr, transport, local_host)
