@@ -87,10 +87,13 @@ def _alt_names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
 
 
 def issue(ca: Issued, hosts: tuple[str, ...], *, client: bool = False) -> Issued:
-    """A certificate signed by ``ca`` for ``hosts`` (names and addresses); for a TLS
-    server, or with ``client`` for a TLS client."""
+    """A certificate signed by ``ca`` for ``hosts`` (names and addresses): for a SIP
+    server, which is a TLS client too when it opens connections (both usages), or with
+    ``client`` for a TLS client only."""
     key = ec.generate_private_key(ec.SECP256R1())
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if not client:
+        usage.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
     builder = _validity(x509.CertificateBuilder().subject_name(_name(hosts[0]))
                         .issuer_name(ca.cert.subject).public_key(key.public_key()))
     builder = (builder
@@ -99,7 +102,7 @@ def issue(ca: Issued, hosts: tuple[str, ...], *, client: bool = False) -> Issued
                    digital_signature=True, content_commitment=False, key_encipherment=False,
                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
                    crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+               .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
                .add_extension(x509.SubjectAlternativeName(_alt_names(hosts)), critical=False)
                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                               critical=False)

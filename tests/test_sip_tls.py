@@ -18,6 +18,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+    load_pem_private_key,
+)
 
 from bridge import metrics
 from bridge.bench.sip import free_udp_port
@@ -221,12 +227,17 @@ class TlsServer:
     """A Python SIP/TLS peer: every message it receives, and how many connections."""
 
     connections: int = 0
+    #: The subject names of the client certificates presented, one per connection.
+    clients: list[str] = field(default_factory=list)
     messages: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writers.append(writer)
+        presented = writer.get_extra_info("peercert") or {}
+        self.clients += [value for rdn in presented.get("subject", ()) for key, value in rdn
+                         if key == "commonName"]
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError,
                                  TimeoutError):
             while True:
@@ -234,9 +245,12 @@ class TlsServer:
 
 
 @contextlib.asynccontextmanager
-async def tls_server(pki: Pki, cert: Issued | None = None) -> AsyncIterator[
-        tuple[TlsServer, int]]:
+async def tls_server(pki: Pki, cert: Issued | None = None, *, require_client: bool = False
+                     ) -> AsyncIterator[tuple[TlsServer, int]]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if require_client:
+        context.load_verify_locations(cafile=str(pki.ca))
+        context.verify_mode = ssl.CERT_REQUIRED
     if cert is None:
         context.load_cert_chain(pki.cert, pki.key)
     else:
@@ -271,6 +285,18 @@ async def test_send_opens_the_connection_it_needs(pki: Pki) -> None:
         svc.tls.send(("localhost", port), options(port))        # checked against the name
         request = parse_request(await asyncio.wait_for(peer.messages.get(), 10))
         assert request.method == "OPTIONS" and peer.connections == 1
+
+
+async def test_our_certificate_is_our_client_certificate(pki: Pki) -> None:
+    """A server that requires client certificates (mutual TLS with a trunk) gets ours."""
+    async with (service(pki, wait_for_hangup) as svc,
+                tls_server(pki, require_client=True) as (peer, port)):
+        assert svc.tls is not None
+        key = await svc.tls.connect("127.0.0.1", port)
+        svc.tls.send(key, options(port))
+        assert parse_request(await asyncio.wait_for(peer.messages.get(), 10)).method == \
+            "OPTIONS"
+        assert peer.clients == ["127.0.0.1"]
 
 
 @pytest.mark.parametrize("which", ["wrong_name", "other_ca"])
@@ -362,6 +388,11 @@ def test_unusable_files_are_named_at_start(pki: Pki, tmp_path: Path) -> None:
         build(tls_verify_client=True)
     with pytest.raises(ConfigError, match="tls_ca: .* holds no usable CA"):
         build(tls_verify_client=True, tls_ca=str(garbage))
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(load_pem_private_key(pki.key.read_bytes(), None).private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"secret")))
+    with pytest.raises(ConfigError, match="tls_key: the key is encrypted"):
+        build(tls_key=str(encrypted))
     with pytest.raises(ConfigError, match="tls_handshake_timeout_s: must be above 0"):
         build(tls_handshake_timeout_s=0)
     build(tls_verify_client=True, tls_ca=str(pki.ca))                 # all usable
