@@ -362,6 +362,39 @@ async def test_bye_to_a_sips_route_goes_over_a_new_tls_connection(pki: Pki) -> N
         await asyncio.wait_for(rec.finished.wait(), 10)
 
 
+async def test_bye_goes_to_the_contact_once_the_callers_connection_is_gone(pki: Pki
+                                                                         ) -> None:
+    """RFC 3261 §18.1.1: the caller's TLS connection closed during the call, so our BYE
+    goes to its Contact (``;transport=tls``) over a connection we open."""
+    hang_up = asyncio.Event()
+
+    async def body(leg: SipLeg, sink: SipSink) -> None:
+        await hang_up.wait()
+
+    rec = Recorder(body)
+    async with service(pki, rec) as svc, tls_server(pki) as (phone, port):
+        rtp = await udp_peer()
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", svc.tls_port, ssl=client_context(pki), server_hostname="127.0.0.1")
+        alice = Uac(rport=True)
+        contact = f"Contact: <sip:alice@127.0.0.1:{port};transport=tls>".encode()
+        writer.write(alice.invite(sdp=caller_sdp(rtp.port)).replace(b"/UDP", b"/TLS")
+                     .replace(b"Contact: <sip:alice@client.atlanta.example.com>", contact))
+        assert parse_response(await read_message(reader)).status == 100
+        ok = parse_response(await read_message(reader))
+        writer.write(alice.ack(ok).replace(b"/UDP", b"/TLS"))
+        await asyncio.wait_for(rec.started.wait(), 10)
+        writer.close()
+        await until(lambda: svc.tls is not None and not svc.tls.connections)
+        hang_up.set()
+        bye = parse_request(await asyncio.wait_for(phone.messages.get(), 10))
+        assert bye.method == "BYE" and str(bye.uri) == f"sip:alice@127.0.0.1:{port};transport=tls"
+        assert str(bye.via[0]).startswith(f"SIP/2.0/TLS 127.0.0.1:{svc.tls_port};")
+        phone.writers[0].write(respond(bye, 200, "OK"))
+        await until(lambda: svc.ua is not None and svc.ua.hangups_in_flight() == 0)
+        await asyncio.wait_for(rec.finished.wait(), 10)
+
+
 # -------------------------------------------------------------------------- start-up
 
 

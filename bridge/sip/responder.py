@@ -59,6 +59,8 @@ class Responder:
         self._stream_out: list[tuple[bytes, Address]] = []
         self._tls_out: list[tuple[bytes, Address]] = []
         self._to_close: list[Address] = []
+        #: Connections that calls were set up over and that are closed now.
+        self._gone: set[Address] = set()
         self._events: list[Event] = []
 
     # ------------------------------------------------------------------------ outputs
@@ -220,8 +222,10 @@ class Responder:
         return ctx
 
     def _request_peer(self, call: Call) -> Peer:
-        if call.peer.reliable or (self.settings.symmetric_requests
-                                  and not call.dialog.route_set):
+        # A stream the call came on that is closed now: to the next hop on a new one.
+        gone = call.peer.reliable and call.peer.addr in self._gone
+        if not gone and (call.peer.reliable or (self.settings.symmetric_requests
+                                                and not call.dialog.route_set)):
             # TCP: reuse the connection the INVITE came on. UDP behind NAT: the source.
             return call.peer
         hop = call.dialog.next_hop()
@@ -268,6 +272,8 @@ class Responder:
                     and (call.bye_tx is None or call.bye_tx not in live_clients)):
                 del self._calls[call_key]
                 self._by_dialog.pop((call.invite.call_id, call.dialog.local_tag), None)
+        if self._gone:
+            self._gone &= {call.peer.addr for call in self._calls.values()}
 
 
 def wants_sips(request: Request) -> bool:

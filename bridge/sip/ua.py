@@ -122,6 +122,7 @@ class UserAgent(CallHandlers):
             self._dispatch(message, peer, now)
             return
         parser = self._streams.setdefault(addr, StreamParser())
+        self._gone.discard(addr)
         if not data.strip(b"\r\n") and data.startswith(b"\r\n\r\n"):
             # RFC 5626 §3.5.1: a CRLF "ping" on a stream is answered with a CRLF "pong".
             self._stream_out.append((b"\r\n", addr))
@@ -145,6 +146,8 @@ class UserAgent(CallHandlers):
 
     def connection_lost(self, addr: Address) -> None:
         self._streams.pop(addr, None)
+        if any(c.peer.reliable and c.peer.addr == addr for c in self._calls.values()):
+            self._gone.add(addr)
 
     def closes(self) -> list[tuple[Address, str]]:
         """:meth:`connections_to_close`, each with why ("too_large", "malformed")."""
