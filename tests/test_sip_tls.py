@@ -191,6 +191,21 @@ async def test_plain_tcp_on_the_tls_port_is_closed_counted_and_harmless(pki: Pki
         assert await ask_options(svc.tls_port, client_context(pki)) == 200
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+async def test_tls_below_1_2_is_refused(pki: Pki) -> None:
+    before = failures("server", "protocol")
+    old = client_context(pki)
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")        # let this client offer TLS 1.1 at all
+    modern = client_context(pki)
+    modern.maximum_version = modern.minimum_version = ssl.TLSVersion.TLSv1_2
+    async with service(pki, wait_for_hangup) as svc:
+        assert await ask_options(svc.tls_port, old) is None
+        await until(lambda: failures("server", "protocol") == before + 1)
+        assert await ask_options(svc.tls_port, modern) == 200
+
+
 async def test_a_silent_connection_is_closed_at_the_handshake_timeout(pki: Pki) -> None:
     before = failures("server", "timeout")
     async with service(pki, wait_for_hangup, tls_handshake_timeout_s=1) as svc:
