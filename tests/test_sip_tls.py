@@ -234,6 +234,15 @@ async def test_no_client_certificate_needed_when_verification_is_off(pki: Pki) -
         assert await ask_options(svc.tls_port, client_context(pki)) == 200
 
 
+async def test_a_crlf_ping_over_tls_gets_its_pong(pki: Pki) -> None:
+    async with service(pki, wait_for_hangup) as svc:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", svc.tls_port, ssl=client_context(pki), server_hostname="127.0.0.1")
+        writer.write(b"\r\n\r\n")                 # RFC 5626 §3.5.1
+        assert await asyncio.wait_for(reader.readexactly(2), 10) == b"\r\n"
+        writer.close()
+
+
 # ------------------------------------------------------------------------- client side
 
 

@@ -125,7 +125,7 @@ class UserAgent(CallHandlers):
         self._gone.discard(addr)
         if not data.strip(b"\r\n") and data.startswith(b"\r\n\r\n"):
             # RFC 5626 §3.5.1: a CRLF "ping" on a stream is answered with a CRLF "pong".
-            self._stream_out.append((b"\r\n", addr))
+            self._send(b"\r\n", peer)
         parser.feed(data)
         while True:
             try:
