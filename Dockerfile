@@ -44,7 +44,7 @@ ENV PATH=/opt/voicebridge/bin:$PATH \
 USER voicebridge
 WORKDIR /var/lib/voicebridge
 VOLUME ["/var/lib/voicebridge"]
-EXPOSE 8080/tcp 5060/udp 5060/tcp 20000-20999/udp
+EXPOSE 8080/tcp 5060/udp 5060/tcp 5061/tcp 20000-20999/udp
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 STOPSIGNAL SIGTERM

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("bridge.serve", "run the bridge: SIP, RTP, WebRTC and HTTP in one process"),
     "emulator": ("bridge.realtime.emulator.cli", "run the local Realtime emulator alone"),
     "check-dialplans": ("bridge.dialplans.check", "validate dialplan files and exit"),
+    "dev-cert": ("bridge.devcert", "write a development CA, certificate and key for SIP/TLS"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

@@ -163,7 +163,7 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 _SECRET_KEYS = frozenset({"token", "credential", "url"})
 _CODECS = frozenset({"pcmu", "pcma", "opus"})
-_TRANSPORTS = frozenset({"udp", "tcp"})
+_TRANSPORTS = frozenset({"udp", "tcp", "tls"})
 #: Dataclasses read from an array of tables.
 _TABLES: frozenset[type[Any]] = frozenset({Account, Trunk})
 
@@ -327,6 +327,7 @@ def _validate(s: Settings) -> None:
     """Cross-field checks that a single type cannot express."""
     _check_port("[http] port", s.http.port)
     _check_port("[sip] port", s.sip.port)
+    _check_port("[sip] tls_port", s.sip.tls_port)
     _check_port("[rtp] port_low", s.rtp.port_low, zero_ok=False)
     _check_port("[rtp] port_high", s.rtp.port_high, zero_ok=False)
     if s.rtp.port_low > s.rtp.port_high:
@@ -336,7 +337,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("[http] token: use at least 16 characters (got <hidden>)")
     bad = set(s.sip.transports) - _TRANSPORTS
     if bad or not s.sip.transports:
-        raise ConfigError(f"[sip] transports: choose from udp, tcp (got {list(s.sip.transports)})")
+        raise ConfigError("[sip] transports: choose from udp, tcp, tls "
+                          f"(got {list(s.sip.transports)})")
     for cidr in s.sip.allow_from:
         try:
             ipaddress.ip_network(cidr, strict=False)

@@ -152,6 +152,10 @@ SIP_TCP_REFUSED = Counter("sip_tcp_refused", "SIP/TCP connections closed at once
 SIP_TCP_DROPPED = Counter("sip_tcp_dropped", "SIP/TCP connections refused or closed by a "
                           "limit, and accepts failed for lack of file descriptors, by reason.",
                           ["reason"], namespace=_NS, registry=REGISTRY)
+SIP_TLS_HANDSHAKE_FAILED = Counter(
+    "sip_tls_handshake_failed", "SIP/TLS handshakes that failed, by side (server: a peer's "
+    "connection to us; client: ours to a server) and reason (protocol, certificate, "
+    "timeout, closed).", ["side", "reason"], namespace=_NS, registry=REGISTRY)
 WEBRTC_LEGS_ACTIVE = Gauge("webrtc_legs_active", "WebRTC peer connections open.",
                            namespace=_NS, registry=REGISTRY)
 HTTP_REFUSED = Counter("http_refused", "State-changing HTTP requests refused: a foreign "

@@ -354,6 +354,9 @@ class Bridge:
         if self.sip_uri:
             lines.append(f"  call it over SIP:   {self.sip_uri}  "
                          f"({'+'.join(self.settings.sip.transports).upper()})")
+            if self.sip is not None and self.sip.tls is not None:
+                base = self.sip_uri.rsplit(":", 1)[0]
+                lines.append(f"  SIP over TLS:      {base}:{self.sip.tls_port};transport=tls")
         else:
             lines.append("  SIP:               off")
         if self.settings.http.softphone:

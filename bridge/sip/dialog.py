@@ -66,6 +66,7 @@ class NextHop:
     host: str
     port: int | None
     transport: str | None
+    scheme: str = "sip"
 
 
 class Dialog:
@@ -145,7 +146,7 @@ class Dialog:
         """§12.2.1.1 / §8.1.2: the first route if there is a route set, else the target."""
         uri = self.route_set[0].uri if self.route_set else self.remote_target
         if isinstance(uri, SipUri):
-            return NextHop(uri.param("maddr") or uri.host, uri.port, uri.transport)
+            return NextHop(uri.param("maddr") or uri.host, uri.port, uri.transport, uri.scheme)
         return NextHop("", None, None)
 
     def new_request(self, method: str, *, via: str, extra: Headers = _NO_HEADERS,

@@ -22,7 +22,7 @@ CallKey = NewType("CallKey", str)
 
 @dataclass(frozen=True)
 class Peer:
-    """Where a message came from: ``transport`` is ``"udp"`` or ``"tcp"``.
+    """Where a message came from: ``transport`` is ``"udp"``, ``"tcp"`` or ``"tls"``.
 
     ``local_host`` is our address the message arrived on, when the adapter knows it (a
     socket bound to a wildcard address serves several interfaces); None means

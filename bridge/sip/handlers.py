@@ -99,7 +99,7 @@ class CallHandlers(Responder):
         local_tag = Tag(self._ids.token())
         local_host = peer.local_host or self.host
         dialog = Dialog.from_invite(request, local_tag=local_tag,
-                                    local_contact=self._contact(peer, local_host))
+                                    local_contact=self._contact(peer, local_host, request))
         key = CallKey(local_tag)
         call = Call(key, request, peer, tx, dialog, offer, local_host)
         self._calls[key] = call
@@ -162,7 +162,8 @@ class CallHandlers(Responder):
         call.reinvite = tx
         call.dialog.refresh_target(request)
         self._respond_tx(tx, request, 200, to_tag=call.dialog.local_tag,
-                         contact=self._contact(peer, call.local_host), body=body.serialize(),
+                         contact=self._contact(peer, call.local_host, call.invite),
+                         body=body.serialize(),
                          content_type="application/sdp", now=now, extra=self._capabilities())
 
     def _apply_media(self, call: Call, media: NegotiatedMedia) -> None:

@@ -47,6 +47,8 @@ class Responder:
         self.settings = settings
         self.host = host
         self.port = port
+        #: The port of our SIP/TLS listener (Via and Contact of what goes over TLS).
+        self.tls_port = settings.tls_port
         self._ids = ids or RandomIds()
         self._server_tx: dict[TransactionKey, ServerTransaction] = {}
         self._tx_peer: dict[TransactionKey, tuple[Peer, Request]] = {}
@@ -55,7 +57,10 @@ class Responder:
         self._by_dialog: dict[tuple[str, str], CallKey] = {}
         self._datagrams: list[tuple[bytes, Address]] = []
         self._stream_out: list[tuple[bytes, Address]] = []
+        self._tls_out: list[tuple[bytes, Address]] = []
         self._to_close: list[Address] = []
+        #: Connections that calls were set up over and that are closed now.
+        self._gone: set[Address] = set()
         self._events: list[Event] = []
 
     # ------------------------------------------------------------------------ outputs
@@ -67,6 +72,11 @@ class Responder:
     def data_to_send(self) -> list[tuple[bytes, Address]]:
         """Bytes for TCP connections, by the connection's peer address."""
         out, self._stream_out = self._stream_out, []
+        return out
+
+    def tls_data_to_send(self) -> list[tuple[bytes, Address]]:
+        """Bytes for TLS connections, by the connection's key (``bridge.sip.tls``)."""
+        out, self._tls_out = self._tls_out, []
         return out
 
     def connections_to_close(self) -> list[Address]:
@@ -179,12 +189,18 @@ class Responder:
             items += (("Supported", ", ".join(SUPPORTED_OPTION_TAGS)),)
         return Headers(items)
 
-    def _sent_by(self, host: str) -> str:
+    def _sent_by(self, host: str, transport: str = "udp") -> str:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"{host}:{self.port}"
+        return f"{host}:{self.tls_port if transport == 'tls' else self.port}"
 
-    def _contact(self, peer: Peer, host: str) -> str:
+    def _contact(self, peer: Peer, host: str, dialog_request: Request | None = None) -> str:
+        if ("tls" in self.settings.transports and dialog_request is not None
+                and wants_sips(dialog_request)):
+            return f"<sips:{self._sent_by(host, 'tls')}>"   # §12.1.1: SIPS asked for
+        if peer.transport == "tls":
+            # sip: over TLS: transport=tls (RFC 5630 §3.1.3: deprecated, but the usage).
+            return f"<sip:{self._sent_by(host, 'tls')};transport=tls>"
         suffix = ";transport=tcp" if peer.transport == "tcp" else ""
         return f"<sip:{self._sent_by(host)}{suffix}>"
 
@@ -194,7 +210,8 @@ class Responder:
                         extra: Headers = NO_HEADERS, body: bytes = b"",
                         content_type: str | None = None) -> NonInviteClientTransaction:
         peer = self._request_peer(call)
-        via = (f"SIP/2.0/{peer.transport.upper()} {self._sent_by(call.local_host)}"
+        via = (f"SIP/2.0/{peer.transport.upper()} "
+               f"{self._sent_by(call.local_host, peer.transport)}"
                f";branch={MAGIC_COOKIE}{self._ids.token()};rport")
         request = self._sign(call, call.dialog.new_request(
             method, via=via, extra=extra, body=body, content_type=content_type,
@@ -211,14 +228,17 @@ class Responder:
         return request
 
     def _request_peer(self, call: Call) -> Peer:
-        if call.peer.reliable or (self.settings.symmetric_requests
-                                  and not call.dialog.route_set):
+        # A stream the call came on that is closed now: to the next hop on a new one.
+        gone = call.peer.reliable and call.peer.addr in self._gone
+        if not gone and (call.peer.reliable or (self.settings.symmetric_requests
+                                                and not call.dialog.route_set)):
             # TCP: reuse the connection the INVITE came on. UDP behind NAT: the source.
             return call.peer
         hop = call.dialog.next_hop()
-        transport = hop.transport or call.peer.transport
-        default = 5061 if call.dialog.remote_target.scheme == "sips" else 5060
-        return Peer(transport if transport in ("udp", "tcp") else call.peer.transport,
+        # RFC 5630 §3.1.1: a sips: next hop is reached over TLS.
+        transport = "tls" if hop.scheme == "sips" else hop.transport or call.peer.transport
+        default = 5061 if transport == "tls" else 5060
+        return Peer(transport if transport in ("udp", "tcp", "tls") else call.peer.transport,
                     (hop.host, hop.port or default))
 
     def _flush_server(self, key: TransactionKey, tx: ServerTransaction) -> None:
@@ -238,6 +258,8 @@ class Responder:
     def _send(self, data: bytes, peer: Peer) -> None:
         if peer.transport == "udp":
             self._datagrams.append((data, peer.addr))
+        elif peer.transport == "tls":
+            self._tls_out.append((data, peer.addr))
         else:
             self._stream_out.append((data, peer.addr))
 
@@ -256,6 +278,20 @@ class Responder:
                     and (call.bye_tx is None or call.bye_tx not in live_clients)):
                 del self._calls[call_key]
                 self._by_dialog.pop((call.invite.call_id, call.dialog.local_tag), None)
+        if self._gone:
+            self._gone &= {call.peer.addr for call in self._calls.values()}
+
+
+def wants_sips(request: Request) -> bool:
+    """§12.1.1: the dialog ``request`` creates must use SIPS (its Request-URI, else its top
+    Record-Route, else its Contact, is a ``sips:`` URI)."""
+    if request.uri.scheme == "sips":
+        return True
+    routes = request.record_route
+    if routes:
+        return routes[0].uri.scheme == "sips"
+    contacts = request.contact
+    return bool(contacts) and contacts[0].uri.scheme == "sips"
 
 
 def response_destination(request: Request, peer: Peer) -> Peer:
@@ -277,4 +313,4 @@ def _printable(text: str) -> str:
 
 
 __all__ = ["ALLOWED_METHODS", "KNOWN_METHODS", "NO_HEADERS", "Responder", "SUPPORTED_OPTION_TAGS",
-           "SUPPORTED_SCHEMES", "response_destination"]
+           "SUPPORTED_SCHEMES", "response_destination", "wants_sips"]

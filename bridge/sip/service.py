@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 :class:`SipService` owns one :class:`~bridge.sip.ua.UserAgent` and the sockets that feed
 it: a UDP :class:`asyncio.DatagramProtocol` and a TCP server whose connections are keyed
-by the peer's address. Every callback does the same three steps: hand the bytes and
-``loop.time()`` to the core, then :meth:`SipService._pump`: write what the core wants
-written, act on its events, and re-arm *the one* timer (``loop.call_at`` at the core's
-earliest deadline; never a task per transaction).
+by the peer's address (and a TLS one, :mod:`bridge.sip.tls`, when configured). Every
+callback does the same three steps: hand the bytes and ``loop.time()`` to the core, then
+:meth:`SipService._pump`: write what the core wants written, act on its events, and re-arm
+*the one* timer (``loop.call_at`` at the core's earliest deadline; never a task per
+transaction).
 
 Each incoming call runs in a task of its own (held in a set): it opens an RTP endpoint
 from the port range, answers the offer (or makes ours when the INVITE had none), sends
@@ -55,6 +56,7 @@ from bridge.sip.message import Request
 from bridge.sip.sdp import G711_LAWS, NegotiatedMedia, SessionDescription, answer_offer, make_offer
 from bridge.sip.settings import SipSettings
 from bridge.sip.tcp import TcpPort
+from bridge.sip.tls import TlsPort
 from bridge.sip.trunkauth import TrunkAuth
 from bridge.sip.trunkcalls import call_credentials, trunk_extra
 from bridge.sip.ua import (
@@ -139,6 +141,12 @@ class SipService:
         self.tcp = TcpPort(settings, self._feed_stream, self._stream_lost, self._busy_stream,
                            self._connection_local)
         self._tcp = self.tcp.connections
+        #: SIP over TLS (``bridge.sip.tls``; loads the certificate: ConfigError), or None.
+        self.tls: TlsPort | None = None
+        if "tls" in settings.transports:
+            self.tls = TlsPort(settings, functools.partial(self._feed_stream, transport="tls"),
+                               self._stream_lost, self._busy_stream, self._connection_local)
+        self.tls_port = settings.tls_port
         #: Set to stop waiting for the answers to our BYEs when stopping (a second signal).
         self.hurry = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -167,6 +175,7 @@ class SipService:
         self.ua = UserAgent(self.settings, host=self.public_address, port=self.port,
                             admission=self._admit,
                             credentials=call_credentials(self.settings.trunks, self.auth))
+        self.ua.tls_port = self.tls_port
         log.info("SIP listening on %s:%d (%s), contact address %s", self.address, self.port,
                  "/".join(self.settings.transports),
                  "per caller: the address it reached" if self._per_peer
@@ -183,12 +192,19 @@ class SipService:
         if "tcp" in self.settings.transports:
             self.address, port = await self.tcp.listen(host, port)
         self.port = port
+        if self.tls is not None:
+            self.address, self.tls_port = await self.tls.listen(host, self.settings.tls_port)
+            log.info("SIP over TLS listening on %s:%d", self.address, self.tls_port)
+            if not {"udp", "tcp"} & set(self.settings.transports):
+                self.port = self.tls_port
 
     async def _close_sockets(self) -> None:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
         await self.tcp.close()
+        if self.tls is not None:
+            await self.tls.close()
 
     async def stop(self) -> None:
         """Hang up every call, wait for the BYEs' answers (each retransmitted until
@@ -246,12 +262,12 @@ class SipService:
                         local_host=local_host)
         self._pump()
 
-    def _feed_stream(self, data: bytes, addr: Address, local_host: str | None
-                     ) -> tuple[bool, bool]:
-        """TCP bytes to the core: whether a whole message came, whether one is unfinished."""
+    def _feed_stream(self, data: bytes, addr: Address, local_host: str | None,
+                     transport: str = "tcp") -> tuple[bool, bool]:
+        """TCP/TLS bytes to the core: whether a whole message came, whether one is unfinished."""
         assert self.ua is not None
         before = self.ua.stats["received"] + self.ua.stats["malformed"]
-        self._feed(data, addr, "tcp", local_host)
+        self._feed(data, addr, transport, local_host)
         messages = self.ua.stats["received"] + self.ua.stats["malformed"] > before
         return messages, self.ua.stream_in_progress(addr)
 
@@ -311,8 +327,12 @@ class SipService:
         for data, addr in ua.data_to_send():
             if not self.tcp.write(addr, data):
                 log.info("no TCP connection to %s:%d any more; message dropped", *addr)
+        if self.tls is not None:
+            for data, addr in ua.tls_data_to_send():
+                self.tls.send(addr, data)
         for addr, why in ua.closes():
-            self.tcp.drop(addr, why)
+            port = self.tls if self.tls is not None and addr in self.tls.connections else self.tcp
+            port.drop(addr, why)
         for event in ua.events():
             self._on_event(event)
         deadline = ua.get_timer()

@@ -50,7 +50,7 @@ class Timers:
 
 @dataclass(frozen=True)
 class SipSettings:
-    """SIP over UDP and TCP for inbound calls (``[sip]`` of the settings file)."""
+    """SIP over UDP, TCP and TLS for inbound calls (``[sip]`` of the settings file)."""
 
     enabled: bool = True
     #: The bind address, for UDP and TCP alike.
@@ -98,6 +98,18 @@ class SipSettings:
     #: On SIGTERM/SIGINT, live calls may go on for this many seconds (new ones get 503)
     #: before each remaining one is ended with a BYE; a second signal ends them at once.
     drain_s: int = 30
+    #: SIP over TLS (``"tls"`` in ``transports``): the port it listens on (on ``host``).
+    tls_port: int = 5061
+    #: Our certificate chain and its private key, PEM files (needed for ``"tls"``).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: CA certificates (PEM) that client certificates and the servers we connect to are
+    #: checked against; unset: the system's store (and no client certificate accepted).
+    tls_ca: str | None = None
+    #: Require and verify a client certificate (against ``tls_ca``) on every connection.
+    tls_verify_client: bool = False
+    #: A TLS handshake must finish within this many seconds, else the connection closes.
+    tls_handshake_timeout_s: int = 10
     #: ``[[sip.accounts]]``: registrations the bridge keeps up (:mod:`bridge.sip.lines`).
     accounts: tuple[Account, ...] = ()
     #: ``[[sip.trunks]]``: peers that call us, known by source address.
@@ -127,7 +139,8 @@ class SipSettings:
 #: The limits above that must be 0 or more (0 for the rate: no limit).
 _NOT_NEGATIVE = ("tcp_max_connections", "tcp_max_per_source", "tcp_message_timeout_s",
                  "tcp_idle_timeout_s", "max_unacked", "max_unacked_per_source",
-                 "invite_rate_per_source", "invite_burst_per_source", "drain_s")
+                 "invite_rate_per_source", "invite_burst_per_source", "drain_s",
+                 "tls_handshake_timeout_s")
 
 
 def file_keys(cls: type[DataclassInstance]) -> tuple[str, ...]:

@@ -107,7 +107,8 @@ class UserAgent(CallHandlers):
 
     def receive(self, data: bytes, addr: Address, transport: str, now: float,
                 local_host: str | None = None) -> None:
-        """Feed a datagram (``"udp"``) or a chunk of a stream (``"tcp"``). Never raises.
+        """Feed a datagram (``"udp"``) or a chunk of a stream (``"tcp"``, ``"tls"``).
+        Never raises.
 
         ``local_host``: our address the bytes arrived on, if the adapter knows it and it
         may differ from the configured ``host`` (a wildcard bind on a multi-homed host). A
@@ -126,9 +127,10 @@ class UserAgent(CallHandlers):
             self._dispatch(message, peer, now)
             return
         parser = self._streams.setdefault(addr, StreamParser())
+        self._gone.discard(addr)
         if not data.strip(b"\r\n") and data.startswith(b"\r\n\r\n"):
             # RFC 5626 §3.5.1: a CRLF "ping" on a stream is answered with a CRLF "pong".
-            self._stream_out.append((b"\r\n", addr))
+            self._send(b"\r\n", peer)
         parser.feed(data)
         while True:
             try:
@@ -149,6 +151,8 @@ class UserAgent(CallHandlers):
 
     def connection_lost(self, addr: Address) -> None:
         self._streams.pop(addr, None)
+        if any(c.peer.reliable and c.peer.addr == addr for c in self._calls.values()):
+            self._gone.add(addr)
 
     def closes(self) -> list[tuple[Address, str]]:
         """:meth:`connections_to_close`, each with why ("too_large", "malformed")."""

@@ -4,7 +4,9 @@ baresip runs with audio from and to files: its source is a WAV of a phrase made 
 espeak-ng (0.3 s of silence, the phrase, then silence long enough for the echo); its
 ``sndfile`` module records what it sent (``dump-*-enc.wav``) and what it heard
 (``dump-*-dec.wav``) at the codec's rate. When the source file ends baresip hangs up.
-The envelope helpers compare the two recordings in 100 ms bins.
+The envelope helpers compare the two recordings in 100 ms bins; :func:`check_echo` asserts
+the heard recording holds the echoed phrase: silence before, energy in the window after the
+phrase, an envelope that matches the phrase's.
 """
 
 from __future__ import annotations
@@ -44,16 +46,25 @@ def phrase_wav(folder: Path, rate: int) -> Path:
     return out
 
 
-def config(folder: Path, source: Path, sounds: Path, *, codecs: tuple[str, ...],
-           rate: int) -> Path:
+def phrase(folder: Path) -> Path:
+    """The phrase at 8 kHz (a G.711 caller)."""
+    return phrase_wav(folder, 8000)
+
+
+def config(folder: Path, source: Path, sounds: Path, *, codecs: tuple[str, ...] = ("g711",),
+           rate: int = 8000, account: str = "<sip:bs@127.0.0.1>", extra: str = "") -> Path:
     """A baresip configuration folder: codec modules in ``codecs`` order (baresip offers
-    them in load order), audio from ``source``, recordings into ``sounds``."""
+    them in load order), audio from ``source``, recordings into ``sounds``; ``account`` is
+    its account line (before ``;regint=0``), ``extra`` more ``config`` lines."""
     cfg = folder / "baresip"
     cfg.mkdir()
     modules = "\n".join(f"module {name}.so" for name in codecs)
+    # No net_interface: baresip then writes the host's first interface into its SDP
+    # while it sends from loopback, so its media latches only because it comes from
+    # where its SIP came from (the bridge's pre-latch rule; no latch_any needed).
     (cfg / "config").write_text(f"""poll_method epoll
 sip_listen 127.0.0.1:{free_udp_port()}
-audio_player aufile,/dev/null
+{extra}audio_player aufile,/dev/null
 audio_source aufile,{source}
 audio_alert aufile,/dev/null
 audio_srate {rate}
@@ -66,7 +77,7 @@ snd_path {sounds}
 module_app account.so
 module_app menu.so
 """)
-    (cfg / "accounts").write_text("<sip:bs@127.0.0.1>;regint=0\n")
+    (cfg / "accounts").write_text(f"{account};regint=0\n")
     (cfg / "contacts").write_text("")
     return cfg
 
@@ -99,15 +110,20 @@ async def call(cfg: Path, sounds: Path, uri: str, records: Any,
                 await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)          # baresip closes its recordings with the call
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 5)
-        if proc.returncode is None:
-            proc.kill()
-        output = (await proc.communicate())[0].decode(errors="replace")
-    output = re.sub(r"\[\d+:\d+:\d+\] audio=\S+ \(bit/s\)\s*", "", output)   # status ticker
+        output = await stop(proc)
     return BaresipCall(record, output, *_recordings(sounds))
+
+
+async def stop(proc: asyncio.subprocess.Process) -> str:
+    """End baresip (if it still runs) and return its output, without the status ticker."""
+    if proc.returncode is None:
+        proc.terminate()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), 5)
+    if proc.returncode is None:
+        proc.kill()
+    output = (await proc.communicate())[0].decode(errors="replace")
+    return re.sub(r"\[\d+:\d+:\d+\] audio=\S+ \(bit/s\)\s*", "", output)
 
 
 def _recordings(sounds: Path) -> tuple[Samples, Samples, int]:
@@ -126,7 +142,7 @@ def read_wav(path: Path) -> tuple[Samples, int]:
         return data, w.getframerate()
 
 
-def levels(x: Samples, rate: int) -> Samples:
+def levels(x: Samples, rate: int = 8000) -> Samples:
     """dBFS of each 100 ms bin."""
     n = int(rate * BIN_S)
     bins = len(x) // n
@@ -135,7 +151,8 @@ def levels(x: Samples, rate: int) -> Samples:
     return out
 
 
-def envelope_alignment(sent: Samples, heard: Samples, rate: int) -> tuple[float, float]:
+def envelope_alignment(sent: Samples, heard: Samples, rate: int = 8000
+                       ) -> tuple[float, float]:
     """Best normalised correlation of the heard envelope with the sent one delayed by
     0.2–10 s: (correlation, delay in seconds)."""
     a_env, b_env = (10 ** (levels(x, rate) / 20) for x in (sent, heard))
@@ -157,3 +174,27 @@ def band_energy_db(x: Samples, rate: int, low: float, high: float) -> float:
     freqs = np.fft.rfftfreq(len(x), 1 / rate)
     band = spectrum[(freqs >= low) & (freqs < high)].sum()
     return float(10 * np.log10(max(band, 1e-12) / max(spectrum.sum(), 1e-12)))
+
+
+def check_echo(sounds: Path, info: str) -> tuple[Samples, Samples]:
+    """Assert that baresip heard its phrase echoed (audio both ways); (sent, heard)."""
+    sent, heard, rate = _recordings(sounds)
+    sent_levels, heard_levels = levels(sent, rate), levels(heard, rate)
+    speech = np.flatnonzero(sent_levels > -45)
+    assert speech.size, f"baresip sent no speech: {sent_levels}\n{info}"
+    first, last = int(speech[0]), int(speech[-1]) + 1
+    phrase_bins = last - first
+    # Nothing but silence reached the phone before it had spoken (no greeting).
+    assert heard_levels[:first + 2].max() < -55, f"heard before speaking: {heard_levels}"
+    # The echo: energy after the phrase (plus the 500 ms end-of-turn silence), about as
+    # long as the phrase.
+    window = heard_levels[last + 2:last + 2 + phrase_bins + 10]
+    loud = int(np.count_nonzero(window > -40))
+    assert loud >= 0.5 * np.count_nonzero(sent_levels[first:last] > -40), \
+        f"echo window {window}\nsent {sent_levels[first:last]}\n{info}"
+    corr, delay = envelope_alignment(sent, heard, rate)
+    # (A tone or noise scores near 0; the echo scores ~0.9 on an idle machine and stays
+    # well above 0.6 on a loaded one, where the phone's playout timing wobbles.)
+    assert corr > 0.6 and delay >= phrase_bins * BIN_S, \
+        f"heard audio is not the echoed phrase (r={corr:.2f}, delay {delay} s)\n{info}"
+    return sent, heard
