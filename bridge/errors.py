@@ -19,7 +19,8 @@ The hierarchy::
     ├── SipError                     SIP signalling that cannot proceed (not a parse error)
     │   ├── TransactionError         a transaction-layer failure (timeout, transport)
     │   ├── DialogError              a request that does not fit the dialog's state
-    │   └── UaError                  a user-agent operation that failed (REFER, BYE, ...)
+    │   ├── UaError                  a user-agent operation that failed (REFER, BYE, ...)
+    │   └── RegistrationError        a move the registration table does not allow (sip/register.py)
     ├── MediaError                   the media plane
     │   └── PortsExhausted           no free RTP port pair in the configured range
     ├── CallRejected                 a call refused at admission (busy, shutting down)
