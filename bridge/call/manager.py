@@ -30,7 +30,7 @@ from bridge.call.early import EarlyOpens
 from bridge.call.events import CallEvent
 from bridge.call.leg import LegInfo, MediaLeg
 from bridge.call.records import CallRecord, RecordStore
-from bridge.dialplans.plan import DialplanSet
+from bridge.dialplans.plan import Dialplan, DialplanSet
 from bridge.errors import CallRejected
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.config import RealtimeTarget
@@ -111,8 +111,7 @@ class CallManager:
         full or at its bound of early opens."""
         if not self.can_admit() or len(self.calls) + len(self.early) >= self.max_calls:
             return None
-        plan = self.dialplans.match(called=info.called, caller=info.caller,
-                                    source=info.source.value)
+        plan = self.plan_for(info)
         try:
             return self.early.open(info.call_id, plan, g711)
         except Exception:
@@ -123,6 +122,15 @@ class CallManager:
         """The call set up as ``leg_call_id`` will not happen: close its early upstream."""
         self.early.drop(leg_call_id)
 
+    def plan_for(self, info: LegInfo) -> Dialplan:
+        """The dialplan the leg's signalling named (a SIP account's ``dialplan``, in
+        ``extra``), else the one matching the call."""
+        named = info.extra.get("dialplan")
+        if named and named in self.dialplans:
+            return self.dialplans[named]
+        return self.dialplans.match(called=info.called, caller=info.caller,
+                                    source=info.source.value)
+
     async def handle(self, leg: MediaLeg) -> CallRecord:
         """Run the call on ``leg`` to its end; raises ``CallRejected`` when full."""
         if not self.can_admit():
@@ -130,8 +138,7 @@ class CallManager:
             await leg.hang_up("busy")
             raise CallRejected("busy" if not self._closing else "shutting down")
         info = leg.info
-        plan = self.dialplans.match(called=info.called, caller=info.caller,
-                                    source=info.source.value)
+        plan = self.plan_for(info)
         early = self.early.take(info.call_id)
         if early is not None and (early.plan is not plan or early.profile
                                   != plan.session_profile(leg_g711=leg.g711)):

@@ -48,8 +48,10 @@ from bridge.logthrottle import Throttle
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
 from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, public_guess
 from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
+from bridge.sip.events import RequestAnswered, RequestTimedOut
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
+from bridge.sip.registrations import Registrations
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription, answer_offer, make_offer
 from bridge.sip.settings import SipSettings
 from bridge.sip.tcp import TcpPort
@@ -139,6 +141,9 @@ class SipService:
         self._legs: dict[CallKey, SipLeg] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"calls": 0, "rejected": 0, "options": 0}
+        #: ``[[sip.accounts]]`` kept registered (passwords read from the environment now).
+        self.registrations = (Registrations(self, settings.accounts) if settings.accounts
+                              else None)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -162,6 +167,8 @@ class SipService:
                  "/".join(self.settings.transports),
                  "per caller: the address it reached" if self._per_peer
                  else self.public_address)
+        if self.registrations is not None:
+            await self.registrations.start()
 
     async def _bind(self, host: str, port: int) -> None:
         assert self._loop is not None
@@ -184,6 +191,8 @@ class SipService:
     async def stop(self) -> None:
         """Hang up every call, wait for the BYEs' answers (each retransmitted until
         answered or Timer F, unless :attr:`hurry` is set), then close the sockets."""
+        if self.registrations is not None:
+            await self.registrations.stop()      # unregistered first: no new calls that way
         if self.ua is not None:
             for leg in list(self._legs.values()):
                 await leg.hang_up("shutting down")
@@ -411,6 +420,8 @@ class SipService:
                        called=event.called,
                        remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
                        extra={"transport": event.peer.transport})
+        if self.registrations is not None:          # a call through a registration
+            info = self.registrations.route(info, event.invite.uri)
         ready = (None if self._early is None else      # the upstream opens as we answer
                  self._early.open_early(info, media.codec if media is not None else None))
         await self._ring(pending, ready)
@@ -503,6 +514,9 @@ class SipService:
                 self._on_refer_done(event)
             case OptionsAnswered():
                 self.stats["options"] += 1
+            case RequestAnswered() | RequestTimedOut():
+                if self.registrations is not None:
+                    self.registrations.on_event(event)
 
     def _on_established(self, event: CallEstablished) -> None:
         pending = self._pending.get(event.call)

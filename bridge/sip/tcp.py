@@ -198,6 +198,19 @@ class TcpPort:
             self.guard.close(addr)
         self.connections.clear()
 
+    async def connect(self, addr: Address) -> None:
+        """Open a connection to ``addr`` (a registrar), kept and limited like an accepted
+        one; OSError when it cannot be opened or a limit refuses it."""
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        refused = self.guard.open(addr, loop.time())
+        if refused is not None:
+            raise OSError(f"SIP/TCP connection limit ({refused})")
+        try:
+            await loop.create_connection(lambda: _TcpProtocol(self, addr), addr[0], addr[1])
+        except BaseException:
+            self.guard.close(addr)
+            raise
+
     def write(self, addr: Address, data: bytes) -> bool:
         conn = self.connections.get(addr)
         if conn is None:

@@ -1,0 +1,195 @@
+"""Registering with a real registrar: Kamailio (auth + registrar + usrloc) configured here,
+with digest credentials it checks, and a real ``voicebridge serve`` with one account.
+
+The registration is proved by routing: SIPp calls Kamailio for the account's address of
+record, Kamailio looks the binding up and forwards the call to the bridge, and the call's
+record names the account's dialplan (``keys``; without the account the call would go to
+the default ``echo``). Kamailio grants at most 10 s, so the bridge refreshes every 5 s on
+the wire; after the bridge stops, the same call gets 404 (it unregistered).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.bench.sip import ServeProcess, free_udp_port, run_sipp
+from tests.support.interop import require_binary
+from tests.support.kamailio import Kamailio, module_dir, running
+from tests.support.waiting import until
+
+DIALPLANS = Path(__file__).parent / "data" / "interop" / "dialplans"
+PASSWORD = "correct-horse-7"
+USER = "2001"
+
+CONFIG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+tcp_children=2
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+listen=tcp:127.0.0.1:{port}
+mpath="{mpath}"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "min_expires", 1)
+modparam("registrar", "max_expires", 10)
+modparam("registrar", "default_expires", 10)
+modparam("auth", "algorithm", "{algorithm}")
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (is_method("OPTIONS") && $rU == $null) {{ sl_send_reply("200", "OK"); exit; }}
+    if (is_method("REGISTER")) {{
+        xlog("L_ALERT", "REG call=$ci cseq=$cs expires=$hdr(Expires) auth=$au\\n");
+        if (!pv_www_authenticate("$td", "{password}", "0")) {{
+            www_challenge("$td", "1");
+            exit;
+        }}
+        consume_credentials();
+        if (!save("location")) {{ sl_reply_error(); }}
+        exit;
+    }}
+    if (is_method("ACK") && t_check_trans()) {{ t_relay(); exit; }}
+    if (!lookup("location")) {{
+        xlog("L_ALERT", "NOBINDING $rm $rU\\n");
+        if (!is_method("ACK")) {{ sl_send_reply("404", "Not Found"); }}
+        exit;
+    }}
+    xlog("L_ALERT", "ROUTED $rm to $ru\\n");
+    t_relay();
+}}
+"""
+
+
+def config(port: int, password: str, algorithm: str = "MD5") -> str:
+    return CONFIG.format(port=port, mpath=module_dir(), password=password,
+                         algorithm=algorithm)
+
+
+def account_toml(folder: Path, kport: int, transport: str = "udp") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "voicebridge.toml"
+    path.write_text(f"""
+[[sip.accounts]]
+registrar = "sip:127.0.0.1:{kport}"
+user = "{USER}"
+password_env = "TEST_REG_PASSWORD"
+transport = "{transport}"
+expires = 60
+dialplan = "keys"
+""")
+    return path
+
+
+def serve(folder: Path, kport: int, password: str, transport: str = "udp") -> ServeProcess:
+    return ServeProcess(folder, dialplans=DIALPLANS, env={
+        "VOICEBRIDGE_CONFIG": str(account_toml(folder, kport, transport)),
+        "TEST_REG_PASSWORD": password})
+
+
+def registers(k: Kamailio) -> list[tuple[str, int, str, str]]:
+    """(Call-ID, CSeq, Expires, auth user) of every REGISTER Kamailio saw, in order."""
+    return [(m[0], int(m[1]), m[2], m[3]) for m in re.findall(
+        r"REG call=(\S+) cseq=(\d+) expires=(\S*) auth=(\S*)", k.log_tail(200_000))]
+
+
+async def call_aor(kport: int, workdir: Path, prefix: str) -> int:
+    """One SIPp call to the account's AOR through Kamailio; SIPp's exit code."""
+    run = await run_sipp("uac", kport, workdir=workdir, args=["-s", USER, "-d", "1500"],
+                         call_id_prefix=prefix, limit_s=30)
+    return run.returncode
+
+
+@pytest.fixture
+def kport() -> Iterator[int]:
+    require_binary("sipp", "calls through the registrar")
+    yield free_udp_port()
+
+
+def label() -> str:
+    return f'account="{USER}@127.0.0.1"'
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_registers_and_receives_a_call_routed_by_the_registrar(
+        tmp_path: Path, kport: int, transport: str) -> None:
+    with running(tmp_path / "k", config(kport, PASSWORD), ("127.0.0.1", kport)) as k, \
+            serve(tmp_path / "b", kport, PASSWORD, transport) as bridge:
+        await until(lambda: bridge.metric("voicebridge_sip_registration_up", label()) == 1,
+              20, poll_s=0.2, what=f"registered\n{bridge.log_tail()}")
+        assert PASSWORD not in bridge.log_path.read_text()
+        seen = registers(k)
+        assert seen[0][3] == "<null>" and seen[1][3] == USER     # challenged, then credentials
+        code = (await call_aor(kport, tmp_path, "via-reg"))
+        assert code == 0, k.log_tail()
+        assert "ROUTED INVITE to sip:vb-" in k.log_tail(200_000)
+        record = (await bridge.wait_record("via-reg-1@127.0.0.1", 20))
+        assert record["dialplan"] == "keys" and record["called"] == USER
+        status, body = bridge.get("/sip/registrations", token=True)
+        assert status == 200 and b'"registered"' in body
+
+
+async def test_refreshed_on_the_wire_and_unregistered_on_shutdown(tmp_path: Path, kport: int
+                                                           ) -> None:
+    with running(tmp_path / "k", config(kport, PASSWORD, "SHA-256"),
+                 ("127.0.0.1", kport)) as k:
+        bridge = serve(tmp_path / "b", kport, PASSWORD)
+        with bridge:
+            await until(lambda: bridge.metric("voicebridge_sip_registration_up", label()) == 1,
+                  20, poll_s=0.2, what=f"registered\n{bridge.log_tail()}")
+            start = time.monotonic()
+            # Kamailio grants 10 s: refreshes come every 5 s, before the binding runs out.
+            await until(lambda: bridge.metric("voicebridge_sip_registrations_total",
+                                        label() + ',result="registered"') >= 4,
+                  40, poll_s=0.2, what=f"three refreshes\n{bridge.log_tail()}")
+            elapsed = time.monotonic() - start
+            assert elapsed >= 3 * 5 - 1.5, elapsed        # not sooner than half the grant
+            seen = registers(k)
+            assert len({c for c, *_ in seen}) == 1               # one Call-ID throughout
+            assert [s for _, s, *_ in seen] == sorted({s for _, s, *_ in seen})
+            assert bridge.metric("voicebridge_sip_registration_up", label()) == 1
+        # Stopped: the last REGISTER asked for expires=0, and the AOR no longer routes.
+        assert registers(k)[-1][2] == "0", registers(k)[-3:]
+        code = (await call_aor(kport, tmp_path, "after-stop"))
+        assert code != 0
+        assert "NOBINDING INVITE 2001" in k.log_tail(200_000)
+
+
+async def test_wrong_password_is_reported_and_retried_with_backoff(tmp_path: Path, kport: int
+                                                            ) -> None:
+    with running(tmp_path / "k", config(kport, PASSWORD), ("127.0.0.1", kport)), \
+            serve(tmp_path / "b", kport, "not-the-password") as bridge:
+        failed = label() + ',result="auth_failed"'
+        times: list[float] = []
+
+        def count() -> bool:
+            n = bridge.metric("voicebridge_sip_registrations_total", failed)
+            while len(times) < n:
+                times.append(time.monotonic())
+            return len(times) >= 3
+
+        await until(count, 40, poll_s=0.05, what=f"three failures\n{bridge.log_tail()}")
+        log_text = bridge.log_path.read_text()
+        assert (f"401 after credentials: wrong user name or password for account {USER} "
+                f"at sip:127.0.0.1:{kport}") in log_text
+        assert "next try in" in log_text and "not-the-password" not in log_text
+        assert bridge.metric("voicebridge_sip_registration_up", label()) == 0
+        # Back-off 5 s then 10 s, less up to 20 % jitter.
+        first, second = times[1] - times[0], times[2] - times[1]
+        assert 4.0 - 0.2 <= first <= 5.0 + 3, times
+        assert 8.0 - 0.2 <= second <= 10.0 + 3, times
