@@ -4,9 +4,12 @@ digest credentials with the server side of bridge.sip.digest, and ``now`` passed
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
+from bridge.bench.sip import ServeProcess
+from bridge.errors import ConfigError
 from bridge.sip.digest import parse_credentials, verify
 from bridge.sip.lines import Account
 from bridge.sip.message import Headers, Request, Response
@@ -18,6 +21,7 @@ from bridge.sip.register import (
     backoff_delay,
     refresh_delay,
 )
+from bridge.sip.registrations import read_lines
 
 PASSWORD = "s3cret-pw"
 
@@ -252,3 +256,33 @@ def test_binding_that_runs_out_is_reported() -> None:
     reg.handle_timer(60.0)
     assert not reg.is_bound(60.0)
     assert "expired" in [r.kind for r in reg.take_results()]
+
+
+def test_a_missing_password_variable_is_a_start_up_error_naming_it() -> None:
+    account = Account(registrar="sip:pbx.example.net", user="2001", password_env="NO_SUCH_PW")
+    with pytest.raises(ConfigError, match=r"2001: the environment variable NO_SUCH_PW "
+                                          r"\(password_env\) is not set"):
+        read_lines((account,), {})
+    (line,) = read_lines((account,), {"NO_SUCH_PW": "pw"})
+    assert line.password == "pw" and line.transport == "udp" and line.port == 5060
+
+
+@pytest.mark.parametrize(("registrar", "transport"), [("sip:pbx.example.net", "tls"),
+                                                      ("sips:pbx.example.net", "udp")])
+def test_tls_registrations_are_refused_until_sip_over_tls_exists(registrar: str,
+                                                                 transport: str) -> None:
+    account = Account(registrar=registrar, user="2001", password_env="PW",
+                      transport=transport)
+    with pytest.raises(ConfigError, match="not available for registrations yet"):
+        read_lines((account,), {"PW": "x"})
+
+
+def test_serve_does_not_start_without_the_password_variable(tmp_path: Path) -> None:
+    config = tmp_path / "voicebridge.toml"
+    config.write_text('[[sip.accounts]]\nregistrar = "sip:127.0.0.1:9"\nuser = "2001"\n'
+                      'password_env = "UNSET_REGISTRATION_PW"\n')
+    bridge = ServeProcess(tmp_path, env={"VOICEBRIDGE_CONFIG": str(config)})
+    with pytest.raises(RuntimeError) as failed:
+        bridge.start(limit=60)
+    bridge.stop()
+    assert "UNSET_REGISTRATION_PW" in str(failed.value)
