@@ -50,13 +50,17 @@ modparam("registrar", "min_expires", 1)
 modparam("registrar", "max_expires", 10)
 modparam("registrar", "default_expires", 10)
 modparam("auth", "algorithm", "{algorithm}")
+modparam("auth", "nonce_count", 1)
+modparam("auth", "nonce_expire", 120)
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
     if (is_method("OPTIONS") && $rU == $null) {{ sl_send_reply("200", "OK"); exit; }}
     if (is_method("REGISTER")) {{
-        xlog("L_ALERT", "REG call=$ci cseq=$cs expires=$hdr(Expires) auth=$au\\n");
-        if (!pv_www_authenticate("$td", "{password}", "0")) {{
+        pv_www_authenticate("$td", "{password}", "0");
+        $var(rc) = $rc;
+        xlog("L_ALERT", "REG call=$ci cseq=$cs expires=$hdr(Expires) auth=$au rc=$var(rc)\\n");
+        if ($var(rc) < 0) {{
             www_challenge("$td", "1");
             exit;
         }}
@@ -102,10 +106,12 @@ def serve(folder: Path, kport: int, password: str, transport: str = "udp") -> Se
         "TEST_REG_PASSWORD": password})
 
 
-def registers(k: Kamailio) -> list[tuple[str, int, str, str]]:
-    """(Call-ID, CSeq, Expires, auth user) of every REGISTER Kamailio saw, in order."""
-    return [(m[0], int(m[1]), m[2], m[3]) for m in re.findall(
-        r"REG call=(\S+) cseq=(\d+) expires=(\S*) auth=(\S*)", k.log_tail(200_000))]
+def registers(k: Kamailio) -> list[tuple[str, int, str, str, int]]:
+    """(Call-ID, CSeq, Expires, auth user, pv_www_authenticate's code: 1 = accepted) of
+    every REGISTER Kamailio saw, in order."""
+    return [(m[0], int(m[1]), m[2], m[3], int(m[4])) for m in re.findall(
+        r"REG call=(\S+) cseq=(\d+) expires=(\S*) auth=(\S*) rc=(-?\d+)",
+        k.log_tail(200_000))]
 
 
 async def call_aor(kport: int, workdir: Path, prefix: str) -> int:
@@ -162,6 +168,9 @@ async def test_refreshed_on_the_wire_and_unregistered_on_shutdown(tmp_path: Path
             seen = registers(k)
             assert len({c for c, *_ in seen}) == 1               # one Call-ID throughout
             assert [s for _, s, *_ in seen] == sorted({s for _, s, *_ in seen})
+            # Challenged once; every refresh reused the nonce with the next nonce count
+            # (Kamailio checks it: nonce_count) and was accepted without a new challenge.
+            assert [rc for *_, rc in seen][:1] != [1] and all(rc == 1 for *_, rc in seen[1:])
             assert bridge.metric("voicebridge_sip_registration_up", label()) == 1
         # Stopped: the last REGISTER asked for expires=0, and the AOR no longer routes.
         assert registers(k)[-1][2] == "0", registers(k)[-3:]
