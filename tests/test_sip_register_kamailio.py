@@ -147,7 +147,9 @@ async def test_registers_and_receives_a_call_routed_by_the_registrar(
         record = (await bridge.wait_record("via-reg-1@127.0.0.1", 20))
         assert record["dialplan"] == "keys" and record["called"] == USER
         status, body = bridge.get("/sip/registrations", token=True)
-        assert status == 200 and b'"registered"' in body
+        assert status == 200 and b'"state":"registered"' in body.replace(b" ", b"")
+        status, page = bridge.get("/dashboard", token=True)
+        assert status == 200 and b"Registrations" in page and b"2001@127.0.0.1" in page
 
 
 async def test_refreshed_on_the_wire_and_unregistered_on_shutdown(tmp_path: Path, kport: int
@@ -202,3 +204,33 @@ async def test_wrong_password_is_reported_and_retried_with_backoff(tmp_path: Pat
         first, second = times[1] - times[0], times[2] - times[1]
         assert 4.0 - 0.2 <= first <= 5.0 + 3, times
         assert 8.0 - 0.2 <= second <= 10.0 + 3, times
+
+
+async def test_registers_again_after_the_registrar_was_lost(tmp_path: Path, kport: int
+                                                           ) -> None:
+    """Over TCP: the registrar goes away (its connection closes, connects are refused),
+    the refresh fails and is retried with back-off; once a registrar answers on that
+    address again the bridge registers anew and calls route to it again."""
+    first = Kamailio(tmp_path / "k1", config(kport, PASSWORD))
+    first.start(("127.0.0.1", kport))
+    try:
+        with serve(tmp_path / "b", kport, PASSWORD, "tcp") as bridge:
+            await until(lambda: bridge.metric("voicebridge_sip_registration_up", label()) == 1,
+                        20, poll_s=0.2, what=f"registered\n{bridge.log_tail()}")
+            first.stop()
+            timeouts = label() + ',result="timeout"'
+            await until(lambda: bridge.metric("voicebridge_sip_registrations_total",
+                                              timeouts) >= 1,
+                        30, poll_s=0.2, what=f"the refresh failing\n{bridge.log_tail()}")
+            assert "cannot connect over TCP" in bridge.log_path.read_text()
+            with running(tmp_path / "k2", config(kport, PASSWORD), ("127.0.0.1", kport)):
+                registered = label() + ',result="registered"'
+                before = bridge.metric("voicebridge_sip_registrations_total", registered)
+                await until(lambda: bridge.metric("voicebridge_sip_registrations_total",
+                                                  registered) > before,
+                            40, poll_s=0.2, what=f"registered again\n{bridge.log_tail()}")
+                assert await call_aor(kport, tmp_path, "after-loss") == 0
+                record = await bridge.wait_record("after-loss-1@127.0.0.1", 20)
+                assert record["dialplan"] == "keys"
+    finally:
+        first.stop()

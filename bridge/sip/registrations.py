@@ -92,6 +92,7 @@ class _Line:
     reg: Registration | None = None
     addr: tuple[str, int] | None = None
     timer: asyncio.TimerHandle | None = None
+    bound: bool = False                  # as last reported
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -248,8 +249,8 @@ class Registrations:
             self._send(line, request)
         for result in reg.take_results():
             self._report(line, result)
-        metrics.SIP_REGISTRATION_UP.labels(account=line.label).set(
-            1 if reg.is_bound(loop.time()) else 0)
+        line.bound = reg.is_bound(loop.time())
+        metrics.SIP_REGISTRATION_UP.labels(account=line.label).set(1 if line.bound else 0)
         if line.timer is not None:
             line.timer.cancel()
             line.timer = None
@@ -271,7 +272,10 @@ class Registrations:
         reg = line.reg
         assert reg is not None and self._loop is not None
         if not result.failure:
-            log.info("registration %s: %s", line.label, result.detail)
+            # A refresh of a binding held all along is routine: not worth a line each time.
+            routine = result.kind == "registered" and line.bound
+            log.log(logging.DEBUG if routine else logging.INFO, "registration %s: %s",
+                    line.label, result.detail)
             return
         retry = reg.retry_at
         later = (f"; next try in {retry - self._loop.time():.0f} s" if retry is not None
