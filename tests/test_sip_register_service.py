@@ -1,6 +1,7 @@
 """Registrations inside a real SipService (loopback sockets) with a registrar the test plays
-over UDP: REGISTERs ride the user agent's client transactions, and a stop is bounded even
-when the registrar never answers."""
+over UDP: REGISTERs ride the user agent's client transactions, a stop is bounded even when
+the registrar never answers, a 407 is answered with Proxy-Authorization, and draining
+unregisters at once."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import time
 
 import pytest
 
+from bridge.sip.digest import parse_credentials, verify
 from bridge.sip.leg import SipLeg
 from bridge.sip.lines import Account
-from bridge.sip.message import Request, parse_message
+from bridge.sip.message import Headers, Request, Response, parse_message
 from bridge.sip.registrations import UNREGISTER_WAIT_S
 from bridge.sip.service import SipService
 from bridge.sip.settings import SipSettings
 from tests.support.sip_peers import udp_peer
+from tests.support.waiting import until
 
 
 async def no_call(leg: SipLeg) -> None:
@@ -64,3 +67,51 @@ async def test_silent_registrar_retransmissions_and_a_bounded_unregister(
             await svc.stop()
         if registrar.transport is not None:
             registrar.transport.close()
+
+
+def reply(request: Request, status: int, reason: str, *extra: tuple[str, str]) -> bytes:
+    items = [("Via", request.headers.get("Via") or ""),
+             ("From", request.headers.get("From") or ""),
+             ("To", (request.headers.get("To") or "") + ";tag=r1"),
+             ("Call-ID", request.call_id), ("CSeq", str(request.cseq)), *extra]
+    return Response(status, reason, Headers(tuple(items))).serialize()
+
+
+async def test_proxy_challenge_then_unregister_when_draining(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_PROXY_PW", "proxy-pw")
+    registrar = await udp_peer()
+    assert registrar.transport is not None
+    account = Account(registrar=f"sip:127.0.0.1:{registrar.port}", user="3002",
+                      auth_user="bridge-3002", password_env="TEST_PROXY_PW", expires=120)
+    svc = SipService(SipSettings(host="127.0.0.1", port=0, transports=("udp",),
+                                 accounts=(account,)), no_call, rtp_ports=(31020, 31039))
+    await svc.start()
+    try:
+        target = ("127.0.0.1", svc.port)
+        first = await next_register(registrar)
+        registrar.transport.sendto(reply(first, 407, "Proxy Authentication Required", (
+            "Proxy-Authenticate", 'Digest realm="edge", nonce="n-407", qop="auth", '
+                                  'algorithm=SHA-256')), target)
+        second = await next_register(registrar)
+        while second.cseq.seq == first.cseq.seq:           # a retransmission of the first
+            second = await next_register(registrar)
+        creds = parse_credentials(second.headers.get("Proxy-Authorization") or "")
+        assert creds.username == "bridge-3002" and creds.algorithm == "SHA-256"
+        assert verify(creds, method="REGISTER", password="proxy-pw")
+        registrar.transport.sendto(reply(second, 200, "OK", ("Expires", "120")), target)
+        await until(lambda: svc.registrations is not None
+                    and svc.registrations.snapshot()[0]["registered"], 10)
+        svc.drain()                                          # SIGTERM: unregister at once
+        bye = await next_register(registrar)
+        while bye.headers.get("Expires") != "0":
+            bye = await next_register(registrar)
+        assert bye.headers.get("Proxy-Authorization") is not None
+        registrar.transport.sendto(reply(bye, 200, "OK"), target)
+        await until(lambda: svc.registrations is not None
+                    and svc.registrations.snapshot()[0]["state"] == "stopped", 10)
+        began = time.monotonic()
+    finally:
+        await svc.stop()
+        registrar.transport.close()
+    assert time.monotonic() - began < 2.0        # nothing left to wait for

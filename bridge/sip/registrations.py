@@ -151,15 +151,23 @@ class Registrations:
             line.reg.start(self._loop.time())
             self._after(line)
 
+    def unregister(self) -> None:
+        """Send every account's ``expires=0`` REGISTER now (draining: the registrar stops
+        sending calls here, and to a bridge in a cluster it sends them to the others)."""
+        if self._loop is None:
+            return
+        for line in self.lines:
+            if line.reg is not None and line.reg.state not in (RegState.UNREGISTERING,
+                                                               RegState.STOPPED):
+                self._settled.clear()
+                line.reg.stop(self._loop.time())
+                self._after(line)
+
     async def stop(self, wait_s: float = UNREGISTER_WAIT_S) -> None:
         """Unregister every account (``expires=0``); wait up to ``wait_s`` for answers."""
         if self._loop is None:
             return
-        self._settled.clear()
-        for line in self.lines:
-            if line.reg is not None:
-                line.reg.stop(self._loop.time())
-                self._after(line)
+        self.unregister()
         if self._unregistering():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):

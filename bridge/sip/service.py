@@ -223,8 +223,11 @@ class SipService:
             hurry.cancel()
 
     def drain(self) -> None:
-        """Stop admitting: new INVITEs and OPTIONS get 503 (calls in progress go on)."""
+        """Stop admitting: new INVITEs and OPTIONS get 503 (calls in progress go on), and
+        unregister the accounts so their registrars stop sending calls here."""
         self.gate.draining = True
+        if self.registrations is not None:
+            self.registrations.unregister()
 
     @property
     def active_calls(self) -> int:
