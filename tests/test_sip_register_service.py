@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bridge.errors import ConfigError
 from bridge.sip.digest import parse_credentials, verify
 from bridge.sip.leg import SipLeg
 from bridge.sip.lines import Account
@@ -115,3 +116,13 @@ async def test_proxy_challenge_then_unregister_when_draining(
         await svc.stop()
         registrar.transport.close()
     assert time.monotonic() - began < 2.0        # nothing left to wait for
+
+
+def test_an_account_on_a_transport_the_service_does_not_run_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_TCP_PW", "pw")
+    account = Account(registrar="sip:127.0.0.1:5999", user="3003", password_env="TEST_TCP_PW",
+                      transport="tcp")
+    with pytest.raises(ConfigError, match="3003: transport tcp, which"):
+        SipService(SipSettings(host="127.0.0.1", port=0, transports=("udp",),
+                               accounts=(account,)), no_call)

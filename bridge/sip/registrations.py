@@ -130,6 +130,10 @@ class Registrations:
                  environ: Mapping[str, str] | None = None) -> None:
         self._service = service
         self.lines = read_lines(accounts, os.environ if environ is None else environ)
+        for line in self.lines:
+            if line.transport not in service.settings.transports:
+                raise ConfigError(f"[[sip.accounts]] {line.account.user}: transport "
+                                  f"{line.transport}, which [sip] transports does not list")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rand = random.SystemRandom().random
         #: Set once no account is waiting for the answer to its unregistering REGISTER.
