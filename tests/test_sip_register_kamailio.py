@@ -1,16 +1,20 @@
 """Registering with a real registrar: Kamailio (auth + registrar + usrloc) configured here,
-with digest credentials it checks, and a real ``voicebridge serve`` with one account.
+with digest credentials it checks (nonce counts too), and a real ``voicebridge serve`` with
+one or two accounts.
 
-The registration is proved by routing: SIPp calls Kamailio for the account's address of
+The registration is proved by routing: SIPp calls Kamailio for an account's address of
 record, Kamailio looks the binding up and forwards the call to the bridge, and the call's
-record names the account's dialplan (``keys``; without the account the call would go to
-the default ``echo``). Kamailio grants at most 10 s, so the bridge refreshes every 5 s on
-the wire; after the bridge stops, the same call gets 404 (it unregistered).
+record names the account's dialplan (``keys`` for 2001, ``desk`` for 2002: without the
+accounts both calls would go to the default ``echo``). Kamailio grants at most 10 s, so
+the bridge refreshes every 5 s on the wire; after the bridge stops, the same call gets
+404 (it unregistered). A wrong password is logged as such and retried after 5 s, then
+10 s. Over TCP, a registrar that goes away and comes back is registered with again.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +29,7 @@ from tests.support.waiting import until
 DIALPLANS = Path(__file__).parent / "data" / "interop" / "dialplans"
 PASSWORD = "correct-horse-7"
 USER = "2001"
+USER2 = "2002"
 
 CONFIG = """#!KAMAILIO
 debug=2
@@ -85,24 +90,40 @@ def config(port: int, password: str, algorithm: str = "MD5") -> str:
                          algorithm=algorithm)
 
 
-def account_toml(folder: Path, kport: int, transport: str = "udp") -> Path:
+def account_toml(folder: Path, kport: int, transport: str = "udp",
+                 second: bool = False) -> Path:
+    """One account (2001, dialplan ``keys``); with ``second`` also 2002 (``desk``)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "voicebridge.toml"
-    path.write_text(f"""
+    accounts = [(USER, "keys")] + ([(USER2, "desk")] if second else [])
+    path.write_text("".join(f"""
 [[sip.accounts]]
 registrar = "sip:127.0.0.1:{kport}"
-user = "{USER}"
+user = "{user}"
 password_env = "TEST_REG_PASSWORD"
 transport = "{transport}"
 expires = 60
-dialplan = "keys"
-""")
+dialplan = "{plan}"
+""" for user, plan in accounts))
     return path
 
 
-def serve(folder: Path, kport: int, password: str, transport: str = "udp") -> ServeProcess:
-    return ServeProcess(folder, dialplans=DIALPLANS, env={
-        "VOICEBRIDGE_CONFIG": str(account_toml(folder, kport, transport)),
+def dialplans(folder: Path) -> Path:
+    """The interop plans (``echo`` the default, ``keys`` for called "keys") and ``desk``,
+    which no called number reaches: only an account naming it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for plan in DIALPLANS.glob("*.toml"):
+        shutil.copy(plan, folder / plan.name)
+    text = (DIALPLANS / "keys.toml").read_text().replace('called = ["keys"]',
+                                                         'called = ["nobody-dials-this"]')
+    (folder / "desk.toml").write_text(text)
+    return folder
+
+
+def serve(folder: Path, kport: int, password: str, transport: str = "udp",
+          second: bool = False) -> ServeProcess:
+    return ServeProcess(folder, dialplans=dialplans(folder / "plans"), env={
+        "VOICEBRIDGE_CONFIG": str(account_toml(folder, kport, transport, second)),
         "TEST_REG_PASSWORD": password})
 
 
@@ -114,9 +135,9 @@ def registers(k: Kamailio) -> list[tuple[str, int, str, str, int]]:
         k.log_tail(200_000))]
 
 
-async def call_aor(kport: int, workdir: Path, prefix: str) -> int:
-    """One SIPp call to the account's AOR through Kamailio; SIPp's exit code."""
-    run = await run_sipp("uac", kport, workdir=workdir, args=["-s", USER, "-d", "1500"],
+async def call_aor(kport: int, workdir: Path, prefix: str, user: str = USER) -> int:
+    """One SIPp call to an account's AOR through Kamailio; SIPp's exit code."""
+    run = await run_sipp("uac", kport, workdir=workdir, args=["-s", user, "-d", "1500"],
                          call_id_prefix=prefix, limit_s=30)
     return run.returncode
 
@@ -127,29 +148,37 @@ def kport() -> Iterator[int]:
     yield free_udp_port()
 
 
-def label() -> str:
-    return f'account="{USER}@127.0.0.1"'
+def label(user: str = USER) -> str:
+    return f'account="{user}@127.0.0.1"'
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_registers_and_receives_a_call_routed_by_the_registrar(
         tmp_path: Path, kport: int, transport: str) -> None:
     with running(tmp_path / "k", config(kport, PASSWORD), ("127.0.0.1", kport)) as k, \
-            serve(tmp_path / "b", kport, PASSWORD, transport) as bridge:
-        await until(lambda: bridge.metric("voicebridge_sip_registration_up", label()) == 1,
-              20, poll_s=0.2, what=f"registered\n{bridge.log_tail()}")
+            serve(tmp_path / "b", kport, PASSWORD, transport, second=True) as bridge:
+        for user in (USER, USER2):
+            await until(lambda u=user: bridge.metric(
+                "voicebridge_sip_registration_up", label(u)) == 1,
+                20, poll_s=0.2, what=f"{user} registered\n{bridge.log_tail()}")
         assert PASSWORD not in bridge.log_path.read_text()
-        seen = registers(k)
-        assert seen[0][3] == "<null>" and seen[1][3] == USER     # challenged, then credentials
-        code = (await call_aor(kport, tmp_path, "via-reg"))
-        assert code == 0, k.log_tail()
+        by_call: dict[str, list[str]] = {}
+        for call_id, _, _, auth, _ in registers(k):
+            by_call.setdefault(call_id, []).append(auth)
+        assert len(by_call) == 2                             # one Call-ID per account
+        assert all(auths[:2] == ["<null>", auths[1]] and auths[1] in (USER, USER2)
+                   for auths in by_call.values())            # challenged, then credentials
+        # Each AOR's call reaches the bridge through Kamailio's lookup, on its dialplan.
+        for user, plan in ((USER, "keys"), (USER2, "desk")):
+            code = await call_aor(kport, tmp_path, f"via-reg-{user}", user)
+            assert code == 0, k.log_tail()
+            record = await bridge.wait_record(f"via-reg-{user}-1@127.0.0.1", 20)
+            assert record["dialplan"] == plan and record["called"] == user, record
         assert "ROUTED INVITE to sip:vb-" in k.log_tail(200_000)
-        record = (await bridge.wait_record("via-reg-1@127.0.0.1", 20))
-        assert record["dialplan"] == "keys" and record["called"] == USER
         status, body = bridge.get("/sip/registrations", token=True)
         assert status == 200 and b'"state":"registered"' in body.replace(b" ", b"")
         status, page = bridge.get("/dashboard", token=True)
-        assert status == 200 and b"Registrations" in page and b"2001@127.0.0.1" in page
+        assert status == 200 and b"Registrations" in page and b"2002@127.0.0.1" in page
 
 
 async def test_refreshed_on_the_wire_and_unregistered_on_shutdown(tmp_path: Path, kport: int
