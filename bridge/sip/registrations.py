@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge import metrics
+from bridge.aio import cancel_all
 from bridge.call.leg import LegInfo
 from bridge.errors import ConfigError
 from bridge.sip.addresses import WILDCARDS, local_address_toward
@@ -180,8 +181,9 @@ class Registrations:
             if line.timer is not None:
                 line.timer.cancel()
                 line.timer = None
-            for task in list(line.tasks):
-                task.cancel()
+            for error in await cancel_all(list(line.tasks)):
+                log.warning("registration %s: task failed while stopping: %r", line.label,
+                            error)
             metrics.SIP_REGISTRATION_UP.labels(account=line.label).set(0)
 
     def _unregistering(self) -> bool:
