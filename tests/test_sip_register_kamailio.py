@@ -13,6 +13,7 @@ the bridge refreshes every 5 s on the wire; after the bridge stops, the same cal
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -51,9 +52,10 @@ loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
 modparam("usrloc", "db_mode", 0)
-modparam("registrar", "min_expires", 1)
-modparam("registrar", "max_expires", 10)
+modparam("registrar", "min_expires", {min_expires})
+modparam("registrar", "max_expires", {max_expires})
 modparam("registrar", "default_expires", 10)
+modparam("registrar", "min_expires_mode", {min_mode})
 modparam("auth", "algorithm", "{algorithm}")
 modparam("auth", "nonce_count", 1)
 modparam("auth", "nonce_expire", 120)
@@ -85,9 +87,12 @@ request_route {{
 """
 
 
-def config(port: int, password: str, algorithm: str = "MD5") -> str:
+def config(port: int, password: str, algorithm: str = "MD5", *, min_expires: int = 1,
+           max_expires: int = 10, min_mode: int = 0) -> str:
+    """The registrar; ``min_mode`` 1: a too brief expires gets 423 (else it is raised)."""
     return CONFIG.format(port=port, mpath=module_dir(), password=password,
-                         algorithm=algorithm)
+                         algorithm=algorithm, min_expires=min_expires,
+                         max_expires=max_expires, min_mode=min_mode)
 
 
 def account_toml(folder: Path, kport: int, transport: str = "udp",
@@ -266,3 +271,20 @@ async def test_registers_again_after_the_registrar_was_lost(tmp_path: Path, kpor
                 assert record["dialplan"] == "keys"
     finally:
         first.stop()
+
+
+async def test_interval_too_brief_is_asked_again_with_min_expires(tmp_path: Path, kport: int
+                                                                 ) -> None:
+    kamailio = config(kport, PASSWORD, min_expires=120, max_expires=3600, min_mode=1)
+    with running(tmp_path / "k", kamailio, ("127.0.0.1", kport)) as k, \
+            serve(tmp_path / "b", kport, PASSWORD) as bridge:
+        await until(lambda: bridge.metric("voicebridge_sip_registration_up", label()) == 1,
+                    20, poll_s=0.2, what=f"registered\n{bridge.log_tail()}")
+        asked = [r[2] for r in registers(k)]
+        assert asked[0] == "60" and asked[-1] == "120", asked    # 423, then Min-Expires
+        assert bridge.metric("voicebridge_sip_registrations_total",
+                             label() + ',result="interval_too_brief"') == 1
+        assert bridge.metric("voicebridge_sip_registrations_total",
+                             label() + ',result="auth_failed"') == 0
+        (line,) = json.loads(bridge.get("/sip/registrations", token=True)[1])["registrations"]
+        assert 100 <= line["expires_in_s"] <= 120, line
