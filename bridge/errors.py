@@ -20,7 +20,8 @@ The hierarchy::
     │   ├── TransactionError         a transaction-layer failure (timeout, transport)
     │   ├── DialogError              a request that does not fit the dialog's state
     │   ├── UaError                  a user-agent operation that failed (REFER, BYE, ...)
-    │   └── TlsConnectFailed         a SIP/TLS client connection not opened or not verified
+    │   ├── TlsConnectFailed         a SIP/TLS client connection not opened or not verified
+    │   └── RegistrationError        a move the registration table does not allow (sip/register.py)
     ├── MediaError                   the media plane
     │   └── PortsExhausted           no free RTP port pair in the configured range
     ├── CallRejected                 a call refused at admission (busy, shutting down)

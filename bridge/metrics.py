@@ -56,6 +56,10 @@ voicebridge_upstream_rate_limit_remaining gauge    name         (requests, token
                                                      latest rate_limits.updated)
 voicebridge_upstream_rate_limit          gauge      name         (the limit itself)
 voicebridge_webrtc_legs_active           gauge
+voicebridge_sip_registration_up          gauge      account      (1 while a binding is held)
+voicebridge_sip_registrations_total      counter    account, result (registered, unregistered,
+                                                               auth_failed, rejected, timeout,
+                                                               expired, interval_too_brief)
 voicebridge_http_sse_clients             gauge
 """
 
@@ -161,6 +165,12 @@ WEBRTC_LEGS_ACTIVE = Gauge("webrtc_legs_active", "WebRTC peer connections open."
 HTTP_REFUSED = Counter("http_refused", "State-changing HTTP requests refused: a foreign "
                        "Origin, or a session request without its CSRF token.", ["reason"],
                        namespace=_NS, registry=REGISTRY)
+SIP_REGISTRATION_UP = Gauge("sip_registration_up", "1 while the account's registration "
+                            "is held at its registrar, else 0.", ["account"],
+                            namespace=_NS, registry=REGISTRY)
+SIP_REGISTRATIONS = Counter("sip_registrations", "Answers to our REGISTERs (and timeouts), "
+                            "by account and result.", ["account", "result"],
+                            namespace=_NS, registry=REGISTRY)
 SSE_CLIENTS = Gauge("http_sse_clients", "Clients following /calls/events.",
                     namespace=_NS, registry=REGISTRY)
 

@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bridge.config import Settings, load_settings
@@ -273,6 +273,10 @@ class Bridge:
             except CallRejected as exc:
                 log.info("SIP call %s rejected: %s", leg.info.call_id, exc)
 
+        for account in self.settings.sip.accounts:
+            if account.dialplan and account.dialplan not in manager.dialplans:
+                raise ConfigError(f"[[sip.accounts]] {account.user}: dialplan: no dialplan "
+                                  f"named {account.dialplan!r}")
         sip = self.sip = SipService(self.settings.sip, on_call,
                                     rtp_ports=(rtp.port_low, rtp.port_high),
                                     can_admit=manager.can_admit, early=manager, env=self.env)
@@ -280,13 +284,18 @@ class Bridge:
         await sip.start()
         self._closers.append(sip.stop)
 
+    def _registrations(self) -> list[dict[str, Any]]:
+        regs = self.sip.registrations if self.sip is not None else None
+        return regs.snapshot() if regs is not None else []
+
     async def _start_http(self, manager: CallManager) -> None:
         from hypercorn.asyncio import serve  # noqa: PLC0415
         from hypercorn.config import Config  # noqa: PLC0415
 
         from bridge.web.app import create_app  # noqa: PLC0415
 
-        self.app = create_app(manager, self.settings, readiness=self.readiness)
+        self.app = create_app(manager, self.settings, readiness=self.readiness,
+                              registrations=self._registrations)
         http = self.settings.http
         # Bind here (not in Hypercorn) so a port of 0 works and the bound port is known.
         family = socket.AF_INET6 if ":" in http.host else socket.AF_INET

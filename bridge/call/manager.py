@@ -111,16 +111,20 @@ class CallManager:
         full or at its bound of early opens."""
         if not self.can_admit() or len(self.calls) + len(self.early) >= self.max_calls:
             return None
-        plan = self._plan(info)
+        plan = self.plan_for(info)
         try:
             return self.early.open(info.call_id, plan, g711)
         except Exception:
             log.exception("could not open an early upstream on dialplan %s", plan.name)
             return None
 
-    def _plan(self, info: LegInfo) -> Dialplan:
-        """The dialplan the leg's line names (a SIP trunk's ``dialplan``), else the one
-        that matches the call."""
+    def drop_early(self, leg_call_id: str) -> None:
+        """The call set up as ``leg_call_id`` will not happen: close its early upstream."""
+        self.early.drop(leg_call_id)
+
+    def plan_for(self, info: LegInfo) -> Dialplan:
+        """The dialplan the leg's signalling named (a SIP account's or trunk's
+        ``dialplan``, in ``extra``), else the one matching the call."""
         named = info.extra.get("dialplan")
         if named and named in self.dialplans:
             return self.dialplans[named]
@@ -130,10 +134,6 @@ class CallManager:
         return self.dialplans.match(called=info.called, caller=info.caller,
                                     source=info.source.value)
 
-    def drop_early(self, leg_call_id: str) -> None:
-        """The call set up as ``leg_call_id`` will not happen: close its early upstream."""
-        self.early.drop(leg_call_id)
-
     async def handle(self, leg: MediaLeg) -> CallRecord:
         """Run the call on ``leg`` to its end; raises ``CallRejected`` when full."""
         if not self.can_admit():
@@ -141,7 +141,7 @@ class CallManager:
             await leg.hang_up("busy")
             raise CallRejected("busy" if not self._closing else "shutting down")
         info = leg.info
-        plan = self._plan(info)
+        plan = self.plan_for(info)
         early = self.early.take(info.call_id)
         if early is not None and (early.plan is not plan or early.profile
                                   != plan.session_profile(leg_g711=leg.g711)):

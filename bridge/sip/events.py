@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NewType, Protocol
 
-from bridge.sip.message import Request, SipUri
+from bridge.sip.message import Request, Response, SipUri
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription
 
 Address = tuple[str, int]
@@ -164,15 +164,30 @@ class Challenged:
     answered: bool
 
 
+@dataclass(frozen=True)
+class RequestAnswered:
+    """A final response to a request sent with ``send_request`` for ``owner``."""
+
+    owner: str
+    response: Response
+
+
+@dataclass(frozen=True)
+class RequestTimedOut:
+    """A request sent with ``send_request`` for ``owner`` got no final response (Timer F)."""
+
+    owner: str
+    cseq: int
+
 
 Event = (IncomingCall | CallCancelled | CallEstablished | ByeReceived | CallEnded
          | MediaUpdated | Hold | Resume | DtmfInfo | ReferProgress | ReferDone
-         | OptionsAnswered | Challenged)
+         | OptionsAnswered | Challenged | RequestAnswered | RequestTimedOut)
 
 __all__ = [
     "Address", "Admission", "ByeReceived", "CallCancelled", "CallEnded", "CallEstablished",
     "Challenged",
     "CallKey", "DtmfInfo", "Event", "Hold", "IdSource", "IncomingCall", "MediaUpdated",
     "OptionsAnswered", "Peer", "RandomIds", "ReferDone", "ReferProgress", "Rejection",
-    "Resume",
+    "RequestAnswered", "RequestTimedOut", "Resume",
 ]

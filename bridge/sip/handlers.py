@@ -42,6 +42,8 @@ from bridge.sip.events import (
     Peer,
     ReferDone,
     ReferProgress,
+    RequestAnswered,
+    RequestTimedOut,
     Resume,
 )
 from bridge.sip.message import Headers, Request, Response, Tag
@@ -305,6 +307,9 @@ class CallHandlers(Responder):
         if not ctx.receive_response(response, now):
             return
         self._flush_client(ctx, call_key)
+        owner = self._owned.get(ctx.key)
+        if owner is not None and response.status >= 200:
+            self._events.append(RequestAnswered(owner, response))
         call = self._calls.get(call_key)
         if call is None:
             return
@@ -376,6 +381,9 @@ class CallHandlers(Responder):
             call.reinvite = None
 
     def _on_client_timeout(self, ctx: NonInviteClientTransaction, call_key: CallKey) -> None:
+        owner = self._owned.get(ctx.key)
+        if owner is not None:
+            self._events.append(RequestTimedOut(owner, ctx.request.cseq.seq))
         call = self._calls.get(call_key)
         if call is None:
             return

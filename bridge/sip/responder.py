@@ -53,6 +53,8 @@ class Responder:
         self._server_tx: dict[TransactionKey, ServerTransaction] = {}
         self._tx_peer: dict[TransactionKey, tuple[Peer, Request]] = {}
         self._client_tx: dict[TransactionKey, tuple[NonInviteClientTransaction, CallKey]] = {}
+        #: Client transactions sent by ``send_request`` (not a call's), by their owner.
+        self._owned: dict[TransactionKey, str] = {}
         self._calls: dict[CallKey, Call] = {}
         self._by_dialog: dict[tuple[str, str], CallKey] = {}
         self._datagrams: list[tuple[bytes, Address]] = []
@@ -226,6 +228,17 @@ class Responder:
     def _sign(self, call: Call, request: Request) -> Request:
         """``request`` with the call's credentials, if any (see the user agent)."""
         return request
+    def send_request(self, request: Request, peer: Peer, now: float, owner: str
+                     ) -> NonInviteClientTransaction:
+        """Send a request outside any call (a REGISTER) in a client transaction; its final
+        response or timeout comes back as ``RequestAnswered``/``RequestTimedOut``."""
+        ctx = NonInviteClientTransaction(request, reliable=peer.reliable,
+                                         timers=self.settings.timers, now=now)
+        self._client_tx[ctx.key] = (ctx, CallKey(""))
+        self._tx_peer[ctx.key] = (peer, request)
+        self._owned[ctx.key] = owner
+        self._flush_client(ctx, CallKey(""))
+        return ctx
 
     def _request_peer(self, call: Call) -> Peer:
         # A stream the call came on that is closed now: to the next hop on a new one.
@@ -271,6 +284,7 @@ class Responder:
         for key in [k for k, (tx, _) in self._client_tx.items() if tx.terminated]:
             del self._client_tx[key]
             self._tx_peer.pop(key, None)
+            self._owned.pop(key, None)
         live_tx = set(self._server_tx.values())
         live_clients = {tx for tx, _ in self._client_tx.values()}
         for call_key, call in list(self._calls.items()):

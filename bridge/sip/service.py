@@ -50,9 +50,10 @@ from bridge.logthrottle import Throttle
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
 from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, public_guess
 from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
-from bridge.sip.events import Challenged
+from bridge.sip.events import Challenged, RequestAnswered, RequestTimedOut
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
+from bridge.sip.registrations import Registrations
 from bridge.sip.sdp import G711_LAWS, NegotiatedMedia, SessionDescription, answer_offer, make_offer
 from bridge.sip.settings import SipSettings
 from bridge.sip.tcp import TcpPort
@@ -155,6 +156,9 @@ class SipService:
         self._legs: dict[CallKey, SipLeg] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"calls": 0, "rejected": 0, "options": 0}
+        #: ``[[sip.accounts]]`` kept registered (passwords read from the environment now).
+        self.registrations = (Registrations(self, settings.accounts) if settings.accounts
+                              else None)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -174,12 +178,17 @@ class SipService:
         self._per_peer = not self.settings.public_address and self.address in WILDCARDS
         self.ua = UserAgent(self.settings, host=self.public_address, port=self.port,
                             admission=self._admit,
-                            credentials=call_credentials(self.settings.trunks, self.auth))
+                            credentials=call_credentials(
+                                self.settings.trunks, self.auth,
+                                None if self.registrations is None
+                                else self.registrations.credentials))
         self.ua.tls_port = self.tls_port
         log.info("SIP listening on %s:%d (%s), contact address %s", self.address, self.port,
                  "/".join(self.settings.transports),
                  "per caller: the address it reached" if self._per_peer
                  else self.public_address)
+        if self.registrations is not None:
+            await self.registrations.start()
 
     async def _bind(self, host: str, port: int) -> None:
         assert self._loop is not None
@@ -209,6 +218,8 @@ class SipService:
     async def stop(self) -> None:
         """Hang up every call, wait for the BYEs' answers (each retransmitted until
         answered or Timer F, unless :attr:`hurry` is set), then close the sockets."""
+        if self.registrations is not None:
+            await self.registrations.stop()      # unregistered first: no new calls that way
         if self.ua is not None:
             for leg in list(self._legs.values()):
                 await leg.hang_up("shutting down")
@@ -239,8 +250,11 @@ class SipService:
             hurry.cancel()
 
     def drain(self) -> None:
-        """Stop admitting: new INVITEs and OPTIONS get 503 (calls in progress go on)."""
+        """Stop admitting: new INVITEs and OPTIONS get 503 (calls in progress go on), and
+        unregister the accounts so their registrars stop sending calls here."""
         self.gate.draining = True
+        if self.registrations is not None:
+            self.registrations.unregister()
 
     @property
     def active_calls(self) -> int:
@@ -444,6 +458,8 @@ class SipService:
                        remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
                        extra={"transport": event.peer.transport,
                               **trunk_extra(self.settings.trunks, event.peer.addr[0])})
+        if self.registrations is not None:          # a call through a registration
+            info = self.registrations.route(info, event.invite.uri)
         law = None if media is None else (media.codec if media.codec in G711_LAWS else "")
         ready = (None if self._early is None else      # the upstream opens as we answer
                  self._early.open_early(info, law))
@@ -539,6 +555,9 @@ class SipService:
             case Challenged():
                 metrics.SIP_CHALLENGES.labels(method=event.method, outcome="answered"
                                               if event.answered else "failed").inc()
+            case RequestAnswered() | RequestTimedOut():
+                if self.registrations is not None:
+                    self.registrations.on_event(event)
 
     def _on_established(self, event: CallEstablished) -> None:
         pending = self._pending.get(event.call)

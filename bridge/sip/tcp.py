@@ -198,6 +198,22 @@ class TcpPort:
             self.guard.close(addr)
         self.connections.clear()
 
+    async def connect(self, host: str, port: int) -> Address:
+        """Open a connection to ``host:port`` (a registrar; ``host`` an address), kept and
+        limited like an accepted one, and return its key; OSError when it cannot be opened
+        or a limit refuses it. (:meth:`bridge.sip.tls.TlsPort.connect` has the same shape.)"""
+        addr: Address = (host, port)
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        refused = self.guard.open(addr, loop.time())
+        if refused is not None:
+            raise OSError(f"SIP/TCP connection limit ({refused})")
+        try:
+            await loop.create_connection(lambda: _TcpProtocol(self, addr), addr[0], addr[1])
+        except BaseException:
+            self.guard.close(addr)
+            raise
+        return addr
+
     def write(self, addr: Address, data: bytes) -> bool:
         conn = self.connections.get(addr)
         if conn is None:

@@ -165,10 +165,11 @@ class UserAgent(CallHandlers):
         return parser is not None and parser.in_progress
 
     def hangups_in_flight(self) -> int:
-        """BYEs (and other requests) sent and neither answered nor given up (Timer F):
-        what a stop waits for. (A BYE waiting for the ACK of our 2xx is not counted.)"""
-        return sum(1 for tx, _ in self._client_tx.values()
-                   if tx.state in (State.TRYING, State.PROCEEDING))
+        """BYEs (and other requests of calls) sent and neither answered nor given up
+        (Timer F): what a stop waits for. (A BYE waiting for the ACK of our 2xx is not
+        counted, nor a REGISTER: the registrations bound their own wait.)"""
+        return sum(1 for key, (tx, _) in self._client_tx.items()
+                   if tx.state in (State.TRYING, State.PROCEEDING) and key not in self._owned)
 
     def has_calls_on(self, addr: Address) -> bool:
         """Whether a call not yet ended was set up over the stream from ``addr``."""

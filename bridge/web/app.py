@@ -57,7 +57,7 @@ from bridge.web.dashboard import dashboard
 from bridge.web.health import health
 from bridge.web.ratelimit import RateLimiter
 from bridge.web.softphone import softphone
-from bridge.web.state import EXTENSION, Manager, Readiness, WebState
+from bridge.web.state import EXTENSION, Lines, Manager, Readiness, WebState
 from bridge.web.webrtc_calls import WebRtcCalls
 
 #: The largest request body taken (a browser's SDP offer is a few kilobytes).
@@ -65,8 +65,10 @@ MAX_OFFER_BYTES = 64 * 1024
 
 
 def create_app(manager: Manager, settings: Settings, *,
-               readiness: Readiness | None = None) -> Quart:
-    """The bridge's HTTP app around ``manager`` (see the module doc for the routes)."""
+               readiness: Readiness | None = None,
+               registrations: Lines | None = None) -> Quart:
+    """The bridge's HTTP app around ``manager`` (see the module doc for the routes);
+    ``registrations``: the SIP accounts' registration states, for the dashboard."""
     webrtc = settings.webrtc
     unknown = sorted(set(webrtc.dialplans) - {plan.name for plan in manager.dialplans}
                      if webrtc.dialplans else ())
@@ -83,7 +85,7 @@ def create_app(manager: Manager, settings: Settings, *,
                      webrtc=WebRtcCalls(manager, media_timeout_s=webrtc.media_timeout_ms / 1000),
                      tokens=CallTokens(webrtc.call_token_ttl_s),
                      limiter=RateLimiter(webrtc.rate_per_minute, webrtc.rate_burst),
-                     readiness=readiness)
+                     readiness=readiness, registrations=registrations)
     app.extensions[EXTENSION] = state
     app.after_serving(state.webrtc.close)
     app.after_request(security_headers)

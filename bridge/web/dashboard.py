@@ -3,12 +3,15 @@
     GET  /login?token=...   starts the operator's signed session, redirects to /dashboard
     GET  /dashboard         live calls and recent history
     GET  /calls/events      Server-Sent Events of every call event
+    GET  /sip/registrations the SIP accounts' registrations (state, registrar, expiry,
+                            last error), JSON
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from quart import Blueprint, Response, redirect, render_template, request
 from quart.typing import ResponseReturnValue
@@ -37,7 +40,19 @@ async def login() -> ResponseReturnValue:
 @dashboard.get("/dashboard")
 @protected
 async def page() -> ResponseReturnValue:
-    return await render_template("dashboard.html", calls=await listing(), csrf=csrf_token())
+    return await render_template("dashboard.html", calls=await listing(), csrf=csrf_token(),
+                                 registrations=registrations())
+
+
+def registrations() -> list[dict[str, Any]]:
+    lines = web_state().registrations
+    return lines() if lines is not None else []
+
+
+@dashboard.get("/sip/registrations")
+@protected
+async def sip_registrations() -> ResponseReturnValue:
+    return {"registrations": registrations()}
 
 
 class EventFollower:

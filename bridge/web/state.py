@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quart import current_app
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from bridge.web.webrtc_calls import WebRtcCalls
 
 EXTENSION = "voicebridge"
+
+#: ``registrations()``: one dict per SIP account (state, registrar, expiry, last error).
+Lines = Callable[[], list[dict[str, Any]]]
 
 #: ``readiness()`` returns check name -> (ok, detail).
 Readiness = Callable[[], Awaitable[dict[str, tuple[bool, str]]]]
@@ -65,6 +68,7 @@ class WebState:
     tokens: CallTokens
     limiter: RateLimiter
     readiness: Readiness | None = None
+    registrations: Lines | None = None
 
     @property
     def http(self) -> HttpSettings:
@@ -79,4 +83,4 @@ def web_state() -> WebState:
     return state
 
 
-__all__ = ["EXTENSION", "Manager", "Readiness", "WebState", "web_state"]
+__all__ = ["EXTENSION", "Lines", "Manager", "Readiness", "WebState", "web_state"]
