@@ -24,6 +24,11 @@ latched (or SDP) address. DTMF is sent as RFC 4733 events paced with ``asyncio.s
 on the schedule :func:`bridge.rtp.dtmf.tone_packets` computes; audio is held back while
 an event is being sent.
 
+SRTP (:meth:`RtpEndpoint.set_srtp`, keys from SDES): every datagram is unprotected
+before anything else looks at it, so a packet that fails authentication neither plays
+nor latches; it is dropped and counted (``srtp_auth``, ``srtp_replay``, ``srtp_short``,
+``srtp_error``). Every packet sent, audio and DTMF, is protected just before ``sendto``.
+
 G.711 passthrough (:meth:`RtpEndpoint.carry_encoded`): inbound frames are the payload
 bytes as they arrived (20 ms = 160 bytes, no decode; a concealed gap is encoded silence)
 and :meth:`RtpEndpoint.send_encoded` sends a payload as is. Should a re-INVITE switch the
@@ -48,7 +53,9 @@ from bridge.codecs.g711 import CODECS
 from bridge.errors import MediaError
 from bridge.media.drain import Convert, FrameDrain, Poll, no_poll
 from bridge.rtp.dtmf import EventPacket, tone_packets
+from bridge.rtp.packet import is_rtcp
 from bridge.rtp.session import Address, RtpSession, RtpStats
+from bridge.rtp.srtp import SrtpContext
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +141,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         #: The socket itself when we bound it (see :meth:`send_audio`).
         self._sock: socket.socket | None = None
         self._buffered: Callable[[], int] = _nothing_buffered
+        self._srtp: SrtpContext | None = None
+        self._srtp_keys: tuple[str, bytes, bytes] | None = None
 
     @classmethod
     async def open(cls, bind_host: str, allocator: PortAllocator, *,
@@ -197,6 +206,13 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if session is None:
             self._unconfigured += 1           # before the SDP exchange: nothing to match
             return
+        srtp = self._srtp
+        if srtp is not None and not is_rtcp(data):   # RTCP: dropped as such by the session
+            unprotected = srtp.unprotect(data)
+            if unprotected is None:
+                _count_drop(srtp.last_drop)
+                return
+            data = unprotected
         now = self._now()
         digit = session.receive(data, addr, now)
         self._frames.drain(session.jitter, now, self._convert_in, self.on_audio, self.poll)
@@ -224,6 +240,18 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self._session.configure(remote=remote, payload_type=payload_type,
                                     codec=codec.lower(), dtmf_payload_type=dtmf_payload_type,
                                     ptime_ms=ptime_ms)
+
+    def set_srtp(self, keys: tuple[str, bytes, bytes] | None) -> None:
+        """SRTP from now on with (suite, our key and salt, the far end's), or plain RTP
+        (None). The same keys again keep the context (and its packet counters)."""
+        if keys == self._srtp_keys:
+            return
+        self._srtp_keys = keys
+        self._srtp = None if keys is None else SrtpContext(*keys)
+
+    @property
+    def srtp(self) -> bool:
+        return self._srtp is not None
 
     @property
     def session(self) -> RtpSession | None:
@@ -284,6 +312,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if dest is None:
             return
         packets = session.send_audio(payload, self._now())
+        if self._srtp is not None:
+            packets = [self._srtp.protect(packet) for packet in packets]
         sock = self._sock
         if sock is None or self._buffered():
             for packet in packets:
@@ -334,8 +364,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                     return
                 if not session.sending:
                     continue                  # on hold: the far end asked for no media
-                transport.sendto(session.event_packet(packet.payload, packet.marker,
-                                                      loop.time()), dest)
+                event = session.event_packet(packet.payload, packet.marker, loop.time())
+                transport.sendto(event if self._srtp is None else self._srtp.protect(event),
+                                 dest)
         finally:
             session.end_event(start + tone_ms / 1000, tone_ms * session.clock_rate // 1000)
 
