@@ -1,0 +1,66 @@
+"""Interop: baresip with its ``srtp`` module in mandatory mode (``mediaenc=srtp-mand``)
+calls a ``voicebridge serve`` whose default SRTP policy is ``require`` (SDES over plain
+UDP allowed: this is loopback). The call can only be SRTP (the bridge refuses any other
+with 488), and baresip must hear its phrase echoed (envelope correlation), so both
+directions are protected and unprotected with the negotiated keys. Meanwhile an SRTP
+packet with a bad auth tag sent to the call's RTP port is dropped and counted on
+/metrics, and the call goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+
+from bridge.bench.sip import ServeProcess
+from tests.support.interop import require, require_binary
+from tests.support.softphone import call_and_wait, check_echo, config, phrase
+from tests.support.waiting import until
+
+DIALPLANS = Path(__file__).parent / "data" / "interop" / "dialplans"
+HAS_SRTP_MODULE = Path("/usr/lib/baresip/modules/srtp.so").exists()
+AUTH = ("voicebridge_rtp_dropped_total", 'reason="srtp_auth"')
+
+
+async def forge_during_call(serve: ServeProcess) -> int:
+    """Once the call is up, send three SRTP-looking packets whose 10-byte auth tags are
+    wrong to the call's RTP port (the first of the range: the only call of this serve)."""
+    await until(lambda: serve.metric("voicebridge_calls_active", 'source="sip"') >= 1, 30,
+                what="the baresip call", poll_s=0.2)
+    low = serve.rtp_ports[0]
+    port = low + (low & 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for seq in (40000, 40001, 40002):
+            header = struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x5EC0DE)
+            sock.sendto(header + os.urandom(160) + os.urandom(10), ("127.0.0.1", port))
+    return 3
+
+
+async def test_baresip_srtp_mandatory_hears_its_phrase_echoed(tmp_path: Path) -> None:
+    baresip = require_binary("baresip", "softphone interop")
+    require(HAS_SRTP_MODULE, "baresip's srtp module is not installed")
+    source = phrase(tmp_path)
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    cfg = config(tmp_path, source, sounds, modules=("srtp.so",),
+                 account_params=";mediaenc=srtp-mand")
+    env = {"VOICEBRIDGE_SIP_SRTP": "require", "VOICEBRIDGE_SIP_SDES_OVER_PLAIN": "true",
+           "VOICEBRIDGE_SIP_TRANSPORTS": "udp"}
+    with ServeProcess(tmp_path / "serve", dialplans=DIALPLANS, env=env,
+                      log_level="DEBUG") as serve:
+        forger = asyncio.ensure_future(forge_during_call(serve))
+        try:
+            record, info = await call_and_wait(serve, baresip, cfg, "echo")
+            forged = await forger
+        finally:
+            forger.cancel()
+        check_echo(sounds, info)
+        log = serve.log_path.read_text()
+        assert "SRTP AES_CM_128_HMAC_SHA1_" in log, info       # the answer's debug line
+        assert "inline:" not in log                             # and never a key
+        assert serve.metric(*AUTH) >= forged, f"forged packets not counted\n{info}"
+        assert record["end_reason"] == "caller_hangup" and record["errors"] == [], record
+        assert serve.metric("voicebridge_calls_rejected_total",
+                            'reason="sip_srtp_required"') == 0
