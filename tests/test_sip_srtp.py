@@ -103,3 +103,33 @@ async def test_policy_refusals_are_488_and_counted(tmp_path: Path) -> None:
         assert await offer_status(bridge, suite="AES_CM_128_HMAC_SHA1_32") == 488
         assert bridge.metric(REJECTED, 'reason="sip_srtp_off"') == 1
         assert await offer_status(bridge) == 200                 # plain RTP is fine
+
+
+async def test_a_reinvite_rekeys_the_call_and_the_echo_goes_on(serve: ServeProcess) -> None:
+    caller = await SipCaller(("127.0.0.1", serve.sip_port)).open()
+    try:
+        status, call = await caller.invite(suite="AES_CM_128_HMAC_SHA1_80", keep_audio=True)
+        assert status == 200
+        sender = asyncio.ensure_future(stream([call], burst(), 20.0))
+        await until(lambda: loud(call) >= 20, 25, what="echo before re-keying", poll_s=0.2)
+        old = call.srtp
+        assert await caller.reinvite(call, suite="AES_CM_128_HMAC_SHA1_32") == 200
+        assert call.srtp is not old and call.srtp is not None
+        assert call.srtp.suite == "AES_CM_128_HMAC_SHA1_32"
+        await asyncio.sleep(0.5)                  # packets in flight with the old keys
+        assert call.heard is not None
+        call.heard.clear()
+        refused = call.refused
+        await until(lambda: loud(call) >= 20, 25, what=lambda: (
+            f"echo after re-keying ({loud(call)} loud, {call.refused} refused)\n"
+            f"{serve.log_tail()}"), poll_s=0.2)
+        assert call.refused == refused            # everything now unprotects with new keys
+        # Switching the call to plain RTP is refused; the SRTP call goes on.
+        call_suite = call.suite
+        call.suite = None
+        assert await caller.reinvite(call) == 488
+        call.suite = call_suite
+        sender.cancel()
+        assert await caller.bye(call) == 200
+    finally:
+        caller.close()

@@ -59,6 +59,7 @@ class CallMedia:
     #: The payloads heard, in order (kept only when asked).
     heard: list[bytes] | None = None
     ended: bool = False
+    cseq: int = 1
 
     @property
     def port(self) -> int:
@@ -216,7 +217,8 @@ class SipCaller:
             return 0
         queue: asyncio.Queue[Response] = asyncio.Queue()
         self._waiting[(call.call_id, "BYE")] = queue
-        self._send(self._request("BYE", call, 2, user))
+        call.cseq += 1
+        self._send(self._request("BYE", call, call.cseq, user))
         try:
             async with asyncio.timeout(limit_s):
                 status = (await queue.get()).status
@@ -226,6 +228,31 @@ class SipCaller:
             del self._waiting[(call.call_id, "BYE")]
             call.close()
         return status
+
+
+    async def reinvite(self, call: CallMedia, user: str = "echo", *,
+                       suite: str | None = None, limit_s: float = 20.0) -> int:
+        """Offer again in the dialog, with a new key of ours (in ``suite``, default the
+        call's): the final status; on 200 the call uses the keys of the new answer."""
+        call.cseq += 1
+        queue: asyncio.Queue[Response] = asyncio.Queue()
+        self._waiting[(call.call_id, "INVITE")] = queue
+        old = (call.suite, call.local_key)
+        call.suite, call.local_key = suite or call.suite, secrets.token_bytes(30)
+        body = call.offer()
+        self._send(self._request("INVITE", call, call.cseq, user, body=body), body)
+        try:
+            async with asyncio.timeout(limit_s):
+                while (response := await queue.get()).status < 200:
+                    pass
+        finally:
+            del self._waiting[(call.call_id, "INVITE")]
+        self._send(self._request("ACK", call, call.cseq, user))
+        if response.status == 200:
+            call.answered(response.body)
+        else:
+            call.suite, call.local_key = old
+        return response.status
 
 
 def _response_to(request: str, status: int, reason: str) -> str:
