@@ -19,6 +19,7 @@ def test_bench_sip_srtp_reports_cpu_per_call_plain_and_srtp(
         line = next(li for li in out.splitlines() if li.strip().startswith(label + ":"))
         assert "2/2 calls up" in line and "could not unprotect 0" in line, out
         assert figure(line, r"([\d.]+) % per call") > 0
+        assert figure(line, r"sent ([\d.]+) and") > 30, out
         assert figure(line, r"received ([\d.]+) packets/s") > 30, out   # the echo, 50/s
         assert "bridge SRTP drops 0" in line
     assert figure(out, r"SRTP costs the bridge ([-+][\d.]+) %") > -100

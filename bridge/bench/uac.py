@@ -56,6 +56,7 @@ class CallMedia:
     #: Packets that unprotected (or plain ones), and those that did not.
     packets: int = 0
     refused: int = 0
+    sent: int = 0
     #: The payloads heard, in order (kept only when asked).
     heard: list[bytes] | None = None
     ended: bool = False
@@ -87,6 +88,7 @@ class CallMedia:
     def send(self, payload: bytes) -> None:
         if self.transport is not None and self.remote[1] and not self.ended:
             self.transport.sendto(self.packet(payload), self.remote)
+            self.sent += 1
 
     def send_raw(self, data: bytes) -> None:
         assert self.transport is not None
