@@ -65,6 +65,14 @@ def test_accept_answers_srtp_with_a_fresh_key_in_the_offered_suite_and_tag(suite
     assert again.srtp is not None and again.srtp.local.key_salt != attr.key_salt
 
 
+def test_a_line_with_an_mki_is_passed_over_for_one_without() -> None:
+    with_mki = format_crypto(1, S80, KEY_A) + "|2^20|1:4"
+    media = answer(offer(savp(with_mki, format_crypto(2, S32, KEY_B))), OPEN, "udp",
+                   **WHERE)[1]
+    assert media.srtp is not None and media.srtp.remote.tag == 2
+    assert media.srtp.remote.key_salt == KEY_B
+
+
 def test_accept_answers_plain_as_plain_and_takes_the_first_usable_stream() -> None:
     sdp, media = answer(offer(PLAIN), OPEN, "udp", **WHERE)
     assert media.srtp is None and not ours(sdp) and sdp.media[0].proto == "RTP/AVP"
@@ -88,6 +96,7 @@ def test_accept_answers_plain_as_plain_and_takes_the_first_usable_stream() -> No
     (OPEN, "udp", [savp()], "sip_srtp_no_crypto"),
     (OPEN, "udp", [savp(format_crypto(1, S80, KEY_A) + " UNENCRYPTED_SRTP")],
      "sip_srtp_no_crypto"),
+    (OPEN, "udp", [savp(format_crypto(1, S80, KEY_A) + "|2^20|1:4")], "sip_srtp_no_crypto"),
 ])
 def test_refusals_are_488_with_a_reason_and_no_key_in_the_log(
         policy: SrtpPolicy, transport: str, streams: list[tuple[str, list[str]]],

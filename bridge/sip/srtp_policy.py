@@ -17,7 +17,8 @@ is still answered with plain RTP when it also has a plain stream.)
 
 :func:`answer` answers an INVITE's offer under a policy: it picks the stream, chooses the
 offer's first usable crypto line, draws a fresh key of ours (``secrets``) in the same suite
-with the same tag, adds our one ``a=crypto`` line to the answer and puts both lines in
+with the same tag (a line with an MKI is passed over: the libsrtp sessions here carry
+none), adds our one ``a=crypto`` line to the answer and puts both lines in
 :attr:`NegotiatedMedia.srtp` for the RTP endpoint. Every refusal is a
 :class:`SrtpRefused` (an ``SdpError``: 488) naming a ``reason`` for the rejection counter.
 
@@ -42,7 +43,7 @@ from typing import Any
 from bridge.errors import SdpError
 from bridge.logthrottle import Throttle
 from bridge.sip.lines import Account, trunk_for
-from bridge.sip.sdes import CryptoAttribute, SdesError, SdesKeys, choose, fresh
+from bridge.sip.sdes import CryptoAttribute, SdesError, SdesKeys, choose, fresh, parse_crypto
 from bridge.sip.sdp import (
     PLAIN_RTP,
     SRTP,
@@ -130,7 +131,16 @@ def _with_keys(answer: SessionDescription, media: NegotiatedMedia, keys: SdesKey
 
 
 def _crypto_lines(m: MediaDescription) -> list[str]:
-    return [v for v in m.attr("crypto") if v]
+    """The stream's ``a=crypto`` values we could key: lines with an MKI are left out
+    (its packets would carry a key identifier our libsrtp sessions are not set up for)."""
+    lines = []
+    for value in m.attr("crypto"):
+        try:
+            if value and parse_crypto(value).mki is None:
+                lines.append(value)
+        except SdesError:
+            continue
+    return lines
 
 
 def answer(offer: SessionDescription, policy: SrtpPolicy, transport: str, *,
