@@ -168,12 +168,13 @@ class SipCaller:
         self._udp.transport.sendto(text.encode() + body, self.bridge)
 
     def _request(self, method: str, call: CallMedia, cseq: int, user: str, *,
-                 body: bytes = b"", extra: tuple[str, ...] = ()) -> str:
+                 body: bytes = b"", extra: tuple[str, ...] = (), branch: str = "") -> str:
         host, port = self.bridge
+        branch = branch or f"z9hG4bKuac{next(_N)}"
         to = f"<sip:{user}@{host}:{port}>" + (f";tag={call.remote_tag}" if call.remote_tag
                                                else "")
         lines = [f"{method} sip:{user}@{host}:{port} SIP/2.0",
-                 f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKuac{next(_N)};rport",
+                 f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch};rport",
                  "Max-Forwards: 70", f"From: <sip:uac@127.0.0.1>;tag={call.local_tag}",
                  f"To: {to}", f"Call-ID: {call.call_id}", f"CSeq: {cseq} {method}",
                  f"Contact: <sip:uac@127.0.0.1:{self.port}>", *extra]
@@ -198,7 +199,8 @@ class SipCaller:
         queue: asyncio.Queue[Response] = asyncio.Queue()
         self._waiting[(call.call_id, "INVITE")] = queue
         body = offer if offer is not None else call.offer()
-        self._send(self._request("INVITE", call, 1, user, body=body), body)
+        branch = f"z9hG4bKuac{next(_N)}"
+        self._send(self._request("INVITE", call, 1, user, body=body, branch=branch), body)
         try:
             async with asyncio.timeout(limit_s):
                 while (response := await queue.get()).status < 200:
@@ -206,7 +208,9 @@ class SipCaller:
         finally:
             del self._waiting[(call.call_id, "INVITE")]
         call.remote_tag = response.to.tag or ""
-        self._send(self._request("ACK", call, 1, user))
+        # The ACK of a failure belongs to the INVITE's transaction: its branch (§17.1.1.3).
+        self._send(self._request("ACK", call, 1, user,
+                                 branch=branch if response.status >= 300 else ""))
         if response.status >= 300:
             call.close()
             return response.status, call
@@ -242,14 +246,17 @@ class SipCaller:
         old = (call.suite, call.local_key)
         call.suite, call.local_key = suite or call.suite, secrets.token_bytes(30)
         body = call.offer()
-        self._send(self._request("INVITE", call, call.cseq, user, body=body), body)
+        branch = f"z9hG4bKuac{next(_N)}"
+        self._send(self._request("INVITE", call, call.cseq, user, body=body, branch=branch),
+                   body)
         try:
             async with asyncio.timeout(limit_s):
                 while (response := await queue.get()).status < 200:
                     pass
         finally:
             del self._waiting[(call.call_id, "INVITE")]
-        self._send(self._request("ACK", call, call.cseq, user))
+        self._send(self._request("ACK", call, call.cseq, user,
+                                 branch=branch if response.status >= 300 else ""))
         if response.status == 200:
             call.answered(response.body)
         else:
