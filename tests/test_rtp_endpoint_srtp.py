@@ -90,6 +90,7 @@ async def test_the_wire_is_encrypted_and_strangers_are_dropped(
         await until(lambda: dropped("srtp_auth") == auth + 2
                     and dropped("srtp_short") == short + 1)
         assert heard == [] and b.stats.latched is None and b.stats.received == 0
+        assert b.stats.dropped == {"srtp_auth": 2, "srtp_short": 1}
 
 
 async def test_the_same_keys_keep_the_context(pair: tuple[RtpEndpoint, RtpEndpoint]) -> None:

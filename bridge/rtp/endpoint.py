@@ -143,6 +143,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._buffered: Callable[[], int] = _nothing_buffered
         self._srtp: SrtpContext | None = None
         self._srtp_keys: tuple[str, bytes, bytes] | None = None
+        self._srtp_dropped: dict[str, int] = {}
 
     @classmethod
     async def open(cls, bind_host: str, allocator: PortAllocator, *,
@@ -210,7 +211,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if srtp is not None and not is_rtcp(data):   # RTCP: dropped as such by the session
             unprotected = srtp.unprotect(data)
             if unprotected is None:
-                _count_drop(srtp.last_drop)
+                reason = srtp.last_drop
+                self._srtp_dropped[reason] = self._srtp_dropped.get(reason, 0) + 1
+                _count_drop(reason)
                 return
             data = unprotected
         now = self._now()
@@ -390,6 +393,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         stats = self._session.stats
         if self._unconfigured:
             stats.dropped["unconfigured"] = self._unconfigured
+        stats.dropped.update(self._srtp_dropped)
         return stats
 
     def close(self) -> None:
