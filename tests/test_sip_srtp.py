@@ -133,3 +133,16 @@ async def test_a_reinvite_rekeys_the_call_and_the_echo_goes_on(serve: ServeProce
         assert await caller.bye(call) == 200
     finally:
         caller.close()
+
+
+async def test_a_trunk_policy_overrides_the_default(tmp_path: Path) -> None:
+    # The default refuses SRTP; the trunk the caller's address belongs to requires it.
+    config = tmp_path / "voicebridge.toml"
+    config.write_text('[sip]\nsrtp = "off"\n\n[[sip.trunks]]\nname = "loopback"\n'
+                      'match = ["127.0.0.0/8"]\nsrtp = "require"\nsdes_over_plain = true\n')
+    env = {"VOICEBRIDGE_SIP_TRANSPORTS": "udp", "VOICEBRIDGE_CONFIG": str(config)}
+    with ServeProcess(tmp_path / "serve", dialplans=DIALPLANS, env=env) as bridge:
+        assert await offer_status(bridge, suite="AES_CM_128_HMAC_SHA1_32") == 200
+        assert await offer_status(bridge) == 488
+        assert bridge.metric(REJECTED, 'reason="sip_srtp_required"') == 1
+        assert "trunk loopback" in bridge.log_path.read_text()
