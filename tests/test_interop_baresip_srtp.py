@@ -9,6 +9,7 @@ packet with a bad auth tag sent to the call's RTP port is dropped and counted on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -24,13 +25,36 @@ HAS_SRTP_MODULE = Path("/usr/lib/baresip/modules/srtp.so").exists()
 AUTH = ("voicebridge_rtp_dropped_total", 'reason="srtp_auth"')
 
 
+def rtp_ports_of(serve: ServeProcess) -> list[int]:
+    """The UDP ports of the serve's RTP range its process has sockets on (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{serve.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    low, high = serve.rtp_ports
+    ports = []
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        port = int(fields[1].rsplit(":", 1)[1], 16)
+        if fields[9] in inodes and low <= port <= high:
+            ports.append(port)
+    return ports
+
+
 async def forge_during_call(serve: ServeProcess) -> int:
     """Once the call is up, send three SRTP-looking packets whose 10-byte auth tags are
-    wrong to the call's RTP port (the first of the range: the only call of this serve)."""
+    wrong to the call's RTP port (the only RTP socket of this serve)."""
     await until(lambda: serve.metric("voicebridge_calls_active", 'source="sip"') >= 1, 30,
                 what="the baresip call", poll_s=0.2)
-    low = serve.rtp_ports[0]
-    port = low + (low & 1)
+    ports: list[int] = []
+
+    def found() -> bool:
+        ports[:] = rtp_ports_of(serve)
+        return bool(ports)
+    await until(found, 10, what="the call's RTP socket", poll_s=0.1)
+    [port] = ports
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for seq in (40000, 40001, 40002):
             header = struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x5EC0DE)
