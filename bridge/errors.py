@@ -13,7 +13,8 @@ The hierarchy::
     │   │   ├── MalformedMessage     a message whose header block cannot be split at all
     │   │   └── DigestError          a Digest challenge or Authorization header (sip/digest.py)
     │   ├── SdpError                 -> SIP 488 Not Acceptable Here
-    │   │   └── SdesError            an a=crypto line that cannot be used (sip/sdes.py)
+    │   │   ├── SdesError            an a=crypto line that cannot be used (sip/sdes.py)
+    │   │   └── SrtpRefused          an offer the call's SRTP policy refuses (sip/srtp_policy.py)
     │   ├── RtpError                 -> packet dropped and counted under ``reason``
     │   └── WebRtcOfferError         a browser offer that cannot be answered (HTTP 400)
     ├── SipError                     SIP signalling that cannot proceed (not a parse error)

@@ -847,6 +847,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to bring all calls up (default: calls / 25)")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep the bridge's log, SIPp's files and the scenario in DIR")
+    parser.add_argument("--srtp", action="store_true",
+                        help="bridge CPU per call with SRTP (SDES) beside plain RTP, both "
+                             "from a Python caller (SIPp streams plain RTP only)")
+    parser.add_argument("--srtp-suite", default="AES_CM_128_HMAC_SHA1_80",
+                        choices=("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"),
+                        help="the suite the --srtp round offers")
     add_pin_argument(parser)
 
 
@@ -973,6 +979,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "srtp", False):
+        from bridge.bench.sip_srtp import bench  # noqa: PLC0415 - it imports this module
+        return run_in_workdir(bench, args, "bench-sip-srtp-", args.keep)
     return run_in_workdir(_bench, args, "bench-sip-", args.keep)
 
 

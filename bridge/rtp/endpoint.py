@@ -30,6 +30,11 @@ started afresh when the far end's SSRC changes); frames
 are then 20 ms at 16 kHz (640 bytes), and a payload the decoder drops is counted as
 ``codec``. Timestamps, ptime and DTMF stay on the 8000 Hz RTP clock.
 
+SRTP (:meth:`RtpEndpoint.set_srtp`, keys from SDES): every datagram is unprotected
+before anything else looks at it, so a packet that fails authentication neither plays
+nor latches; it is dropped and counted (``srtp_auth``, ``srtp_replay``, ``srtp_short``,
+``srtp_error``). Every packet sent, audio and DTMF, is protected just before ``sendto``.
+
 G.711 passthrough (:meth:`RtpEndpoint.carry_encoded`): inbound frames are the payload
 bytes as they arrived (20 ms = 160 bytes, no decode; a concealed gap is encoded silence)
 and :meth:`RtpEndpoint.send_encoded` sends a payload as is. Should a re-INVITE switch the
@@ -55,7 +60,9 @@ from bridge.codecs.g722 import G722Decoder, G722Encoder
 from bridge.errors import MediaError
 from bridge.media.drain import Convert, FrameDrain, Poll, no_poll
 from bridge.rtp.dtmf import EventPacket, tone_packets
+from bridge.rtp.packet import is_rtcp
 from bridge.rtp.session import Address, RtpSession, RtpStats
+from bridge.rtp.srtp import SrtpContext
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +151,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         #: The socket itself when we bound it (see :meth:`send_audio`).
         self._sock: socket.socket | None = None
         self._buffered: Callable[[], int] = _nothing_buffered
+        self._srtp: SrtpContext | None = None
+        self._srtp_keys: tuple[str, bytes, bytes] | None = None
+        self._srtp_dropped: dict[str, int] = {}
 
     @classmethod
     async def open(cls, bind_host: str, allocator: PortAllocator, *,
@@ -207,6 +217,15 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if session is None:
             self._unconfigured += 1           # before the SDP exchange: nothing to match
             return
+        srtp = self._srtp
+        if srtp is not None and not is_rtcp(data):   # RTCP: dropped as such by the session
+            unprotected = srtp.unprotect(data)
+            if unprotected is None:
+                reason = srtp.last_drop
+                self._srtp_dropped[reason] = self._srtp_dropped.get(reason, 0) + 1
+                _count_drop(reason)
+                return
+            data = unprotected
         now = self._now()
         digit = session.receive(data, addr, now)
         self._frames.drain(session.jitter, now, self._convert_in, self.on_audio, self.poll)
@@ -243,6 +262,18 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self._session.configure(remote=remote, payload_type=payload_type,
                                     codec=codec, dtmf_payload_type=dtmf_payload_type,
                                     ptime_ms=ptime_ms)
+
+    def set_srtp(self, keys: tuple[str, bytes, bytes] | None) -> None:
+        """SRTP from now on with (suite, our key and salt, the far end's), or plain RTP
+        (None). The same keys again keep the context (and its packet counters)."""
+        if keys == self._srtp_keys:
+            return
+        self._srtp_keys = keys
+        self._srtp = None if keys is None else SrtpContext(*keys)
+
+    @property
+    def srtp(self) -> bool:
+        return self._srtp is not None
 
     @property
     def session(self) -> RtpSession | None:
@@ -323,6 +354,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if dest is None:
             return
         packets = session.send_audio(payload, self._now())
+        if self._srtp is not None:
+            packets = [self._srtp.protect(packet) for packet in packets]
         sock = self._sock
         if sock is None or self._buffered():
             for packet in packets:
@@ -373,8 +406,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                     return
                 if not session.sending:
                     continue                  # on hold: the far end asked for no media
-                transport.sendto(session.event_packet(packet.payload, packet.marker,
-                                                      loop.time()), dest)
+                event = session.event_packet(packet.payload, packet.marker, loop.time())
+                transport.sendto(event if self._srtp is None else self._srtp.protect(event),
+                                 dest)
         finally:
             session.end_event(start + tone_ms / 1000, tone_ms * session.clock_rate // 1000)
 
@@ -398,6 +432,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         stats = self._session.stats
         if self._unconfigured:
             stats.dropped["unconfigured"] = self._unconfigured
+        stats.dropped.update(self._srtp_dropped)
         return stats
 
     def close(self) -> None:

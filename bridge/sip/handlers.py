@@ -49,6 +49,8 @@ from bridge.sip.events import (
 from bridge.sip.message import Headers, Request, Response, Tag
 from bridge.sip.responder import Responder
 from bridge.sip.sdp import (
+    PLAIN_RTP,
+    SRTP,
     NegotiatedMedia,
     SessionDescription,
     accept_answer,
@@ -56,6 +58,7 @@ from bridge.sip.sdp import (
     parse_sdp,
     renegotiation_codecs,
 )
+from bridge.sip.srtp_policy import reanswer
 from bridge.sip.transaction import (
     InviteServerTransaction,
     NonInviteClientTransaction,
@@ -90,7 +93,8 @@ class CallHandlers(Responder):
             try:
                 offer = parse_sdp(request.body)
                 # Refuse an offer we cannot answer before anyone spends resources on it.
-                answer_offer(offer, address=self.host, port=9, codecs=self.settings.codecs)
+                answer_offer(offer, address=self.host, port=9, codecs=self.settings.codecs,
+                             protos=PLAIN_RTP + SRTP)   # the SRTP policy is the service's
             except SdpError as exc:
                 refusal = (488, f"Not Acceptable Here ({exc})", Headers())
         if refusal is not None:
@@ -143,8 +147,9 @@ class CallHandlers(Responder):
             try:
                 offer = parse_sdp(request.body)
                 codecs = renegotiation_codecs(call.media, self.settings.codecs)
-                answer, media = answer_offer(
-                    offer, address=local.connection.address, port=local.media[0].port,
+                answer, media = reanswer(
+                    offer, call.media, address=local.connection.address,
+                    port=local.media[0].port,
                     codecs=codecs, session_id=local.origin.session_id,
                     session_version=call.sdp_version + 1)
             except SdpError as exc:

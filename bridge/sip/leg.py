@@ -149,6 +149,9 @@ class SipLeg(MediaLeg):
     def _media_updated(self, media: NegotiatedMedia) -> None:
         self.media = media
         self._set_codec(media)
+        keys = media.srtp
+        self.rtp.set_srtp(None if keys is None else
+                          (keys.suite, keys.local.key_salt, keys.remote.key_salt))
         self.rtp.configure((media.remote_address, media.remote_port), media.codec,
                            media.payload_type, media.dtmf_payload_type, media.ptime_ms)
         self.rtp.set_sending(media.may_send)

@@ -13,8 +13,9 @@ honour: a crypto line that turns encryption off is no crypto line). ``format_cry
 writes ours, from key bytes the caller draws from ``secrets``.
 
 Key material never appears in ``repr`` or in error messages. :class:`SdesError` is an
-``SdpError``: an offer whose only crypto lines are unusable is answered 488. Not wired to
-the SIP service yet: calls are still RTP/AVP only.
+``SdpError``: an offer whose only crypto lines are unusable is answered 488.
+:class:`SdesKeys` is what a call settles on (our line and the far end's); the policy that
+decides when a call gets SRTP is :mod:`bridge.sip.srtp_policy`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import secrets
 from dataclasses import dataclass, field
 
 from bridge.errors import SdpError
@@ -60,6 +62,28 @@ class CryptoAttribute:
     @property
     def tag_bytes(self) -> int:
         return SUITES[self.suite][1]
+
+
+@dataclass(frozen=True)
+class SdesKeys:
+    """The keys of one SRTP call: ``local`` is the line we sent (it protects what we send),
+    ``remote`` the far end's (it unprotects what we receive). No key in its ``repr``."""
+
+    local: CryptoAttribute
+    remote: CryptoAttribute
+
+    @property
+    def suite(self) -> str:
+        return self.local.suite
+
+    def line(self) -> str:
+        """Our ``a=crypto`` value."""
+        return format_crypto(self.local.tag, self.local.suite, self.local.key_salt)
+
+
+def fresh(tag: int, suite: str) -> CryptoAttribute:
+    """A new line of ours: a key and salt from ``secrets``."""
+    return parse_crypto(format_crypto(tag, suite, secrets.token_bytes(KEY_SALT_BYTES)))
 
 
 def parse_crypto(value: str) -> CryptoAttribute:
@@ -127,5 +151,5 @@ def choose(offered: list[str], suites: tuple[str, ...] = tuple(SUITES)) -> Crypt
     raise SdesError("no usable a=crypto line in the offer")
 
 
-__all__ = ["KEY_SALT_BYTES", "SUITES", "CryptoAttribute", "SdesError", "choose",
-           "format_crypto", "parse_crypto"]
+__all__ = ["KEY_SALT_BYTES", "SUITES", "CryptoAttribute", "SdesError", "SdesKeys", "choose",
+           "format_crypto", "fresh", "parse_crypto"]

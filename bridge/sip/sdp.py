@@ -31,6 +31,7 @@ import enum
 from dataclasses import dataclass, replace
 
 from bridge.errors import SdpError
+from bridge.sip.sdes import SdesKeys
 
 #: Static payload types of RFC 3551 for the codecs we carry.
 STATIC_PT = {0: "pcmu", 8: "pcma", 9: "g722"}
@@ -41,6 +42,10 @@ AUDIO_RATE = {"pcmu": 8000, "pcma": 8000, "g722": 16000}
 G711_LAWS = ("pcmu", "pcma")
 DEFAULT_DTMF_PT = 101
 ALLOWED_PTIME = (10, 20, 30, 40, 50, 60)
+#: Transport protocols of an audio stream: plain RTP, and SRTP with SDES keys (which
+#: only :mod:`bridge.sip.srtp_policy` asks for, since it must add the keys).
+PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
+SRTP = ("RTP/SAVP",)
 MAX_SDP_BYTES = 64 * 1024
 
 
@@ -289,6 +294,8 @@ class NegotiatedMedia:
     ptime_ms: int
     remote_direction: Direction     # as the far end declared it
     local_direction: Direction      # what we declared
+    #: The SDES keys of an SRTP stream (RTP/SAVP); None for plain RTP.
+    srtp: SdesKeys | None = None
 
     @property
     def may_send(self) -> bool:
@@ -300,10 +307,10 @@ class NegotiatedMedia:
         return not self.may_send
 
 
-def _usable_audio(m: MediaDescription) -> bool:
-    # Plain RTP only: SRTP (RTP/SAVP) and WebRTC (UDP/TLS/RTP/SAVPF, ICE, DTLS) are not
-    # something a plain RTP endpoint can answer.
-    return m.media == "audio" and m.port != 0 and m.proto.upper() in ("RTP/AVP", "RTP/AVPF")
+def _usable_audio(m: MediaDescription, protos: tuple[str, ...] = PLAIN_RTP) -> bool:
+    # Plain RTP unless SRTP is asked for; WebRTC (UDP/TLS/RTP/SAVPF, ICE, DTLS) is not
+    # something an RTP endpoint can answer.
+    return m.media == "audio" and m.port != 0 and m.proto.upper() in protos
 
 
 def _codec_of(m: MediaDescription, pt: str) -> str | None:
@@ -365,20 +372,22 @@ def _choose_ptime(offered: int | None) -> int:
 def answer_offer(offer: SessionDescription, *, address: str, port: int,
                  codecs: tuple[str, ...] = ("pcmu", "pcma"), session_id: str = "0",
                  session_version: int = 0, username: str = "voicebridge",
-                 hold: bool = False) -> tuple[SessionDescription, NegotiatedMedia]:
+                 hold: bool = False, protos: tuple[str, ...] = PLAIN_RTP,
+                 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer ``offer`` with one audio stream on ``address:port``; raise SdpError if none fits.
 
     ``hold`` lets us answer a re-INVITE while keeping our own side on hold (unused today).
+    ``protos``: the stream transports we may pick (an SRTP answer also needs its keys).
     """
     chosen: tuple[int, str, str] | None = None   # (index, pt, codec)
     for index, m in enumerate(offer.media):
-        if _usable_audio(m):
+        if _usable_audio(m, protos):
             picked = _pick_codec(m, codecs)
             if picked is not None:
                 chosen = (index, *picked)
                 break
     if chosen is None:
-        raise SdpError("no common audio codec (PCMU/PCMA/G722 over RTP/AVP)")
+        raise SdpError(f"no common audio codec (PCMU/PCMA/G722 over {' or '.join(protos)})")
     index, pt, codec = chosen
     offered = offer.media[index]
     conn = offered.connection or offer.connection

@@ -48,13 +48,14 @@ from bridge.call.leg import LegInfo, Source
 from bridge.errors import BridgeError, SdpError
 from bridge.logthrottle import Throttle
 from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
+from bridge.sip import srtp_policy
 from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, public_guess
 from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
 from bridge.sip.events import Challenged, RequestAnswered, RequestTimedOut
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
 from bridge.sip.registrations import Registrations
-from bridge.sip.sdp import G711_LAWS, NegotiatedMedia, SessionDescription, answer_offer, make_offer
+from bridge.sip.sdp import G711_LAWS, NegotiatedMedia, SessionDescription, make_offer
 from bridge.sip.settings import SipSettings
 from bridge.sip.tcp import TcpPort
 from bridge.sip.tls import TlsPort
@@ -513,18 +514,26 @@ class SipService:
         media it settles; None (and a 488 sent) when the offer cannot be answered."""
         # The address the call's Contact carries: the public one, or the one of ours this
         # caller reached (see the module docstring).
+        account = (None if self.registrations is None
+                   else self.registrations.line_for(event.invite.uri))
+        policy = srtp_policy.policy_for(self.settings, event.peer.addr[0], account)
         try:
             if event.offer is not None:
-                return answer_offer(event.offer, address=event.local_host,
-                                    port=rtp.local_port, codecs=self.settings.codecs,
-                                    session_id=str(rtp.local_port), session_version=1)
+                return srtp_policy.answer(
+                    event.offer, policy, event.peer.transport, source=event.peer.addr[0],
+                    address=event.local_host, port=rtp.local_port,
+                    codecs=self.settings.codecs, session_id=str(rtp.local_port),
+                    session_version=1)
+            srtp_policy.offer_allowed(policy)
             return make_offer(address=event.local_host, port=rtp.local_port,
                               codecs=self.settings.codecs, session_id=str(rtp.local_port),
                               session_version=1), None
         except SdpError as exc:
             key = event.call
             why = f"Not Acceptable Here ({exc})"
-            metrics.CALLS_REJECTED.labels(reason="sip_unusable_sdp").inc()
+            reason = (exc.reason if isinstance(exc, srtp_policy.SrtpRefused)
+                      else "sip_unusable_sdp")
+            metrics.CALLS_REJECTED.labels(reason=reason).inc()
             self._command(lambda ua, now: ua.reject(key, 488, now, reason=why))
             return None
 

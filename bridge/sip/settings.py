@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from bridge import __version__
 from bridge.errors import ConfigError
-from bridge.sip.lines import Account, Trunk
+from bridge.sip.lines import SRTP_POLICIES, Account, Trunk
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -114,6 +114,10 @@ class SipSettings:
     accounts: tuple[Account, ...] = ()
     #: ``[[sip.trunks]]``: peers that call us, known by source address.
     trunks: tuple[Trunk, ...] = ()
+    #: SRTP policy (off, accept, require) of calls from no ``[[sip.trunks]]`` entry, and
+    #: whether their SDES keys may come over plain UDP/TCP (see :mod:`bridge.sip.srtp_policy`).
+    srtp: str = "off"
+    sdes_over_plain: bool = False
     #: The codecs we answer and offer with, in our order of preference (``SIP_CODECS``);
     #: between PCMU and PCMA the caller's order decides (see ``bridge.sip.sdp``).
     codecs: tuple[str, ...] = ("g722", "pcmu", "pcma")
@@ -134,6 +138,9 @@ class SipSettings:
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"[sip] {name}: must not be negative (got {value})")
+        if self.srtp not in SRTP_POLICIES:
+            raise ConfigError(f"[sip] srtp: choose from {', '.join(SRTP_POLICIES)} "
+                              f"(got {self.srtp!r})")
 
 
 #: The limits above that must be 0 or more (0 for the rate: no limit).
