@@ -20,6 +20,7 @@ from bridge.sip.dialog import Dialog
 from bridge.sip.events import CallKey, Peer
 from bridge.sip.message import SIP_VERSION, Request
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription
+from bridge.sip.session_timer import CallExtensions
 from bridge.sip.transaction import InviteServerTransaction, NonInviteClientTransaction
 
 DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
@@ -77,6 +78,8 @@ class Call:
     refer_tx: NonInviteClientTransaction | None = None
     refer_active: bool = False
     clients: list[NonInviteClientTransaction] = field(default_factory=list)
+    #: Session timer and reliable provisionals (RFC 4028, RFC 3262).
+    ext: CallExtensions = field(default_factory=CallExtensions)
 
     def move(self, event: CallInput) -> CallState:
         try:

@@ -94,6 +94,11 @@ class SipSettings:
     #: On SIGTERM/SIGINT, live calls may go on for this many seconds (new ones get 503)
     #: before each remaining one is ended with a BYE; a second signal ends them at once.
     drain_s: int = 30
+    #: Session timers (RFC 4028): the interval we ask for (a caller's longer one is
+    #: lowered to it) and the shortest we accept (shorter: 422 with Min-SE). The RFC's
+    #: floor is 90 s; values below it are for tests and labs only.
+    session_expires_s: int = 1800
+    min_se_s: int = 90
     #: The codecs we answer with, in our order of preference (G.711 only on SIP).
     codecs: tuple[str, ...] = field(default=("pcmu", "pcma"), metadata=NOT_IN_FILE)
     #: What we write in Server and User-Agent.
@@ -109,6 +114,9 @@ class SipSettings:
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"[sip] {name}: must not be negative (got {value})")
+        if not 1 <= self.min_se_s <= self.session_expires_s:
+            raise ConfigError(f"[sip] min_se_s: must be from 1 to session_expires_s "
+                              f"({self.session_expires_s}), got {self.min_se_s}")
 
 
 #: The limits above that must be 0 or more (0 for the rate: no limit).
