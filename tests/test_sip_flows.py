@@ -75,10 +75,11 @@ def test_successful_session_2_1() -> None:
         "CSeq: 1 INVITE\r\n"
         "Contact: <sip:192.0.2.200:5060>\r\n"
         "Server: voicebridge/test\r\n"
-        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY\r\n"
+        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE, PRACK\r\n"
         "Accept: application/sdp\r\n"
         "Accept-Encoding: identity\r\n"
         "Accept-Language: en\r\n"
+        "Supported: timer, 100rel\r\n"
         "Content-Type: application/sdp\r\n"
         f"Content-Length: {len(EXPECTED_200_SDP)}\r\n\r\n").encode() + EXPECTED_200_SDP
     # F4 ACK -> established; the 2xx is no longer retransmitted.
