@@ -80,6 +80,9 @@ def test_successful_session_2_1() -> None:
         "Accept-Encoding: identity\r\n"
         "Accept-Language: en\r\n"
         "Supported: timer, 100rel\r\n"
+        # RFC 4028: Alice does not know timers, so we refresh (by re-INVITE: no UPDATE in
+        # her Allow), every 900 s.
+        "Session-Expires: 1800;refresher=uas\r\n"
         "Content-Type: application/sdp\r\n"
         f"Content-Length: {len(EXPECTED_200_SDP)}\r\n\r\n").encode() + EXPECTED_200_SDP
     # F4 ACK -> established; the 2xx is no longer retransmitted.

@@ -188,11 +188,38 @@ def test_we_refresh_with_update_when_the_caller_lacks_timer() -> None:
     assert [e.reason for e in h.events() if isinstance(e, CallEnded)] == ["session-expired"]
 
 
-def test_no_timer_when_we_could_not_refresh() -> None:
-    """A caller without ``timer`` that does not allow UPDATE gets no Session-Expires."""
-    h, _, ok, answered = _established(())
-    assert "Session-Expires" not in ok.headers
-    assert not [d for _, d in h.advance_to(answered + 4000) if d.startswith(b"BYE")]
+def test_we_refresh_with_reinvite_when_the_caller_allows_no_update() -> None:
+    """RFC 4028 §7.4: the same SDP (same version: nothing changed) in a re-INVITE; its 2xx
+    is ACKed (retransmissions too) and restarts the timer."""
+    h, alice, ok, answered = _established((), session_expires_s=100, min_se_s=90)
+    assert ok.headers.get("Session-Expires") == "100;refresher=uas"
+    sent = h.advance_to(answered + 50)
+    [(at, data)] = [(t, d) for t, d in sent if d.startswith(b"INVITE")]
+    assert at == answered + 50
+    reinvite = parse_message(data)
+    assert reinvite.body == ok.body                   # our SDP as it was, same o= version
+    assert reinvite.headers.get("Session-Expires") == "100;refresher=uac"
+    assert reinvite.from_.tag == ok.to.tag and reinvite.to.tag == alice.from_tag
+    h.advance_to(answered + 50.2)
+    reply = respond(reinvite, 200, "OK").replace(
+        b"Content-Length: 0", b"Content-Type: application/sdp\r\nContent-Length: "
+        + str(len(ALICE_SDP)).encode()) + ALICE_SDP
+    (ack,) = h.send(reply)
+    assert ack.startswith(b"ACK ") and b"CSeq: 1 ACK" in ack
+    assert h.send(reply) == [ack]                     # a retransmitted 2xx: the same ACK
+    sent = h.advance_to(answered + 101)
+    assert [t for t, d in sent if d.startswith(b"INVITE")][0] == answered + 100.2
+    assert not [d for _, d in sent if d.startswith(b"BYE")]
+
+
+def test_our_reinvite_refused_491_lets_the_session_expire() -> None:
+    h, _, _, answered = _established((), session_expires_s=100, min_se_s=90)
+    [data] = [d for _, d in h.advance_to(answered + 50) if d.startswith(b"INVITE")]
+    reinvite = parse_message(data)
+    (ack,) = h.send(respond(reinvite, 491, "Request Pending"))
+    assert ack.startswith(b"ACK ") and b"branch=" + reinvite.via[0].branch.encode() in ack
+    sent = h.advance_to(answered + 100)
+    assert [t for t, d in sent if d.startswith(b"BYE")][0] == answered + 100 - 32
 
 
 # ---------------------------------------------------------------------------- PRACK

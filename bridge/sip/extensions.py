@@ -28,8 +28,8 @@ from bridge.errors import SdpError, SipParseError
 from bridge.logthrottle import Throttle
 from bridge.sip.calls import Call, CallState
 from bridge.sip.events import IncomingCall, Peer
-from bridge.sip.handlers import CallHandlers
-from bridge.sip.message import Headers, Request, Response
+from bridge.sip.message import Headers, Request
+from bridge.sip.refresher import RefreshSender
 from bridge.sip.sdp import SessionDescription
 from bridge.sip.session_timer import (
     EXPIRE,
@@ -37,17 +37,13 @@ from bridge.sip.session_timer import (
     TOO_SMALL_PHRASE,
     Decision,
     ReliableProvisional,
-    SessionExpires,
     SessionTimer,
     TooSmall,
     negotiate,
-    parse_min_se,
     parse_rack,
-    parse_session_expires,
     read_request,
     requires_100rel,
 )
-from bridge.sip.transaction import response_client_key
 
 log = logging.getLogger("bridge.sip.ua")
 _throttled = Throttle(log)
@@ -57,27 +53,26 @@ def _join(*headers: Headers) -> Headers:
     return Headers(tuple(item for h in headers for item in h.items))
 
 
-class ExtensionHandlers(CallHandlers):
+class ExtensionHandlers(RefreshSender):
     """Session timers, UPDATE and PRACK for the user agent (see the module doc)."""
 
     # ------------------------------------------------------------------ negotiation
 
-    def _negotiate(self, request: Request, peer: Peer, now: float
-                   ) -> Decision | None | bool:
-        """Read the request's timer fields: the decision, or False when it was refused
+    def _negotiate(self, request: Request, peer: Peer, now: float) -> Decision | None:
+        """Read the request's timer fields: the decision, or None when it was refused
         (400 malformed, 422 too short) and answered here."""
         try:
             asked = read_request(request)
         except SipParseError as exc:
             self._refuse(request, peer, now, 400, reason=f"Bad Request ({exc.reason})",
                          extra=Headers(), why="sip_bad_session_timer")
-            return False
+            return None
         decision = negotiate(asked, session_expires=self.settings.session_expires_s,
                              min_se=self.settings.min_se_s)
         if isinstance(decision, TooSmall):
             self._refuse(request, peer, now, 422, reason=TOO_SMALL_PHRASE,
                          extra=decision.headers(), why="sip_session_interval_too_small")
-            return False
+            return None
         return decision
 
     def _refuse(self, request: Request, peer: Peer, now: float, status: int, *,
@@ -90,20 +85,28 @@ class ExtensionHandlers(CallHandlers):
 
     def _on_invite(self, request: Request, peer: Peer, now: float) -> None:
         decision = self._negotiate(request, peer, now)
-        if decision is False:
+        if decision is None:
             return
         super()._on_invite(request, peer, now)
         offered = self._events[-1] if self._events else None
         if not isinstance(offered, IncomingCall) or offered.invite is not request:
             return                                  # refused (406, 415, 488)
         call = self._calls[offered.call]
-        call.ext.decision = decision if isinstance(decision, Decision) else None
+        call.ext.decision = decision
         if requires_100rel(request):
             call.ext.rel = ReliableProvisional(self.settings.timers.t1)
 
     def _on_reinvite(self, call: Call, request: Request, peer: Peer, now: float) -> None:
-        if self._negotiate(request, peer, now) is not False:
+        if self._our_offer_pending(call):
+            self._respond_new(request, peer, 491, now)      # §14.2: ours is pending
+            return
+        if self._negotiate(request, peer, now) is not None:
             super()._on_reinvite(call, request, peer, now)
+
+    def _our_offer_pending(self, call: Call) -> bool:
+        """Our re-INVITE (its offer) waits for its final response."""
+        tx = call.ext.reinvite_tx
+        return tx is not None and tx.final is None and not tx.terminated
 
     def _refresh_headers(self, call: Call, request: Request, now: float) -> Headers:
         """A re-INVITE or UPDATE answered 2xx is a refresh (its fields were checked)."""
@@ -177,7 +180,7 @@ class ExtensionHandlers(CallHandlers):
             self._respond_new(request, peer, 415, now,
                               extra=Headers((("Accept", "application/sdp"),)))
             return
-        if request.body and (call.reinvite_offer is not None
+        if request.body and (call.reinvite_offer is not None or self._our_offer_pending(call)
                              or (call.state is CallState.ANSWERING and call.offer is None)):
             # RFC 3311 §5.2: an offer while ours waits for its answer: glare.
             self._respond_new(request, peer, 491, now)
@@ -187,8 +190,7 @@ class ExtensionHandlers(CallHandlers):
             self._respond_new(request, peer, 500, now,
                               extra=Headers((("Retry-After", "2"),)))
             return
-        decision = self._negotiate(request, peer, now)
-        if decision is False:
+        if self._negotiate(request, peer, now) is None:
             return
         answer: SessionDescription | None = None
         if request.body:
@@ -209,7 +211,8 @@ class ExtensionHandlers(CallHandlers):
     # ---------------------------------------------------------------------- timers
 
     def get_timer(self) -> float | None:
-        deadlines = [t for t in (super().get_timer(),) if t is not None]
+        deadlines = [t for t in (super().get_timer(), self._reinvite_deadline())
+                     if t is not None]
         for call in self._calls.values():
             ext = call.ext
             if ext.rel is not None and call.state is not CallState.ENDED:
@@ -221,6 +224,7 @@ class ExtensionHandlers(CallHandlers):
         return min(deadlines) if deadlines else None
 
     def _tick_extensions(self, now: float) -> None:
+        self._tick_reinvites(now)
         for call in list(self._calls.values()):
             if call.state is CallState.ENDED:
                 continue
@@ -232,10 +236,7 @@ class ExtensionHandlers(CallHandlers):
                 if rel.retransmit_due(now) and rel.response is not None:
                     call.tx.send(rel.response, now)
                     self._flush_server(call.tx.key, call.tx)
-            refresh = call.ext.refresh_tx
-            if refresh is not None and refresh.terminated and refresh.final_response is None:
-                call.ext.refresh_tx = None                  # Timer F: no answer at all
-                self._refresh_failed(call, now, "refresh timed out")
+            if self._refresh_timed_out(call, now):
                 continue
             timer = call.ext.timer
             if timer is None or call.state is not CallState.ESTABLISHED:
@@ -258,74 +259,6 @@ class ExtensionHandlers(CallHandlers):
         self._respond_tx(call.tx, call.invite, 500, reason="Server Internal Error (no PRACK)",
                          to_tag=call.dialog.local_tag, now=now)
         self._end(call, "no PRACK", event=True)
-
-    # ------------------------------------------------------------- our own refresh
-
-    def _send_refresh(self, call: Call, timer: SessionTimer, now: float) -> None:
-        """RFC 4028 §7.4: we are the refresher; an UPDATE without a body (no SDP change)."""
-        timer.refreshing = True
-        extra = Headers((
-            # In our request we are the UAC, and stay the refresher.
-            ("Session-Expires", str(SessionExpires(timer.interval, "uac"))),
-            ("Min-SE", str(self.settings.min_se_s)),
-            ("Supported", "timer")))
-        call.ext.refresh_tx = self._send_in_dialog(call, "UPDATE", now, extra=extra)
-        metrics.SIP_SESSION_TIMER.labels(event="refresh_sent").inc()
-
-    def _on_response(self, response: Response, now: float) -> None:
-        entry = self._client_tx.get(response_client_key(response))
-        super()._on_response(response, now)
-        if entry is None:
-            return
-        ctx, call_key = entry
-        call = self._calls.get(call_key)
-        if call is None or ctx is not call.ext.refresh_tx or ctx.final_response is None:
-            return
-        call.ext.refresh_tx = None
-        timer = call.ext.timer
-        if timer is None or call.state is not CallState.ESTABLISHED:
-            return
-        final = ctx.final_response
-        if 200 <= final.status < 300:
-            timer.restart(self._refreshed(timer, final), now)
-        elif final.status == 422:
-            self._retry_longer(call, timer, final, now)
-        elif final.status in (408, 481):
-            # RFC 4028 §10 with RFC 3261 §12.2.1.2: the dialog is gone.
-            self._refresh_failed(call, now, f"refresh answered {final.status}")
-        # Otherwise (491, 500 ...) the session is not refreshed and expires unless the
-        # far end refreshes it meanwhile.
-
-    def _refreshed(self, timer: SessionTimer, response: Response) -> Decision:
-        """The timer a 2xx to our refresh sets: its Session-Expires, else ours as sent."""
-        try:
-            text = response.headers.get("Session-Expires")
-            answered = parse_session_expires(text) if text is not None else None
-        except SipParseError:
-            answered = None
-        if answered is None:
-            return timer.decision
-        # The refresher is named as the UAC (us) or UAS (the far end) of our request.
-        refresher = "uac" if answered.refresher == "uas" else "uas"
-        return Decision(SessionExpires(answered.interval, refresher), timer.decision.require)
-
-    def _retry_longer(self, call: Call, timer: SessionTimer, response: Response,
-                      now: float) -> None:
-        """RFC 4028 §7.4: a 422 names the far end's Min-SE: refresh again with it."""
-        try:
-            floor = parse_min_se(response.headers.get("Min-SE") or "")
-        except SipParseError:
-            return
-        if floor <= timer.interval:
-            return
-        timer.decision = Decision(SessionExpires(floor, "uas"), timer.decision.require)
-        self._send_refresh(call, timer, now)
-
-    def _refresh_failed(self, call: Call, now: float, why: str) -> None:
-        metrics.SIP_SESSION_TIMER.labels(event="refresh_failed").inc()
-        log.info("call %s: session refresh failed (%s), hanging up", call.invite.call_id, why)
-        call.ext.timer = None
-        self._end_with_bye(call, now, "session-expired")
 
 
 __all__ = ["ExtensionHandlers"]

@@ -13,9 +13,8 @@ answered 400); :func:`negotiate` decides, as the UAS of RFC 4028 §9:
   caller's ``Min-SE``; without a ``Session-Expires`` we add ours;
 * the refresher is the caller's choice when it supports ``timer`` and named one; the caller
   (``uac``) when it supports ``timer`` and left the choice to us; and us (``uas``) when it
-  does not support ``timer`` at all (only we can refresh then). Being the refresher needs
-  a way to refresh: an in-dialog ``UPDATE`` the caller allows. A caller that neither
-  understands ``timer`` nor allows UPDATE gets no session timer.
+  does not support ``timer`` at all (only we can refresh then). We refresh with an
+  ``UPDATE`` when the caller allows it, else with a re-INVITE carrying our SDP as it is.
 
 :class:`SessionTimer` is the running timer of one call: the refresher refreshes at half
 the interval (:data:`REFRESH`), and whoever is not gets the session ended before it
@@ -37,6 +36,7 @@ import random
 from dataclasses import dataclass
 
 from bridge.errors import SipParseError
+from bridge.sip.invite_client import InviteClientTransaction
 from bridge.sip.message import Headers, Request, Response
 from bridge.sip.transaction import NonInviteClientTransaction
 from bridge.sip.uri import param_value, parse_params
@@ -110,7 +110,7 @@ class TimerRequest:
     min_se: int | None
     #: The caller understands ``timer`` (Supported or Require).
     supported: bool
-    #: The caller allows UPDATE (its Allow), so we can refresh with one.
+    #: The caller allows UPDATE (its Allow, or it sent one), so we can refresh with one.
     allows_update: bool
 
 
@@ -122,7 +122,7 @@ def read_request(request: Request) -> TimerRequest:
     return TimerRequest(
         parse_session_expires(se_text) if se_text is not None else None,
         parse_min_se(min_text) if min_text is not None else None,
-        TIMER in tags, "UPDATE" in allow)
+        TIMER in tags, "UPDATE" in allow or request.method == "UPDATE")
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,9 @@ class Decision:
     expires: SessionExpires
     #: The caller understands ``timer``: the 2xx carries ``Require: timer`` (§9).
     require: bool
+    #: How we refresh when we are the refresher: UPDATE when the caller allows it, else
+    #: a re-INVITE with our SDP as it is (RFC 4028 §7.4).
+    method: str = "UPDATE"
 
     @property
     def we_refresh(self) -> bool:
@@ -155,8 +158,8 @@ class Decision:
 
 
 def negotiate(asked: TimerRequest, *, session_expires: int, min_se: int
-              ) -> Decision | TooSmall | None:
-    """RFC 4028 §9 as the UAS (see the module doc). None: no session timer."""
+              ) -> Decision | TooSmall:
+    """RFC 4028 §9 as the UAS (see the module doc)."""
     if asked.expires is not None and asked.expires.interval < min_se:
         return TooSmall(min_se)
     floor = max(min_se, asked.min_se or 0)
@@ -168,9 +171,8 @@ def negotiate(asked: TimerRequest, *, session_expires: int, min_se: int
                      and asked.expires.refresher else "uac")
     else:
         refresher = "uas"
-    if refresher == "uas" and not asked.allows_update:
-        return None      # we could not refresh it (we send no re-INVITEs)
-    return Decision(SessionExpires(interval, refresher), asked.supported)
+    return Decision(SessionExpires(interval, refresher), asked.supported,
+                    "UPDATE" if asked.allows_update else "INVITE")
 
 
 def expiry_margin(interval: float) -> float:
@@ -227,8 +229,9 @@ class CallExtensions:
     #: Negotiated from the INVITE, started when our 2xx goes out.
     decision: Decision | None = None
     timer: SessionTimer | None = None
-    #: Our refresh (an UPDATE) in flight.
+    #: Our refresh in flight: an UPDATE, or a re-INVITE.
     refresh_tx: NonInviteClientTransaction | None = None
+    reinvite_tx: InviteClientTransaction | None = None
     #: The reliable provisional waiting for its PRACK (None: the caller did not require one).
     rel: ReliableProvisional | None = None
     #: Our 2xx is ready but waits for the PRACK of a reliable provisional.
