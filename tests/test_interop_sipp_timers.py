@@ -100,6 +100,32 @@ async def test_a_caller_that_stops_refreshing_gets_our_bye_in_time(
                         'event="expired"') - before == 1
 
 
+@pytest.mark.parametrize("how", ["update", "reinvite"])
+async def test_the_bridge_refreshes_a_caller_without_timers(
+        serve: ServeProcess, ports: tuple[int, int], tmp_path: Path, how: str) -> None:
+    """A caller that does not support ``timer``: the bridge is the refresher
+    (``Session-Expires: 6;refresher=uas`` in its 200) and refreshes every 3 s, half the
+    interval, by UPDATE when the caller's Allow has it, else by re-INVITE (ACKed); SIPp
+    answers three refreshes and hangs up."""
+    sip_port = ports[0]
+    prefix = f"timer-uas-{how}-{uuid.uuid4().hex[:8]}"
+    async with LoopbackCapture(dst_ports=(sip_port,)) as capture:
+        run = await _run(f"timer_uas_{how}.xml", serve, ports, tmp_path, prefix)
+    _ok(run, serve)
+    method = "UPDATE" if how == "update" else "INVITE"
+    sent = capture.sip(dst_port=sip_port)
+    answered = next(at for at, text in sent
+                    if text.startswith("SIP/2.0 200") and "CSeq: 1 INVITE" in text)
+    refreshes = [at for at, text in sent if text.startswith(f"{method} ")]
+    gaps = [b - a for a, b in zip([answered, *refreshes], refreshes, strict=False)]
+    assert len(refreshes) == 3 and all(2.9 <= gap <= 3.8 for gap in gaps), \
+        f"{method} {gaps}\n{serve.log_tail()}"
+    if how == "reinvite":
+        assert sum(text.startswith("ACK ") for _, text in sent) == 3
+    record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
+    assert record["end_reason"] == "caller_hangup", record
+
+
 async def test_required_100rel_gets_a_reliable_180_and_the_200_waits_for_the_prack(
         serve: ServeProcess, ports: tuple[int, int], tmp_path: Path) -> None:
     """``Require: 100rel``: the 180 carries ``Require: 100rel`` and an RSeq, the PRACK
