@@ -12,6 +12,7 @@ from bridge.errors import SipParseError
 from bridge.sip.message import Response, parse_message, parse_response
 from bridge.sip.sdp import answer_offer
 from bridge.sip.session_timer import (
+    ReliableProvisional,
     SessionExpires,
     parse_min_se,
     parse_rack,
@@ -249,6 +250,17 @@ def test_required_100rel_ringing_is_reliable_and_the_2xx_waits_for_prack() -> No
     # Another PRACK for it matches nothing now.
     assert statuses(h.send(alice.in_dialog("PRACK", extra=(f"RAck: {rseq} 1 INVITE",)))) \
         == [481]
+
+
+def test_each_reliable_provisional_counts_rseq_up_by_one() -> None:
+    rel = ReliableProvisional(0.5, first_rseq=7)
+    first = rel.headers()
+    rel.sent(parse_response(b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n"
+                            b"From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\n"
+                            b"Call-ID: c\r\nCSeq: 1 INVITE\r\n\r\n"), 0.0)
+    assert not rel.acknowledge((7, 2, "INVITE"), 1)          # another INVITE's CSeq
+    assert rel.acknowledge((7, 1, "INVITE"), 1) and not rel.waiting
+    assert first.get("RSeq") == "7" and rel.headers().get("RSeq") == "8"
 
 
 def test_no_prack_is_500_after_64_t1() -> None:

@@ -261,14 +261,16 @@ class ReliableProvisional:
         # §3: the first RSeq is chosen at random between 1 and 2**31 - 1.
         self.rseq = first_rseq if first_rseq is not None else random.randint(1, 2 ** 31 - 1)
         self.response: Response | None = None
+        self._used = False
         self.sent_at = 0.0
         self._next = 0.0
         self._interval = t1
 
     def headers(self) -> Headers:
         """The fields that make the next provisional reliable (its RSeq counts up)."""
-        if self.response is not None:
-            self.rseq += 1
+        if self._used:
+            self.rseq += 1          # §3: each further reliable provisional counts up by one
+        self._used = True
         return Headers((("Require", REL100), ("RSeq", str(self.rseq))))
 
     def sent(self, response: Response, now: float) -> None:
