@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 
 from bridge import metrics
+from bridge.call.leg import SESSION_EXPIRED
 from bridge.errors import SdpError, SipParseError
 from bridge.logthrottle import Throttle
 from bridge.sip.calls import Call, CallState
@@ -247,7 +248,7 @@ class ExtensionHandlers(RefreshSender):
                          call.invite.call_id, timer.interval)
                 metrics.SIP_SESSION_TIMER.labels(event="expired").inc()
                 call.ext.timer = None
-                self._end_with_bye(call, now, "session-expired")
+                self._end_with_bye(call, now, SESSION_EXPIRED)
             elif due == REFRESH:
                 self._send_refresh(call, timer, now)
 

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 
 from bridge import metrics
+from bridge.call.leg import SESSION_EXPIRED
 from bridge.errors import SdpError, SipParseError
 from bridge.sip.calls import Call, CallState
 from bridge.sip.events import CallKey, IdSource, Peer
@@ -166,7 +167,7 @@ class RefreshSender(CallHandlers):
         metrics.SIP_SESSION_TIMER.labels(event="refresh_failed").inc()
         log.info("call %s: session refresh failed (%s), hanging up", call.invite.call_id, why)
         call.ext.timer = None
-        self._end_with_bye(call, now, "session-expired")
+        self._end_with_bye(call, now, SESSION_EXPIRED)
 
     # ---------------------------------------------------------------------- timers
 
