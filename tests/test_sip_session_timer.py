@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import SipParseError
@@ -76,6 +76,11 @@ HEADER_TEXT = st.one_of(
                                ";refresher", ";;", ";a=\"b\"", " ;x", ",5", ";r=[::1]"])))
 
 
+FUZZ = settings(max_examples=200, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
 @given(HEADER_TEXT)
 def test_fuzz_session_timer_parsers_raise_only_sip_parse_error(text: str) -> None:
     for parse in (parse_session_expires, parse_min_se, parse_rack):
@@ -89,6 +94,7 @@ def test_fuzz_session_timer_parsers_raise_only_sip_parse_error(text: str) -> Non
             assert parse_session_expires(str(value)) == value
 
 
+@FUZZ
 @given(HEADER_TEXT, HEADER_TEXT)
 def test_fuzz_the_core_answers_any_timer_fields(se: str, min_se: str) -> None:
     """Whatever the INVITE's Session-Expires and Min-SE, the core answers (400, 422, or

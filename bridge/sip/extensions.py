@@ -1,7 +1,8 @@
 """The user agent's side of session timers (RFC 4028), UPDATE (RFC 3311) and reliable
 provisional responses (PRACK, RFC 3262).
 
-:class:`ExtensionHandlers` sits between :class:`bridge.sip.handlers.CallHandlers` and
+:class:`ExtensionHandlers` sits between :class:`bridge.sip.refresher.RefreshSender` (our
+own refreshes, on :class:`bridge.sip.handlers.CallHandlers`) and
 :class:`bridge.sip.ua.UserAgent`. The decisions are in :mod:`bridge.sip.session_timer`
 (sans-I/O, fuzzed); this module applies them to calls:
 
@@ -9,9 +10,10 @@ provisional responses (PRACK, RFC 3262).
   (malformed: 400, too short: 422 with our ``Min-SE``), and the timer starts when our 2xx
   goes out carrying ``Session-Expires`` (and ``Require: timer`` when the caller supports it);
 * a re-INVITE or an UPDATE answered 2xx is a refresh: the timer starts again from it;
-* when we are the refresher we send an UPDATE at half the interval; when the caller is,
+* when we are the refresher we refresh at half the interval (UPDATE, or re-INVITE when
+  the caller allows no UPDATE: :mod:`bridge.sip.refresher`); when the caller is,
   and no refresh comes, the call is ended with a BYE before the session would expire
-  (reason ``session-expired``);
+  (reason :data:`bridge.call.leg.SESSION_EXPIRED`);
 * an INVITE with ``Require: 100rel`` gets its provisional reliably (RSeq, retransmitted
   until the PRACK), its 2xx waits for the PRACK, and no PRACK within 64·T1 is a 500.
 

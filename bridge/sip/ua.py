@@ -19,13 +19,15 @@ Incoming requests go through, in this order (RFC 3261 §8.2):
    (``400``), Request-URI scheme (``416``), Require (``420``), dialog lookup (``481``);
 4. the method's handler, from the tables :data:`_OUT_OF_DIALOG` and :data:`_IN_DIALOG`.
 
-The user agent is four layers, one module each: :class:`bridge.sip.responder.Responder`
-(transactions, responses, the outgoing queues), :class:`bridge.sip.handlers.CallHandlers`
-(what each method does to a call: INVITE, re-INVITE and hold, ACK, CANCEL, BYE, INFO,
-NOTIFY, REFER), :class:`bridge.sip.extensions.ExtensionHandlers` (session timers, UPDATE,
-PRACK) and :class:`UserAgent` here (the interface, the commands and the request
-router above). A call's state machine is in :mod:`bridge.sip.calls`, the events in
-:mod:`bridge.sip.events`; this module re-exports the names its importers use.
+The user agent is a stack of layers, one module each, each the base of the next:
+:class:`bridge.sip.responder.Responder` (transactions, responses, the outgoing queues),
+:class:`bridge.sip.handlers.CallHandlers` (what each method does to a call: INVITE,
+re-INVITE and hold, ACK, CANCEL, BYE, INFO, NOTIFY, REFER),
+:class:`bridge.sip.refresher.RefreshSender` (our session refreshes),
+:class:`bridge.sip.extensions.ExtensionHandlers` (session timers, UPDATE, PRACK) and
+:class:`UserAgent` here (the interface, the commands and the request router above). A
+call's state machine is in :mod:`bridge.sip.calls`, the events in :mod:`bridge.sip.events`;
+this module re-exports the names its importers use.
 docs/sip.md says what is answered to what.
 """
 
