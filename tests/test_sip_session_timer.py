@@ -219,6 +219,31 @@ def test_we_refresh_with_reinvite_when_the_caller_allows_no_update() -> None:
     assert not [d for _, d in sent if d.startswith(b"BYE")]
 
 
+def test_our_update_answered_422_is_sent_again_with_its_min_se_and_481_hangs_up() -> None:
+    h, _, _, answered = _established((ALLOW_UPDATE,), session_expires_s=100, min_se_s=90)
+    [data] = [d for _, d in h.advance_to(answered + 50) if d.startswith(b"UPDATE")]
+    update = parse_message(data)
+    too_small = respond(update, 422, "Session Interval Too Small").replace(
+        b"Content-Length: 0", b"Min-SE: 300\r\nContent-Length: 0")
+    (again,) = h.send(too_small)
+    retry = parse_message(again)
+    assert retry.method == "UPDATE" and retry.cseq.seq == update.cseq.seq + 1
+    assert retry.headers.get("Session-Expires") == "300;refresher=uac"
+    # RFC 3261 §12.2.1.2: a 481 to a request inside the dialog: the dialog is gone.
+    (bye,) = h.send(respond(retry, 481, "Call/Transaction Does Not Exist"))
+    assert bye.startswith(b"BYE ")
+    assert [e.reason for e in h.events() if isinstance(e, CallEnded)] == ["session-expired"]
+
+
+def test_a_refresh_below_our_min_se_is_422_and_the_call_goes_on() -> None:
+    h, alice, _, answered = _established()
+    out = h.send(alice.in_dialog("UPDATE", extra=("Session-Expires: 10",)))
+    assert statuses(out) == [422] and parse_response(out[0]).headers.get("Min-SE") == "90"
+    # The timer set by the INVITE still runs: BYE 88 s after the answer.
+    sent = h.advance_to(answered + 89)
+    assert [t for t, d in sent if d.startswith(b"BYE")][0] == answered + 88
+
+
 def test_our_reinvite_refused_491_lets_the_session_expire() -> None:
     h, _, _, answered = _established((), session_expires_s=100, min_se_s=90)
     [data] = [d for _, d in h.advance_to(answered + 50) if d.startswith(b"INVITE")]
