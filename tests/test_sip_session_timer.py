@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import SipParseError
+from bridge.config import settings_from_mapping
+from bridge.errors import ConfigError, SipParseError
 from bridge.sip.message import Response, parse_message, parse_response
 from bridge.sip.sdp import answer_offer
 from bridge.sip.session_timer import (
@@ -109,6 +111,15 @@ def test_fuzz_the_core_answers_any_timer_fields(se: str, min_se: str) -> None:
 
 
 # ------------------------------------------------------------------------ negotiation
+
+def test_settings_refuse_a_min_se_outside_1_to_session_expires() -> None:
+    for sip in ({"min_se_s": 0}, {"min_se_s": 100, "session_expires_s": 90}):
+        with pytest.raises(ConfigError, match=r"\[sip\] min_se_s: must be from 1"):
+            settings_from_mapping({"sip": sip}, env={})
+    lab = settings_from_mapping({}, env={"VOICEBRIDGE_SIP_SESSION_EXPIRES_S": "6",
+                                         "VOICEBRIDGE_SIP_MIN_SE_S": "3"})
+    assert (lab.sip.session_expires_s, lab.sip.min_se_s) == (6, 3)
+
 
 def test_too_short_is_422_with_our_min_se_and_malformed_is_400() -> None:
     h = UasHarness(min_se_s=90)
