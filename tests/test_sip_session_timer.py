@@ -305,6 +305,24 @@ def test_each_reliable_provisional_counts_rseq_up_by_one() -> None:
     assert first.get("RSeq") == "7" and rel.headers().get("RSeq") == "8"
 
 
+def test_hanging_up_while_the_2xx_waits_for_the_prack_is_480() -> None:
+    h = UasHarness()
+    h.send(Uac().invite(extra=("Require: 100rel",)))
+    call = h.incoming()
+    h.ua.ringing(call.call, h.now)
+    h.out()
+    assert call.offer is not None
+    sdp, media = answer_offer(call.offer, address=BOB[0], port=3456, session_id="1",
+                              session_version=1)
+    h.ua.answer(call.call, sdp, h.now, media)
+    h.ua.bye(call.call, h.now)
+    assert statuses(h.out()) == [480]
+    assert h.ua.calls[call.call].value == "ended"
+    # Nothing more but the 480's own retransmissions (Timer G): no 180, no 200.
+    assert set(statuses([d for _, d in h.advance_to(40)])) == {480}
+    assert h.ua.get_timer() is None
+
+
 def test_no_prack_is_500_after_64_t1() -> None:
     h = UasHarness()
     alice = Uac()

@@ -161,6 +161,13 @@ class ExtensionHandlers(RefreshSender):
                          contact=call.dialog.local_contact, body=sdp.serialize(),
                          content_type="application/sdp", now=now, extra=extra)
 
+    def _drop_held_answer(self, call: Call, now: float) -> None:
+        """Hanging up while our 2xx waits for the PRACK: it never goes; a 480 instead."""
+        call.ext.answer_held = False
+        call.ext.rel = None
+        self._respond_tx(call.tx, call.invite, 480, to_tag=call.dialog.local_tag, now=now)
+        self._end(call, "rejected 480", event=False)
+
     def _on_prack(self, call: Call, request: Request, peer: Peer, now: float) -> None:
         rel = call.ext.rel
         try:

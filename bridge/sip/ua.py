@@ -232,6 +232,9 @@ class UserAgent(ExtensionHandlers):
         if c.state is CallState.OFFERED:
             self.reject(call, 480, now)
             return
+        if c.ext.answer_held:                      # our 2xx waits for a PRACK: not sent
+            self._drop_held_answer(c, now)
+            return
         if c.state is CallState.ANSWERING:
             # §15: the callee "MUST NOT send a BYE on a confirmed dialog until it has
             # received an ACK for its 2xx response or until the server transaction times out".
