@@ -206,6 +206,15 @@ def test_we_refresh_with_update_when_the_caller_lacks_timer() -> None:
     assert [e.reason for e in h.events() if isinstance(e, CallEnded)] == ["session-expired"]
 
 
+def test_a_caller_that_names_us_the_refresher_gets_refreshed() -> None:
+    h, _, ok, answered = _established(
+        ("Supported: timer", "Session-Expires: 120;refresher=uas", ALLOW_UPDATE))
+    assert ok.headers.get("Session-Expires") == "120;refresher=uas"
+    assert "timer" in ok.option_tags("Require")
+    sent = h.advance_to(answered + 60)
+    assert [t for t, d in sent if d.startswith(b"UPDATE")] == [answered + 60]
+
+
 def test_we_refresh_with_reinvite_when_the_caller_allows_no_update() -> None:
     """RFC 4028 §7.4: the same SDP (same version: nothing changed) in a re-INVITE; its 2xx
     is ACKed (retransmissions too) and restarts the timer."""
