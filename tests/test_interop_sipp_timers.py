@@ -45,13 +45,13 @@ def ports() -> tuple[int, int]:
 
 
 async def _run(name: str, serve: ServeProcess, ports: tuple[int, int], tmp_path: Path,
-               prefix: str | None = None) -> SippRun:
+               prefix: str | None = None, transport: str = "udp") -> SippRun:
     sip_port, media_port = ports
     scenario = tmp_path / name
     shutil.copy(SIPP_DIR / name, scenario)
     return await run_sipp(scenario, serve.sip_port, workdir=tmp_path, local_port=sip_port,
                           media_port=media_port, call_id_prefix=prefix,
-                          args=("-s", "echo"))
+                          args=("-s", "echo", "-t", "t1" if transport == "tcp" else "u1"))
 
 
 def _ok(run: SippRun, serve: ServeProcess) -> None:
@@ -123,6 +123,20 @@ async def test_the_bridge_refreshes_a_caller_without_timers(
         f"{method} {gaps}\n{serve.log_tail()}"
     if how == "reinvite":
         assert sum(text.startswith("ACK ") for _, text in sent) == 3
+    record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
+    assert record["end_reason"] == "caller_hangup", record
+
+
+async def test_the_bridge_refreshes_by_reinvite_over_tcp(
+        serve: ServeProcess, ports: tuple[int, int], tmp_path: Path) -> None:
+    """The same over TCP: our re-INVITEs and their ACKs go on the caller's connection
+    (SIPp waits at most 10 s for each of the three)."""
+    prefix = f"timer-uas-tcp-{uuid.uuid4().hex[:8]}"
+    before = serve.metric("voicebridge_sip_session_timer_total", 'event="refresh_sent"')
+    run = await _run("timer_uas_reinvite.xml", serve, ports, tmp_path, prefix, "tcp")
+    _ok(run, serve)
+    assert serve.metric("voicebridge_sip_session_timer_total",
+                        'event="refresh_sent"') - before == 3
     record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
     assert record["end_reason"] == "caller_hangup", record
 
