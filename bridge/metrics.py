@@ -18,6 +18,9 @@ voicebridge_calls_ended_total            counter    reason
 voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over a cap)
 voicebridge_sip_challenges_total         counter    method, outcome (401/407 to our REFER,
                                                                BYE...: answered, failed)
+voicebridge_sip_session_timer_total      counter    event        (RFC 4028: refreshed,
+                                                               refresh_sent, refresh_failed,
+                                                               expired)
 voicebridge_sip_tcp_dropped_total        counter    reason       (SIP/TCP refused or closed:
                                                                overall, per_source, slow,
                                                                idle, unread, too_large, malformed,
@@ -26,6 +29,10 @@ voicebridge_calls_rejected_total         counter    reason       (admission refu
                                                                sip_forbidden, sip_busy,
                                                                sip_no_rtp_port, sip_unusable_sdp,
                                                                sip_rate_limited, sip_unacked_limit,
+                                                               sip_bad_extension,
+                                                               sip_session_interval_too_small,
+                                                               sip_bad_session_timer,
+                                                               sip_no_prack,
                                                                draining,
                                                                webrtc_unauthorized,
                                                                webrtc_rate_limited, webrtc_busy,
@@ -151,6 +158,10 @@ OUTAGE_SILENCE = Histogram("outage_silence_seconds",
 SIP_CHALLENGES = Counter("sip_challenges", "401/407 to the bridge's own requests in a call, "
                          "by method and outcome (answered: sent again with credentials; "
                          "failed).", ["method", "outcome"], namespace=_NS, registry=REGISTRY)
+SIP_SESSION_TIMER = Counter("sip_session_timer", "SIP session timer (RFC 4028) events: "
+                            "refreshed (by the far end), refresh_sent, refresh_failed, "
+                            "expired (the call was ended with a BYE).", ["event"],
+                            namespace=_NS, registry=REGISTRY)
 SIP_TCP_REFUSED = Counter("sip_tcp_refused", "SIP/TCP connections closed at once: the "
                           "connection cap was reached.", namespace=_NS, registry=REGISTRY)
 SIP_TCP_DROPPED = Counter("sip_tcp_dropped", "SIP/TCP connections refused or closed by a "

@@ -34,6 +34,7 @@ from tests.support.call_endings import (
     limit_on_the_clock,
     operator,
     own_bug,
+    session_expires,
     shutdown,
     tool_transfers,
     upstream_lost,
@@ -110,6 +111,7 @@ CASES: dict[EndReason, tuple[CallState, Ending, dict[str, float | str]]] = {
     E.OPERATOR: (S.CONVERSING, operator, {}),
     E.SHUTDOWN: (S.CONVERSING, shutdown, {}),
     E.ERROR: (S.CONVERSING, own_bug, {}),
+    E.SESSION_EXPIRED: (S.CONVERSING, session_expires, {}),
 }
 
 

@@ -239,7 +239,7 @@ async def test_cancel_while_ringing(serve: ServeProcess, ports: tuple[int, int],
 async def test_options_ping(serve: ServeProcess, ports: tuple[int, int],
                             tmp_path: Path) -> None:
     """A trunk's OPTIONS keep-alive: 200 with Allow (checked by the scenario) and Accept;
-    no empty Supported (we list no option tags, and some parsers refuse an empty field)."""
+    never an empty Supported (some parsers refuse an empty field): it lists timer, 100rel."""
     sip_port, media_port = ports
     async with LoopbackCapture(dst_ports=(sip_port,)) as capture:
         run = await run_sipp(SIPP_DIR / "options.xml", serve.sip_port, workdir=tmp_path,
@@ -249,7 +249,8 @@ async def test_options_ping(serve: ServeProcess, ports: tuple[int, int],
     fields = {name.strip().lower(): value.strip() for name, _, value in
               (line.partition(":") for line in reply.splitlines()[1:] if ":" in line)}
     assert reply.startswith("SIP/2.0 200") and {"allow", "accept"} <= fields.keys(), reply
-    assert fields.get("supported", "x") != "", reply
+    assert fields.get("supported") == "timer, 100rel", reply
+    assert fields["allow"].endswith("UPDATE, PRACK"), reply
 
 
 async def test_dtmf_pcaps_reach_the_dialplan(serve: ServeProcess, ports: tuple[int, int],

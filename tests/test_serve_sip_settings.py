@@ -22,7 +22,7 @@ DOCUMENTED = ("enabled", "host", "port", "transports", "public_address", "max_ca
               "max_unacked", "max_unacked_per_source", "invite_rate_per_source",
               "invite_burst_per_source", "drain_s", "tls_port", "tls_cert", "tls_key",
               "tls_ca", "tls_verify_client", "tls_handshake_timeout_s", "accounts",
-              "trunks", "srtp", "sdes_over_plain", "codecs")
+              "trunks", "srtp", "sdes_over_plain", "session_expires_s", "min_se_s", "codecs")
 
 
 async def test_loaded_sip_settings_reach_the_service_and_the_user_agent(

@@ -75,10 +75,14 @@ def test_successful_session_2_1() -> None:
         "CSeq: 1 INVITE\r\n"
         "Contact: <sip:192.0.2.200:5060>\r\n"
         "Server: voicebridge/test\r\n"
-        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY\r\n"
+        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE, PRACK\r\n"
         "Accept: application/sdp\r\n"
         "Accept-Encoding: identity\r\n"
         "Accept-Language: en\r\n"
+        "Supported: timer, 100rel\r\n"
+        # RFC 4028: Alice does not know timers, so we refresh (by re-INVITE: no UPDATE in
+        # her Allow), every 900 s.
+        "Session-Expires: 1800;refresher=uas\r\n"
         "Content-Type: application/sdp\r\n"
         f"Content-Length: {len(EXPECTED_200_SDP)}\r\n\r\n").encode() + EXPECTED_200_SDP
     # F4 ACK -> established; the 2xx is no longer retransmitted.

@@ -65,7 +65,7 @@ from bridge.call.events import (
 )
 from bridge.call.fallback import DEFAULT_FALLBACK_TONES, Fallback
 from bridge.call.inbound import InboundAudio
-from bridge.call.leg import MediaLeg
+from bridge.call.leg import SESSION_EXPIRED, MediaLeg
 from bridge.call.outage import Outage
 from bridge.call.playout import BYTES_PER_MS, Playout
 from bridge.call.recorder import Recorder
@@ -426,7 +426,8 @@ class Call:
         self.dtmf.on_digit(digit)
 
     def on_leg_hangup(self, reason: str) -> None:
-        self.end(EndReason.CALLER_HANGUP, reason)
+        self.end(EndReason.SESSION_EXPIRED if reason == SESSION_EXPIRED
+                 else EndReason.CALLER_HANGUP, reason)
 
     def _on_leg_hold(self, held: bool) -> None:
         """The far end put the call on hold (or took it off): what the caller's line

@@ -41,6 +41,10 @@ from typing import Protocol
 
 from bridge.codecs import g711
 
+#: The hang-up reason of a leg whose signalling session expired: a SIP session timer
+#: (RFC 4028) ran out without a refresh, or our refresh failed.
+SESSION_EXPIRED = "session-expired"
+
 
 def _no_poll() -> None:
     return None
@@ -91,7 +95,8 @@ class LegSink(Protocol):
         """One DTMF digit (``0-9 * # A-D``), reported once per key press."""
 
     def on_leg_hangup(self, reason: str) -> None:
-        """The far end hung up (or the leg died); the call must end."""
+        """The far end hung up (or the leg died); the call must end. ``reason`` is
+        :data:`SESSION_EXPIRED` when the far end stopped refreshing the session."""
 
 
 class MediaLeg(abc.ABC):

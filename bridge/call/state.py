@@ -78,6 +78,7 @@ class EndReason(enum.Enum):
     OPERATOR = "operator"            # hung up from the dashboard or the API
     SHUTDOWN = "shutdown"            # the process is stopping
     ERROR = "error"                  # our own bug: the call could not go on
+    SESSION_EXPIRED = "session_expired"  # the far end stopped refreshing the SIP session
 
 
 S, T, E = CallState, Trigger, EndReason
@@ -85,7 +86,7 @@ _LIVE = (S.SETTING_UP, S.CONNECTING, S.GREETING, S.CONVERSING, S.RECONNECTING,
          S.TRANSFERRING, S.FALLING_BACK)
 #: End reasons legal in every live state: the far end, the operator, limits, our own end.
 _ALWAYS = (E.CALLER_HANGUP, E.CALLER_DTMF_HANGUP, E.MAX_DURATION, E.OPERATOR, E.SHUTDOWN,
-           E.ERROR)
+           E.ERROR, E.SESSION_EXPIRED)
 #: States in which the agent can answer (caller audio goes upstream).
 TALKING = frozenset({S.GREETING, S.CONVERSING, S.RECONNECTING, S.TRANSFERRING})
 

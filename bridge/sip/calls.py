@@ -21,6 +21,7 @@ from bridge.sip.dialog import Dialog
 from bridge.sip.events import CallKey, Peer
 from bridge.sip.message import SIP_VERSION, Request
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription
+from bridge.sip.session_timer import CallExtensions
 from bridge.sip.transaction import InviteServerTransaction, NonInviteClientTransaction
 
 DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
@@ -80,6 +81,8 @@ class Call:
     clients: list[NonInviteClientTransaction] = field(default_factory=list)
     #: Challenges our requests in this call met (bridge.sip.authclient).
     auth: ChallengeMemory = field(default_factory=ChallengeMemory)
+    #: Session timer and reliable provisionals (RFC 4028, RFC 3262).
+    ext: CallExtensions = field(default_factory=CallExtensions)
 
     def move(self, event: CallInput) -> CallState:
         try:

@@ -145,22 +145,12 @@ class CallHandlers(Responder):
         body: SessionDescription
         if request.body:
             try:
-                offer = parse_sdp(request.body)
-                codecs = renegotiation_codecs(call.media, self.settings.codecs)
-                answer, media = reanswer(
-                    offer, call.media, address=local.connection.address,
-                    port=local.media[0].port,
-                    codecs=codecs, session_id=local.origin.session_id,
-                    session_version=call.sdp_version + 1)
+                body = self._answer_reoffer(call, request.body)
             except SdpError as exc:
                 # §14.2: a refused re-INVITE leaves the session as it was.
                 self._respond_tx(tx, request, 488, reason=f"Not Acceptable Here ({exc})",
                                  now=now, to_tag=call.dialog.local_tag)
                 return
-            call.sdp_version += 1
-            call.local_sdp = answer
-            body = answer
-            self._apply_media(call, media)
         else:
             # No offer (a session refresh, or a hold that asks for our offer): our offer
             # goes in the 2xx, unchanged, so it keeps its version (RFC 3264 §8).
@@ -170,8 +160,29 @@ class CallHandlers(Responder):
         call.dialog.refresh_target(request)
         self._respond_tx(tx, request, 200, to_tag=call.dialog.local_tag,
                          contact=self._contact(peer, call.local_host, call.invite),
-                         body=body.serialize(),
-                         content_type="application/sdp", now=now, extra=self._capabilities())
+                         body=body.serialize(), content_type="application/sdp", now=now,
+                         extra=self._refresh_headers(call, request, now))
+
+    def _answer_reoffer(self, call: Call, sdp: bytes) -> SessionDescription:
+        """Answer an offer inside the call (re-INVITE, UPDATE) from the SDP we answered
+        with: same address and port, the session version counted up, the codec in use
+        preferred. Raises :class:`SdpError` (and changes nothing) when it cannot."""
+        local = call.local_sdp
+        assert local is not None and local.media and local.connection is not None
+        offer = parse_sdp(sdp)
+        codecs = renegotiation_codecs(call.media, self.settings.codecs)
+        answer, media = reanswer(
+            offer, call.media, address=local.connection.address, port=local.media[0].port,
+            codecs=codecs, session_id=local.origin.session_id,
+            session_version=call.sdp_version + 1)
+        call.sdp_version += 1
+        call.local_sdp = answer
+        self._apply_media(call, media)
+        return answer
+
+    def _refresh_headers(self, call: Call, request: Request, now: float) -> Headers:
+        """The extra fields of our 2xx to a re-INVITE (a subclass adds its session timer)."""
+        return self._capabilities()
 
     def _apply_media(self, call: Call, media: NegotiatedMedia) -> None:
         was_held = call.media is not None and call.media.on_hold

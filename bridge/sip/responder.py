@@ -28,10 +28,12 @@ KNOWN_METHODS = frozenset({
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "INFO", "PRACK", "UPDATE",
     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
 })
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY")
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY",
+                   "UPDATE", "PRACK")
 SUPPORTED_SCHEMES = ("sip", "sips")
-#: SIP extensions (option tags) we implement: none yet (no 100rel, timer, replaces).
-SUPPORTED_OPTION_TAGS: tuple[str, ...] = ()
+#: SIP extensions (option tags) we implement: session timers (RFC 4028) and reliable
+#: provisional responses (RFC 3262); see bridge.sip.session_timer.
+SUPPORTED_OPTION_TAGS: tuple[str, ...] = ("timer", "100rel")
 
 NO_HEADERS = Headers()
 
@@ -122,7 +124,9 @@ class Responder:
         return tx
 
     def _respond_new(self, request: Request, peer: Peer, status: int, now: float, *,
-                     reason: str | None = None, extra: Headers = NO_HEADERS) -> None:
+                     reason: str | None = None, extra: Headers = NO_HEADERS,
+                     contact: str | None = None, body: bytes = b"",
+                     content_type: str | None = None) -> None:
         """Answer a non-INVITE request in a new server transaction."""
         to_tag = None if request.to.tag else Tag(self._ids.token())
         if request.method == "INVITE":
@@ -138,7 +142,8 @@ class Responder:
         self._server_tx[key] = tx
         self._tx_peer[key] = (peer, request)
         response = self._make_response(request, status, peer, reason=reason, to_tag=to_tag,
-                                       extra=extra)
+                                       extra=extra, contact=contact, body=body,
+                                       content_type=content_type)
         tx.send(response, now)
         self._flush_server(key, tx)
 

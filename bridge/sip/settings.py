@@ -118,6 +118,11 @@ class SipSettings:
     #: whether their SDES keys may come over plain UDP/TCP (see :mod:`bridge.sip.srtp_policy`).
     srtp: str = "off"
     sdes_over_plain: bool = False
+    #: Session timers (RFC 4028): the interval we ask for (a caller's longer one is
+    #: lowered to it) and the shortest we accept (shorter: 422 with Min-SE). The RFC's
+    #: floor is 90 s; values below it are for tests and labs only.
+    session_expires_s: int = 1800
+    min_se_s: int = 90
     #: The codecs we answer and offer with, in our order of preference (``SIP_CODECS``);
     #: between PCMU and PCMA the caller's order decides (see ``bridge.sip.sdp``).
     codecs: tuple[str, ...] = ("g722", "pcmu", "pcma")
@@ -141,6 +146,9 @@ class SipSettings:
         if self.srtp not in SRTP_POLICIES:
             raise ConfigError(f"[sip] srtp: choose from {', '.join(SRTP_POLICIES)} "
                               f"(got {self.srtp!r})")
+        if not 1 <= self.min_se_s <= self.session_expires_s:
+            raise ConfigError(f"[sip] min_se_s: must be from 1 to session_expires_s "
+                              f"({self.session_expires_s}), got {self.min_se_s}")
 
 
 #: The limits above that must be 0 or more (0 for the rate: no limit).

@@ -234,7 +234,11 @@ class TcpPort:
             return
         self.stats["closed"] += 1
         count(reason)
-        conn.close()
+        if reason == "unread":
+            # A graceful close would first flush what the peer does not read: never.
+            conn.abort()
+        else:
+            conn.close()
 
     # -- accepting --------------------------------------------------------------------------
 

@@ -19,12 +19,15 @@ Incoming requests go through, in this order (RFC 3261 §8.2):
    (``400``), Request-URI scheme (``416``), Require (``420``), dialog lookup (``481``);
 4. the method's handler, from the tables :data:`_OUT_OF_DIALOG` and :data:`_IN_DIALOG`.
 
-The user agent is three layers, one module each: :class:`bridge.sip.responder.Responder`
-(transactions, responses, the outgoing queues), :class:`bridge.sip.handlers.CallHandlers`
-(what each method does to a call: INVITE, re-INVITE and hold, ACK, CANCEL, BYE, INFO,
-NOTIFY, REFER) and :class:`UserAgent` here (the interface, the commands and the request
-router above). A call's state machine is in :mod:`bridge.sip.calls`, the events in
-:mod:`bridge.sip.events`; this module re-exports the names its importers use.
+The user agent is a stack of layers, one module each, each the base of the next:
+:class:`bridge.sip.responder.Responder` (transactions, responses, the outgoing queues),
+:class:`bridge.sip.handlers.CallHandlers` (what each method does to a call: INVITE,
+re-INVITE and hold, ACK, CANCEL, BYE, INFO, NOTIFY, REFER),
+:class:`bridge.sip.refresher.RefreshSender` (our session refreshes),
+:class:`bridge.sip.extensions.ExtensionHandlers` (session timers, UPDATE, PRACK) and
+:class:`UserAgent` here (the interface, the commands and the request router above). A
+call's state machine is in :mod:`bridge.sip.calls`, the events in :mod:`bridge.sip.events`;
+this module re-exports the names its importers use.
 docs/sip.md says what is answered to what.
 """
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from bridge import metrics
 from bridge.errors import SipParseError
 from bridge.logthrottle import Throttle
 from bridge.sip.authclient import CredentialLookup
@@ -60,7 +64,7 @@ from bridge.sip.events import (
     Rejection,
     Resume,
 )
-from bridge.sip.handlers import CallHandlers
+from bridge.sip.extensions import ExtensionHandlers
 from bridge.sip.message import (
     Headers,
     MalformedMessage,
@@ -74,6 +78,7 @@ from bridge.sip.message import (
 from bridge.sip.responder import (
     ALLOWED_METHODS,
     KNOWN_METHODS,
+    SUPPORTED_OPTION_TAGS,
     SUPPORTED_SCHEMES,
 )
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription
@@ -85,7 +90,7 @@ log = logging.getLogger(__name__)
 _throttled = Throttle(log)
 
 
-class UserAgent(CallHandlers):
+class UserAgent(ExtensionHandlers):
     """Sans-I/O SIP user agent server (with the client transactions its calls need)."""
 
     def __init__(self, settings: SipSettings, *, host: str, port: int,
@@ -189,6 +194,7 @@ class UserAgent(CallHandlers):
             if ctx.timed_out:
                 ctx.timed_out = False
                 self._on_client_timeout(ctx, call_key)
+        self._tick_extensions(now)
         self._collect()
 
     @property
@@ -204,8 +210,7 @@ class UserAgent(CallHandlers):
     def ringing(self, call: CallKey, now: float) -> None:
         c = self._call(call)
         if c.state is CallState.OFFERED:
-            self._respond_tx(c.tx, c.invite, 180, to_tag=c.dialog.local_tag,
-                             contact=c.dialog.local_contact, now=now)
+            self._send_provisional(c, 180, now)
 
     def answer(self, call: CallKey, sdp: SessionDescription, now: float,
                media: NegotiatedMedia | None = None) -> None:
@@ -216,9 +221,7 @@ class UserAgent(CallHandlers):
         c.sdp_version = sdp.origin.session_version
         c.media = media
         c.dialog.move(DialogInput.SEND_2XX)
-        self._respond_tx(c.tx, c.invite, 200, to_tag=c.dialog.local_tag,
-                         contact=c.dialog.local_contact, body=sdp.serialize(),
-                         content_type="application/sdp", now=now, extra=self._capabilities())
+        self._send_answer(c, now)      # after the PRACK, if our 1xx was sent reliably
 
     def reject(self, call: CallKey, status: int, now: float, reason: str | None = None,
                headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -238,6 +241,9 @@ class UserAgent(CallHandlers):
             return
         if c.state is CallState.OFFERED:
             self.reject(call, 480, now)
+            return
+        if c.ext.answer_held:                      # our 2xx waits for a PRACK: not sent
+            self._drop_held_answer(c, now)
             return
         if c.state is CallState.ANSWERING:
             # §15: the callee "MUST NOT send a BYE on a confirmed dialog until it has
@@ -336,9 +342,12 @@ class UserAgent(CallHandlers):
             return 400, "Bad Request (CSeq method does not match)", Headers()
         if request.uri.scheme not in SUPPORTED_SCHEMES:
             return 416, None, Headers()  # §8.2.2.1 (RFC 4475 unkscm, novelsc)
-        unsupported = [tag for tag in request.headers.get_list("Require")]
+        unsupported = [tag for tag in request.headers.get_list("Require")
+                       if tag.lower() not in SUPPORTED_OPTION_TAGS]
         if unsupported:
-            # §8.2.2.3: we support no extension that a peer may require of us.
+            # §8.2.2.3: an extension required of us that we do not implement.
+            if method == "INVITE" and request.to.tag is None:
+                metrics.CALLS_REJECTED.labels(reason="sip_bad_extension").inc()
             return 420, None, Headers((("Unsupported", ", ".join(unsupported)),))
         return None
 
@@ -365,6 +374,8 @@ _IN_DIALOG: dict[str, Callable[[UserAgent, Call, Request, Peer, float], None]] =
     "INFO": UserAgent._on_info,
     "NOTIFY": UserAgent._on_notify,
     "REFER": UserAgent._on_refer_in,
+    "UPDATE": UserAgent._on_update,
+    "PRACK": UserAgent._on_prack,
 }
 
 __all__ = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from bridge.call.leg import SESSION_EXPIRED
 from bridge.realtime import events as ev
 from tests.support.call_rig import Rig
 
@@ -19,6 +20,11 @@ Ending = Callable[[Rig], Awaitable[None]]
 
 async def caller_hangs_up(rig: Rig) -> None:
     rig.leg.far_end_hangup("bye")
+
+
+async def session_expires(rig: Rig) -> None:
+    """The leg's signalling session ran out (a SIP session timer without a refresh)."""
+    rig.leg.far_end_hangup(SESSION_EXPIRED)
 
 
 async def agent_hangs_up(rig: Rig) -> None:
@@ -76,5 +82,5 @@ async def own_bug(rig: Rig) -> None:
 
 
 __all__ = ["Ending", "agent_hangs_up", "caller_hangs_up", "key_hangs_up", "key_transfers",
-           "limit_on_the_clock", "operator", "own_bug", "shutdown", "tool_transfers",
-           "upstream_lost"]
+           "limit_on_the_clock", "operator", "own_bug", "session_expires", "shutdown",
+           "tool_transfers", "upstream_lost"]
