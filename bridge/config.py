@@ -84,6 +84,13 @@ class RecordsConfig:
     #: of ``path``, shared by every node of a cluster. Its password belongs in the
     #: environment (``VOICEBRIDGE_RECORDS_URL`` or libpq's ``PGPASSWORD``), not the file.
     url: str = field(default="", repr=False)
+    #: PostgreSQL only: calls whose records may wait for the database (an outage); past
+    #: it the oldest waiting record is dropped and counted.
+    queue_max: int = 10000
+    #: PostgreSQL only: connections in the pool.
+    pool_max: int = 4
+    #: PostgreSQL only: seconds shutdown waits to write the records still queued.
+    flush_s: int = 5
 
 
 @dataclass(frozen=True)
@@ -358,7 +365,8 @@ def _validate(s: Settings) -> None:
         ("[webrtc] media_timeout_ms", s.webrtc.media_timeout_ms),
         ("[webrtc] call_token_ttl_s", s.webrtc.call_token_ttl_s),
         ("[webrtc] rate_burst", s.webrtc.rate_burst),
-        ("[cluster] heartbeat_s", s.cluster.heartbeat_s))
+        ("[cluster] heartbeat_s", s.cluster.heartbeat_s),
+        ("[records] queue_max", s.records.queue_max), ("[records] pool_max", s.records.pool_max))
     for where, number in positive:
         if number <= 0:
             raise ConfigError(f"{where}: must be above 0 (got {number})")
