@@ -351,4 +351,23 @@ class PostgresRecordStore:
         return "ok" if bad == 0 else f"{bad} row(s) disagree with their record"
 
 
-__all__ = ["LATEST", "MIGRATIONS", "PostgresRecordStore", "migrate"]
+async def open_postgres_store(url: str, node_id: str, *, queue_max: int = 10_000,
+                              pool_max: int = 4, flush_s: float = 5.0) -> PostgresRecordStore:
+    """The store ``voicebridge serve`` uses for ``[records] url``: opened, migrated, and
+    this node's orphans (records a previous run with the same node id left open) closed."""
+    store = PostgresRecordStore(url, node_id=node_id, queue_max=queue_max,
+                                pool_max=pool_max, flush_s=flush_s)
+    await store.open()
+    try:
+        closed = await store.close_orphans()
+    except Exception as exc:
+        log.warning("could not look for call records a previous run of node %s left open "
+                    "(%s)", node_id, type(exc).__name__)
+        closed = []
+    if closed:
+        log.warning("closed %d call record(s) a previous run of node %s left open (end "
+                    "reason crashed, ended at their last save)", len(closed), node_id)
+    return store
+
+
+__all__ = ["LATEST", "MIGRATIONS", "PostgresRecordStore", "migrate", "open_postgres_store"]

@@ -37,7 +37,8 @@ async def login() -> ResponseReturnValue:
 @dashboard.get("/dashboard")
 @protected
 async def page() -> ResponseReturnValue:
-    return await render_template("dashboard.html", calls=await listing(), csrf=csrf_token())
+    return await render_template("dashboard.html", calls=await listing(), csrf=csrf_token(),
+                                 cluster=web_state().cluster is not None)
 
 
 class EventFollower:
