@@ -172,6 +172,7 @@ class ClusterNode:
                 if now - last_beat >= self.heartbeat_s:
                     last_beat = now
                     await self.heartbeat()
+                    self.store.reachable = True
                     if self._up_since is None:
                         self._up_since = now
                     # Judge others only after beating for a whole lost_after_s ourselves:
@@ -180,6 +181,7 @@ class ClusterNode:
                         await self.mark_lost()
             except Exception as exc:
                 self._up_since = None
+                self.store.reachable = False
                 _throttle.log(logging.WARNING, "round", "cluster state: PostgreSQL not "
                               "reachable (%s); the calls go on", type(exc).__name__)
 
@@ -240,7 +242,10 @@ class ClusterNode:
                 log.info("call %s: hung up at another node's request", call_id)
 
     async def remote_calls(self) -> list[RemoteCall]:
-        """The live calls of the other nodes that are alive."""
+        """The live calls of the other nodes that are alive (none while the database is
+        known to be away: the dashboard does not wait on it)."""
+        if not self.store.reachable:
+            return []
         async with self.store.pool.connection() as conn:
             cur = await conn.execute(_REMOTE_LIVE, (self.node_id, self.lost_after_s))
             rows: list[Any] = await cur.fetchall()
@@ -249,7 +254,9 @@ class ClusterNode:
 
     async def request_hangup(self, call_id: str) -> str | None:
         """Ask the node that owns ``call_id`` to end it; that node's id, or None when no
-        live node lists such a call."""
+        live node lists such a call. Raises while the database is away."""
+        if not self.store.reachable:
+            raise ConnectionError("the cluster's database is not reachable")
         async with self.store.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(_REQUEST_HANGUP, {"me": self.node_id, "call": call_id,
                                                        "after": self.lost_after_s})

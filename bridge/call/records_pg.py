@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +169,9 @@ class PostgresRecordStore:
         self._closed = False
         self.dropped = 0
         self.write_errors = 0
+        #: False from a failed write until the next good one: reads do not wait on a
+        #: database known to be away (the dashboard stays quick through an outage).
+        self.reachable = True
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -268,6 +271,7 @@ class PostgresRecordStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.reachable = False
                 self.write_errors += 1
                 metrics.RECORDS_WRITE_ERRORS.inc()
                 _throttle.log(logging.WARNING, "write", "PostgreSQL: could not write %d call "
@@ -277,6 +281,7 @@ class PostgresRecordStore:
                 delay = min(delay * 2, self.retry_max_s)
                 continue
             delay = RETRY_FIRST_S
+            self.reachable = True
             for row in batch:
                 if self._pending.get(row.call_id) is row:   # not saved again meanwhile
                     del self._pending[row.call_id]
@@ -301,6 +306,8 @@ class PostgresRecordStore:
         """The ``n`` newest records, queued ones included. While PostgreSQL is away: the
         queued ones only (the dashboard keeps working through an outage)."""
         records = {row.call_id: json.loads(row.json) for row in self._pending.values()}
+        if not self.reachable:
+            return _newest(records.values(), n)
         try:
             async with self.pool.connection() as conn:
                 cur = await conn.execute(
@@ -312,9 +319,7 @@ class PostgresRecordStore:
         except Exception as exc:
             _throttle.log(logging.WARNING, "read", "PostgreSQL: could not list call records "
                           "(%s); showing the queued ones", type(exc).__name__)
-        out = [CallRecord.from_dict(d) for d in records.values()]
-        out.sort(key=lambda r: r.started_at, reverse=True)
-        return out[:n]
+        return _newest(records.values(), n)
 
     # ---- upkeep ----------------------------------------------------------------------------
 
@@ -349,6 +354,12 @@ class PostgresRecordStore:
             row = await cur.fetchone()
         bad = int(row[0]) if row else 0
         return "ok" if bad == 0 else f"{bad} row(s) disagree with their record"
+
+
+def _newest(records: Iterable[dict[str, Any]], n: int) -> list[CallRecord]:
+    out = [CallRecord.from_dict(d) for d in records]
+    out.sort(key=lambda r: r.started_at, reverse=True)
+    return out[:n]
 
 
 async def open_postgres_store(url: str, node_id: str, *, queue_max: int = 10_000,

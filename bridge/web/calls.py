@@ -131,7 +131,11 @@ async def call_hangup(call_id: str) -> ResponseReturnValue:
     if state.manager.hang_up(call_id, "operator"):
         log.info("call %s: hung up from the dashboard", call_id)
         return {"ok": True, "call_id": call_id}, 202
-    owner = await state.cluster.request_hangup(call_id) if state.cluster else None
+    try:
+        owner = await state.cluster.request_hangup(call_id) if state.cluster else None
+    except Exception as exc:     # asyncio.CancelledError is not an Exception
+        log.warning("could not relay a hang-up of call %s (%s)", call_id, type(exc).__name__)
+        return {"error": "the cluster's database is not reachable"}, 503
     if owner is None:
         return {"error": "no such live call"}, 404
     log.info("call %s: hang-up asked of node %s", call_id, owner)

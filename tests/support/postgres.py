@@ -22,10 +22,12 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,14 +135,20 @@ class Postgres:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    """One PostgreSQL for the session (started before, stopped after)."""
-    server = Postgres(tmp_path_factory.mktemp("postgres")).init()
-    server.start()
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL for the session (started before, stopped and removed after). Its
+    folder is not under pytest's base folder: another pytest session on the machine
+    may prune that while this one still runs."""
+    folder = Path(tempfile.mkdtemp(prefix="voicebridge-pg-"))
     try:
-        yield server
+        server = Postgres(folder / "pg").init()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop("immediate")
     finally:
-        server.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -150,6 +158,21 @@ def pg_url(postgres_server: Postgres) -> str:
     if not postgres_server.running:
         postgres_server.start()
     return postgres_server.database()
+
+
+def records_by_leg(url: str, leg_call_id: str) -> list[dict[str, Any]]:
+    """The rows (columns and ``record``) of the calls whose SIP Call-ID is ``leg_call_id``,
+    read straight from the database; none while it is away."""
+    import psycopg  # noqa: PLC0415
+    from psycopg.rows import dict_row  # noqa: PLC0415
+
+    try:
+        with psycopg.connect(url, connect_timeout=2, row_factory=dict_row) as conn:
+            cur = conn.execute("SELECT call_id, node_id, state, end_reason, ended_at, record "
+                               "FROM calls WHERE record->>'leg_call_id' = %s", (leg_call_id,))
+            return [dict(row) for row in cur.fetchall()]
+    except psycopg.OperationalError:
+        return []
 
 
 def wait_port_closed(port: int, limit_s: float = 30.0) -> None:
@@ -162,4 +185,4 @@ def wait_port_closed(port: int, limit_s: float = 30.0) -> None:
     raise AssertionError(f"port {port} still open")
 
 
-__all__ = ["Postgres", "pg_url", "postgres_server", "wait_port_closed"]
+__all__ = ["Postgres", "pg_url", "postgres_server", "records_by_leg", "wait_port_closed"]
