@@ -9,6 +9,7 @@ do not wait long; every wait is a bounded poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import async_playwright
 
 from bridge.bench.sip import Scenario, ServeProcess, SippRun, run_sipp
 from tests.support.interop import require_binary
@@ -156,3 +158,60 @@ async def test_a_node_killed_has_its_calls_marked_lost_by_the_other(
         assert _hang_up(a, b_call)[0] == 404
     finally:
         await asyncio.wait_for(caller, 60)        # SIPp gives up waiting for the BYE
+
+
+async def _dashboard_rows(page: Any) -> dict[str, str]:
+    """node -> call id of the live-call rows the page shows."""
+    rows = await page.eval_on_selector_all(
+        "#live tr[data-call]", "trs => trs.map(tr => [tr.querySelector('td.node').textContent,"
+        " tr.dataset.call])")
+    return {str(node): str(call) for node, call in rows}
+
+
+@pytest.mark.interop
+@pytest.mark.slow
+async def test_the_dashboard_of_either_node_shows_both_and_hangs_up_on_the_other(
+        tmp_path: Path, nodes: tuple[ServeProcess, ServeProcess]) -> None:
+    """Headless Chromium on each node's dashboard; the Hang up button on node A's page
+    ends node B's call (B's caller gets the BYE) and A's page sees it go."""
+    chromium = require_binary("chromium", "the dashboard's browser")
+
+    a, b = nodes
+    tag = uuid.uuid4().hex[:6]
+    on_a, on_b = _caller(tmp_path, a, f"da-{tag}"), _caller(tmp_path, b, f"db-{tag}")
+    try:
+        for node in (a, b):
+            await until(lambda n=node: set(_live_by_node(n)) == {"node-a", "node-b"}, 30,
+                        poll_s=0.3, what="both calls listed")
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=chromium, headless=True)
+            pages = []
+            for node in (a, b):
+                page = await browser.new_page()
+                await page.goto(f"{node.http_url}/login?token={node.TOKEN}")
+                pages.append(page)
+            for page in pages:
+                await until(lambda pg=page: _dashboard_rows(pg), 15, poll_s=0.2,
+                            what="the live rows")
+                assert set(await _dashboard_rows(page)) == {"node-a", "node-b"}
+            page_a = pages[0]
+            b_call = (await _dashboard_rows(page_a))["node-b"]
+            await page_a.click(f'button[data-hangup="{b_call}"]')
+            run_b = await asyncio.wait_for(on_b, 30)
+            assert run_b.successful == 1 and run_b.failed == 0, run_b.explain()
+
+            async def gone() -> bool:
+                with contextlib.suppress(Exception):    # the page may be reloading
+                    return set(await _dashboard_rows(page_a)) == {"node-a"}
+                return False
+
+            await until(gone, 20, poll_s=0.3, what="B's call to leave A's page")
+            await browser.close()
+        assert not on_a.done()
+        assert _hang_up(a, _live_by_node(a)["node-a"])[0] == 202
+        run_a = await asyncio.wait_for(on_a, 30)
+        assert run_a.successful == 1, run_a.explain()
+    finally:
+        for task in (on_a, on_b):
+            if not task.done():
+                task.cancel()
