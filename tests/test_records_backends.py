@@ -260,3 +260,30 @@ async def test_postgres_records_saved_during_an_outage_are_written_when_it_retur
         assert await fresh.get("through-outage") == r
     finally:
         await fresh.close()
+
+
+async def test_postgres_nul_characters_are_kept_out_and_a_refused_row_blocks_nothing(
+        pg_url: str) -> None:
+    """NUL (which PostgreSQL text and JSONB refuse) from a caller's name or speech is
+    replaced; a row the database still refuses is dropped and counted, and the rows
+    queued with it are written."""
+    store = PostgresRecordStore(pg_url, node_id="a")
+    await store.open()
+    try:
+        odd = _record("nul")
+        odd.caller = "evil\x00caller"
+        odd.transcript.append(TranscriptEntry("caller", "n", "a\x00b", 101.0))
+        refused = _record("refused")
+        refused.usage = {"total_tokens": float("inf")}     # not JSON: JSONB refuses it
+        await store.save(odd)
+        await store.save(refused)
+        await store.save(_record("fine"))
+        await _flushed(store)
+        assert store.dropped == 1
+        got = await store.get("nul")
+        assert got is not None and got.caller == "evil\ufffdcaller"
+        assert got.transcript[-1].text == "a\ufffdb"
+        assert await store.get("fine") is not None
+        assert await store.get("refused") is None
+    finally:
+        await store.close()

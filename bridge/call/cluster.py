@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bridge import metrics
+from bridge.call.records_pg import READ_TIMEOUT_S
 from bridge.logthrottle import Throttle
 
 if TYPE_CHECKING:
@@ -246,7 +247,7 @@ class ClusterNode:
         known to be away: the dashboard does not wait on it)."""
         if not self.store.reachable:
             return []
-        async with self.store.pool.connection() as conn:
+        async with self.store.pool.connection(timeout=READ_TIMEOUT_S) as conn:
             cur = await conn.execute(_REMOTE_LIVE, (self.node_id, self.lost_after_s))
             rows: list[Any] = await cur.fetchall()
         return [RemoteCall(str(r[0]), str(r[1]), float(r[2]), *(str(x) for x in r[3:]))

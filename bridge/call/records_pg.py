@@ -112,6 +112,8 @@ WHERE node_id = %(node)s AND ended_at IS NULL
 RETURNING call_id
 """
 
+#: How long a read (the dashboard's) waits for a connection before it gives up.
+READ_TIMEOUT_S = 2.0
 #: Rows written per transaction by the writer.
 BATCH = 200
 RETRY_FIRST_S = 0.2
@@ -230,12 +232,14 @@ class PostgresRecordStore:
         if not record.node:
             record.node = self.node_id
         text = _encode(self._encoders, record)
+        if "\\u0000" in text:       # JSONB refuses NUL: a caller's name may carry one
+            text = text.replace("\\u0000", "\\ufffd")
         now = time.time()
         state = "live" if record.ended_at is None else "ended"
         row = _Row(record.call_id, (
-            record.call_id, record.node, record.started_at, record.ended_at, state,
-            record.caller, record.called, record.source, record.dialplan,
-            record.end_reason, now, text), text)
+            record.call_id, _text(record.node), record.started_at, record.ended_at, state,
+            _text(record.caller), _text(record.called), _text(record.source),
+            _text(record.dialplan), _text(record.end_reason), now, text), text)
         self._enqueue(row)
 
     def _enqueue(self, row: _Row) -> None:
@@ -288,8 +292,25 @@ class PostgresRecordStore:
             metrics.RECORDS_QUEUE.set(len(self._pending))
 
     async def _write(self, batch: list[_Row]) -> None:
-        async with self.pool.connection() as conn, conn.cursor() as cur:
-            await cur.executemany(_UPSERT, [row.values for row in batch])
+        import psycopg  # noqa: PLC0415
+
+        try:
+            async with self.pool.connection() as conn, conn.cursor() as cur:
+                await cur.executemany(_UPSERT, [row.values for row in batch])
+        except (psycopg.DataError, psycopg.IntegrityError):
+            # A row the database refuses is refused for ever: write the others one by
+            # one and drop (and count) that one, or it would block the queue.
+            for row in batch:
+                try:
+                    async with self.pool.connection() as conn:
+                        await conn.execute(_UPSERT, row.values)
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    if self._pending.get(row.call_id) is row:
+                        del self._pending[row.call_id]
+                    self.dropped += 1
+                    metrics.RECORDS_DROPPED.inc()
+                    _throttle.log(logging.ERROR, "refused", "PostgreSQL refused the record "
+                                  "of call %s (%s): dropped", row.call_id, type(exc).__name__)
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -297,7 +318,7 @@ class PostgresRecordStore:
         row = self._pending.get(call_id)
         if row is not None:
             return CallRecord.from_dict(json.loads(row.json))
-        async with self.pool.connection() as conn:
+        async with self.pool.connection(timeout=READ_TIMEOUT_S) as conn:
             cur = await conn.execute("SELECT record FROM calls WHERE call_id = %s", (call_id,))
             found = await cur.fetchone()
         return CallRecord.from_dict(found[0]) if found else None
@@ -309,7 +330,7 @@ class PostgresRecordStore:
         if not self.reachable:
             return _newest(records.values(), n)
         try:
-            async with self.pool.connection() as conn:
+            async with self.pool.connection(timeout=READ_TIMEOUT_S) as conn:
                 cur = await conn.execute(
                     "SELECT call_id, record FROM calls ORDER BY started_at DESC LIMIT %s", (n,))
                 for call_id, data in await cur.fetchall():
@@ -354,6 +375,11 @@ class PostgresRecordStore:
             row = await cur.fetchone()
         bad = int(row[0]) if row else 0
         return "ok" if bad == 0 else f"{bad} row(s) disagree with their record"
+
+
+def _text(value: str) -> str:
+    """Text for a PostgreSQL column: it cannot hold NUL."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _newest(records: Iterable[dict[str, Any]], n: int) -> list[CallRecord]:
