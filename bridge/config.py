@@ -357,7 +357,8 @@ def _validate(s: Settings) -> None:
         ("[sip] max_calls", s.sip.max_calls), ("[webrtc] max_legs", s.webrtc.max_legs),
         ("[sip] ring_ms", s.sip.ring_ms),
         ("[http] recent_calls", s.http.recent_calls),
-        ("[webrtc] rate_per_minute", s.webrtc.rate_per_minute))
+        ("[webrtc] rate_per_minute", s.webrtc.rate_per_minute),
+        ("[records] flush_s", s.records.flush_s))
     for where, number in checks:
         if number < 0:
             raise ConfigError(f"{where}: must not be negative (got {number})")

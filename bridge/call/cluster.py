@@ -29,7 +29,6 @@ is logged (throttled) and retried on the next round, and the calls go on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -54,6 +53,8 @@ LOST_LOCK = 0x6C6F7374  # "lost"
 #: A hang-up request not acted on this long (its owner is gone) is deleted.
 HANGUP_STALE_S = 60
 LOST = "lost"
+#: A node lost this long (and with nothing left open) leaves the ``nodes`` table.
+FORGET_NODE_S = 86400
 
 _SYNC_NODE = """
 WITH before AS (SELECT lost_at FROM nodes WHERE node_id = %(node)s)
@@ -75,6 +76,8 @@ WHERE node_id <> %(me)s AND heartbeat_at < now() - make_interval(secs => %(after
        OR EXISTS (SELECT 1 FROM calls c WHERE c.node_id = nodes.node_id
                                          AND c.ended_at IS NULL))
 """
+_FORGET_NODES = ("DELETE FROM nodes WHERE lost_at < now() - make_interval(secs => %s) "
+                 "AND NOT EXISTS (SELECT 1 FROM live_calls l WHERE l.node_id = nodes.node_id)")
 _LOST_MINIMAL = """
 INSERT INTO calls (call_id, node_id, started_at, ended_at, state, caller, called, source,
                    dialplan, end_reason, saved_at, record)
@@ -144,17 +147,18 @@ class ClusterNode:
         self.lost_marked: list[str] = []
 
     async def start(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self.heartbeat()       # listed at once, when the database is there
             self._up_since = time.monotonic()
+        except Exception as exc:         # the rounds retry
+            log.warning("cluster state: first heartbeat failed (%s)", type(exc).__name__)
         self._task = asyncio.create_task(self._run(), name="cluster")
 
     async def stop(self) -> None:
         """Stop the rounds and leave the cluster cleanly (no live calls, no node row)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait((self._task,))   # its cancellation, not ours
         try:
             async with asyncio.timeout(3), self.store.pool.connection() as conn, \
                     conn.transaction():
@@ -226,6 +230,7 @@ class ClusterNode:
                     log.warning("node %s stopped heartbeating: %d call(s) marked lost",
                                 node, len(ids))
                 lost += ids
+            await conn.execute(_FORGET_NODES, (FORGET_NODE_S,))
         if lost:
             metrics.CLUSTER_CALLS_LOST.inc(len(lost))
             self.lost_marked += lost

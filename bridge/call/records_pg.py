@@ -24,7 +24,6 @@ same database; ``bridge.call.cluster`` reads and writes it through :attr:`pool`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -35,6 +34,7 @@ from typing import Any
 
 from bridge import metrics
 from bridge.call.records import CRASHED, CallRecord, RecordEncoder, _encode
+from bridge.errors import ConfigError
 from bridge.logthrottle import Throttle
 
 log = logging.getLogger(__name__)
@@ -217,8 +217,7 @@ class PostgresRecordStore:
                           "(not reachable within %.0f s)", lost, self.flush_s)
                 self._pending.clear()
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await asyncio.wait((self._writer,))   # its cancellation, not ours
         metrics.RECORDS_QUEUE.set(0)
         await self.pool.close()
 
@@ -392,6 +391,11 @@ async def open_postgres_store(url: str, node_id: str, *, queue_max: int = 10_000
                               pool_max: int = 4, flush_s: float = 5.0) -> PostgresRecordStore:
     """The store ``voicebridge serve`` uses for ``[records] url``: opened, migrated, and
     this node's orphans (records a previous run with the same node id left open) closed."""
+    try:
+        import psycopg_pool  # noqa: F401, PLC0415
+    except ImportError:
+        raise ConfigError("[records] url: PostgreSQL needs the postgres extra "
+                          "(pip install 'voicebridge[postgres]')") from None
     store = PostgresRecordStore(url, node_id=node_id, queue_max=queue_max,
                                 pool_max=pool_max, flush_s=flush_s)
     await store.open()
