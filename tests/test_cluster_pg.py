@@ -96,6 +96,9 @@ async def test_either_node_lists_both_and_a_hang_up_reaches_the_owner(
                         f"{_calls(n)['live']}")
         b_call = _live_by_node(a)["node-b"]
         assert _live_by_node(b)["node-b"] == b_call
+        status, body = a.get(f"/calls/{b_call}?format=json", token=True)
+        assert status == 200
+        assert (json.loads(body)["node"], json.loads(body)["live"]) == ("node-b", True)
         # Node A's API hangs up node B's call: B's caller gets the BYE.
         status, reply = _hang_up(a, b_call)
         assert (status, reply.get("node")) == (202, "node-b"), reply

@@ -57,7 +57,10 @@ async def find(call_id: str) -> tuple[CallRecord | None, bool]:
     live = live_records()
     if call_id in live:
         return live[call_id], True
-    return await web_state().manager.store.get(call_id), False
+    state = web_state()
+    record = await state.manager.store.get(call_id)
+    # In a cluster an open record is another node's live call (a lost node's are closed).
+    return record, bool(state.cluster and record is not None and record.ended_at is None)
 
 
 async def listing() -> dict[str, list[Summary]]:
