@@ -6,6 +6,7 @@ comes back puts the truth back; hang-ups are refused for calls of a silent node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from bridge.call.cluster import ClusterNode
 from bridge.call.records import CallRecord
 from bridge.call.records_pg import PostgresRecordStore
-from tests.support.postgres import pg_url, postgres_server
+from tests.support.postgres import Postgres, pg_url, postgres_server
 from tests.support.waiting import until
 
 __all__ = ["pg_url", "postgres_server"]   # fixtures, used by name
@@ -102,3 +103,43 @@ async def test_a_node_taken_for_lost_puts_the_truth_back(
     assert record is not None and record.ended_at is None and record.end_reason == ""
     assert [c.call_id for c in await _node(a, {}).remote_calls()] == ["still-live"]
     assert await _node(a, {}).request_hangup("still-live") == "dead"
+
+
+async def test_a_database_outage_marks_no_live_node_lost(
+        postgres_server: Postgres, pg_url: str) -> None:
+    """Both nodes go silent while PostgreSQL is away; once it is back neither may take the
+    other for lost (each judges only after beating for lost_after_s itself)."""
+    a = PostgresRecordStore(pg_url, node_id="a", retry_max_s=1.0)
+    b = PostgresRecordStore(pg_url, node_id="b", retry_max_s=1.0)
+    await a.open()
+    await b.open()
+    on_a, on_b = _LiveCall("live-on-a"), _LiveCall("live-on-b")
+    nodes = [_node(a, {"live-on-a": on_a}), _node(b, {"live-on-b": on_b})]
+    try:
+        for store, call in ((a, on_a), (b, on_b)):
+            await store.save(call.record)
+        for node in nodes:
+            await node.start()
+        await until(lambda: a.queued == 0 and b.queued == 0, 30)
+        await asyncio.to_thread(postgres_server.stop, "fast")
+        await asyncio.sleep(3 * nodes[0].lost_after_s)     # longer than lost_after_s
+        await asyncio.to_thread(postgres_server.start)
+
+        async def both_listed() -> bool:
+            with contextlib.suppress(Exception):
+                return len(await nodes[0].remote_calls() + await nodes[1].remote_calls()) == 2
+            return False
+
+        await until(both_listed, 30, poll_s=0.5, what="both nodes heartbeating again")
+        await asyncio.sleep(2 * nodes[0].lost_after_s)     # when a mark would have come
+        assert nodes[0].lost_marked == [] and nodes[1].lost_marked == []
+        for store, call_id in ((a, "live-on-b"), (b, "live-on-a")):
+            record = await store.get(call_id)
+            assert record is not None and record.ended_at is None
+    finally:
+        if not postgres_server.running:
+            postgres_server.start()
+        for node in nodes:
+            await node.stop()
+        await a.close()
+        await b.close()
