@@ -218,3 +218,34 @@ async def test_the_dashboard_of_either_node_shows_both_and_hangs_up_on_the_other
         for task in (on_a, on_b):
             if not task.done():
                 task.cancel()
+
+
+@pytest.mark.interop
+@pytest.mark.slow
+async def test_a_node_restarted_with_its_id_closes_what_it_left_open(
+        tmp_path: Path, pg_url: str) -> None:
+    """kill -9, then the same node id starts again before anyone took it for lost: the
+    new run closes its old run's open records (``crashed``) and its stale live calls go."""
+    require_binary("sipp", "the caller")
+    leg = f"restart-{uuid.uuid4().hex[:6]}"
+    node = _node(tmp_path / "first", pg_url, "solo")
+    node.start()
+    caller = _caller(tmp_path, node, leg, wait_bye_ms=10000)
+    try:
+        await until(lambda: "solo" in _live_by_node(node), 30, poll_s=0.3,
+                    what="the call listed")
+        assert node.proc is not None
+        node.proc.kill()
+        node.proc.wait(10)
+    finally:
+        node.stop()
+    again = _node(tmp_path / "second", pg_url, "solo")
+    try:
+        again.start()
+        (row,) = records_by_leg(pg_url, f"{leg}-1@127.0.0.1")
+        assert (row["state"], row["end_reason"]) == ("crashed", "crashed")
+        assert _calls(again)["live"] == []
+        assert again.metric("voicebridge_cluster_calls_lost_total") == 0
+    finally:
+        again.stop()
+        await asyncio.wait_for(caller, 60)
