@@ -29,7 +29,7 @@ from bridge.call.records import (
     TranscriptEntry,
     TurnLatency,
 )
-from bridge.call.records_pg import LATEST, PostgresRecordStore
+from bridge.call.records_pg import LATEST, PostgresRecordStore, open_postgres_store
 from tests.support.postgres import Postgres, pg_url, postgres_server
 from tests.support.waiting import until
 
@@ -201,12 +201,42 @@ async def test_postgres_orphans_of_other_nodes_are_left_alone(pg_url: str) -> No
         await b.save(_record("on-b"))
         await _flushed(a)
         await _flushed(b)
-        assert await a.close_orphans() == ["on-a"]     # a restarted: only its own
+        await a.close()
+        a = PostgresRecordStore(pg_url, node_id="a")   # a restarted: only its own
+        await a.open()
+        assert await a.close_orphans() == ["on-a"]
         got = await b.get("on-b")
         assert got is not None and got.ended_at is None and got.node == "b"
     finally:
         await a.close()
         await b.close()
+
+
+async def test_postgres_orphans_are_closed_once_the_database_is_back(
+        postgres_server: Postgres, pg_url: str) -> None:
+    """A node that starts while PostgreSQL is away closes its previous run's records
+    when the database returns, and never this run's own live calls."""
+    first = PostgresRecordStore(pg_url, node_id="n")
+    await first.open()
+    await first.save(_record("previous-run"))
+    await _flushed(first)
+    await first.close()
+    postgres_server.stop()
+    try:
+        again = await open_postgres_store(pg_url, "n")
+        assert again.orphans_due
+        await again.save(_record("this-run"))
+    finally:
+        postgres_server.start()
+    try:
+        await until(lambda: not again.orphans_due and again.queued == 0, 60,
+                    what="the late close and the queue")
+        old = await again.get("previous-run")
+        assert old is not None and old.end_reason == CRASHED
+        new = await again.get("this-run")
+        assert new is not None and new.ended_at is None
+    finally:
+        await again.close()
 
 
 async def test_postgres_queue_is_bounded_while_the_database_is_away() -> None:

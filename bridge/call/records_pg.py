@@ -24,6 +24,7 @@ same database; ``bridge.call.cluster`` reads and writes it through :attr:`pool`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -108,7 +109,7 @@ _CLOSE_ORPHANS = """
 UPDATE calls SET ended_at = saved_at, state = %(reason)s::text, end_reason = %(reason)s::text,
     record = record || jsonb_build_object('ended_at', saved_at, 'end_reason', %(reason)s::text,
                                           'end_detail', %(detail)s::text)
-WHERE node_id = %(node)s AND ended_at IS NULL
+WHERE node_id = %(node)s AND ended_at IS NULL AND saved_at < %(before)s
 RETURNING call_id
 """
 
@@ -174,12 +175,17 @@ class PostgresRecordStore:
         #: False from a failed write until the next good one: reads do not wait on a
         #: database known to be away (the dashboard stays quick through an outage).
         self.reachable = True
+        #: When this store opened: records saved before it are a previous run's.
+        self.opened_at = time.time()
+        #: close_orphans could not run at start: the writer runs it once it can.
+        self.orphans_due = False
 
     # ---- life cycle ------------------------------------------------------------------------
 
     async def open(self, wait_s: float = 10.0) -> None:
         """Open the pool and migrate. A database that does not answer within ``wait_s`` is
         not fatal: the writer migrates once it does, and saves queue until then."""
+        self.opened_at = time.time()
         await self.pool.open(wait=False)
         try:
             async with asyncio.timeout(wait_s):
@@ -262,7 +268,7 @@ class PostgresRecordStore:
     async def _write_loop(self) -> None:
         delay = RETRY_FIRST_S
         while True:
-            if not self._pending:
+            if not self._pending and not self.orphans_due:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -270,7 +276,10 @@ class PostgresRecordStore:
             try:
                 if not self._migrated:
                     await self._migrate()
-                await self._write(batch)
+                if self.orphans_due:
+                    await self._close_orphans_late()
+                if batch:
+                    await self._write(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -345,19 +354,29 @@ class PostgresRecordStore:
 
     async def close_orphans(self) -> list[str]:
         """Close the records this node (same node id) left open when it died: ``crashed``,
-        ended at their last save. Other nodes' calls are theirs (or the cluster's lost
-        check's). Also forgets this node's stale live-call rows."""
+        ended at their last save (only records saved before this store opened: this
+        run's live calls are not orphans, even when this runs late). Other nodes' calls
+        are theirs (or the cluster's lost check's). Also forgets this node's stale
+        live-call rows."""
         if not self._migrated:
             await self._migrate()
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(_CLOSE_ORPHANS, {
-                "reason": CRASHED, "node": self.node_id,
+                "reason": CRASHED, "node": self.node_id, "before": self.opened_at,
                 "detail": "the bridge stopped while the call was live"})
             closed = [str(r[0]) for r in await cur.fetchall()]
             await conn.execute("DELETE FROM live_calls WHERE node_id = %s", (self.node_id,))
             await conn.execute("DELETE FROM hangup_requests WHERE node_id = %s",
                                (self.node_id,))
         return closed
+
+    async def _close_orphans_late(self) -> None:
+        """``close_orphans`` once; ``orphans_due`` stays set (and it raises) on failure."""
+        closed = await self.close_orphans()
+        self.orphans_due = False
+        if closed:
+            log.warning("closed %d call record(s) a previous run of node %s left open (end "
+                        "reason crashed, ended at their last save)", len(closed), self.node_id)
 
     async def integrity(self) -> str:
         """``"ok"`` when the schema is at :data:`LATEST` and every row's columns agree with
@@ -399,15 +418,13 @@ async def open_postgres_store(url: str, node_id: str, *, queue_max: int = 10_000
     store = PostgresRecordStore(url, node_id=node_id, queue_max=queue_max,
                                 pool_max=pool_max, flush_s=flush_s)
     await store.open()
-    try:
-        closed = await store.close_orphans()
-    except Exception as exc:
-        log.warning("could not look for call records a previous run of node %s left open "
-                    "(%s)", node_id, type(exc).__name__)
-        closed = []
-    if closed:
-        log.warning("closed %d call record(s) a previous run of node %s left open (end "
-                    "reason crashed, ended at their last save)", len(closed), node_id)
+    store.orphans_due = True
+    with contextlib.suppress(Exception):    # the writer retries (with back-off)
+        await store._close_orphans_late()
+    if store.orphans_due:
+        store._wake.set()
+        log.warning("PostgreSQL: the records a previous run of node %s left open will be "
+                    "closed once it is reachable", node_id)
     return store
 
 
