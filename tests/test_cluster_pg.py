@@ -2,7 +2,7 @@
 
 Each node is a real subprocess with its own node id, SIP and HTTP ports, and the same
 ``[records] url``; SIPp calls each node directly (the SIP load balancer in front is
-another test's business). Heartbeats are 1 s and a node is lost after 4 s, so the tests
+another test's business). Heartbeats are 1 s and a node is lost after 6 s, so the tests
 do not wait long; every wait is a bounded poll.
 """
 
@@ -29,7 +29,7 @@ from tests.support.waiting import until
 __all__ = ["pg_url", "postgres_server"]   # fixtures, used by name
 
 DIALPLANS = Path(__file__).parent / "data" / "interop" / "dialplans"
-LOST_AFTER_S = 4
+LOST_AFTER_S = 6
 
 
 def _node(folder: Path, url: str, node_id: str) -> ServeProcess:

@@ -63,7 +63,6 @@ async def test_postgres_stopped_for_10_s_mid_call_loses_no_record(
             await until(listed, 8, poll_s=0.2, what=lambda: f"the ended call in /calls: "
                         f"{listed()}")
             assert listed() == ["caller_hangup"]
-            assert time.monotonic() - stopped < OUTAGE_S   # all that during the outage
             assert serve.metric("voicebridge_records_queue_depth") >= 1
             await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
         finally:
