@@ -42,10 +42,11 @@ class _LiveCall:
         self.state = _Machine()
 
 
-def _node(store: PostgresRecordStore, calls: Mapping[str, Any]) -> ClusterNode:
+def _node(store: PostgresRecordStore, calls: Mapping[str, Any],
+          lost_after_s: float = 2) -> ClusterNode:
     return ClusterNode(store, lambda: calls, lambda _cid, _why: False,  # type: ignore[arg-type]
                        node_id=store.node_id, http_url=lambda: "http://127.0.0.1:1",
-                       heartbeat_s=1, lost_after_s=2)
+                       heartbeat_s=1, lost_after_s=lost_after_s)
 
 
 @pytest.fixture
@@ -114,7 +115,8 @@ async def test_a_database_outage_marks_no_live_node_lost(
     await a.open()
     await b.open()
     on_a, on_b = _LiveCall("live-on-a"), _LiveCall("live-on-b")
-    nodes = [_node(a, {"live-on-a": on_a}), _node(b, {"live-on-b": on_b})]
+    nodes = [_node(a, {"live-on-a": on_a}, lost_after_s=4),
+             _node(b, {"live-on-b": on_b}, lost_after_s=4)]
     try:
         for store, call in ((a, on_a), (b, on_b)):
             await store.save(call.record)
@@ -122,7 +124,7 @@ async def test_a_database_outage_marks_no_live_node_lost(
             await node.start()
         await until(lambda: a.queued == 0 and b.queued == 0, 30)
         await asyncio.to_thread(postgres_server.stop, "fast")
-        await asyncio.sleep(3 * nodes[0].lost_after_s)     # longer than lost_after_s
+        await asyncio.sleep(nodes[0].lost_after_s + 2)     # longer than lost_after_s
         await asyncio.to_thread(postgres_server.start)
 
         async def both_listed() -> bool:
