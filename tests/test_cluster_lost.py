@@ -69,6 +69,7 @@ async def test_two_nodes_mark_a_silent_nodes_calls_lost_once(
         stores: list[PostgresRecordStore], pg_url: str) -> None:
     a, b, dead = stores
     saved, unsaved = _LiveCall("saved"), _LiveCall("never-saved")
+    unsaved.record.caller = "nul\x00caller"         # a heartbeat must not choke on it
     await dead.save(saved.record)                      # its first record made it...
     await until(lambda: dead.queued == 0, 30)
     calls = {"saved": saved, "never-saved": unsaved}   # ...the other call's did not
@@ -84,6 +85,8 @@ async def test_two_nodes_mark_a_silent_nodes_calls_lost_once(
         record = await a.get(call_id)
         assert record is not None and record.end_reason == "lost" and record.node == "dead"
         assert record.ended_at is not None
+    minimal = await a.get("never-saved")
+    assert minimal is not None and minimal.caller == "nul\ufffdcaller"
     assert await node_a.remote_calls() == []
     assert await a.integrity() == "ok"
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bridge import metrics
-from bridge.call.records_pg import READ_TIMEOUT_S
+from bridge.call.records_pg import READ_TIMEOUT_S, pg_text
 from bridge.logthrottle import Throttle
 
 if TYPE_CHECKING:
@@ -193,8 +193,9 @@ class ClusterNode:
     async def heartbeat(self) -> None:
         """Write this node's row and its live calls."""
         calls = list(self._calls().values())
-        rows = [(c.call_id, self.node_id, c.record.started_at, c.record.caller,
-                 c.record.called, c.record.source, c.record.dialplan, c.state.state.value)
+        rows = [(pg_text(c.call_id), self.node_id, c.record.started_at,
+                 pg_text(c.record.caller), pg_text(c.record.called), pg_text(c.record.source),
+                 pg_text(c.record.dialplan), c.state.state.value)
                 for c in calls]
         async with self.store.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(_SYNC_NODE, {"node": self.node_id, "url": self._http_url()})

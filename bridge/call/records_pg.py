@@ -242,9 +242,9 @@ class PostgresRecordStore:
         now = time.time()
         state = "live" if record.ended_at is None else "ended"
         row = _Row(record.call_id, (
-            record.call_id, _text(record.node), record.started_at, record.ended_at, state,
-            _text(record.caller), _text(record.called), _text(record.source),
-            _text(record.dialplan), _text(record.end_reason), now, text), text)
+            record.call_id, pg_text(record.node), record.started_at, record.ended_at, state,
+            pg_text(record.caller), pg_text(record.called), pg_text(record.source),
+            pg_text(record.dialplan), pg_text(record.end_reason), now, text), text)
         self._enqueue(row)
 
     def _enqueue(self, row: _Row) -> None:
@@ -395,7 +395,7 @@ class PostgresRecordStore:
         return "ok" if bad == 0 else f"{bad} row(s) disagree with their record"
 
 
-def _text(value: str) -> str:
+def pg_text(value: str) -> str:
     """Text for a PostgreSQL column: it cannot hold NUL."""
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
@@ -428,4 +428,5 @@ async def open_postgres_store(url: str, node_id: str, *, queue_max: int = 10_000
     return store
 
 
-__all__ = ["LATEST", "MIGRATIONS", "PostgresRecordStore", "migrate", "open_postgres_store"]
+__all__ = ["LATEST", "MIGRATIONS", "PostgresRecordStore", "migrate", "open_postgres_store",
+           "pg_text"]
