@@ -84,6 +84,13 @@ class RecordsConfig:
     #: of ``path``, shared by every node of a cluster. Its password belongs in the
     #: environment (``VOICEBRIDGE_RECORDS_URL`` or libpq's ``PGPASSWORD``), not the file.
     url: str = field(default="", repr=False)
+    #: PostgreSQL only: calls whose records may wait for the database (an outage); past
+    #: it the oldest waiting record is dropped and counted.
+    queue_max: int = 10000
+    #: PostgreSQL only: connections in the pool.
+    pool_max: int = 4
+    #: PostgreSQL only: seconds shutdown waits to write the records still queued.
+    flush_s: int = 5
 
 
 @dataclass(frozen=True)
@@ -352,7 +359,8 @@ def _validate(s: Settings) -> None:
         ("[sip] max_calls", s.sip.max_calls), ("[webrtc] max_legs", s.webrtc.max_legs),
         ("[sip] ring_ms", s.sip.ring_ms),
         ("[http] recent_calls", s.http.recent_calls),
-        ("[webrtc] rate_per_minute", s.webrtc.rate_per_minute))
+        ("[webrtc] rate_per_minute", s.webrtc.rate_per_minute),
+        ("[records] flush_s", s.records.flush_s))
     for where, number in checks:
         if number < 0:
             raise ConfigError(f"{where}: must not be negative (got {number})")
@@ -360,7 +368,8 @@ def _validate(s: Settings) -> None:
         ("[webrtc] media_timeout_ms", s.webrtc.media_timeout_ms),
         ("[webrtc] call_token_ttl_s", s.webrtc.call_token_ttl_s),
         ("[webrtc] rate_burst", s.webrtc.rate_burst),
-        ("[cluster] heartbeat_s", s.cluster.heartbeat_s))
+        ("[cluster] heartbeat_s", s.cluster.heartbeat_s),
+        ("[records] queue_max", s.records.queue_max), ("[records] pool_max", s.records.pool_max))
     for where, number in positive:
         if number <= 0:
             raise ConfigError(f"{where}: must be above 0 (got {number})")

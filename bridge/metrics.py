@@ -68,6 +68,13 @@ voicebridge_sip_registrations_total      counter    account, result (registered,
                                                                auth_failed, rejected, timeout,
                                                                expired, interval_too_brief)
 voicebridge_http_sse_clients             gauge
+voicebridge_records_queue_depth          gauge      (call records waiting for PostgreSQL)
+voicebridge_records_dropped_total        counter    (records dropped: queue full, or unwritten
+                                                     at shutdown)
+voicebridge_records_write_errors_total   counter    (failed PostgreSQL writes, retried)
+voicebridge_cluster_calls_lost_total     counter    (calls of a silent node marked lost)
+voicebridge_cluster_hangups_relayed_total counter   outcome      (a hang-up for another node:
+                                                               requested, acted, refused)
 """
 
 from __future__ import annotations
@@ -184,6 +191,18 @@ SIP_REGISTRATIONS = Counter("sip_registrations", "Answers to our REGISTERs (and 
                             namespace=_NS, registry=REGISTRY)
 SSE_CLIENTS = Gauge("http_sse_clients", "Clients following /calls/events.",
                     namespace=_NS, registry=REGISTRY)
+RECORDS_QUEUE = Gauge("records_queue_depth", "Call records waiting to be written to "
+                      "PostgreSQL.", namespace=_NS, registry=REGISTRY)
+RECORDS_DROPPED = Counter("records_dropped", "Call records dropped unwritten: the queue was "
+                          "full, or PostgreSQL was away at shutdown.",
+                          namespace=_NS, registry=REGISTRY)
+RECORDS_WRITE_ERRORS = Counter("records_write_errors", "Failed writes of call records to "
+                               "PostgreSQL (each is retried).", namespace=_NS, registry=REGISTRY)
+CLUSTER_CALLS_LOST = Counter("cluster_calls_lost", "Calls of a node that stopped heartbeating, "
+                             "marked lost.", namespace=_NS, registry=REGISTRY)
+CLUSTER_HANGUPS = Counter("cluster_hangups_relayed", "Hang-ups of a call on another node: "
+                          "requested, acted on by the owner, refused.", ["outcome"],
+                          namespace=_NS, registry=REGISTRY)
 
 
 def observe_rate_limits(event: RateLimits) -> None:

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from quart import Quart
 
     from bridge.call.call import RealtimeFactory, RealtimeSession
+    from bridge.call.cluster import ClusterNode
     from bridge.call.manager import CallManager
     from bridge.call.records import CallRecord, RecordStore
     from bridge.dialplans.plan import DialplanSet
@@ -91,6 +92,7 @@ class Bridge:
         self.sip_wanted = settings.sip.enabled if sip is None else sip
         self.manager: CallManager | None = None
         self.store: RecordStore | None = None
+        self.cluster: ClusterNode | None = None
         self.emulator: Emulator | None = None
         self.sip: SipService | None = None
         self.target: RealtimeTarget | None = None
@@ -146,7 +148,23 @@ class Bridge:
             await self._start_sip(manager)
         # Calls end before SIP stops (closers run in reverse): their BYEs need it.
         self._closers.append(self._shutdown_calls)
+        self.cluster = self._cluster(manager)
         await self._start_http(manager)
+        if self.cluster is not None:        # heartbeats once the HTTP URL is known
+            await self.cluster.start()
+            self._closers.append(self.cluster.stop)
+
+    def _cluster(self, manager: CallManager) -> ClusterNode | None:
+        """The shared live state, with a PostgreSQL store only (``bridge.call.cluster``)."""
+        from bridge.call.cluster import ClusterNode  # noqa: PLC0415
+        from bridge.call.records_pg import PostgresRecordStore  # noqa: PLC0415
+
+        if not isinstance(self.store, PostgresRecordStore):
+            return None
+        cluster = self.settings.cluster
+        return ClusterNode(self.store, lambda: manager.calls, manager.hang_up,
+                           node_id=cluster.node(), http_url=lambda: self.http_url,
+                           heartbeat_s=cluster.heartbeat_s, lost_after_s=cluster.lost_after_s)
 
     async def stop(self) -> None:
         """End calls, then close everything that was opened (reverse order). Idempotent."""
@@ -215,7 +233,14 @@ class Bridge:
     async def _open_store(self) -> RecordStore:
         from bridge.call.records import MemoryRecordStore, SqliteRecordStore  # noqa: PLC0415
 
-        path = self.settings.records.path
+        records = self.settings.records
+        if records.url:
+            from bridge.call.records_pg import open_postgres_store  # noqa: PLC0415
+
+            return await open_postgres_store(records.url, self.settings.cluster.node(),
+                                             queue_max=records.queue_max,
+                                             pool_max=records.pool_max, flush_s=records.flush_s)
+        path = records.path
         if not path:
             return MemoryRecordStore()
         store = SqliteRecordStore(path)
@@ -295,7 +320,7 @@ class Bridge:
         from bridge.web.app import create_app  # noqa: PLC0415
 
         self.app = create_app(manager, self.settings, readiness=self.readiness,
-                              registrations=self._registrations)
+                              registrations=self._registrations, cluster=self.cluster)
         http = self.settings.http
         # Bind here (not in Hypercorn) so a port of 0 works and the bound port is known.
         family = socket.AF_INET6 if ":" in http.host else socket.AF_INET

@@ -7,8 +7,8 @@ every turn and at the end, so a crash loses at most the current turn.
 ``SqliteRecordStore`` is the default: stdlib ``sqlite3`` in WAL mode, one row per call
 (indexed columns for listing plus the whole record as JSON). All SQLite work runs on one
 dedicated thread that owns the connection, so the event loop never waits on the disk and
-the connection is never shared between threads. A server database can follow behind the
-same ``RecordStore`` protocol.
+the connection is never shared between threads. PostgreSQL, shared by the nodes of a
+cluster, is ``bridge.call.records_pg`` behind the same ``RecordStore`` protocol.
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ class CallRecord:
     usage: dict[str, Any] = field(default_factory=dict)
     responses: int = 0
     errors: list[str] = field(default_factory=list)
+    #: The node that ran the call (``[cluster] node_id``); stamped by a shared store.
+    node: str = ""
 
     def add_usage(self, usage: dict[str, Any] | None) -> None:
         """Sum a ``response.done`` usage block into ``usage`` (numbers add, dicts recurse)."""

@@ -28,12 +28,12 @@ Softphone (``[http] softphone``, on by default; 404 when off):
 Token-protected (``[http] token``; ``Authorization: Bearer`` or the session /login starts):
     GET  /login?token=...       starts the signed session, redirects to /dashboard
     GET  /dashboard             live calls and recent history
-    GET  /calls                 the same as JSON
+    GET  /calls                 the same as JSON (in a cluster: every node's calls)
     GET  /calls/events          server-sent events of every call event
     GET  /calls/<id>            a call's record: JSON (Accept: application/json or
                                 ?format=json) or an HTML page with transcript and timeline
     GET  /calls/<id>/timeline.svg
-    POST /calls/<id>/hangup     end a live call
+    POST /calls/<id>/hangup     end a live call (in a cluster: on whichever node owns it)
 
 State-changing routes also check the ``Origin`` and, on the session cookie, a CSRF
 token (``bridge.web.access``). An app built with no token keeps the protected routes
@@ -45,6 +45,7 @@ closed unless ``[http] cors_origins`` lists origins.
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 from quart import Quart
 
@@ -60,15 +61,19 @@ from bridge.web.softphone import softphone
 from bridge.web.state import EXTENSION, Lines, Manager, Readiness, WebState
 from bridge.web.webrtc_calls import WebRtcCalls
 
+if TYPE_CHECKING:
+    from bridge.call.cluster import ClusterNode
+
 #: The largest request body taken (a browser's SDP offer is a few kilobytes).
 MAX_OFFER_BYTES = 64 * 1024
 
 
 def create_app(manager: Manager, settings: Settings, *,
                readiness: Readiness | None = None,
-               registrations: Lines | None = None) -> Quart:
+               registrations: Lines | None = None, cluster: ClusterNode | None = None) -> Quart:
     """The bridge's HTTP app around ``manager`` (see the module doc for the routes);
-    ``registrations``: the SIP accounts' registration states, for the dashboard."""
+    ``registrations``: the SIP accounts' registration states, for the dashboard;
+    ``cluster``: the shared live state of a cluster (PostgreSQL records), else None."""
     webrtc = settings.webrtc
     unknown = sorted(set(webrtc.dialplans) - {plan.name for plan in manager.dialplans}
                      if webrtc.dialplans else ())
@@ -85,7 +90,7 @@ def create_app(manager: Manager, settings: Settings, *,
                      webrtc=WebRtcCalls(manager, media_timeout_s=webrtc.media_timeout_ms / 1000),
                      tokens=CallTokens(webrtc.call_token_ttl_s),
                      limiter=RateLimiter(webrtc.rate_per_minute, webrtc.rate_burst),
-                     readiness=readiness, registrations=registrations)
+                     readiness=readiness, registrations=registrations, cluster=cluster)
     app.extensions[EXTENSION] = state
     app.after_serving(state.webrtc.close)
     app.after_request(security_headers)

@@ -38,7 +38,8 @@ def summary(record: CallRecord, live: bool) -> Summary:
     """One line of the listing (and the head of a call's page)."""
     end = record.ended_at if record.ended_at is not None else time.time()
     return {
-        "call_id": record.call_id, "caller": record.caller, "called": record.called,
+        "call_id": record.call_id, "node": record.node or web_state().settings.cluster.node(),
+        "caller": record.caller, "called": record.called,
         "source": record.source, "dialplan": record.dialplan, "live": live,
         "started_at": record.started_at, "ended_at": record.ended_at,
         "duration_s": round(max(0.0, end - record.started_at), 1),
@@ -56,17 +57,38 @@ async def find(call_id: str) -> tuple[CallRecord | None, bool]:
     live = live_records()
     if call_id in live:
         return live[call_id], True
-    return await web_state().manager.store.get(call_id), False
+    state = web_state()
+    record = await state.manager.store.get(call_id)
+    # In a cluster an open record is another node's live call (a lost node's are closed).
+    return record, bool(state.cluster and record is not None and record.ended_at is None)
 
 
 async def listing() -> dict[str, list[Summary]]:
     """The live calls, and the recent ones (``[http] recent_calls``) that are not live."""
     state = web_state()
     live = live_records()
+    remote = await remote_calls()
     recent = [r for r in await state.manager.store.recent(state.http.recent_calls)
-              if r.call_id not in live]
-    return {"live": [summary(r, True) for r in live.values()],
+              if r.call_id not in live and r.call_id not in remote]
+    return {"live": [summary(r, True) for r in live.values()] + list(remote.values()),
             "recent": [summary(r, False) for r in recent]}
+
+
+async def remote_calls() -> dict[str, Summary]:
+    """The live calls of the cluster's other nodes (none without a cluster, or while the
+    database is away: the page still shows this node's own)."""
+    cluster = web_state().cluster
+    if cluster is None:
+        return {}
+    try:
+        calls = await cluster.remote_calls()
+    except Exception as exc:     # asyncio.CancelledError is not an Exception
+        log.warning("could not list the other nodes' calls (%s)", type(exc).__name__)
+        return {}
+    return {c.call_id: summary(CallRecord(
+        call_id=c.call_id, source=c.source, caller=c.caller, called=c.called,
+        dialplan=c.dialplan, started_at=c.started_at, node=c.node), True) | {"state": c.state}
+        for c in calls}
 
 
 @calls.get("/calls")
@@ -108,10 +130,19 @@ async def call_timeline(call_id: str) -> ResponseReturnValue:
 @calls.post("/calls/<call_id>/hangup")
 @action
 async def call_hangup(call_id: str) -> ResponseReturnValue:
-    if not web_state().manager.hang_up(call_id, "operator"):
+    state = web_state()
+    if state.manager.hang_up(call_id, "operator"):
+        log.info("call %s: hung up from the dashboard", call_id)
+        return {"ok": True, "call_id": call_id}, 202
+    try:
+        owner = await state.cluster.request_hangup(call_id) if state.cluster else None
+    except Exception as exc:     # asyncio.CancelledError is not an Exception
+        log.warning("could not relay a hang-up of call %s (%s)", call_id, type(exc).__name__)
+        return {"error": "the cluster's database is not reachable"}, 503
+    if owner is None:
         return {"error": "no such live call"}, 404
-    log.info("call %s: hung up from the dashboard", call_id)
-    return {"ok": True, "call_id": call_id}, 202
+    log.info("call %s: hang-up asked of node %s", call_id, owner)
+    return {"ok": True, "call_id": call_id, "node": owner}, 202
 
 
 __all__ = ["calls", "find", "listing", "summary"]

@@ -41,7 +41,8 @@ async def login() -> ResponseReturnValue:
 @protected
 async def page() -> ResponseReturnValue:
     return await render_template("dashboard.html", calls=await listing(), csrf=csrf_token(),
-                                 registrations=registrations())
+                                 registrations=registrations(),
+                                 cluster=web_state().cluster is not None)
 
 
 def registrations() -> list[dict[str, Any]]:

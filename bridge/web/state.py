@@ -19,6 +19,7 @@ from bridge.web.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from bridge.call.call import Call
+    from bridge.call.cluster import ClusterNode
     from bridge.call.leg import MediaLeg
     from bridge.call.records import CallRecord, RecordStore
     from bridge.dialplans.plan import DialplanSet
@@ -69,6 +70,8 @@ class WebState:
     limiter: RateLimiter
     readiness: Readiness | None = None
     registrations: Lines | None = None
+    #: The cluster's shared live state (a PostgreSQL record store only), else None.
+    cluster: ClusterNode | None = None
 
     @property
     def http(self) -> HttpSettings:
