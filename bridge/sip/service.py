@@ -50,6 +50,7 @@ from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, pu
 from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
+from bridge.sip.proxies import TrustedProxies
 from bridge.sip.sdp import NegotiatedMedia, SessionDescription, answer_offer, make_offer
 from bridge.sip.settings import SipSettings
 from bridge.sip.tcp import TcpPort
@@ -117,6 +118,7 @@ class SipService:
         self._early = early
         #: The admission decision (allowlist, draining, rates, unACKed INVITEs, capacity).
         self.gate = Gate(settings)
+        self._proxies = TrustedProxies(settings.trusted_proxies)
         self._ports = PortAllocator(*rtp_ports)
         self.ua: UserAgent | None = None
         self.address = settings.host
@@ -341,15 +343,20 @@ class SipService:
         assert self._loop is not None
         source = peer.addr[0]
         invite = request.method == "INVITE"
-        load = Load(self.active_calls, len(self._pending),
-                    sum(1 for p in self._pending.values() if p.event.peer.addr[0] == source),
-                    can_admit=not invite or self._can_admit is None or self._can_admit())
-        refusal = self.gate.check(request.method, source, self._loop.time(), load)
+        caller = self._proxies.caller_of(request, source)
+        load = Load(self.active_calls, len(self._pending), sum(
+            1 for p in self._pending.values()
+            if self._proxies.caller_of(p.event.invite, p.event.peer.addr[0]) == caller),
+            can_admit=self._can_admit is None or request.method not in ("INVITE", "OPTIONS")
+            or self._can_admit())
+        refusal = self.gate.check(request.method, source, self._loop.time(), load, caller)
         if refusal is None:
             return None
         self.stats["rejected"] += 1
         if invite:
             metrics.CALLS_REJECTED.labels(reason=refusal.reason).inc()
+        elif request.method == "OPTIONS":
+            metrics.OPTIONS_REFUSED.labels(reason=refusal.reason).inc()
         _throttled.log(logging.INFO, refusal.reason, "%s from %s refused (%d %s): %d calls, "
                        "%d unconfirmed", request.method, source, refusal.status,
                        refusal.reason, load.calls, load.unacked)
