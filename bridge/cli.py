@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("bridge.serve", "run the bridge: SIP, RTP, WebRTC and HTTP in one process"),
     "emulator": ("bridge.realtime.emulator.cli", "run the local Realtime emulator alone"),
     "check-dialplans": ("bridge.dialplans.check", "validate dialplan files and exit"),
+    "kamailio-list": ("bridge.kamailio_list", "write Kamailio's dispatcher list from "
+                      "VOICEBRIDGE_NODES"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
