@@ -113,7 +113,7 @@ class Cluster:
         ports = {str(node.sip_port): node.node_id for node in self.nodes}
         out: dict[str, str] = {}
         assert self.kamailio is not None
-        for m in re.finditer(r"INVITE (\S+) (?:->|: failed over to) sip:127\.0\.0\.1:(\d+)",
+        for m in re.finditer(r"INVITE (\S+?):? (?:->|failed over to) sip:127\.0\.0\.1:(\d+)",
                              self.kamailio.log_path.read_text(errors="replace")):
             out[m.group(1)] = ports.get(m.group(2), m.group(2))
         return out
