@@ -132,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=2, help="nodes behind Kamailio (2)")
     parser.add_argument("--kamailio-cfg", default=str(KAMAILIO_CFG),
                         help="the Kamailio configuration (default: the shipped one)")
+    parser.add_argument("--answer-wait-ms", type=int, default=None,
+                        help="[sip] answer_wait_ms of the nodes (default: theirs, 2000: the "
+                             "200 waits for the Realtime session; 0 shows the SIP path alone)")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep logs, SIPp's files and the scenario in DIR")
 
@@ -153,8 +156,12 @@ class Figures:
                 f" ms max {max(self.setup_ms, default=0):7.1f} ms   CPU per call: {cpu}")
 
 
-def _node_env(n: int, emulator: EmulatorProcess, node_id: str) -> dict[str, str]:
-    return {"VOICEBRIDGE_REALTIME_EMULATOR_URL": emulator.url,
+def _node_env(args: argparse.Namespace, emulator: EmulatorProcess, node_id: str
+              ) -> dict[str, str]:
+    n = args.calls
+    wait = ({} if args.answer_wait_ms is None
+            else {"VOICEBRIDGE_SIP_ANSWER_WAIT_MS": str(args.answer_wait_ms)})
+    return {**wait, "VOICEBRIDGE_REALTIME_EMULATOR_URL": emulator.url,
             "VOICEBRIDGE_CLUSTER_NODE_ID": node_id,
             "VOICEBRIDGE_SIP_MAX_CALLS": str(n + 10),
             "VOICEBRIDGE_SIP_TRUSTED_PROXIES": "127.0.0.1/32",
@@ -208,12 +215,12 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
     with EmulatorProcess(quiet=True) as emulator:
         with ServeProcess(workdir / "direct", records=False, log_level="WARNING",
                           rtp_ports=free_rtp_range(4 * n + 40),
-                          env=_node_env(n, emulator, "direct")) as node:
+                          env=_node_env(args, emulator, "direct")) as node:
             direct = await _load("direct", node.sip_port, workdir, args,
                                  {"node": lambda: cpu_seconds(node.pid)})
         nodes = [ServeProcess(workdir / f"node{i + 1}", records=False, log_level="WARNING",
                               rtp_ports=free_rtp_range(4 * n + 40),
-                              env=_node_env(n, emulator, f"node{i + 1}"))
+                              env=_node_env(args, emulator, f"node{i + 1}"))
                  for i in range(args.nodes)]
         try:
             for node in nodes:
