@@ -20,7 +20,7 @@ DOCUMENTED = ("enabled", "host", "port", "transports", "public_address", "max_ca
               "allow_from", "latch_any", "ring_ms", "answer_wait_ms", "tcp_max_connections",
               "tcp_max_per_source", "tcp_message_timeout_s", "tcp_idle_timeout_s",
               "max_unacked", "max_unacked_per_source", "invite_rate_per_source",
-              "invite_burst_per_source", "drain_s")
+              "invite_burst_per_source", "drain_s", "trusted_proxies", "accounts", "trunks")
 
 
 async def test_loaded_sip_settings_reach_the_service_and_the_user_agent(

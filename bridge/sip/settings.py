@@ -61,10 +61,6 @@ class SipSettings:
     max_calls: int = 200
     #: CIDRs allowed to send us requests; empty allows everyone. Others get 403.
     allow_from: tuple[str, ...] = ()
-    #: CIDRs of SIP proxies in front of the bridge (Kamailio): for requests from these the
-    #: per-source limits count the caller the proxy received the request from (its Via),
-    #: not the proxy. They must also be in ``allow_from`` if that is set.
-    trusted_proxies: tuple[str, ...] = ()
     #: Latch RTP onto the first packet from any address. Off, RTP may latch from the
     #: SDP address or the address the call's signalling came from, which is enough for
     #: callers behind NAT that call us directly; on, for media from anywhere else (a
@@ -99,6 +95,10 @@ class SipSettings:
     #: On SIGTERM/SIGINT, live calls may go on for this many seconds (new ones get 503)
     #: before each remaining one is ended with a BYE; a second signal ends them at once.
     drain_s: int = 30
+    #: CIDRs of SIP proxies in front of the bridge (Kamailio): for requests from these the
+    #: per-source limits count the caller the proxy received the request from (its Via),
+    #: not the proxy. They must also be in ``allow_from`` if that is set.
+    trusted_proxies: tuple[str, ...] = ()
     #: ``[[sip.accounts]]``: registrations the bridge keeps up (:mod:`bridge.sip.lines`).
     accounts: tuple[Account, ...] = ()
     #: ``[[sip.trunks]]``: peers that call us, known by source address.
