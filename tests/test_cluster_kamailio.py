@@ -62,6 +62,9 @@ async def test_forty_calls_through_kamailio_spread_over_two_nodes(tmp_path: Path
         started = {n.node_id: n.metric("voicebridge_calls_started_total", source="sip",
                                        node=n.node_id) for n in cluster.nodes}
         assert sum(started.values()) == CALLS, started
+        for n in cluster.nodes:                     # each node names itself in its logs
+            assert f"[node {n.node_id}] call " in n.log_tail(400)
+            assert n.metric("voicebridge_node_info", node=n.node_id) == 1
         assert all(count >= CALLS / 3 for count in started.values()), started
         # RTP back: one stream per call, each from a port of the node that took the call,
         # straight to SIPp (not through Kamailio), at least a second of packets each.
