@@ -190,7 +190,8 @@ class _NodeLabelled(Collector):
 
 _exposed: Collector = REGISTRY
 _NODE_INFO = Gauge("node_info", "This process's node id (a label of every series) and "
-                   "version; 1.", ["version"], namespace=_NS)      # registered by label_node
+                   "version; 1.", ["version"], namespace=_NS,
+                   registry=None)                  # registered by label_node
 
 
 def label_node(node: str, version: str) -> None:
