@@ -117,15 +117,13 @@ async def test_a_killed_node_is_skipped_and_new_calls_succeed_on_the_other(
                                  limit_s=30, call_id_prefix=f"after{n}", sipp=sipp)
             assert_all_ok(run, 1)
             calls.append((start - killed, time.monotonic() - start - 0.2))
-        routed = cluster.routed()
-    owners = {routed[f"after{i}-1@127.0.0.1"] for i in range(1, n + 1)}
-    assert owners == {b.node_id}, routed
+        tries = [t for t in cluster.tries() if t[0].startswith("after")]
+    # Every call was answered by the live node; only the first one was tried on the dead
+    # node (and waited for it), which was then marked down and skipped.
+    assert {node for cid, node in dict(tries).items()} == {b.node_id}, tries
+    assert [t for t in tries if t[1] == a.node_id] == [("after1-1@127.0.0.1", a.node_id)]
     slowest = max(took for _at, took in calls)
-    assert calls[0][1] > FR_TIMER_S - 0.5, calls      # the first one did try the dead node
-    assert slowest < FR_TIMER_S + 2.0, calls
-    # Once the probe has had time to see the dead node, no call waits for it any more.
-    settled = [took for at, took in calls if at > PING_INTERVAL_S + FR_TIMER_S + 0.5]
-    assert settled and max(settled) < 1.5, calls
+    assert calls[0][1] > FR_TIMER_S - 0.5 and slowest < FR_TIMER_S + 3.0, calls
     first_fast = next(at for at, took in calls if took < 1.0)
     print(f"kill -9: {n} calls after the kill, all answered by {b.node_id}; the slowest "
           f"set-up {slowest:.2f} s (Kamailio's {FR_TIMER_S:.0f} s wait for the dead node, "

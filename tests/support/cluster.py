@@ -108,15 +108,18 @@ class Cluster:
     def owner(self, rtp_port: int) -> Node | None:
         return next((n for n in self.nodes if n.owns_rtp(rtp_port)), None)
 
-    def routed(self) -> dict[str, str]:
-        """Call-ID -> the node id Kamailio last sent its INVITE to (from its log)."""
+    def tries(self) -> list[tuple[str, str]]:
+        """(Call-ID, node id) of each INVITE Kamailio sent to a node, first tries and
+        failovers, in order (from its log)."""
         ports = {str(node.sip_port): node.node_id for node in self.nodes}
-        out: dict[str, str] = {}
         assert self.kamailio is not None
-        for m in re.finditer(r"INVITE (\S+?):? (?:->|failed over to) sip:127\.0\.0\.1:(\d+)",
-                             self.kamailio.log_path.read_text(errors="replace")):
-            out[m.group(1)] = ports.get(m.group(2), m.group(2))
-        return out
+        return [(m.group(1), ports.get(m.group(2), m.group(2))) for m in re.finditer(
+            r"INVITE (\S+?):? (?:->|failed over to) sip:127\.0\.0\.1:(\d+)",
+            self.kamailio.log_path.read_text(errors="replace"))]
+
+    def routed(self) -> dict[str, str]:
+        """Call-ID -> the node id Kamailio last sent its INVITE to."""
+        return dict(self.tries())
 
     def dump(self) -> None:
         if self.kamailio is not None:
