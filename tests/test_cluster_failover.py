@@ -130,3 +130,30 @@ async def test_a_killed_node_is_skipped_and_new_calls_succeed_on_the_other(
           f"then failover); calls set up in under 1 s from {first_fast:.2f} s after the kill "
           f"(probe every {PING_INTERVAL_S} s); per call (start, set-up): "
           + ", ".join(f"({at:.1f}, {took:.2f})" for at, took in calls))
+
+
+@pytest.mark.interop
+async def test_a_full_node_sends_callers_to_the_other(tmp_path: Path) -> None:
+    """node1 takes 2 calls at most: the INVITEs past that get 503 and go to node2, and
+    its OPTIONS say 503 too, so Kamailio stops trying it while it is full."""
+    sipp = require_binary("sipp", "callers through Kamailio")
+    media = audio(tmp_path)
+    hold = (RoutedScenario("hold", service="agent").invite()
+            .rtp_stream(media, loops=-1, payload_type=PT_PCMU).pause(6000).bye()
+            .write(tmp_path))
+    with Cluster(tmp_path / "cluster", node_env=[{"VOICEBRIDGE_SIP_MAX_CALLS": "2"}],
+                 ping_interval_s=PING_INTERVAL_S) as cluster:
+        a, b = cluster.nodes
+        run = await run_sipp(hold, cluster.sip_port, workdir=tmp_path, calls=8, rate=4,
+                             limit=8, limit_s=60, call_id_prefix="full", sipp=sipp)
+        assert_all_ok(run, 8)
+        taken = {n.node_id: n.metric("voicebridge_calls_started_total", source="sip")
+                 for n in cluster.nodes}
+        refused = a.metric("voicebridge_sip_options_refused_total", reason="at_capacity")
+        busy = a.metric("voicebridge_calls_rejected_total", reason="sip_busy")
+        tries = cluster.tries()
+    assert taken == {a.node_id: 2, b.node_id: 6}, taken
+    assert refused >= 1, refused                    # the probe saw it full
+    print(f"full node: calls taken {taken}; {a.node_id} refused {busy:.0f} INVITEs (503, "
+          f"Kamailio failed over) and {refused:.0f} probes while full; "
+          f"{sum(1 for _c, n in tries if n == a.node_id)} tries sent to it")
