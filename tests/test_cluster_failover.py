@@ -3,8 +3,10 @@ SIPp (issue 12's "Must show"):
 
 * a node drained with SIGTERM during calls: its live calls finish normally (SIPp's BYE),
   new calls during the drain all go to the other node, none fails, and the node exits 0;
-* a node killed with ``kill -9``: new calls succeed on the other node, the first ones after
-  waiting for Kamailio to give up on the dead node; the seconds are measured and printed.
+* a node killed with ``kill -9``: new calls succeed on the other node, the first one after
+  waiting for Kamailio to give up on the dead node; the seconds are measured and printed;
+* a node at ``max_calls``: its INVITEs past that fail over and its probes say 503; and the
+  BYE a node sends itself reaches the caller through Kamailio.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bridge.bench.cluster import RoutedScenario
-from bridge.bench.sip import PT_PCMU, SippRun, run_sipp
+from bridge.bench.sip import PT_PCMU, LoopbackCapture, SippRun, free_udp_port, run_sipp
 from tests.support.cluster import Cluster, Node
 from tests.support.interop import require_binary
 from tests.support.waiting import until
@@ -135,13 +137,15 @@ async def test_a_killed_node_is_skipped_and_new_calls_succeed_on_the_other(
 @pytest.mark.interop
 async def test_a_full_node_sends_callers_to_the_other(tmp_path: Path) -> None:
     """node1 takes 2 calls at most: the INVITEs past that get 503 and go to node2, and
-    its OPTIONS say 503 too, so Kamailio stops trying it while it is full."""
+    its OPTIONS say 503 too, so Kamailio stops trying it while it is full. Then a BYE sent
+    by a node (at the end of a short drain) reaches the caller through Kamailio."""
     sipp = require_binary("sipp", "callers through Kamailio")
     media = audio(tmp_path)
     hold = (RoutedScenario("hold", service="agent").invite()
             .rtp_stream(media, loops=-1, payload_type=PT_PCMU).pause(6000).bye()
             .write(tmp_path))
     with Cluster(tmp_path / "cluster", node_env=[{"VOICEBRIDGE_SIP_MAX_CALLS": "2"}],
+                 env={"VOICEBRIDGE_SIP_DRAIN_S": "1"},
                  ping_interval_s=PING_INTERVAL_S) as cluster:
         a, b = cluster.nodes
         run = await run_sipp(hold, cluster.sip_port, workdir=tmp_path, calls=8, rate=4,
@@ -152,8 +156,31 @@ async def test_a_full_node_sends_callers_to_the_other(tmp_path: Path) -> None:
         refused = a.metric("voicebridge_sip_options_refused_total", reason="at_capacity")
         busy = a.metric("voicebridge_calls_rejected_total", reason="sip_busy")
         tries = cluster.tries()
+        byes = await _nodes_hang_up(cluster, tmp_path, sipp)
     assert taken == {a.node_id: 2, b.node_id: 6}, taken
+    assert byes == {cluster.sip_port}, byes         # the nodes' BYEs came through Kamailio
     assert refused >= 1, refused                    # the probe saw it full
     print(f"full node: calls taken {taken}; {a.node_id} refused {busy:.0f} INVITEs (503, "
           f"Kamailio failed over) and {refused:.0f} probes while full; "
           f"{sum(1 for _c, n in tries if n == a.node_id)} tries sent to it")
+
+
+async def _nodes_hang_up(cluster: Cluster, tmp_path: Path, sipp: str) -> set[int]:
+    """A call on each node, then both drained with drain_s = 1: each node ends its call
+    with its own BYE, which must reach SIPp by the route set, through Kamailio. Returns
+    the source ports of the BYEs SIPp received."""
+    stays = (RoutedScenario("stays", service="agent").invite().wait_bye(30_000)
+             .write(tmp_path))
+    local = free_udp_port()
+    async with LoopbackCapture(dst_ports=(local,)) as capture:
+        calls = asyncio.ensure_future(run_sipp(
+            stays, cluster.sip_port, workdir=tmp_path, calls=2, rate=10, limit=2,
+            local_port=local, limit_s=60, call_id_prefix="stays", sipp=sipp))
+        await until(lambda: all(n.metric("voicebridge_calls_active", source="sip") == 1
+                                for n in cluster.nodes), 30, poll_s=0.2,
+                    what="a call on each node")
+        for node in cluster.nodes:
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGTERM)
+        assert_all_ok(await calls, 2)
+    return {d.src[1] for d in capture.datagrams if d.payload.startswith(b"BYE ")}

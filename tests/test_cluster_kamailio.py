@@ -3,7 +3,8 @@ real ``voicebridge serve`` nodes, called by SIPp (issue 12's "Must show"):
 
 * 40 calls through Kamailio all succeed with the node's RTP back, sent straight from the
   node to the caller (Kamailio never sees media); each node takes at least a third; each
-  call's BYE from SIPp ends that very call on the node Kamailio sent its INVITE to.
+  call's ACKs, re-INVITEs (hold, resume) and BYE from SIPp reach, through Kamailio, the
+  node Kamailio sent its INVITE to, and the BYE ends that very call there.
 
 The drain and the kill -9 of a node are in ``test_cluster_failover.py``.
 """
@@ -43,9 +44,11 @@ async def test_forty_calls_through_kamailio_spread_over_two_nodes(tmp_path: Path
     require(why is None, f"loopback capture of the nodes' RTP: {why}")
     audio = tmp_path / "caller.ulaw"
     audio.write_bytes(caller_audio())
+    # Hold and resume (re-INVITEs) in the middle: in-dialog requests of both kinds.
     scenario = (RoutedScenario("through", service="agent").invite(r"m=audio [0-9]+ RTP/AVP 0")
-                .rtp_stream(audio, loops=-1, payload_type=PT_PCMU).pause(3000).bye()
-                .write(tmp_path))
+                .rtp_stream(audio, loops=-1, payload_type=PT_PCMU).pause(1500)
+                .reinvite("sendonly", r"a=recvonly").reinvite("sendrecv", r"a=sendrecv")
+                .pause(1500).bye().write(tmp_path))
     media_port = free_udp_port(pair=True)
     with Cluster(tmp_path / "cluster") as cluster:
         async with AsyncExitStack() as stack:
@@ -77,14 +80,14 @@ async def test_forty_calls_through_kamailio_spread_over_two_nodes(tmp_path: Path
         assert sum(len(p) for p in per_node.values()) == len(streams) == CALLS, streams
         assert {k: len(v) for k, v in per_node.items()} == started, (per_node, started)
         assert min(streams.values()) >= 50, streams
-        # In-dialog requests reached the owner: each node got, from Kamailio, the ACK and
-        # the BYE of exactly the calls whose INVITE Kamailio sent it; every call's record
-        # is on that node, ended by the caller (SIPp's BYE).
+        # In-dialog requests reached the owner: each node got, from Kamailio, the ACKs,
+        # the re-INVITEs and the BYE of exactly the calls whose INVITE Kamailio sent it;
+        # every call's record is on that node, ended by the caller (SIPp's BYE).
         routed = cluster.routed()
         for node in cluster.nodes:
             mine = {cid for cid, owner in routed.items() if owner == node.node_id}
             assert len(mine) == started[node.node_id]
-            for method in ("ACK", "BYE"):
+            for method in ("ACK", "BYE", "INVITE"):
                 got = _requests(signalling.between(dst_port=node.sip_port), method)
                 assert {cid for cid, _src in got} == mine, (node.node_id, method)
                 assert {src for _cid, src in got} == {cluster.sip_port}   # via Kamailio
@@ -97,11 +100,15 @@ async def test_forty_calls_through_kamailio_spread_over_two_nodes(tmp_path: Path
 
 
 def _requests(datagrams: list[Datagram], method: str) -> set[tuple[str, int]]:
-    """(Call-ID, source port) of each ``method`` request among ``datagrams``."""
+    """(Call-ID, source port) of each ``method`` request among ``datagrams``; for INVITE
+    only re-INVITEs (with a To tag)."""
     out = set()
     for d in datagrams:
         text = d.payload.decode("utf-8", "replace")
         call_id = re.search(r"^(?:Call-ID|i):\s*(\S+)", text, re.MULTILINE | re.IGNORECASE)
+        to = re.search(r"^(?:To|t):(.*)$", text, re.MULTILINE | re.IGNORECASE)
+        if method == "INVITE" and (to is None or ";tag=" not in to.group(1)):
+            continue
         if text.startswith(f"{method} ") and call_id:
             out.add((call_id.group(1), d.src[1]))
     return out
