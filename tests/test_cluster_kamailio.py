@@ -3,8 +3,8 @@ real ``voicebridge serve`` nodes, called by SIPp (issue 12's "Must show"):
 
 * 40 calls through Kamailio all succeed with the node's RTP back, sent straight from the
   node to the caller (Kamailio never sees media); each node takes at least a third; each
-  call's ACKs, re-INVITEs (hold, resume) and BYE from SIPp reach, through Kamailio, the
-  node Kamailio sent its INVITE to, and the BYE ends that very call there.
+  call's ACKs, re-INVITEs (hold, resume), INFO key press and BYE from SIPp reach, through
+  Kamailio, the node Kamailio sent its INVITE to, and the BYE ends that very call there.
 
 The drain and the kill -9 of a node are in ``test_cluster_failover.py``.
 """
@@ -44,11 +44,11 @@ async def test_forty_calls_through_kamailio_spread_over_two_nodes(tmp_path: Path
     require(why is None, f"loopback capture of the nodes' RTP: {why}")
     audio = tmp_path / "caller.ulaw"
     audio.write_bytes(caller_audio())
-    # Hold and resume (re-INVITEs) in the middle: in-dialog requests of both kinds.
+    # Hold and resume (re-INVITEs) and a key press (INFO) in the middle.
     scenario = (RoutedScenario("through", service="agent").invite(r"m=audio [0-9]+ RTP/AVP 0")
                 .rtp_stream(audio, loops=-1, payload_type=PT_PCMU).pause(1500)
                 .reinvite("sendonly", r"a=recvonly").reinvite("sendrecv", r"a=sendrecv")
-                .pause(1500).bye().write(tmp_path))
+                .info("5").pause(1500).bye().write(tmp_path))
     media_port = free_udp_port(pair=True)
     with Cluster(tmp_path / "cluster") as cluster:
         async with AsyncExitStack() as stack:
@@ -81,19 +81,20 @@ async def test_forty_calls_through_kamailio_spread_over_two_nodes(tmp_path: Path
         assert {k: len(v) for k, v in per_node.items()} == started, (per_node, started)
         assert min(streams.values()) >= 50, streams
         # In-dialog requests reached the owner: each node got, from Kamailio, the ACKs,
-        # the re-INVITEs and the BYE of exactly the calls whose INVITE Kamailio sent it;
-        # every call's record is on that node, ended by the caller (SIPp's BYE).
+        # the re-INVITEs, the INFO and the BYE of exactly the calls whose INVITE Kamailio
+        # sent it; every call's record is on that node, with the key, ended by the caller.
         routed = cluster.routed()
         for node in cluster.nodes:
             mine = {cid for cid, owner in routed.items() if owner == node.node_id}
             assert len(mine) == started[node.node_id]
-            for method in ("ACK", "BYE", "INVITE"):
+            for method in ("ACK", "BYE", "INVITE", "INFO"):
                 got = _requests(signalling.between(dst_port=node.sip_port), method)
                 assert {cid for cid, _src in got} == mine, (node.node_id, method)
                 assert {src for _cid, src in got} == {cluster.sip_port}   # via Kamailio
             records = await _ended_records(node, len(mine))
             assert {r["leg_call_id"] for r in records} == mine
             assert {r["end_reason"] for r in records} == {"caller_hangup"}, records
+            assert all([d["digit"] for d in r["dtmf"]] == ["5"] for r in records), records
         print(f"40 calls through Kamailio: per node {started}; RTP streams per node "
               f"{ {k: len(v) for k, v in per_node.items()} }, fewest packets in a stream "
               f"{min(streams.values())}")

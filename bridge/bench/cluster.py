@@ -53,6 +53,17 @@ class RoutedScenario(Scenario):
         first = first.replace(f"sip:{self.service}@[remote_ip]:[remote_port]", "[next_url]")
         return f"{first}\n      [routes]\n{rest}"
 
+    def info(self, digit: str) -> RoutedScenario:
+        """A key press as SIP INFO (``application/dtmf-relay``) in the dialog, then 200."""
+        cseq = self.cseq
+        self.cseq += 1
+        self.steps.append(
+            '  <send retrans="500">\n    <![CDATA[\n\n' + self._headers("INFO", cseq, to_tag=True)
+            + "      Content-Type: application/dtmf-relay\n      Content-Length: [len]\n\n"
+            + f"      Signal={digit}\n      Duration=160\n    ]]>\n  </send>\n"
+            '  <recv response="200"/>\n')
+        return self
+
     def _invite(self, direction: str, to_tag: bool, answer: str | None) -> None:
         super()._invite(direction, to_tag, answer)
         # Keep the 200's Record-Route (and Contact) for the requests that follow.
