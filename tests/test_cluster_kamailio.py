@@ -6,6 +6,9 @@ real ``voicebridge serve`` nodes, called by SIPp (issue 12's "Must show"):
   call's ACKs, re-INVITEs (hold, resume), INFO key press and BYE from SIPp reach, through
   Kamailio, the node Kamailio sent its INVITE to, and the BYE ends that very call there.
 
+* a transfer (a key that sends the caller elsewhere): the node's REFER and BYE reach the
+  caller, and the caller's NOTIFY reaches the node, all through Kamailio.
+
 The drain and the kill -9 of a node are in ``test_cluster_failover.py``.
 """
 
@@ -27,6 +30,7 @@ from tests.support.cluster import Cluster, Node
 from tests.support.interop import require, require_binary
 
 CALLS = 40
+DIALPLANS = Path(__file__).parent / "data" / "cluster" / "dialplans"
 
 
 def caller_audio(seconds: float = 2.0) -> bytes:
@@ -122,3 +126,29 @@ async def _ended_records(node: Node, count: int) -> list[dict[str, object]]:
             return records
         await asyncio.sleep(0.1)
     raise AssertionError(f"{node.node_id}: {len(node.records())} records, {count} wanted")
+
+
+@pytest.mark.interop
+async def test_a_transfer_goes_through_kamailio_both_ways(tmp_path: Path) -> None:
+    """Key 0 transfers the caller: the node's REFER reaches SIPp through Kamailio, SIPp's
+    NOTIFY (the transfer's outcome) reaches the node through Kamailio, and the node ends
+    the call with its BYE, through Kamailio too."""
+    sipp = require_binary("sipp", "callers through Kamailio")
+    scenario = (RoutedScenario("transfer", service="agent").invite().pause(500).info("0")
+                .transferred().wait_bye().write(tmp_path))
+    local = free_udp_port()
+    with Cluster(tmp_path / "cluster", n=2, env={"VOICEBRIDGE_DIALPLANS_PATH": str(DIALPLANS)}
+                 ) as cluster:
+        async with LoopbackCapture(dst_ports=(local, *[n.sip_port for n in cluster.nodes])
+                                   ) as capture:
+            run = await run_sipp(scenario, cluster.sip_port, workdir=tmp_path, local_port=local,
+                                 limit_s=60, call_id_prefix="xfer", sipp=sipp)
+        assert run.returncode == 0 and run.successful == 1, run.explain()
+        owner = next(n for n in cluster.nodes if n.node_id == cluster.routed()["xfer-1@127.0.0.1"])
+        (record,) = await _ended_records(owner, 1)
+    to_caller = {d.payload.split(b" ", 1)[0]: d.src[1] for d in capture.between(dst_port=local)
+                 if not d.payload.startswith(b"SIP/2.0")}
+    assert to_caller == {b"REFER": cluster.sip_port, b"BYE": cluster.sip_port}, to_caller
+    notify = _requests(capture.between(dst_port=owner.sip_port), "NOTIFY")
+    assert notify == {("xfer-1@127.0.0.1", cluster.sip_port)}
+    assert record["end_reason"] == "transferred", record

@@ -64,6 +64,24 @@ class RoutedScenario(Scenario):
             '  <recv response="200"/>\n')
         return self
 
+    def transferred(self, timeout_ms: int = 20000) -> RoutedScenario:
+        """Be transferred: the node's REFER gets 202, then a NOTIFY (RFC 3515) says the
+        transfer succeeded (``SIP/2.0 200 OK`` sipfrag), answered 200 by the node."""
+        cseq = self.cseq
+        self.cseq += 1
+        self.steps.append(
+            f'  <recv request="REFER" timeout="{timeout_ms}"/>\n'
+            '  <send>\n    <![CDATA[\n\n      SIP/2.0 202 Accepted\n      [last_Via:]\n'
+            "      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      [last_CSeq:]\n"
+            "      Contact: <sip:sipp@[local_ip]:[local_port]>\n"
+            "      Content-Length: 0\n\n    ]]>\n  </send>\n"
+            '  <send retrans="500">\n    <![CDATA[\n\n' + self._headers("NOTIFY", cseq, to_tag=True)
+            + "      Event: refer\n      Subscription-State: terminated;reason=noresource\n"
+            "      Content-Type: message/sipfrag\n      Content-Length: [len]\n\n"
+            "      SIP/2.0 200 OK\n    ]]>\n  </send>\n"
+            '  <recv response="200"/>\n')
+        return self
+
     def _invite(self, direction: str, to_tag: bool, answer: str | None) -> None:
         super()._invite(direction, to_tag, answer)
         # Keep the 200's Record-Route (and Contact) for the requests that follow.
