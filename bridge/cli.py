@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emulator": ("bridge.realtime.emulator.cli", "run the local Realtime emulator alone"),
     "check-dialplans": ("bridge.dialplans.check", "validate dialplan files and exit"),
     "dev-cert": ("bridge.devcert", "write a development CA, certificate and key for SIP/TLS"),
+    "kamailio-list": ("bridge.kamailio_list", "write Kamailio's dispatcher list from "
+                      "VOICEBRIDGE_NODES"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -33,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "emulator": ("bridge.realtime.emulator.loadtest", "N emulated calls against one emulator"),
     "call": ("bridge.bench.call", "N concurrent calls over in-memory legs"),
     "sip": ("bridge.bench.sip", "SIPp load with RTP both ways"),
+    "cluster": ("bridge.bench.cluster", "SIPp load through Kamailio to nodes, against direct"),
     "webrtc": ("bridge.bench.webrtc", "N aiortc peers calling the bridge"),
     "path": ("bridge.bench.path", "functions one 20 ms frame passes through, each way"),
     "faults": ("bridge.bench.faults", "upstream faults and SIP/HTTP abuse against a real serve"),

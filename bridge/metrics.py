@@ -75,11 +75,21 @@ voicebridge_records_write_errors_total   counter    (failed PostgreSQL writes, r
 voicebridge_cluster_calls_lost_total     counter    (calls of a silent node marked lost)
 voicebridge_cluster_hangups_relayed_total counter   outcome      (a hang-up for another node:
                                                                requested, acted, refused)
+voicebridge_sip_options_refused_total    counter    reason       (OPTIONS answered 503 so a
+                                                               load balancer's probe takes
+                                                               the node out: draining,
+                                                               at_capacity)
+voicebridge_node_info                    gauge      node, version  (1; only with [cluster]
+                                                               node_id)
+
+With ``[cluster] node_id`` set, every series of ``/metrics`` also carries ``node="<id>"``
+(added at exposition by :func:`label_node`), so one Prometheus scraping several nodes can
+sum by node without relabelling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -91,6 +101,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from bridge.call.events import BargedIn, CallEnded, CallEvent, CallStarted, ToolCalled
 from bridge.call.records import CallRecord
@@ -203,6 +216,41 @@ CLUSTER_CALLS_LOST = Counter("cluster_calls_lost", "Calls of a node that stopped
 CLUSTER_HANGUPS = Counter("cluster_hangups_relayed", "Hang-ups of a call on another node: "
                           "requested, acted on by the owner, refused.", ["outcome"],
                           namespace=_NS, registry=REGISTRY)
+OPTIONS_REFUSED = Counter("sip_options_refused", "OPTIONS answered 503 (draining, or at "
+                          "capacity), so a SIP load balancer's probe takes this node out.",
+                          ["reason"], namespace=_NS, registry=REGISTRY)
+
+
+class _NodeLabelled(Collector):
+    """``registry`` with ``node="<id>"`` added to every sample, at exposition only."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        self._registry = registry
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                Sample(s.name, {**s.labels, "node": self._node}, s.value, s.timestamp,
+                       s.exemplar) for s in family.samples]
+            yield labelled
+
+
+_exposed: Collector = REGISTRY
+_NODE_INFO = Gauge("node_info", "This process's node id (a label of every series) and "
+                   "version; 1.", ["version"], namespace=_NS,
+                   registry=None)                  # registered by label_node
+
+
+def label_node(node: str, version: str) -> None:
+    """Name this process's node: every series gets ``node="<node>"`` and
+    ``voicebridge_node_info{node, version}`` is 1 (``[cluster] node_id``)."""
+    global _exposed
+    if _exposed is REGISTRY:
+        REGISTRY.register(_NODE_INFO)
+    _NODE_INFO.labels(version=version).set(1)
+    _exposed = _NodeLabelled(REGISTRY, node)
 
 
 def observe_rate_limits(event: RateLimits) -> None:
@@ -214,7 +262,7 @@ def observe_rate_limits(event: RateLimits) -> None:
 
 def render() -> tuple[bytes, str]:
     """The exposition text of :data:`REGISTRY` and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(_exposed), CONTENT_TYPE_LATEST
 
 
 class CallEventMetrics:

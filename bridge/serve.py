@@ -537,6 +537,9 @@ async def serve(settings: Settings, *, ready: Callable[[Bridge], None] | None = 
 def run(args: argparse.Namespace) -> int:
     try:
         settings = _settings_from_args(args)
+        from bridge import nodeid  # noqa: PLC0415
+
+        nodeid.identify(settings.cluster.node_id)
         return asyncio.run(serve(settings))
     except ConfigError as exc:
         print(f"voicebridge: {exc}", file=sys.stderr)

@@ -38,8 +38,8 @@ def test_compose_file_follows_the_specification() -> None:
 
 
 @pytest.mark.parametrize("breakage", [
-    lambda d: d["services"]["bridge"].update(ports={"sip": 5060}),
-    lambda d: d["services"]["bridge"].update(restart_policy="always"),
+    lambda d: d["services"]["bridge-1"].update(ports={"sip": 5060}),
+    lambda d: d["services"]["bridge-2"].update(restart_policy="always"),
     lambda d: d.update(service={}),
 ])
 def test_the_schema_catches_mistakes(breakage: Any) -> None:
@@ -53,27 +53,82 @@ def published(service: dict[str, Any]) -> set[str]:
     return {str(p) for p in service.get("ports", [])}
 
 
-def test_bridge_and_emulator_are_wired_together() -> None:
+BRIDGES = ("bridge-1", "bridge-2")
+
+
+def test_the_cluster_topology_is_all_there() -> None:
     services = compose()["services"]
-    assert set(services) >= {"bridge", "emulator"}
-    bridge, emulator = services["bridge"], services["emulator"]
-    env = bridge["environment"]
-    ports = published(bridge)
-    assert {"5060:5060/udp", "5060:5060/tcp", "8080:8080/tcp"} <= ports
-    low, high = env["VOICEBRIDGE_RTP_PORT_LOW"], env["VOICEBRIDGE_RTP_PORT_HIGH"]
-    assert f"{low}-{high}:{low}-{high}/udp" in ports            # the RTP range, as configured
-    assert env["VOICEBRIDGE_HTTP_PORT"] == "8080" and env["VOICEBRIDGE_SIP_PORT"] == "5060"
-    # the dialplans folder is mounted where the bridge is told to read it
-    mounts = {v["target"]: v for v in bridge["volumes"] if isinstance(v, dict)}
-    plans = mounts[env["VOICEBRIDGE_DIALPLANS_PATH"]]
-    assert plans["read_only"] is True and (ROOT / plans["source"]).is_dir()
-    assert any((ROOT / plans["source"]).glob("*.toml"))
-    # the bridge reaches the emulator by service name on the port the emulator listens on
-    url = env["VOICEBRIDGE_REALTIME_EMULATOR_URL"]
-    command = emulator["command"]
-    assert url == f"ws://emulator:{command[command.index('--port') + 1]}"
-    assert command[command.index("--host") + 1] == "0.0.0.0"
-    assert "emulator" in bridge["depends_on"]
+    assert set(services) >= {"kamailio", *BRIDGES, "postgres", "prometheus", "emulator"}
+
+
+def test_each_bridge_node_is_wired_to_the_emulator_postgres_and_its_own_ports() -> None:
+    services = compose()["services"]
+    emulator, postgres = services["emulator"], services["postgres"]
+    ids, ranges, http = set(), set(), set()
+    for name in BRIDGES:
+        bridge = services[name]
+        env = bridge["environment"]
+        ports = published(bridge)
+        low, high = env["VOICEBRIDGE_RTP_PORT_LOW"], env["VOICEBRIDGE_RTP_PORT_HIGH"]
+        assert f"{low}-{high}:{low}-{high}/udp" in ports           # the RTP range, as configured
+        ranges.add(range(int(low), int(high) + 1))
+        assert env["VOICEBRIDGE_HTTP_PORT"] == "8080" and env["VOICEBRIDGE_SIP_PORT"] == "5060"
+        http.update(p.split(":")[0] for p in ports if p.endswith(":8080/tcp"))
+        assert not any(":5060/" in p for p in ports)               # SIP only through Kamailio
+        ids.add(env["VOICEBRIDGE_CLUSTER_NODE_ID"])
+        mounts = {v["target"]: v for v in bridge["volumes"] if isinstance(v, dict)}
+        plans = mounts[env["VOICEBRIDGE_DIALPLANS_PATH"]]
+        assert plans["read_only"] is True and (ROOT / plans["source"]).is_dir()
+        assert any((ROOT / plans["source"]).glob("*.toml"))
+        url = env["VOICEBRIDGE_REALTIME_EMULATOR_URL"]
+        command = emulator["command"]
+        assert url == f"ws://emulator:{command[command.index('--port') + 1]}"
+        assert command[command.index("--host") + 1] == "0.0.0.0"
+        assert {"emulator", "postgres"} <= set(bridge["depends_on"])
+        pg = postgres["environment"]
+        assert env["VOICEBRIDGE_RECORDS_URL"] == \
+            f"postgresql://{pg['POSTGRES_USER']}@postgres/{pg['POSTGRES_DB']}"
+        assert env["PGPASSWORD"] == pg["POSTGRES_PASSWORD"]
+    assert len(ids) == len(http) == len(BRIDGES)
+    a, b = ranges
+    assert not set(a) & set(b)                                    # RTP ranges apart
+
+
+def test_kamailio_fronts_the_nodes_and_the_nodes_trust_only_it() -> None:
+    from bridge.kamailio_list import parse_nodes  # noqa: PLC0415
+
+    data = compose()
+    services = data["services"]
+    kamailio = services["kamailio"]
+    assert {"5060:5060/udp", "5060:5060/tcp"} <= published(kamailio)
+    context = ROOT / kamailio["build"]["context"]
+    assert (context / "kamailio.cfg").is_file() and (context / "Dockerfile").is_file()
+    address = kamailio["networks"]["voice"]["ipv4_address"]
+    for name in BRIDGES:
+        env = services[name]["environment"]
+        assert env["VOICEBRIDGE_SIP_ALLOW_FROM"] == f"{address}/32"
+        assert env["VOICEBRIDGE_SIP_TRUSTED_PROXIES"] == f"{address}/32"
+    # The node list is generated from VOICEBRIDGE_NODES into the volume Kamailio reads.
+    lister = services["nodes-list"]
+    nodes = parse_nodes(lister["environment"]["VOICEBRIDGE_NODES"])
+    assert {(n.node_id, n.host, n.port) for n in nodes} == {
+        (services[b]["environment"]["VOICEBRIDGE_CLUSTER_NODE_ID"], b, 5060) for b in BRIDGES}
+    out = lister["command"][lister["command"].index("--out") + 1]
+    assert any(f'DISPATCHER_LIST="{out}"' in arg for arg in kamailio["command"])
+    shared = {v["target"] for v in kamailio["volumes"]} & {v["target"] for v in lister["volumes"]}
+    assert str(Path(out).parent) in shared
+    assert kamailio["depends_on"]["nodes-list"]["condition"] == "service_completed_successfully"
+
+
+def test_prometheus_scrapes_every_node() -> None:
+    services = compose()["services"]
+    prometheus = services["prometheus"]
+    mount = next(v for v in prometheus["volumes"] if v["target"].endswith("prometheus.yml"))
+    config = yaml.safe_load((ROOT / mount["source"]).read_text())
+    targets = {t for job in config["scrape_configs"] if job.get("metrics_path", "/metrics")
+               == "/metrics" for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {f"{b}:{services[b]['environment']['VOICEBRIDGE_HTTP_PORT']}"
+                       for b in BRIDGES}
 
 
 def test_no_secret_is_written_into_the_compose_file() -> None:

@@ -21,8 +21,9 @@ DOCUMENTED = ("enabled", "host", "port", "transports", "public_address", "max_ca
               "tcp_max_per_source", "tcp_message_timeout_s", "tcp_idle_timeout_s",
               "max_unacked", "max_unacked_per_source", "invite_rate_per_source",
               "invite_burst_per_source", "drain_s", "tls_port", "tls_cert", "tls_key",
-              "tls_ca", "tls_verify_client", "tls_handshake_timeout_s", "accounts",
-              "trunks", "srtp", "sdes_over_plain", "session_expires_s", "min_se_s", "codecs")
+              "tls_ca", "tls_verify_client", "tls_handshake_timeout_s", "trusted_proxies",
+              "accounts", "trunks", "srtp", "sdes_over_plain", "session_expires_s",
+              "min_se_s", "codecs")
 
 
 async def test_loaded_sip_settings_reach_the_service_and_the_user_agent(

@@ -71,6 +71,8 @@ PAYLOAD_TYPES = {"pcmu": PT_PCMU, "pcma": PT_PCMA}
 _DECODERS = {PT_PCMU: ulaw_decode, PT_PCMA: alaw_decode}
 #: Variables that would point a bridge at a real upstream or another settings file.
 _FOREIGN_ENV = ("AZURE_OPENAI_", "OPENAI_", "VOICEBRIDGE_")
+#: One label of a /metrics series: name="value".
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 # ---- small helpers -----------------------------------------------------------------------
@@ -277,10 +279,18 @@ class ServeProcess:
     def metric(self, name: str, labels: str = "") -> float:
         """One sample of ``/metrics`` (``labels`` as written there, e.g. ``reason="source"``)."""
         _status, body = self.get("/metrics")
-        wanted = f"{name}{{{labels}}}" if labels else name
+        wanted = set(_LABEL.findall(labels))
         for line in body.decode().splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.rsplit(" ", 1)[1])
+            series, _, value = line.rpartition(" ")
+            base, _, rest = series.partition("{")
+            if base != name:
+                continue
+            have = set(_LABEL.findall(rest))
+            if not any(key == "node" for key, _ in wanted):
+                # A node of a cluster labels every series node="..." too: not a mismatch.
+                have = {(key, v) for key, v in have if key != "node"}
+            if have == wanted:
+                return float(value)
         return 0.0
 
     def records(self) -> list[dict[str, Any]]:

@@ -9,13 +9,20 @@ this order:
    ``[[sip.trunks]]`` when ``allow_from`` is set): ``403`` to any request from elsewhere;
 2. draining (after SIGTERM): an INVITE gets ``503`` with Retry-After, and so does OPTIONS,
    so a load balancer's health probe (Kamailio's dispatcher, OpenSIPS' load balancer)
-   takes this bridge out of its set while the live calls finish;
+   takes this bridge out of its set while the live calls finish; at capacity
+   (``max_calls``, or the call manager full) OPTIONS gets ``503`` too, for the same
+   reason: the balancer sends the next INVITE to another node;
 3. the per-source INVITE rate (:class:`RateLimiter`, a token bucket per source address):
    ``503`` with Retry-After the time until the next token;
 4. INVITEs not yet confirmed by an ACK, from this source and from everyone (ringing, or
    answered and waiting up to 64*T1 for the ACK): ``503``, so a peer that never ACKs
    cannot fill ``max_calls`` with calls that will never be live;
 5. the call limit (``max_calls``, and whatever the call manager says): ``503``.
+
+The per-source limits (3 and 4) count the *caller*: the source address, or, for a request
+relayed by one of ``trusted_proxies`` (a SIP proxy in front of the bridge), the address
+that proxy received it from (:func:`caller_of`), so one busy proxy is not throttled as if
+it were one noisy caller.
 
 Each refusal names its ``reason``: the label it is counted under in
 ``voicebridge_calls_rejected_total`` and the key of its throttled log line.
@@ -136,15 +143,20 @@ class Gate:
             address = address.ipv4_mapped
         return any(address in net for net in self._allow)
 
-    def check(self, method: str, source: str, now: float, load: Load) -> Refusal | None:
-        """Refuse a new out-of-dialog ``method`` from ``source``, or None to let it in."""
+    def check(self, method: str, source: str, now: float, load: Load,
+              caller: str | None = None) -> Refusal | None:
+        """Refuse a new out-of-dialog ``method`` from ``source``, or None to let it in;
+        ``caller`` (default ``source``) is who the per-source limits count."""
         if not self.allowed(source):
             return Refusal(403, "sip_forbidden")
         if self.draining and method in ("INVITE", "OPTIONS"):
             return Refusal(503, "draining", RETRY_AFTER_S)
+        if method == "OPTIONS" and (load.calls >= self.settings.max_calls
+                                    or not load.can_admit):
+            return Refusal(503, "at_capacity", RETRY_AFTER_S)
         if method != "INVITE":
             return None
-        wait = self.rate.take(source, now)
+        wait = self.rate.take(caller or source, now)
         if wait > 0:
             return Refusal(503, "sip_rate_limited", max(1, math.ceil(wait)))
         s = self.settings

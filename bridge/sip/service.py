@@ -39,28 +39,24 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
 
 from bridge import metrics
 from bridge.aio import cancel_all
-from bridge.call.leg import LegInfo, Source
-from bridge.errors import BridgeError, SdpError
 from bridge.logthrottle import Throttle
-from bridge.rtp.endpoint import PortAllocator, RtpEndpoint
-from bridge.sip import srtp_policy
+from bridge.rtp.endpoint import PortAllocator
 from bridge.sip.addresses import WILDCARDS, local_address_toward, plain_host, public_guess
-from bridge.sip.admission import RETRY_AFTER_S, Gate, Load
+from bridge.sip.admission import Gate, Load
+from bridge.sip.answering import Answering, EarlyUpstreams, _Pending
 from bridge.sip.events import Challenged, RequestAnswered, RequestTimedOut
 from bridge.sip.leg import SipLeg
 from bridge.sip.message import Request
+from bridge.sip.proxies import TrustedProxies
 from bridge.sip.registrations import Registrations
-from bridge.sip.sdp import G711_LAWS, NegotiatedMedia, SessionDescription, make_offer
 from bridge.sip.settings import SipSettings
 from bridge.sip.tcp import TcpPort
 from bridge.sip.tls import TlsPort
 from bridge.sip.trunkauth import TrunkAuth
-from bridge.sip.trunkcalls import call_credentials, trunk_extra
+from bridge.sip.trunkcalls import call_credentials
 from bridge.sip.ua import (
     ByeReceived,
     CallCancelled,
@@ -92,23 +88,7 @@ DEFAULT_RTP_PORTS = (20000, 20999)
 LOCAL_HOST_CACHE = 4096
 
 
-@dataclass
-class _Pending:
-    """A call between IncomingCall and the ACK."""
-
-    event: IncomingCall
-    established: asyncio.Future[CallEstablished]
-    leg: SipLeg | None = None
-
-
-class EarlyUpstreams(Protocol):
-    """Who opens a call's upstream while its INVITE is answered (the call manager)."""
-    def open_early(self, info: LegInfo, g711: str | None) -> asyncio.Future[None] | None: ...
-
-    def drop_early(self, leg_call_id: str) -> None: ...
-
-
-class SipService:
+class SipService(Answering):
     """SIP over UDP and TCP for inbound calls; see the module docstring."""
 
     def __init__(self, settings: SipSettings, on_call: Callable[[SipLeg], Awaitable[None]],
@@ -129,6 +109,7 @@ class SipService:
         self.gate = Gate(settings)
         #: Digest authentication of the trunks' INVITEs (None: no trunk asks for it).
         self.auth = TrunkAuth.from_env(settings.trunks, os.environ if env is None else env)
+        self._proxies = TrustedProxies(settings.trusted_proxies)
         self._ports = PortAllocator(*rtp_ports)
         self.ua: UserAgent | None = None
         self.address = settings.host
@@ -385,10 +366,13 @@ class SipService:
         assert self._loop is not None
         source = peer.addr[0]
         invite = request.method == "INVITE"
-        load = Load(self.active_calls, len(self._pending),
-                    sum(1 for p in self._pending.values() if p.event.peer.addr[0] == source),
-                    can_admit=not invite or self._can_admit is None or self._can_admit())
-        refusal = self.gate.check(request.method, source, self._loop.time(), load)
+        caller = self._proxies.caller_of(request, source)
+        load = Load(self.active_calls, len(self._pending), sum(
+            1 for p in self._pending.values()
+            if self._proxies.caller_of(p.event.invite, p.event.peer.addr[0]) == caller),
+            can_admit=self._can_admit is None or request.method not in ("INVITE", "OPTIONS")
+            or self._can_admit())
+        refusal = self.gate.check(request.method, source, self._loop.time(), load, caller)
         if refusal is None and self.auth is not None:
             refusal = self.auth.check(request, source, self._loop.time())
         if refusal is None:
@@ -396,6 +380,8 @@ class SipService:
         self.stats["rejected"] += 1
         if invite:
             metrics.CALLS_REJECTED.labels(reason=refusal.reason).inc()
+        elif request.method == "OPTIONS":
+            metrics.OPTIONS_REFUSED.labels(reason=refusal.reason).inc()
         level = logging.DEBUG if refusal.reason == "sip_auth_required" else logging.INFO
         _throttled.log(level, refusal.reason, "%s from %s refused (%d %s): %d calls, "
                        "%d unconfirmed", request.method, source, refusal.status,
@@ -440,102 +426,6 @@ class SipService:
                 pending.leg.rtp.close()
             if self._early is not None:        # a no-op once the call has taken it over
                 self._early.drop_early(pending.event.invite.call_id)
-
-    async def _answer(self, pending: _Pending) -> SipLeg | None:
-        """Open RTP, answer (after ringing), wait for the ACK: the live leg, or None when
-        the call was refused or ended before it was established."""
-        event = pending.event
-        key = event.call
-        rtp = await self._open_rtp(event)
-        if rtp is None:
-            return None
-        offer = self._local_sdp(event, rtp)
-        if offer is None:
-            rtp.close()
-            return None
-        sdp, media = offer
-        info = LegInfo(call_id=event.invite.call_id, source=Source.SIP, caller=event.caller,
-                       called=event.called,
-                       remote=f"{event.peer.addr[0]}:{event.peer.addr[1]}",
-                       extra={"transport": event.peer.transport,
-                              **trunk_extra(self.settings.trunks, event.peer.addr[0])})
-        if self.registrations is not None:          # a call through a registration
-            info = self.registrations.route(info, event.invite.uri)
-        law = None if media is None else (media.codec if media.codec in G711_LAWS else "")
-        ready = (None if self._early is None else      # the upstream opens as we answer
-                 self._early.open_early(info, law))
-        await self._ring(pending, ready)
-        if pending.established.done():
-            # CANCELled (or otherwise ended) before we answered: the core has already
-            # sent the 487; answering now would be an error.
-            rtp.close()
-            return None
-        leg = SipLeg(self._command, key, info, rtp, media)
-        pending.leg = leg
-        if media is not None:
-            leg._media_updated(media)
-        self._command(lambda ua, now: ua.answer(key, sdp, now, media))
-        established = await pending.established
-        if established.media is not None:
-            leg._media_updated(established.media)
-        return None if leg.ended else leg
-
-    async def _ring(self, pending: _Pending, ready: asyncio.Future[None] | None) -> None:
-        """``180 Ringing`` for ``ring_ms``, then on until the call's upstream is ready (up to
-        ``answer_wait_ms`` in all), so the greeting starts as the call is answered."""
-        ring_s, wait_s = self.settings.ring_ms / 1000, self.settings.answer_wait_ms / 1000
-        waiting = ready is not None and not ready.done() and wait_s > ring_s
-        if ring_s <= 0 and not waiting:
-            return
-        key = pending.event.call
-        self._command(lambda ua, now: ua.ringing(key, now))
-        await asyncio.wait((pending.established,), timeout=ring_s)
-        if waiting and ready is not None and not pending.established.done():
-            await asyncio.wait((pending.established, ready), timeout=wait_s - ring_s,
-                               return_when=asyncio.FIRST_COMPLETED)
-
-    async def _open_rtp(self, event: IncomingCall) -> RtpEndpoint | None:
-        """The call's RTP endpoint; None (and a 503 sent) when no port is free."""
-        host = self.address if self.address not in ("0.0.0.0", "::") else self.settings.host
-        try:
-            return await RtpEndpoint.open(host, self._ports, latch_any=self.settings.latch_any,
-                                          peer_host=event.peer.addr[0])
-        except (OSError, BridgeError) as exc:
-            log.warning("call %s: no RTP port (%s); refusing", event.invite.call_id, exc)
-            metrics.CALLS_REJECTED.labels(reason="sip_no_rtp_port").inc()
-            key = event.call
-            self._command(lambda ua, now: ua.reject(
-                key, 503, now, headers=(("Retry-After", str(RETRY_AFTER_S)),)))
-            return None
-
-    def _local_sdp(self, event: IncomingCall, rtp: RtpEndpoint
-                   ) -> tuple[SessionDescription, NegotiatedMedia | None] | None:
-        """Our answer to the INVITE's offer (or our offer when it had none), with the
-        media it settles; None (and a 488 sent) when the offer cannot be answered."""
-        # The address the call's Contact carries: the public one, or the one of ours this
-        # caller reached (see the module docstring).
-        account = (None if self.registrations is None
-                   else self.registrations.line_for(event.invite.uri))
-        policy = srtp_policy.policy_for(self.settings, event.peer.addr[0], account)
-        try:
-            if event.offer is not None:
-                return srtp_policy.answer(
-                    event.offer, policy, event.peer.transport, source=event.peer.addr[0],
-                    address=event.local_host, port=rtp.local_port,
-                    codecs=self.settings.codecs, session_id=str(rtp.local_port),
-                    session_version=1)
-            srtp_policy.offer_allowed(policy)
-            return make_offer(address=event.local_host, port=rtp.local_port,
-                              codecs=self.settings.codecs, session_id=str(rtp.local_port),
-                              session_version=1), None
-        except SdpError as exc:
-            key = event.call
-            why = f"Not Acceptable Here ({exc})"
-            reason = (exc.reason if isinstance(exc, srtp_policy.SrtpRefused)
-                      else "sip_unusable_sdp")
-            metrics.CALLS_REJECTED.labels(reason=reason).inc()
-            self._command(lambda ua, now: ua.reject(key, 488, now, reason=why))
-            return None
 
     def _on_event(self, event: Event) -> None:
         match event:

@@ -110,6 +110,10 @@ class SipSettings:
     tls_verify_client: bool = False
     #: A TLS handshake must finish within this many seconds, else the connection closes.
     tls_handshake_timeout_s: int = 10
+    #: CIDRs of SIP proxies in front of the bridge (Kamailio): for requests from these the
+    #: per-source limits count the caller the proxy received the request from (its Via),
+    #: not the proxy. They must also be in ``allow_from`` if that is set.
+    trusted_proxies: tuple[str, ...] = ()
     #: ``[[sip.accounts]]``: registrations the bridge keeps up (:mod:`bridge.sip.lines`).
     accounts: tuple[Account, ...] = ()
     #: ``[[sip.trunks]]``: peers that call us, known by source address.

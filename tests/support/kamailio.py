@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.support.interop import require, require_binary
@@ -51,7 +51,7 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 class Kamailio:
     """One Kamailio process running ``config`` (a kamailio.cfg text) from ``folder``."""
 
-    def __init__(self, folder: Path, config: str) -> None:
+    def __init__(self, folder: Path, config: str, defines: Sequence[str] = ()) -> None:
         self.binary = require_binary("kamailio", "the SIP proxy/registrar tests run a real one")
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -59,10 +59,12 @@ class Kamailio:
         self.config_path.write_text(config)
         self.log_path = folder / "kamailio.log"
         self.process: subprocess.Popen[bytes] | None = None
+        #: ``-A NAME=value`` pre-processor defines (the shipped configuration's settings).
+        self.defines = [arg for d in defines for arg in ("-A", d)]
 
     def check(self) -> None:
         """Fail with Kamailio's own words if the configuration does not parse (``-c``)."""
-        run = subprocess.run([self.binary, "-c", "-f", str(self.config_path)],
+        run = subprocess.run([self.binary, "-c", "-f", str(self.config_path), *self.defines],
                              capture_output=True, timeout=30, check=False)
         if run.returncode != 0:
             raise AssertionError("kamailio -c refused the configuration:\n"
@@ -75,7 +77,8 @@ class Kamailio:
         runtime.mkdir(exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [self.binary, "-DD", "-E", "-f", str(self.config_path), "-Y", str(runtime),
+            [self.binary, "-DD", "-E", "-f", str(self.config_path), *self.defines,
+             "-Y", str(runtime),
              "-P", str(self.folder / "kamailio.pid"), "-w", str(self.folder)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True)
         log.close()

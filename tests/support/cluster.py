@@ -1,0 +1,153 @@
+"""A cluster on loopback: the shipped Kamailio configuration in front of N real
+``voicebridge serve`` nodes, for the tests that need one.
+
+:class:`Cluster` starts the nodes first (each binds free ports and has its own node id,
+RTP range, records and log), writes Kamailio's dispatcher list with
+``voicebridge kamailio-list`` from their addresses, then runs ``deploy/kamailio/kamailio.cfg``
+as shipped, with only its documented ``-A`` settings (listen address, list file, probe
+interval, module folder). ``env`` goes to every node (a shared records URL, say) and
+``node_env`` to one node each. On a failure inside ``with Cluster(...)`` the Kamailio log
+and every node's log tail are printed; everything is stopped at the end.
+
+Node metrics carry ``node="<id>"`` (``[cluster] node_id``); :meth:`Node.metric` reads a
+sample by name and label subset, whatever other labels it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from bridge.bench.sip import ServeProcess, clean_env, free_rtp_range
+from tests.support.kamailio import Kamailio, free_port, module_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+#: What every node gets: UDP only (the dispatcher's transport), the proxy trusted for
+#: the per-source limits (all of the tests' callers come through it), room for bursts.
+NODE_DEFAULTS = {
+    "VOICEBRIDGE_SIP_TRANSPORTS": "udp",
+    "VOICEBRIDGE_SIP_TRUSTED_PROXIES": "127.0.0.1/32",
+    "VOICEBRIDGE_SIP_INVITE_RATE_PER_SOURCE": "0",
+    "VOICEBRIDGE_SIP_MAX_UNACKED": "100",
+    "VOICEBRIDGE_SIP_MAX_UNACKED_PER_SOURCE": "100",
+}
+
+
+class Node(ServeProcess):
+    """One bridge node: a ``voicebridge serve`` with a node id."""
+
+    def __init__(self, workdir: Path, node_id: str, env: Mapping[str, str], *,
+                 records: bool = True) -> None:
+        self.node_id = node_id
+        super().__init__(workdir, env={**NODE_DEFAULTS, **env,
+                                       "VOICEBRIDGE_CLUSTER_NODE_ID": node_id},
+                         rtp_ports=free_rtp_range(200), records=records)
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every sample called ``name``: its labels and value."""
+        _status, body = self.get("/metrics")
+        out = []
+        for line in body.decode().splitlines():
+            m = _SAMPLE.match(line)
+            if m and m.group(1) == name:
+                out.append((dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+        return out
+
+    def metric(self, name: str, labels: str = "", **want: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``want`` (``labels`` in the
+        exposition's own spelling, ``reason="x"``, is accepted too)."""
+        want = {**dict(_LABEL.findall(labels)), **want}
+        return sum(v for lab, v in self.samples(name)
+                   if all(lab.get(k) == x for k, x in want.items()))
+
+    def owns_rtp(self, port: int) -> bool:
+        return self.rtp_ports[0] <= port <= self.rtp_ports[1]
+
+
+class Cluster:
+    """Kamailio (the shipped configuration) in front of ``n`` bridge nodes."""
+
+    def __init__(self, folder: Path, n: int = 2, *, env: Mapping[str, str] | None = None,
+                 node_env: Sequence[Mapping[str, str]] = (), ping_interval_s: int = 1,
+                 records: bool = True) -> None:
+        self.folder = Path(folder)
+        self.nodes = [Node(self.folder / f"node{i + 1}", f"node{i + 1}",
+                           {**(env or {}), **(node_env[i] if i < len(node_env) else {})},
+                           records=records) for i in range(n)]
+        self.ping_interval_s = ping_interval_s
+        self.sip_port = 0
+        self.kamailio: Kamailio | None = None
+        self.list_path = self.folder / "kamailio" / "dispatcher.list"
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start()
+        self.list_path.parent.mkdir(parents=True, exist_ok=True)
+        spec = ",".join(f"{node.node_id}=127.0.0.1:{node.sip_port}" for node in self.nodes)
+        subprocess.run([sys.executable, "-m", "bridge", "kamailio-list", "--out",
+                        str(self.list_path)], env=clean_env({"VOICEBRIDGE_NODES": spec}),
+                       check=True, capture_output=True, timeout=60)
+        self.sip_port = free_port()
+        listen = f"127.0.0.1:{self.sip_port}"
+        self.kamailio = Kamailio(self.folder / "kamailio", KAMAILIO_CFG.read_text(), defines=(
+            f"LISTEN_UDP=udp:{listen}", f"LISTEN_TCP=tcp:{listen}",
+            f'DISPATCHER_LIST="{self.list_path}"', f"DS_PING_INTERVAL={self.ping_interval_s}",
+            f'MPATH="{module_dir()}/"'))
+        self.kamailio.start(wait_port=("127.0.0.1", self.sip_port))
+        return self
+
+    def owner(self, rtp_port: int) -> Node | None:
+        return next((n for n in self.nodes if n.owns_rtp(rtp_port)), None)
+
+    def tries(self) -> list[tuple[str, str]]:
+        """(Call-ID, node id) of each INVITE Kamailio sent to a node, first tries and
+        failovers, in order (from its log)."""
+        ports = {str(node.sip_port): node.node_id for node in self.nodes}
+        assert self.kamailio is not None
+        return [(m.group(1), ports.get(m.group(2), m.group(2))) for m in re.finditer(
+            r"INVITE (\S+?):? (?:->|failed over to) sip:127\.0\.0\.1:(\d+)",
+            self.kamailio.log_path.read_text(errors="replace"))]
+
+    def routed(self) -> dict[str, str]:
+        """Call-ID -> the node id Kamailio last sent its INVITE to."""
+        return dict(self.tries())
+
+    def dump(self) -> None:
+        if self.kamailio is not None:
+            print(f"--- kamailio log ({self.kamailio.log_path}) ---\n"
+                  f"{self.kamailio.log_tail(6000)}")
+        for node in self.nodes:
+            print(f"=== {node.node_id} ===\n{node.log_tail(60)}")
+
+    def stop(self) -> None:
+        if self.kamailio is not None:
+            self.kamailio.stop()
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop()
+
+    def __enter__(self) -> Cluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.dump()
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is not None:
+            self.dump()
+        self.stop()
+
+
+__all__ = ["Cluster", "KAMAILIO_CFG", "NODE_DEFAULTS", "Node"]
