@@ -344,17 +344,11 @@ class CallHandlers(Responder):
                           response: Response, now: float) -> bool:
         """A 401/407 to our request: resend it with credentials (True), or not (False:
         the request failed, as any other final response says)."""
-        method = ctx.request.method
         # Only what still matters: the BYE, or a request of a call that goes on.
         wanted = ctx is call.bye_tx or (call.state is not CallState.ENDED and (
             ctx is not call.refer_tx or call.refer_active))
-        number = (None if not wanted or self._credentials is None
-                  or self._credentials(call) is None
-                  else call.auth.learn(response, ctx.request))
-        self._events.append(Challenged(call.key, method, response.status, number is not None))
+        number = self._resend_number(call, ctx.request, response, wanted=wanted)
         if number is None:
-            log.info("call %s: %s answered %d, not sent again (no credentials, or "
-                     "challenged again)", call.invite.call_id, method, response.status)
             return False
         extra, content_type = resend_headers(ctx.request)
         resend = self._send_in_dialog(call, ctx.request.method, now, extra=extra,
@@ -364,9 +358,27 @@ class CallHandlers(Responder):
             call.refer_tx = resend
         elif ctx is call.bye_tx:
             call.bye_tx = resend
-        log.info("call %s: %s answered %d; sent again with credentials",
-                 call.invite.call_id, ctx.request.method, response.status)
+        elif ctx is call.ext.refresh_tx:
+            call.ext.refresh_tx = resend       # our session refresh (bridge.sip.refresher)
         return True
+
+    def _resend_number(self, call: Call, sent: Request, response: Response, *,
+                       wanted: bool) -> int | None:
+        """Whether ``sent``, challenged by ``response``, is sent again with credentials:
+        the number of that resend (see ``ChallengeMemory.learn``), or None; either way
+        counted (a :class:`Challenged` event) and logged."""
+        number = (None if not wanted or self._credentials is None
+                  or self._credentials(call) is None
+                  else call.auth.learn(response, sent))
+        self._events.append(Challenged(call.key, sent.method, response.status,
+                                       number is not None))
+        if number is None:
+            log.info("call %s: %s answered %d, not sent again (no credentials, or "
+                     "challenged again)", call.invite.call_id, sent.method, response.status)
+        else:
+            log.info("call %s: %s answered %d; sent again with credentials",
+                     call.invite.call_id, sent.method, response.status)
+        return number
 
     def _sign(self, call: Call, request: Request) -> Request:
         lookup = self._credentials

@@ -8,8 +8,11 @@ INVITE client transaction of :mod:`bridge.sip.invite_client`, its 2xx ACKed here
 
 What the answer does: a 2xx restarts the timer (with the interval it names, if any); a
 422 is retried at once with the interval of its ``Min-SE``; 408, 481 or no answer at all
-ends the call with a BYE; anything else leaves the session to expire unless the caller
-refreshes it meanwhile.
+ends the call with a BYE; a 401/407 is answered with the call's credentials
+(:mod:`bridge.sip.authclient`: the UPDATE sent again like a REFER or BYE; the re-INVITE,
+its challenge ACKed by the transaction, followed by a new one with the next CSeq), once
+per challenge, and the answer to that one counts; anything else leaves the session to
+expire unless the caller refreshes it meanwhile.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 from bridge import metrics
 from bridge.call.leg import SESSION_EXPIRED
 from bridge.errors import SdpError, SipParseError
+from bridge.sip.authclient import resend_headers
 from bridge.sip.calls import Call, CallState
 from bridge.sip.events import CallKey, IdSource, Peer
 from bridge.sip.handlers import CallHandlers
@@ -61,18 +65,21 @@ class RefreshSender(CallHandlers):
             self._send_reinvite(call, extra, now)
         metrics.SIP_SESSION_TIMER.labels(event="refresh_sent").inc()
 
-    def _send_reinvite(self, call: Call, extra: Headers, now: float) -> None:
+    def _send_reinvite(self, call: Call, extra: Headers, now: float,
+                       body: bytes | None = None) -> InviteClientTransaction:
         assert call.local_sdp is not None
         peer = self._request_peer(call)
-        request = call.dialog.new_request(
+        # Signed when a challenge of the call is remembered (RFC 3261 §22.3).
+        request = self._sign(call, call.dialog.new_request(
             "INVITE", via=self._dialog_via(call, peer), extra=extra,
-            body=call.local_sdp.serialize(), content_type="application/sdp",
-            user_agent=self.settings.user_agent)
+            body=call.local_sdp.serialize() if body is None else body,
+            content_type="application/sdp", user_agent=self.settings.user_agent))
         tx = InviteClientTransaction(request, reliable=peer.reliable,
                                      timers=self.settings.timers, now=now)
         self._reinvites[tx.key] = (tx, call.key, peer)
         call.ext.reinvite_tx = tx
         self._flush_reinvite(tx, peer)
+        return tx
 
     def _dialog_via(self, call: Call, peer: Peer) -> str:
         return (f"SIP/2.0/{peer.transport.upper()} {self._sent_by(call.local_host)}"
@@ -112,6 +119,8 @@ class RefreshSender(CallHandlers):
         self._flush_reinvite(tx, peer)
         if not first or call is None:
             return
+        if response.status in (401, 407) and self._reinvite_challenged(call, tx, response, now):
+            return
         call.ext.reinvite_tx = None
         if 200 <= response.status < 300 and response.body and call.local_sdp is not None:
             try:
@@ -120,6 +129,20 @@ class RefreshSender(CallHandlers):
                 log.info("call %s: unusable answer to our re-INVITE: %s",
                          call.invite.call_id, exc)
         self._refresh_answered(call, response, now)
+
+    def _reinvite_challenged(self, call: Call, tx: InviteClientTransaction,
+                             response: Response, now: float) -> bool:
+        """A 401/407 to our re-INVITE, already ACKed by its transaction (§17.1.1.3): a
+        new re-INVITE, next CSeq, same headers and SDP, with credentials (True), or the
+        refresh failed (False)."""
+        wanted = call.state is CallState.ESTABLISHED and tx is call.ext.reinvite_tx
+        number = self._resend_number(call, tx.request, response, wanted=wanted)
+        if number is None:
+            return False
+        extra, _ = resend_headers(tx.request)
+        again = self._send_reinvite(call, extra, now, body=tx.request.body)
+        call.auth.resent(again.request, number)
+        return True
 
     def _refresh_answered(self, call: Call, final: Response, now: float) -> None:
         timer = call.ext.timer
