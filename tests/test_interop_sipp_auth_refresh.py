@@ -1,0 +1,156 @@
+"""A trunk that challenges the bridge's session refreshes, against SIPp and a real
+``voicebridge serve``.
+
+The bridge's settings file names one trunk, ``pbx``: requests from 127.0.0.1, user
+``bridge``, its password in an environment variable, realm ``pbx.test``; the bridge runs
+with lab session timers (``session_expires_s`` 6, ``min_se_s`` 3). SIPp plays the PBX:
+its INVITE is challenged and let in, it does not support ``timer``, so the bridge is the
+refresher and refreshes every 3 s, by UPDATE when the PBX allows it, else by re-INVITE.
+The PBX challenges the first refresh; the call must stay up until the PBX hangs up.
+
+SIPp's ``verifyauth`` checks the UPDATE's ``Authorization``; the re-INVITE's
+``Proxy-Authorization`` is checked here from a capture of what the bridge sent, with
+RFC 2617 computed by hashlib (not the bridge's own digest code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.bench.sip import LoopbackCapture, ServeProcess, SippRun, free_udp_port, run_sipp
+from tests.support.interop import require, require_binary
+
+SIPP_DIR = Path(__file__).parent / "sipp"
+DIALPLANS = Path(__file__).parent / "data" / "interop" / "auth_dialplans"
+PASSWORD = "trunk-secret"
+SETTINGS = """
+[[sip.trunks]]
+name = "pbx"
+match = ["127.0.0.1/32"]
+auth_user = "bridge"
+password_env = "VB_TEST_TRUNK_PASSWORD"
+realm = "pbx.test"
+# SIPp 3.6 answers the first challenge whatever its algorithm, and knows only MD5.
+digest_algorithms = ["MD5", "SHA-256"]
+"""
+CHALLENGES = "voicebridge_sip_challenges_total"
+TIMER = "voicebridge_sip_session_timer_total"
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    require_binary("sipp", "SIP interop")
+    why = LoopbackCapture.unavailable()
+    require(why is None, f"loopback capture: {why}")
+    workdir = tmp_path_factory.mktemp("serve-auth-refresh")
+    (workdir / "voicebridge.toml").write_text(SETTINGS)
+    bridge = ServeProcess(workdir, dialplans=DIALPLANS,
+                          env={"VB_TEST_TRUNK_PASSWORD": PASSWORD,
+                               "VOICEBRIDGE_SIP_RING_MS": "0",
+                               "VOICEBRIDGE_SIP_SESSION_EXPIRES_S": "6",
+                               "VOICEBRIDGE_SIP_MIN_SE_S": "3"})
+    with bridge:
+        yield bridge
+
+
+async def _run(name: str, serve: ServeProcess, sip_port: int, tmp_path: Path,
+               prefix: str) -> SippRun:
+    return await run_sipp(SIPP_DIR / name, serve.sip_port, workdir=tmp_path,
+                          local_port=sip_port, media_port=free_udp_port(pair=True),
+                          call_id_prefix=prefix,
+                          args=("-s", "echo", "-au", "bridge", "-ap", PASSWORD))
+
+
+def _ok(run: SippRun, serve: ServeProcess) -> None:
+    assert run.returncode == 0 and run.failed == 0, f"{run.explain()}\n{serve.log_tail()}"
+
+
+def _credentials(message: str, header: str) -> dict[str, str]:
+    value = next(line.split(":", 1)[1].strip() for line in message.splitlines()
+                 if line.lower().startswith(header.lower() + ":"))
+    assert value.startswith("Digest ")
+    return {k.lower(): v1 or v2 for k, v1, v2 in
+            re.findall(r'([A-Za-z-]+)=(?:"([^"]*)"|([^,\s]+))', value[7:])}
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def _verify_md5(message: str, header: str, method: str) -> dict[str, str]:
+    """RFC 2617 §3.2.2 with qop=auth, computed here."""
+    c = _credentials(message, header)
+    ha1 = _md5(f"{c['username']}:{c['realm']}:{PASSWORD}")
+    ha2 = _md5(f"{method}:{c['uri']}")
+    expected = _md5(f"{ha1}:{c['nonce']}:{c['nc']}:{c['cnonce']}:{c['qop']}:{ha2}")
+    assert c["response"] == expected, (message, expected)
+    return c
+
+
+def _cseq(message: str) -> tuple[int, str]:
+    found = re.search(r"^CSeq:\s*(\d+)\s+(\w+)", message, re.M | re.I)
+    assert found is not None, message
+    return int(found.group(1)), found.group(2)
+
+
+async def test_refreshing_update_challenged_with_401_is_answered_and_the_call_stays_up(
+        serve: ServeProcess, tmp_path: Path) -> None:
+    """The PBX answers the bridge's first refreshing UPDATE 401; SIPp's verifyauth checks
+    the UPDATE sent again (one CSeq up) and the next refresh, which carries credentials
+    at once (nc 2). The call lasts until the PBX's BYE."""
+    sip_port = free_udp_port()
+    prefix = f"auth-update-{uuid.uuid4().hex[:8]}"
+    answered = serve.metric(CHALLENGES, 'method="UPDATE",outcome="answered"')
+    failed = serve.metric(TIMER, 'event="refresh_failed"')
+    async with LoopbackCapture(dst_ports=(sip_port,)) as capture:
+        run = await _run("auth_refresh_update.xml", serve, sip_port, tmp_path, prefix)
+    _ok(run, serve)
+    updates = [t for _, t in capture.sip(dst_port=sip_port) if t.startswith("UPDATE ")]
+    assert len(updates) == 3, updates
+    assert "Authorization" not in updates[0]
+    assert _cseq(updates[1])[0] == _cseq(updates[0])[0] + 1
+    first = _verify_md5(updates[1], "Authorization", "UPDATE")
+    again = _verify_md5(updates[2], "Authorization", "UPDATE")
+    assert (first["nc"], again["nc"], again["nonce"]) == ("00000001", "00000002",
+                                                          first["nonce"])
+    record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
+    assert record["end_reason"] == "caller_hangup", record
+    assert serve.metric(CHALLENGES, 'method="UPDATE",outcome="answered"') == answered + 1
+    assert serve.metric(TIMER, 'event="refresh_failed"') == failed
+
+
+async def test_refreshing_reinvite_challenged_with_407_is_acked_answered_and_accepted(
+        serve: ServeProcess, tmp_path: Path) -> None:
+    """The PBX allows no UPDATE: the bridge refreshes by re-INVITE. The first is answered
+    407: the bridge ACKs it (same branch and CSeq number) and sends a new re-INVITE one
+    CSeq up with a Proxy-Authorization checked here; the PBX accepts it, and the next
+    refresh carries credentials at once. The call lasts until the PBX's BYE."""
+    sip_port = free_udp_port()
+    prefix = f"auth-reinvite-{uuid.uuid4().hex[:8]}"
+    answered = serve.metric(CHALLENGES, 'method="INVITE",outcome="answered"')
+    async with LoopbackCapture(dst_ports=(sip_port,)) as capture:
+        run = await _run("auth_refresh_reinvite.xml", serve, sip_port, tmp_path, prefix)
+    _ok(run, serve)
+    sent = [t for _, t in capture.sip(dst_port=sip_port)]
+    invites = [t for t in sent if t.startswith("INVITE ")]
+    acks = [t for t in sent if t.startswith("ACK ")]
+    assert len(invites) == 3 and len(acks) == 3, sent
+    assert "Proxy-Authorization" not in invites[0]
+    challenged = _cseq(invites[0])[0]
+    assert _cseq(acks[0]) == (challenged, "ACK")            # the 407's ACK (§17.1.1.3)
+    branch = re.search(r"branch=([^;\s]+)", invites[0])
+    assert branch is not None and branch.group(1) in acks[0]
+    assert _cseq(invites[1])[0] == challenged + 1
+    first = _verify_md5(invites[1], "Proxy-Authorization", "INVITE")
+    again = _verify_md5(invites[2], "Proxy-Authorization", "INVITE")
+    assert (first["nc"], again["nc"]) == ("00000001", "00000002")
+    assert _cseq(acks[1]) == (challenged + 1, "ACK")        # the 200's ACK
+    record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
+    assert record["end_reason"] == "caller_hangup", record
+    assert serve.metric(CHALLENGES, 'method="INVITE",outcome="answered"') == answered + 1
