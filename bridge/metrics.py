@@ -17,7 +17,8 @@ voicebridge_calls_started_total          counter    source
 voicebridge_calls_ended_total            counter    reason
 voicebridge_sip_tcp_refused_total        counter    (SIP/TCP connections over a cap)
 voicebridge_sip_challenges_total         counter    method, outcome (401/407 to our REFER,
-                                                               BYE...: answered, failed)
+                                                               BYE, UPDATE, re-INVITE:
+                                                               answered, failed)
 voicebridge_sip_session_timer_total      counter    event        (RFC 4028: refreshed,
                                                                refresh_sent, refresh_failed,
                                                                expired)

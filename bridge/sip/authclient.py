@@ -4,7 +4,8 @@ When a REFER, BYE (or any request we send inside a dialog) is answered ``401`` w
 ``WWW-Authenticate`` or ``407`` with ``Proxy-Authenticate``, and the call has credentials
 (:data:`CredentialLookup`: the call's trunk, see :mod:`bridge.sip.trunkcalls`), the user
 agent sends the request again, same dialog, next CSeq, with ``Authorization`` /
-``Proxy-Authorization``. :class:`ChallengeMemory` (one per call) keeps what is needed:
+``Proxy-Authorization`` (a re-INVITE of ours, see :mod:`bridge.sip.refresher`, after its
+transaction ACKed the challenge). :class:`ChallengeMemory` (one per call) keeps what is needed:
 
 * the challenges met, one per header and realm (of several for one realm the strongest:
   SHA-256 before MD5; one that allows only ``auth-int`` is not answered);
