@@ -149,3 +149,24 @@ def test_without_credentials_a_challenged_refresh_is_not_resent() -> None:
         sent = h.advance_to(answered + EXPIRES)
         assert [t for t, d in sent if d.startswith(b"BYE")][0] == \
             answered + EXPIRES - BYE_BEFORE
+
+
+def test_reinvite_challenged_stale_gets_one_more_new_reinvite() -> None:
+    """A second challenge saying ``stale=true`` (the nonce expired, not the credentials
+    refused) gets one more re-INVITE with the new nonce; a third challenge ends it."""
+    h, answered, key = _established(())
+    reinvite = _first(h.advance_to(answered + HALF), "INVITE")
+    _, again = h.send(_challenge(reinvite, 401))
+    stale = _challenge(parse_request(again), 401, nonce="fresh").replace(
+        b'qop="auth"', b'qop="auth", stale=true')
+    ack, third = h.send(stale)
+    assert ack.startswith(b"ACK ")
+    resent = parse_request(third)
+    assert resent.cseq.seq == reinvite.cseq.seq + 2
+    assert digest.parse_credentials(resent.headers.get("Authorization") or "").nonce == "fresh"
+    _check(resent, "Authorization", nc=1)
+    (last_ack,) = h.send(_challenge(resent, 401, nonce="again"))
+    assert last_ack.startswith(b"ACK ")
+    assert [e for e in h.events() if isinstance(e, Challenged)] == [
+        Challenged(key, "INVITE", 401, True), Challenged(key, "INVITE", 401, True),
+        Challenged(key, "INVITE", 401, False)]
