@@ -60,11 +60,12 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 
 async def _run(name: str, serve: ServeProcess, sip_port: int, tmp_path: Path,
-               prefix: str) -> SippRun:
+               prefix: str, transport: str = "u1") -> SippRun:
     return await run_sipp(SIPP_DIR / name, serve.sip_port, workdir=tmp_path,
                           local_port=sip_port, media_port=free_udp_port(pair=True),
                           call_id_prefix=prefix,
-                          args=("-s", "echo", "-au", "bridge", "-ap", PASSWORD))
+                          args=("-s", "echo", "-au", "bridge", "-ap", PASSWORD,
+                                "-t", transport))
 
 
 def _ok(run: SippRun, serve: ServeProcess) -> None:
@@ -151,6 +152,21 @@ async def test_refreshing_reinvite_challenged_with_407_is_acked_answered_and_acc
     again = _verify_md5(invites[2], "Proxy-Authorization", "INVITE")
     assert (first["nc"], again["nc"]) == ("00000001", "00000002")
     assert _cseq(acks[1]) == (challenged + 1, "ACK")        # the 200's ACK
+    record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
+    assert record["end_reason"] == "caller_hangup", record
+    assert serve.metric(CHALLENGES, 'method="INVITE",outcome="answered"') == answered + 1
+
+
+async def test_refreshing_reinvite_challenged_over_tcp(serve: ServeProcess,
+                                                       tmp_path: Path) -> None:
+    """The same over TCP: the 407's ACK, the new re-INVITE and its ACK go on the PBX's
+    connection (the scenario waits at most 5 s for each; its regexps demand the
+    Proxy-Authorization); the call lasts until the PBX's BYE."""
+    prefix = f"auth-reinvite-tcp-{uuid.uuid4().hex[:8]}"
+    answered = serve.metric(CHALLENGES, 'method="INVITE",outcome="answered"')
+    run = await _run("auth_refresh_reinvite.xml", serve, free_udp_port(), tmp_path, prefix,
+                     "t1")
+    _ok(run, serve)
     record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
     assert record["end_reason"] == "caller_hangup", record
     assert serve.metric(CHALLENGES, 'method="INVITE",outcome="answered"') == answered + 1
