@@ -14,8 +14,6 @@ own digest code).
 
 from __future__ import annotations
 
-import hashlib
-import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ from bridge.bench.sip import (
     free_udp_port,
     run_sipp,
 )
+from tests.support import digest_check
 from tests.support.interop import require, require_binary
 
 HERE = Path(__file__).parent
@@ -74,30 +73,12 @@ def _ok(run: SippRun, serve: ServeProcess) -> None:
     assert run.returncode == 0 and run.failed == 0, f"{run.explain()}\n{serve.log_tail()}"
 
 
-def _credentials(message: str, header: str) -> dict[str, str]:
-    value = next(line.split(":", 1)[1].strip() for line in message.splitlines()
-                 if line.lower().startswith(header.lower() + ":"))
-    assert value.startswith("Digest ")
-    return {k.lower(): v1 or v2 for k, v1, v2 in
-            re.findall(r'([A-Za-z-]+)=(?:"([^"]*)"|([^,\s]+))', value[7:])}
-
-
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
-
-
-def _verify_md5(message: str, header: str, method: str) -> dict[str, str]:
-    """RFC 2617 §3.2.2 with qop=auth, computed here."""
-    c = _credentials(message, header)
-    ha1 = _md5(f"{c['username']}:{c['realm']}:{PASSWORD}")
-    ha2 = _md5(f"{method}:{c['uri']}")
-    expected = _md5(f"{ha1}:{c['nonce']}:{c['nc']}:{c['cnonce']}:{c['qop']}:{ha2}")
-    assert c["response"] == expected, (message, expected)
-    return c
+def _verify(message: str, header: str, method: str) -> dict[str, str]:
+    return digest_check.verify_md5(message, header, method, PASSWORD)
 
 
 def _cseq(message: str) -> int:
-    return int(re.search(r"^CSeq:\s*(\d+)", message, re.M | re.I).group(1))  # type: ignore[union-attr]
+    return digest_check.cseq(message)[0]
 
 
 async def test_refer_challenged_with_407_is_answered_and_succeeds(
@@ -120,13 +101,13 @@ async def test_refer_challenged_with_407_is_answered_and_succeeds(
     refers = [t for t in sent if t.startswith("REFER ")]
     assert len(refers) == 2, sent
     assert "Proxy-Authorization" not in refers[0]
-    creds = _verify_md5(refers[1], "Proxy-Authorization", "REFER")
+    creds = _verify(refers[1], "Proxy-Authorization", "REFER")
     assert (creds["username"], creds["realm"], creds["nc"]) == ("bridge", "pbx.test",
                                                                  "00000001")
     assert _cseq(refers[1]) == _cseq(refers[0]) + 1
     assert "Refer-To: <sip:desk@127.0.0.1:5099>" in refers[1]
     (bye,) = [t for t in sent if t.startswith("BYE ")]
-    again = _verify_md5(bye, "Proxy-Authorization", "BYE")
+    again = _verify(bye, "Proxy-Authorization", "BYE")
     assert again["nonce"] == creds["nonce"] and again["nc"] == "00000002"
     record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
     assert record["dialplan"] == "desk", record            # the trunk's, not by number

@@ -15,7 +15,6 @@ RFC 2617 computed by hashlib (not the bridge's own digest code).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from bridge.bench.sip import LoopbackCapture, ServeProcess, SippRun, free_udp_port, run_sipp
+from tests.support import digest_check
 from tests.support.interop import require, require_binary
 
 SIPP_DIR = Path(__file__).parent / "sipp"
@@ -72,32 +72,12 @@ def _ok(run: SippRun, serve: ServeProcess) -> None:
     assert run.returncode == 0 and run.failed == 0, f"{run.explain()}\n{serve.log_tail()}"
 
 
-def _credentials(message: str, header: str) -> dict[str, str]:
-    value = next(line.split(":", 1)[1].strip() for line in message.splitlines()
-                 if line.lower().startswith(header.lower() + ":"))
-    assert value.startswith("Digest ")
-    return {k.lower(): v1 or v2 for k, v1, v2 in
-            re.findall(r'([A-Za-z-]+)=(?:"([^"]*)"|([^,\s]+))', value[7:])}
+def _verify(message: str, header: str, method: str) -> dict[str, str]:
+    return digest_check.verify_md5(message, header, method, PASSWORD)
 
 
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
-
-
-def _verify_md5(message: str, header: str, method: str) -> dict[str, str]:
-    """RFC 2617 §3.2.2 with qop=auth, computed here."""
-    c = _credentials(message, header)
-    ha1 = _md5(f"{c['username']}:{c['realm']}:{PASSWORD}")
-    ha2 = _md5(f"{method}:{c['uri']}")
-    expected = _md5(f"{ha1}:{c['nonce']}:{c['nc']}:{c['cnonce']}:{c['qop']}:{ha2}")
-    assert c["response"] == expected, (message, expected)
-    return c
-
-
-def _cseq(message: str) -> tuple[int, str]:
-    found = re.search(r"^CSeq:\s*(\d+)\s+(\w+)", message, re.M | re.I)
-    assert found is not None, message
-    return int(found.group(1)), found.group(2)
+_cseq = digest_check.cseq
+_credentials = digest_check.credentials
 
 
 async def test_refreshing_update_challenged_with_401_is_answered_and_the_call_stays_up(
@@ -116,8 +96,8 @@ async def test_refreshing_update_challenged_with_401_is_answered_and_the_call_st
     assert len(updates) == 3, updates
     assert "Authorization" not in updates[0]
     assert _cseq(updates[1])[0] == _cseq(updates[0])[0] + 1
-    first = _verify_md5(updates[1], "Authorization", "UPDATE")
-    again = _verify_md5(updates[2], "Authorization", "UPDATE")
+    first = _verify(updates[1], "Authorization", "UPDATE")
+    again = _verify(updates[2], "Authorization", "UPDATE")
     assert (first["nc"], again["nc"], again["nonce"]) == ("00000001", "00000002",
                                                           first["nonce"])
     record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
@@ -148,8 +128,8 @@ async def test_refreshing_reinvite_challenged_with_407_is_acked_answered_and_acc
     branch = re.search(r"branch=([^;\s]+)", invites[0])
     assert branch is not None and branch.group(1) in acks[0]
     assert _cseq(invites[1])[0] == challenged + 1
-    first = _verify_md5(invites[1], "Proxy-Authorization", "INVITE")
-    again = _verify_md5(invites[2], "Proxy-Authorization", "INVITE")
+    first = _verify(invites[1], "Proxy-Authorization", "INVITE")
+    again = _verify(invites[2], "Proxy-Authorization", "INVITE")
     assert (first["nc"], again["nc"]) == ("00000001", "00000002")
     assert _cseq(acks[1]) == (challenged + 1, "ACK")        # the 200's ACK
     record = await serve.wait_record(f"{prefix}-1@127.0.0.1")
