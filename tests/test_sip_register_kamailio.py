@@ -134,10 +134,16 @@ def serve(folder: Path, kport: int, password: str, transport: str = "udp",
 
 def registers(k: Kamailio) -> list[tuple[str, int, str, str, int, float]]:
     """(Call-ID, CSeq, Expires, auth user, pv_www_authenticate's code: 1 = accepted, when
-    Kamailio got it) of every REGISTER Kamailio saw, in order."""
-    return [(m[0], int(m[1]), m[2], m[3], int(m[4]), float(m[5])) for m in re.findall(
-        r"REG (\S+) (\d+) exp=(\S*) au=(\S*) rc=(-?\d+) at=([\d.]+)",
-        k.log_tail(200_000))]
+    Kamailio got it) of every REGISTER Kamailio saw, in order; a UDP retransmission of one
+    (the same Call-ID and CSeq again, Timer E on a loaded machine) counts once."""
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for m in re.findall(r"REG (\S+) (\d+) exp=(\S*) au=(\S*) rc=(-?\d+) at=([\d.]+)",
+                        k.log_tail(200_000)):
+        if (m[0], int(m[1])) not in seen:
+            seen.add((m[0], int(m[1])))
+            out.append((m[0], int(m[1]), m[2], m[3], int(m[4]), float(m[5])))
+    return out
 
 
 async def call_aor(kport: int, workdir: Path, prefix: str, user: str = USER) -> int:
