@@ -1,0 +1,253 @@
+"""Post-call summaries: an ended call's record, summarised over Chat Completions.
+
+Theory of operation
+-------------------
+When a call on a dialplan with ``[summary] enabled`` ends (or an operator presses
+"Summarise" on an ended call's page), its record goes into :class:`SummaryQueue`: a
+bounded queue (``[summary] queue_max``; a call that does not fit is dropped, counted under
+``voicebridge_summaries{outcome="dropped"}`` and noted on its record) served by
+``[summary] concurrency`` workers. Nothing here runs before the call has ended, so nothing
+here can affect a call.
+
+A worker sends the transcript and the tool calls (:func:`call_messages`) with the
+dialplan's instructions and the JSON schema of its answer (``response_format``,
+``bridge.dialplans.summary``) and streams the answer: each piece is published as a
+``call.summary_delta`` event (the call page shows the text grow), then ``call.summary``
+with the parsed result. The record gets ``summary``: ``status`` ("running", "done",
+"failed", "dropped"), ``text``, ``disposition``, ``fields``, ``attempts`` and, after a
+webhook delivery, ``webhook``; each failed attempt (a 429 and its Retry-After, a 5xx, a
+network error) is appended to the record's ``errors`` as ``summary: ...``. The record is
+saved when the summary starts and when it ends.
+
+With ``webhook_url`` the result is POSTed as JSON (:func:`webhook_body`) with the
+dialplan's ``webhook_headers`` (secrets: never logged), up to :data:`WEBHOOK_ATTEMPTS`
+times on a network error, 429 or 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+
+from bridge import metrics
+from bridge.call.events import CallEvent
+from bridge.call.records import CallRecord, RecordStore
+from bridge.dialplans.plan import Dialplan
+from bridge.dialplans.summary import SummaryConfig
+from bridge.errors import ChatFailed
+from bridge.realtime.chat import ChatClient
+
+__all__ = ["WEBHOOK_ATTEMPTS", "SummaryDelta", "SummaryDone", "SummaryQueue", "call_messages",
+           "parse_answer", "webhook_body"]
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_ATTEMPTS = 3
+MAX_LINE = 2000          # characters of one transcript line or tool output sent
+MAX_LINES = 400          # transcript entries sent (the last ones)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SummaryDelta(CallEvent):
+    """A piece of the summary as it streams; ``restart``: a retry, start the text again."""
+
+    kind: ClassVar[str] = "call.summary_delta"
+    delta: str
+    restart: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SummaryDone(CallEvent):
+    kind: ClassVar[str] = "call.summary"
+    status: str                      # "done" or "failed"
+    summary: str = ""
+    disposition: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+def call_messages(record: CallRecord, config: SummaryConfig) -> list[dict[str, Any]]:
+    """The Chat Completions messages for one call."""
+    system = (config.instructions.strip() + "\n\nAnswer with one JSON object that matches "
+              "this JSON schema:\n" + json.dumps(config.schema()))
+    lines = [f"Call {record.call_id} from {record.caller or 'unknown'} to "
+             f"{record.called or 'unknown'} (dialplan {record.dialplan}), "
+             f"ended: {record.end_reason or 'unknown'}.", "", "Transcript:"]
+    for e in record.transcript[-MAX_LINES:]:
+        who = "Caller" if e.role == "caller" else "Agent"
+        cut = " (cut off)" if e.truncated else ""
+        lines.append(f"{who}: {e.text[:MAX_LINE]}{cut}")
+    if not record.transcript:
+        lines.append("(nothing was said)")
+    if record.tool_calls:
+        lines += ["", "Tool calls:"]
+        lines += [f"- {t.name}({t.arguments[:MAX_LINE]}) -> {'ok' if t.ok else 'error'}: "
+                  f"{t.output[:MAX_LINE]}" for t in record.tool_calls]
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": "\n".join(lines)}]
+
+
+def parse_answer(text: str) -> tuple[str, str, dict[str, Any]]:
+    """``(summary, disposition, fields)`` of an answer; a model that did not answer JSON
+    still has its text kept as the summary."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip(), "", {}
+    if not isinstance(data, dict):
+        return text.strip(), "", {}
+    fields = data.get("fields")
+    return (str(data.get("summary") or ""), str(data.get("disposition") or ""),
+            dict(fields) if isinstance(fields, dict) else {})
+
+
+def webhook_body(record: CallRecord) -> dict[str, Any]:
+    """What the webhook receives."""
+    s = record.summary or {}
+    return {"call_id": record.call_id, "caller": record.caller, "called": record.called,
+            "dialplan": record.dialplan, "started_at": record.started_at,
+            "ended_at": record.ended_at, "end_reason": record.end_reason,
+            "summary": s.get("text", ""), "disposition": s.get("disposition", ""),
+            "fields": s.get("fields", {})}
+
+
+Publish = Callable[[CallEvent], None]
+
+
+class SummaryQueue:
+    """The bounded background queue of summaries (module docstring)."""
+
+    def __init__(self, chat: Callable[[], ChatClient], store: RecordStore, publish: Publish,
+                 *, queue_max: int = 200, concurrency: int = 2,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._chat = chat
+        self._store = store
+        self._publish = publish
+        self._queue: asyncio.Queue[tuple[CallRecord, SummaryConfig]] = asyncio.Queue(
+            max(1, queue_max))
+        self._concurrency = max(1, concurrency)
+        self._workers: list[asyncio.Task[None]] = []
+        self._sleep = sleep
+        self.running: set[str] = set()
+
+    def submit(self, record: CallRecord, config: SummaryConfig) -> bool:
+        """Queue an ended call's summary; False (counted, noted) when the queue is full."""
+        if not self._workers:
+            self._workers = [asyncio.get_running_loop().create_task(
+                self._worker(), name=f"summary-{i}") for i in range(self._concurrency)]
+        try:
+            self._queue.put_nowait((record, config))
+        except asyncio.QueueFull:
+            metrics.SUMMARIES.labels(outcome="dropped").inc()
+            record.summary = {"status": "dropped"}
+            record.errors.append("summary: dropped, the summary queue was full")
+            log.warning("call %s: summary dropped (queue full)", record.call_id)
+            return False
+        record.summary = {"status": "queued"}
+        self.running.add(record.call_id)
+        return True
+
+    def after_call(self, record: CallRecord, plan: Dialplan) -> None:
+        """The manager's after-call hook: summarise when the dialplan asks for it."""
+        if plan.summary.enabled:
+            self.submit(record, plan.summary)
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers = []
+
+    async def _worker(self) -> None:
+        while True:
+            record, config = await self._queue.get()
+            try:
+                await self.run(record, config)
+            except Exception:       # asyncio.CancelledError is not an Exception
+                log.exception("call %s: summary failed", record.call_id)
+            finally:
+                self.running.discard(record.call_id)
+
+    async def run(self, record: CallRecord, config: SummaryConfig) -> None:
+        """Summarise one call now (see the module docstring)."""
+        call_id = record.call_id
+        record.summary = {"status": "running", "started_at": time.time()}
+        await self._save(record)
+        client = self._chat()
+
+        def delta(piece: str) -> None:
+            self._publish(SummaryDelta(call_id=call_id, delta=piece))
+
+        def restart() -> None:
+            self._publish(SummaryDelta(call_id=call_id, delta="", restart=True))
+
+        try:
+            result = await client.complete(
+                call_messages(record, config), on_delta=delta, on_restart=restart,
+                response_format={"type": "json_schema", "json_schema": {
+                    "name": "call_summary", "strict": True, "schema": config.schema()}})
+        except ChatFailed as exc:
+            metrics.SUMMARIES.labels(outcome="failed").inc()
+            record.errors.append(f"summary: {exc}")
+            record.summary = {"status": "failed", "attempts": exc.attempts,
+                              "error": str(exc), "finished_at": time.time()}
+            self._publish(SummaryDone(call_id=call_id, status="failed", error=str(exc)))
+            log.warning("call %s: no summary (%s)", call_id, exc)
+            await self._save(record)
+            return
+        record.errors += [f"summary: attempt {i + 1}: {e}" for i, e in enumerate(result.errors)]
+        text, disposition, fields = parse_answer(result.text)
+        record.summary = {"status": "done", "text": text, "disposition": disposition,
+                          "fields": fields, "attempts": result.attempts,
+                          "usage": result.usage, "finished_at": time.time()}
+        metrics.SUMMARIES.labels(outcome="done").inc()
+        self._publish(SummaryDone(call_id=call_id, status="done", summary=text,
+                                  disposition=disposition, fields=fields))
+        if config.webhook_url:
+            record.summary["webhook"] = await self._deliver(record, config)
+        await self._save(record)
+
+    async def _deliver(self, record: CallRecord, config: SummaryConfig) -> str:
+        """POST the summary to the dialplan's webhook; what happened, in a few words."""
+        assert config.webhook_url is not None
+        headers = {name: secret.value for name, secret in config.webhook_headers.items()}
+        outcome = ""
+        async with httpx.AsyncClient(timeout=config.webhook_timeout_s) as http:
+            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+                try:
+                    response = await http.post(config.webhook_url, json=webhook_body(record),
+                                               headers=headers)
+                except httpx.TransportError as exc:
+                    outcome = f"failed: {type(exc).__name__}"
+                else:
+                    outcome = f"{response.status_code}"
+                    if response.is_success:
+                        metrics.SUMMARIES.labels(outcome="webhook_delivered").inc()
+                        return f"delivered ({outcome})"
+                    outcome = f"failed: HTTP {outcome}"
+                    if response.status_code != 429 and response.status_code < 500:
+                        break
+                record.errors.append(f"summary webhook: attempt {attempt}: {outcome}")
+                if attempt < WEBHOOK_ATTEMPTS:
+                    await self._sleep(float(attempt))
+        metrics.SUMMARIES.labels(outcome="webhook_failed").inc()
+        if not record.errors or not record.errors[-1].startswith("summary webhook"):
+            record.errors.append(f"summary webhook: {outcome}")
+        return outcome
+
+    async def _save(self, record: CallRecord) -> None:
+        try:
+            await self._store.save(record)
+        except Exception as exc:    # asyncio.CancelledError is not an Exception
+            log.warning("call %s: could not save the summary (%s)", record.call_id,
+                        type(exc).__name__)
