@@ -40,13 +40,16 @@ import httpx
 from bridge import metrics
 from bridge.call.events import CallEvent
 from bridge.call.records import CallRecord, RecordStore
+from bridge.config import SummarySettings
 from bridge.dialplans.plan import Dialplan
 from bridge.dialplans.summary import SummaryConfig
 from bridge.errors import ChatFailed
-from bridge.realtime.chat import ChatClient
+from bridge.realtime.auth import TokenProvider
+from bridge.realtime.chat import ChatClient, chat_target
+from bridge.realtime.config import RealtimeTarget
 
 __all__ = ["WEBHOOK_ATTEMPTS", "SummaryDelta", "SummaryDone", "SummaryQueue", "call_messages",
-           "parse_answer", "webhook_body"]
+           "parse_answer", "summary_queue", "webhook_body"]
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +139,30 @@ class SummaryQueue:
         self._concurrency = max(1, concurrency)
         self._workers: list[asyncio.Task[None]] = []
         self._sleep = sleep
+        self._closed = False
         self.running: set[str] = set()
 
     def submit(self, record: CallRecord, config: SummaryConfig) -> bool:
         """Queue an ended call's summary; False (counted, noted) when the queue is full."""
+        if self._closed:
+            return self._drop(record, "the bridge is shutting down")
         if not self._workers:
             self._workers = [asyncio.get_running_loop().create_task(
                 self._worker(), name=f"summary-{i}") for i in range(self._concurrency)]
         try:
             self._queue.put_nowait((record, config))
         except asyncio.QueueFull:
-            metrics.SUMMARIES.labels(outcome="dropped").inc()
-            record.summary = {"status": "dropped"}
-            record.errors.append("summary: dropped, the summary queue was full")
-            log.warning("call %s: summary dropped (queue full)", record.call_id)
-            return False
+            return self._drop(record, "the summary queue was full")
         record.summary = {"status": "queued"}
         self.running.add(record.call_id)
         return True
+
+    def _drop(self, record: CallRecord, why: str) -> bool:
+        metrics.SUMMARIES.labels(outcome="dropped").inc()
+        record.summary = {"status": "dropped"}
+        record.errors.append(f"summary: dropped, {why}")
+        log.warning("call %s: summary dropped (%s)", record.call_id, why)
+        return False
 
     def after_call(self, record: CallRecord, plan: Dialplan) -> None:
         """The manager's after-call hook: summarise when the dialplan asks for it."""
@@ -161,6 +170,7 @@ class SummaryQueue:
             self.submit(record, plan.summary)
 
     async def close(self) -> None:
+        self._closed = True
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -251,3 +261,16 @@ class SummaryQueue:
         except Exception as exc:    # asyncio.CancelledError is not an Exception
             log.warning("call %s: could not save the summary (%s)", record.call_id,
                         type(exc).__name__)
+
+
+def summary_queue(settings: SummarySettings, target: RealtimeTarget,
+                  tokens: TokenProvider | None, store: RecordStore,
+                  publish: Publish) -> SummaryQueue:
+    """The process's queue: chat at ``[summary] chat_deployment`` beside ``target``."""
+    chat = chat_target(target, settings.chat_deployment, settings.chat_api_version or None)
+
+    def client() -> ChatClient:
+        return ChatClient(chat, token_provider=tokens, total_s=float(settings.total_s))
+
+    return SummaryQueue(client, store, publish, queue_max=settings.queue_max,
+                        concurrency=settings.concurrency)
