@@ -31,7 +31,8 @@ The hierarchy::
     │   ├── RealtimeUnavailable      could not connect / lost beyond reconnect
     │   │   └── RealtimeRejected     the request itself refused (400/404, close 4000)
     │   ├── MalformedEvent           a server event that does not map (logged, ignored)
-    │   └── ChatFailed               a Chat Completions request failed for good (recorded)
+    │   ├── ChatFailed               a Chat Completions request failed for good (recorded)
+    │   └── ChatAttemptFailed        one attempt failed; retried after Retry-After or back-off
     ├── ToolError                    a tool failed; answered to the model as an error output
     │   └── ToolFailed               raised by operator code to answer the model with a message
     └── EmulatorError                the local Realtime emulator refuses a client request
@@ -117,6 +118,16 @@ class ChatFailed(RealtimeError):
         self.status = status
         self.attempts = attempts
         super().__init__(message)
+
+
+class ChatAttemptFailed(RealtimeError):
+    """One Chat Completions attempt failed and another may work (a 429, a 5xx, a network
+    error): ``wait_s`` is what the service asked to wait (None: the client's back-off)."""
+
+    def __init__(self, reason: str, status: int | None, wait_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.wait_s = wait_s
 
 
 class SipError(BridgeError):

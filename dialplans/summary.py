@@ -77,6 +77,14 @@ class SummaryConfig:
     webhook_headers: Mapping[str, Secret] = field(default_factory=dict)
     webhook_timeout_s: float = 10.0
 
+    def describe(self) -> str:
+        """One line for ``voicebridge check-dialplans`` (no secrets)."""
+        fields = ", ".join(self.fields) or "none"
+        hook = urlsplit(self.webhook_url).netloc if self.webhook_url else ""
+        return (f"after the call; fields {fields}"
+                + (f"; dispositions {', '.join(self.dispositions)}" if self.dispositions
+                   else "") + (f"; webhook to {hook}" if hook else ""))
+
     def schema(self) -> dict[str, Any]:
         """The JSON schema of the answer (strict structured output)."""
         props: dict[str, Any] = {}

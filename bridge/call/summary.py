@@ -13,11 +13,11 @@ A worker sends the transcript and the tool calls (:func:`call_messages`) with th
 dialplan's instructions and the JSON schema of its answer (``response_format``,
 ``bridge.dialplans.summary``) and streams the answer: each piece is published as a
 ``call.summary_delta`` event (the call page shows the text grow), then ``call.summary``
-with the parsed result. The record gets ``summary``: ``status`` ("running", "done",
-"failed", "dropped"), ``text``, ``disposition``, ``fields``, ``attempts`` and, after a
-webhook delivery, ``webhook``; each failed attempt (a 429 and its Retry-After, a 5xx, a
-network error) is appended to the record's ``errors`` as ``summary: ...``. The record is
-saved when the summary starts and when it ends.
+with the parsed result. The record gets ``summary``: ``status`` ("queued", "running",
+"delivering" (to the webhook), "done", "failed", "dropped"), ``text``, ``disposition``,
+``fields``, ``attempts`` and, after a webhook delivery, ``webhook``; each failed attempt
+(a 429 and its Retry-After, a 5xx, a network error) is appended to the record's
+``errors`` as ``summary: ...``. The record is saved when the summary starts and ends.
 
 With ``webhook_url`` the result is POSTed as JSON (:func:`webhook_body`) with the
 dialplan's ``webhook_headers`` (secrets: never logged), up to :data:`WEBHOOK_ATTEMPTS`
@@ -217,7 +217,8 @@ class SummaryQueue:
             return
         record.errors += [f"summary: attempt {i + 1}: {e}" for i, e in enumerate(result.errors)]
         text, disposition, fields = parse_answer(result.text)
-        record.summary = {"status": "done", "text": text, "disposition": disposition,
+        record.summary = {"status": "delivering" if config.webhook_url else "done",
+                          "text": text, "disposition": disposition,
                           "fields": fields, "attempts": result.attempts,
                           "usage": result.usage, "finished_at": time.time()}
         metrics.SUMMARIES.labels(outcome="done").inc()
@@ -225,6 +226,7 @@ class SummaryQueue:
                                   disposition=disposition, fields=fields))
         if config.webhook_url:
             record.summary["webhook"] = await self._deliver(record, config)
+            record.summary["status"] = "done"
         await self._save(record)
 
     async def _deliver(self, record: CallRecord, config: SummaryConfig) -> str:

@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from bridge.errors import ChatFailed, RealtimeAuthError
+from bridge.errors import ChatAttemptFailed, ChatFailed, RealtimeAuthError
 from bridge.realtime.auth import TokenProvider, handshake_headers
 from bridge.realtime.config import RealtimeTarget, redact_url
 
@@ -91,15 +91,6 @@ class ChatResult:
     attempts: int = 0
     #: one line per failed attempt: "429 (retry after 1.0 s)", "ReadTimeout", ...
     errors: list[str] = field(default_factory=list)
-
-
-class _Retry(Exception):
-    """This attempt failed; another may work after ``wait_s`` (None: the back-off)."""
-
-    def __init__(self, reason: str, status: int | None, wait_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.wait_s = wait_s
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -174,7 +165,7 @@ class ChatClient:
                 else:
                     await self._once(http, body, headers, result)
                 return
-            except _Retry as exc:
+            except ChatAttemptFailed as exc:
                 wait = self._wait(exc, result.attempts)
                 result.errors.append(str(exc))
                 log.info("chat: attempt %d to %s failed (%s)", result.attempts,
@@ -193,7 +184,7 @@ class ChatClient:
                 result.errors.append(str(exc))
                 raise ChatFailed(str(exc), attempts=result.attempts) from None
 
-    def _wait(self, exc: _Retry, attempt: int) -> float:
+    def _wait(self, exc: ChatAttemptFailed, attempt: int) -> float:
         if exc.wait_s is not None:
             return min(exc.wait_s, self.max_backoff_s)
         return float(min(self.backoff_s * 2.0 ** (attempt - 1), self.max_backoff_s))
@@ -210,9 +201,9 @@ class ChatClient:
             after = _retry_after(response.headers)
             reason = f"429 {detail}" + (f" (retry after {after:g} s)" if after is not None
                                         else "")
-            raise _Retry(reason, status, after)
+            raise ChatAttemptFailed(reason, status, after)
         if status in _RETRY_STATUS:
-            raise _Retry(f"{status} {detail}", status)
+            raise ChatAttemptFailed(f"{status} {detail}", status)
         raise ChatFailed(f"{status} {detail}", status=status)
 
     async def _once(self, http: httpx.AsyncClient, body: dict[str, Any],
@@ -221,7 +212,7 @@ class ChatClient:
             response = await http.post(self.target.url, json=body, headers=headers,
                                        timeout=self._timeout)
         except httpx.TransportError as exc:
-            raise _Retry(type(exc).__name__, None) from None
+            raise ChatAttemptFailed(type(exc).__name__, None) from None
         if response.status_code != 200:
             await self._refused(response)
         try:
@@ -231,7 +222,7 @@ class ChatClient:
             result.finish_reason = choice.get("finish_reason")
             result.usage = dict(data.get("usage") or {})
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise _Retry("malformed completion", 200) from None
+            raise ChatAttemptFailed("malformed completion", 200) from None
         if self.on_chunk is not None:
             self.on_chunk(data)
 
@@ -250,22 +241,22 @@ class ChatClient:
                         break
                     self._chunk(sse.data, result, on_delta)
         except httpx.TransportError as exc:
-            raise _Retry(type(exc).__name__, None) from None
+            raise ChatAttemptFailed(type(exc).__name__, None) from None
         except SSEError:
-            raise _Retry("not an event stream", 200) from None
+            raise ChatAttemptFailed("not an event stream", 200) from None
         if not done:
-            raise _Retry("the stream ended before [DONE]", 200)
+            raise ChatAttemptFailed("the stream ended before [DONE]", 200)
 
     def _chunk(self, data: str, result: ChatResult,
                on_delta: Callable[[str], None] | None) -> None:
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise _Retry("an event that is not JSON", 200) from None
+            raise ChatAttemptFailed("an event that is not JSON", 200) from None
         if not isinstance(chunk, dict):
-            raise _Retry("an event that is not a JSON object", 200)
+            raise ChatAttemptFailed("an event that is not a JSON object", 200)
         if "error" in chunk:
-            raise _Retry("an error event in the stream", 200)
+            raise ChatAttemptFailed("an error event in the stream", 200)
         if self.on_chunk is not None:
             self.on_chunk(chunk)
         if chunk.get("usage"):
