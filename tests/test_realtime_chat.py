@@ -190,3 +190,31 @@ def test_the_summariser_is_deterministic_and_rule_based() -> None:
     assert summarise(SYSTEM, ["(nothing)"]) == {
         "summary": "The call ended before anyone spoke.", "disposition": "no_conversation",
         "fields": {"intent": "general", "order_number": None}}
+
+
+async def test_entra_id_tokens_are_fetched_for_every_attempt(emu: Emulator) -> None:
+    host = emu.url.removeprefix("ws://")
+    entra = RealtimeTarget("azure", f"ws://{host}/openai/v1/realtime?model=rt", "ga",
+                           None, use_entra=True)
+    fetched: list[int] = []
+
+    async def token() -> str:           # the emulator takes its key as a bearer token
+        fetched.append(1)
+        return KEY
+
+    async def no_wait(_s: float) -> None:
+        return None
+
+    emu.chat.refuse(1, 429, retry_after_s=0.0)
+    result = await ChatClient(chat_target(entra, "gpt-4o"), token_provider=token,
+                              sleep=no_wait).complete(MESSAGES)
+    assert result.attempts == 2 and len(fetched) == 2
+    assert json.loads(result.text)["fields"]["intent"] == "refund"
+
+    async def broken() -> str:
+        raise OSError("no credential")
+
+    with pytest.raises(ChatFailed) as failed:
+        await ChatClient(chat_target(entra, "gpt-4o"), token_provider=broken).complete(
+            MESSAGES)
+    assert "Entra ID token request failed (OSError)" in str(failed.value)

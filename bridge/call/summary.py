@@ -44,6 +44,7 @@ from bridge.config import SummarySettings
 from bridge.dialplans.plan import Dialplan
 from bridge.dialplans.summary import SummaryConfig
 from bridge.errors import ChatFailed
+from bridge.logthrottle import Throttle
 from bridge.realtime.auth import TokenProvider
 from bridge.realtime.chat import ChatClient, chat_target
 from bridge.realtime.config import RealtimeTarget
@@ -52,6 +53,8 @@ __all__ = ["WEBHOOK_ATTEMPTS", "SummaryDelta", "SummaryDone", "SummaryQueue", "c
            "parse_answer", "summary_queue", "webhook_body"]
 
 log = logging.getLogger(__name__)
+#: drops and failures follow call volume and the chat service's health: bounded lines
+_throttled = Throttle(log)
 
 WEBHOOK_ATTEMPTS = 3
 MAX_LINE = 2000          # characters of one transcript line or tool output sent
@@ -161,7 +164,8 @@ class SummaryQueue:
         metrics.SUMMARIES.labels(outcome="dropped").inc()
         record.summary = {"status": "dropped"}
         record.errors.append(f"summary: dropped, {why}")
-        log.warning("call %s: summary dropped (%s)", record.call_id, why)
+        _throttled.log(logging.WARNING, "summary dropped", "call %s: summary dropped (%s)",
+                       record.call_id, why)
         return False
 
     def after_call(self, record: CallRecord, plan: Dialplan) -> None:
@@ -212,7 +216,8 @@ class SummaryQueue:
             record.summary = {"status": "failed", "attempts": exc.attempts,
                               "error": str(exc), "finished_at": time.time()}
             self._publish(SummaryDone(call_id=call_id, status="failed", error=str(exc)))
-            log.warning("call %s: no summary (%s)", call_id, exc)
+            _throttled.log(logging.WARNING, "summary failed", "call %s: no summary (%s)",
+                           call_id, exc)
             await self._save(record)
             return
         record.errors += [f"summary: attempt {i + 1}: {e}" for i, e in enumerate(result.errors)]

@@ -38,6 +38,7 @@ from bridge.realtime.emulator.summariser import summarise
 __all__ = ["PIECE_CHARS", "ChatCore", "ChatReply", "ChatRequestRecord"]
 
 PIECE_CHARS = 8
+STREAM_MAX_S = 8.0
 _DEPLOYMENT_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
 _MODEL_PATHS = frozenset({"/openai/v1/chat/completions", "/v1/chat/completions"})
 
@@ -201,6 +202,8 @@ class ChatCore:
             chunks.append(b"data: " + json.dumps(dict(head, choices=[], usage=usage)).encode()
                           + b"\n\n")
         chunks.append(b"data: [DONE]\n\n")
+        # The whole stream within STREAM_MAX_S: the connection's handshake timeout
+        # (``websockets``' open_timeout, 10 s) also bounds a plain HTTP exchange.
+        delay = min(self.chunk_ms / 1000, STREAM_MAX_S / len(chunks))
         return ChatReply(200, [("content-type", "text/event-stream"),
-                               ("cache-control", "no-cache")], chunks=chunks,
-                         delay_s=self.chunk_ms / 1000)
+                               ("cache-control", "no-cache")], chunks=chunks, delay_s=delay)
