@@ -16,7 +16,7 @@ from aiohttp import web
 from bridge import metrics
 from bridge.call.events import CallEvent
 from bridge.call.records import CallRecord, MemoryRecordStore, ToolCallRecord, TranscriptEntry
-from bridge.call.summary import SummaryDelta, SummaryDone, SummaryQueue
+from bridge.call.summary import SummaryDelta, SummaryDone, SummaryQueue, call_messages
 from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.summary import SummaryConfig
 from bridge.errors import DialplanError
@@ -115,6 +115,19 @@ async def crm() -> AsyncIterator[Crm]:
     receiver.url = f"http://127.0.0.1:{port}/calls"
     yield receiver
     await runner.cleanup()
+
+
+def test_the_messages_carry_transcript_tool_calls_and_analysis() -> None:
+    record = ended_call()
+    setattr(record, "analysis", [{"turn": 1, "intent": "refund"}])  # noqa: B010 (newer records)
+    setattr(record, "tags", ["vip"])  # noqa: B010
+    system, user = call_messages(record, SummaryConfig(fields={"x": {"type": "string"}}))
+    assert system["role"] == "system" and '"x": {"type": ["string", "null"]}' in system["content"]
+    text = user["content"]
+    assert "Caller: This is terrible, I want my money back" in text
+    assert "Agent: Hello, how can I help?" in text
+    assert '- order_status({"order_id":"1234"}) -> ok: {"status":"lost"}' in text
+    assert '- {"turn": 1, "intent": "refund"}' in text and "Tags: vip" in text
 
 
 def ended_call() -> CallRecord:
@@ -234,5 +247,7 @@ async def test_a_full_queue_drops_and_counts(plan_dir: Path) -> None:
         assert not queue.submit(ended_call(), config)   # closed: shutting down
     assert second.summary == {"status": "dropped"}
     assert second.errors == ["summary: dropped, the summary queue was full"]
+    kept = await store.get("c_summary3")            # the note is saved on the record
+    assert kept is not None and kept.summary == {"status": "dropped"}
     assert metrics.SUMMARIES.labels(outcome="dropped")._value.get() == dropped + 2
     assert len([r for r in emu.chat.requests if r.status == 200]) == 1

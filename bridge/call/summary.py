@@ -9,7 +9,8 @@ bounded queue (``[summary] queue_max``; a call that does not fit is dropped, cou
 ``[summary] concurrency`` workers. Nothing here runs before the call has ended, so nothing
 here can affect a call.
 
-A worker sends the transcript and the tool calls (:func:`call_messages`) with the
+A worker sends the transcript, the tool calls and the live analysis (when the record has
+one) (:func:`call_messages`) with the
 dialplan's instructions and the JSON schema of its answer (``response_format``,
 ``bridge.dialplans.summary``) and streams the answer: each piece is published as a
 ``call.summary_delta`` event (the call page shows the text grow), then ``call.summary``
@@ -97,6 +98,15 @@ def call_messages(record: CallRecord, config: SummaryConfig) -> list[dict[str, A
         lines += ["", "Tool calls:"]
         lines += [f"- {t.name}({t.arguments[:MAX_LINE]}) -> {'ok' if t.ok else 'error'}: "
                   f"{t.output[:MAX_LINE]}" for t in record.tool_calls]
+    # The live analysis of the caller's turns and its tags, on records that have them.
+    analysis = getattr(record, "analysis", None)
+    if analysis:
+        lines += ["", "Analysis of the caller's turns:"]
+        lines += [f"- {json.dumps(a, ensure_ascii=False)[:MAX_LINE]}"
+                  for a in analysis[-MAX_LINES:]]
+    tags = getattr(record, "tags", None)
+    if tags:
+        lines.append("Tags: " + ", ".join(str(t) for t in tags))
     return [{"role": "system", "content": system},
             {"role": "user", "content": "\n".join(lines)}]
 
@@ -143,6 +153,7 @@ class SummaryQueue:
         self._workers: list[asyncio.Task[None]] = []
         self._sleep = sleep
         self._closed = False
+        self._saves: set[asyncio.Task[None]] = set()
         self.running: set[str] = set()
 
     def submit(self, record: CallRecord, config: SummaryConfig) -> bool:
@@ -166,6 +177,10 @@ class SummaryQueue:
         record.errors.append(f"summary: dropped, {why}")
         _throttled.log(logging.WARNING, "summary dropped", "call %s: summary dropped (%s)",
                        record.call_id, why)
+        if not self._closed:            # keep the note (shutting down: the store is closing)
+            task = asyncio.get_running_loop().create_task(self._save(record))
+            self._saves.add(task)
+            task.add_done_callback(self._saves.discard)
         return False
 
     def after_call(self, record: CallRecord, plan: Dialplan) -> None:
@@ -175,6 +190,8 @@ class SummaryQueue:
 
     async def close(self) -> None:
         self._closed = True
+        if self._saves:
+            await asyncio.wait(self._saves, timeout=5.0)
         for task in self._workers:
             task.cancel()
         for task in self._workers:
