@@ -143,8 +143,12 @@ class SummaryQueue:
 
     def __init__(self, chat: Callable[[], ChatClient], store: RecordStore, publish: Publish,
                  *, queue_max: int = 200, concurrency: int = 2,
+                 http: httpx.AsyncClient | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """``http``: the connection pool of webhook deliveries (and of ``chat``'s clients,
+        when they share it), closed with the queue; one of its own when not given."""
         self._chat = chat
+        self._http = http or httpx.AsyncClient()
         self._store = store
         self._publish = publish
         self._queue: asyncio.Queue[tuple[CallRecord, SummaryConfig]] = asyncio.Queue(
@@ -198,6 +202,7 @@ class SummaryQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers = []
+        await self._http.aclose()
 
     async def _worker(self) -> None:
         while True:
@@ -256,24 +261,24 @@ class SummaryQueue:
         assert config.webhook_url is not None
         headers = {name: secret.value for name, secret in config.webhook_headers.items()}
         outcome = ""
-        async with httpx.AsyncClient(timeout=config.webhook_timeout_s) as http:
-            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
-                try:
-                    response = await http.post(config.webhook_url, json=webhook_body(record),
-                                               headers=headers)
-                except httpx.TransportError as exc:
-                    outcome = f"failed: {type(exc).__name__}"
-                else:
-                    outcome = f"{response.status_code}"
-                    if response.is_success:
-                        metrics.SUMMARIES.labels(outcome="webhook_delivered").inc()
-                        return f"delivered ({outcome})"
-                    outcome = f"failed: HTTP {outcome}"
-                    if response.status_code != 429 and response.status_code < 500:
-                        break
-                record.errors.append(f"summary webhook: attempt {attempt}: {outcome}")
-                if attempt < WEBHOOK_ATTEMPTS:
-                    await self._sleep(float(attempt))
+        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            try:
+                response = await self._http.post(config.webhook_url, json=webhook_body(record),
+                                                 headers=headers,
+                                                 timeout=config.webhook_timeout_s)
+            except httpx.TransportError as exc:
+                outcome = f"failed: {type(exc).__name__}"
+            else:
+                outcome = f"{response.status_code}"
+                if response.is_success:
+                    metrics.SUMMARIES.labels(outcome="webhook_delivered").inc()
+                    return f"delivered ({outcome})"
+                outcome = f"failed: HTTP {outcome}"
+                if response.status_code != 429 and response.status_code < 500:
+                    break
+            record.errors.append(f"summary webhook: attempt {attempt}: {outcome}")
+            if attempt < WEBHOOK_ATTEMPTS:
+                await self._sleep(float(attempt))
         metrics.SUMMARIES.labels(outcome="webhook_failed").inc()
         if not record.errors or not record.errors[-1].startswith("summary webhook"):
             record.errors.append(f"summary webhook: {outcome}")
@@ -292,9 +297,12 @@ def summary_queue(settings: SummarySettings, target: RealtimeTarget,
                   publish: Publish) -> SummaryQueue:
     """The process's queue: chat at ``[summary] chat_deployment`` beside ``target``."""
     chat = chat_target(target, settings.chat_deployment, settings.chat_api_version or None)
+    http = httpx.AsyncClient()          # one pool (and one TLS context) for every summary
+    log.info("post-call summaries: Chat Completions at %s", chat.safe_url)
 
     def client() -> ChatClient:
-        return ChatClient(chat, token_provider=tokens, total_s=float(settings.total_s))
+        return ChatClient(chat, token_provider=tokens, http=http,
+                          total_s=float(settings.total_s))
 
     return SummaryQueue(client, store, publish, queue_max=settings.queue_max,
-                        concurrency=settings.concurrency)
+                        concurrency=settings.concurrency, http=http)
