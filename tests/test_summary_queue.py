@@ -251,3 +251,15 @@ async def test_a_full_queue_drops_and_counts(plan_dir: Path) -> None:
     assert kept is not None and kept.summary == {"status": "dropped"}
     assert metrics.SUMMARIES.labels(outcome="dropped")._value.get() == dropped + 2
     assert len([r for r in emu.chat.requests if r.status == 200]) == 1
+
+
+async def test_closing_lets_a_summary_under_way_finish() -> None:
+    store, events, sleeps = MemoryRecordStore(), [], []
+    async with Emulator(EmulatorConfig(api_key=KEY, chat_chunk_ms=20)) as emu:
+        queue = queue_for(emu, store, events, sleeps)
+        record = ended_call()
+        assert queue.submit(record, SummaryConfig(enabled=True))
+        await queue.close()                 # at once: the summary is queued, not yet begun
+    assert record.summary is not None and record.summary["status"] == "done"
+    stored = await store.get(record.call_id)
+    assert stored is not None and stored.summary == record.summary

@@ -159,6 +159,8 @@ class SummaryQueue:
         self._closed = False
         self._saves: set[asyncio.Task[None]] = set()
         self.running: set[str] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def submit(self, record: CallRecord, config: SummaryConfig) -> bool:
         """Queue an ended call's summary; False (counted, noted) when the queue is full."""
@@ -173,6 +175,7 @@ class SummaryQueue:
             return self._drop(record, "the summary queue was full")
         record.summary = {"status": "queued"}
         self.running.add(record.call_id)
+        self._idle.clear()
         return True
 
     def _drop(self, record: CallRecord, why: str) -> bool:
@@ -192,8 +195,12 @@ class SummaryQueue:
         if plan.summary.enabled:
             self.submit(record, plan.summary)
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Take no more; give the summaries under way ``grace_s`` to finish, then stop."""
         self._closed = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
         if self._saves:
             await asyncio.wait(self._saves, timeout=5.0)
         for task in self._workers:
@@ -213,6 +220,8 @@ class SummaryQueue:
                 log.exception("call %s: summary failed", record.call_id)
             finally:
                 self.running.discard(record.call_id)
+                if not self.running:
+                    self._idle.set()
 
     async def run(self, record: CallRecord, config: SummaryConfig) -> None:
         """Summarise one call now (see the module docstring)."""
