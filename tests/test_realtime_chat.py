@@ -218,3 +218,12 @@ async def test_entra_id_tokens_are_fetched_for_every_attempt(emu: Emulator) -> N
         await ChatClient(chat_target(entra, "gpt-4o"), token_provider=broken).complete(
             MESSAGES)
     assert "Entra ID token request failed (OSError)" in str(failed.value)
+
+
+async def test_the_whole_request_is_bounded_in_time(emu: Emulator) -> None:
+    emu.chat.refuse(10, 429, retry_after_s=5.0)      # real waits, longer than the bound
+    client = ChatClient(targets(emu)["/v1/chat/completions"], total_s=1.0, max_attempts=10)
+    with pytest.raises(ChatFailed) as failed:
+        await client.complete(MESSAGES)
+    assert "no answer within 1 s" in str(failed.value) and failed.value.attempts == 1
+    assert [r.status for r in emu.chat.requests] == [429]
