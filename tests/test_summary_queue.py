@@ -263,3 +263,13 @@ async def test_closing_lets_a_summary_under_way_finish() -> None:
     assert record.summary is not None and record.summary["status"] == "done"
     stored = await store.get(record.call_id)
     assert stored is not None and stored.summary == record.summary
+
+
+def test_the_front_desk_plan_is_summarised() -> None:
+    from bridge.dialplans.loader import PACKAGED_DIR  # noqa: PLC0415
+
+    config = load_dialplans(PACKAGED_DIR, env={})["front-desk"].summary
+    assert config.enabled and "transferred" in config.dispositions
+    fields = config.schema()["properties"]["fields"]["properties"]
+    assert fields["department"]["enum"] == ["sales", "support", "billing", None]
+    assert list(fields) == ["department", "order_number", "callback_wanted"]
