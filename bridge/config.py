@@ -109,6 +109,22 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class SummarySettings:
+    #: The chat deployment (Azure) or model (OpenAI) that writes post-call summaries
+    #: (a dialplan's ``[summary]``), beside the Realtime endpoint, with its credentials.
+    chat_deployment: str = "gpt-4o-mini"
+    #: Azure only: an API version selects ``/openai/deployments/{deployment}/chat/
+    #: completions?api-version=V``; empty: the GA ``/openai/v1/chat/completions``.
+    chat_api_version: str = ""
+    #: Summaries written at the same time.
+    concurrency: int = 2
+    #: Ended calls waiting for a summary; past it a call's summary is dropped and counted.
+    queue_max: int = 200
+    #: Seconds one summary may take, retries (429 Retry-After, back-off) included.
+    total_s: int = 300
+
+
+@dataclass(frozen=True)
 class IceServer:
     urls: tuple[str, ...]
     username: str | None = None
@@ -149,6 +165,7 @@ class Settings:
     records: RecordsConfig = RecordsConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
     cluster: ClusterConfig = ClusterConfig()
+    summary: SummarySettings = SummarySettings()
     #: The raw ``[realtime]`` section, for ``RealtimeSettings.from_env``.
     realtime: Mapping[str, Any] = field(default_factory=dict)
     #: Where the settings came from (a path, or "defaults").
@@ -167,6 +184,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "records": RecordsConfig,
     "webrtc": WebRtcConfig,
     "cluster": ClusterConfig,
+    "summary": SummarySettings,
 }
 _SECRET_KEYS = frozenset({"token", "credential", "url"})
 _CODECS = frozenset({"pcmu", "pcma", "opus"})

@@ -30,7 +30,9 @@ The hierarchy::
     │   ├── RealtimeAuthError        401/403 or close 3000: never retried
     │   ├── RealtimeUnavailable      could not connect / lost beyond reconnect
     │   │   └── RealtimeRejected     the request itself refused (400/404, close 4000)
-    │   └── MalformedEvent           a server event that does not map (logged, ignored)
+    │   ├── MalformedEvent           a server event that does not map (logged, ignored)
+    │   ├── ChatFailed               a Chat Completions request failed for good (recorded)
+    │   └── ChatAttemptFailed        one attempt failed; retried after Retry-After or back-off
     ├── ToolError                    a tool failed; answered to the model as an error output
     │   └── ToolFailed               raised by operator code to answer the model with a message
     └── EmulatorError                the local Realtime emulator refuses a client request
@@ -105,6 +107,27 @@ class RealtimeAuthError(RealtimeError):
 
 class RealtimeUnavailable(RealtimeError):
     """The upstream could not be reached, or was lost beyond reconnect."""
+
+
+class ChatFailed(RealtimeError):
+    """A Chat Completions request that failed for good (after its retries): recorded on the
+    call it was for, never allowed to affect a call. ``status`` is the last HTTP status
+    (None: no answer), ``attempts`` how many requests were made."""
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+        self.status = status
+        self.attempts = attempts
+        super().__init__(message)
+
+
+class ChatAttemptFailed(RealtimeError):
+    """One Chat Completions attempt failed and another may work (a 429, a 5xx, a network
+    error): ``wait_s`` is what the service asked to wait (None: the client's back-off)."""
+
+    def __init__(self, reason: str, status: int | None, wait_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.wait_s = wait_s
 
 
 class SipError(BridgeError):

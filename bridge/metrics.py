@@ -194,6 +194,9 @@ SIP_TLS_HANDSHAKE_FAILED = Counter(
     "timeout, closed).", ["side", "reason"], namespace=_NS, registry=REGISTRY)
 WEBRTC_LEGS_ACTIVE = Gauge("webrtc_legs_active", "WebRTC peer connections open.",
                            namespace=_NS, registry=REGISTRY)
+SUMMARIES = Counter("summaries", "Post-call summaries by outcome: done, failed, dropped "
+                    "(queue full), webhook_delivered, webhook_failed.", ["outcome"],
+                    namespace=_NS, registry=REGISTRY)
 HTTP_REFUSED = Counter("http_refused", "State-changing HTTP requests refused: a foreign "
                        "Origin, or a session request without its CSRF token.", ["reason"],
                        namespace=_NS, registry=REGISTRY)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from bridge.call.cluster import ClusterNode
     from bridge.call.manager import CallManager
     from bridge.call.records import CallRecord, RecordStore
+    from bridge.call.summary import SummaryQueue
     from bridge.dialplans.plan import DialplanSet
     from bridge.realtime.auth import EntraTokenProvider
     from bridge.realtime.config import RealtimeTarget
@@ -93,6 +94,7 @@ class Bridge:
         self.manager: CallManager | None = None
         self.store: RecordStore | None = None
         self.cluster: ClusterNode | None = None
+        self.summaries: SummaryQueue | None = None
         self.emulator: Emulator | None = None
         self.sip: SipService | None = None
         self.target: RealtimeTarget | None = None
@@ -149,10 +151,23 @@ class Bridge:
         # Calls end before SIP stops (closers run in reverse): their BYEs need it.
         self._closers.append(self._shutdown_calls)
         self.cluster = self._cluster(manager)
+        self.summaries = self._summaries(manager)
         await self._start_http(manager)
         if self.cluster is not None:        # heartbeats once the HTTP URL is known
             await self.cluster.start()
             self._closers.append(self.cluster.stop)
+
+    def _summaries(self, manager: CallManager) -> SummaryQueue | None:
+        """Post-call summaries (``bridge.call.summary``), closed before the record store."""
+        from bridge.call.summary import summary_queue  # noqa: PLC0415
+
+        if self.target is None:
+            return None
+        queue = summary_queue(self.settings.summary, self.target, self._token_provider,
+                              manager.store, manager.publish)
+        manager.after_call.append(queue.after_call)
+        self._closers.append(queue.close)
+        return queue
 
     def _cluster(self, manager: CallManager) -> ClusterNode | None:
         """The shared live state, with a PostgreSQL store only (``bridge.call.cluster``)."""
@@ -321,6 +336,9 @@ class Bridge:
 
         self.app = create_app(manager, self.settings, readiness=self.readiness,
                               registrations=self._registrations, cluster=self.cluster)
+        if self.summaries is not None:
+            from bridge.web.summaries import install  # noqa: PLC0415
+            install(self.app, self.summaries)
         http = self.settings.http
         # Bind here (not in Hypercorn) so a port of 0 works and the bound port is known.
         family = socket.AF_INET6 if ":" in http.host else socket.AF_INET

@@ -45,4 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  fallback: {fb.announcement or fb.tones or 'no announcement'}, then "
               f"{fb.action}{' to ' + fb.target if fb.target else ''}; a lost upstream is "
               f"reconnected for {budget:g} s, on hold ({fb.hold or 'chime'})")
+        if plan.summary.enabled:
+            print(f"  summary:  {plan.summary.describe()}")
     return 0

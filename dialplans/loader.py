@@ -43,6 +43,7 @@ from bridge.dialplans.plan import (
     Pattern,
 )
 from bridge.dialplans.schema import DialplanModel
+from bridge.dialplans.summary import build_summary
 from bridge.dialplans.tools import Tool, ToolRegistry, tool_from_function
 from bridge.dialplans.webhook import (
     MissingEnv,
@@ -227,6 +228,7 @@ def _build(src: _Source, model: DialplanModel, env: Mapping[str, str],
                      for digit, a in model.dtmf.actions.items()},
         ),
         fallback=fallback,
+        summary=build_summary(model.summary, env, src.fail),
     )
 
 

@@ -82,6 +82,8 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._listeners: list[Listener] = []
+        #: called with each ended call's record and dialplan (e.g. post-call summaries)
+        self.after_call: list[Callable[[CallRecord, Dialplan], None]] = []
         self._queues: set[asyncio.Queue[CallEvent | None]] = set()
         self._queue_size = subscriber_queue
         self._closing = False
@@ -163,11 +165,17 @@ class CallManager:
             self._tasks[call.call_id] = task
         self.started += 1
         try:
-            return await call.run()
+            record = await call.run()
         finally:
             self.calls.pop(call.call_id, None)
             self._tasks.pop(call.call_id, None)
             self.ended += 1
+        for hook in self.after_call:
+            try:
+                hook(record, plan)
+            except Exception:
+                log.exception("after-call hook failed")
+        return record
 
     async def _record_failed(self, leg: MediaLeg, plan: str, exc: Exception) -> CallRecord:
         info = leg.info
@@ -244,6 +252,10 @@ class CallManager:
                 yield item
         finally:
             self._queues.discard(q)
+
+    def publish(self, event: CallEvent) -> None:
+        """Hand an event of a call (live or ended) to every listener and subscriber."""
+        self._publish(event)
 
     def _publish(self, event: CallEvent) -> None:
         for listener in list(self._listeners):

@@ -34,6 +34,8 @@ Token-protected (``[http] token``; ``Authorization: Bearer`` or the session /log
                                 ?format=json) or an HTML page with transcript and timeline
     GET  /calls/<id>/timeline.svg
     POST /calls/<id>/hangup     end a live call (in a cluster: on whichever node owns it)
+    POST /calls/<id>/summary    summarise an ended call (``bridge.web.summaries``, added
+                                by ``voicebridge serve`` with its summary queue)
 
 State-changing routes also check the ``Origin`` and, on the session cookie, a CSRF
 token (``bridge.web.access``). An app built with no token keeps the protected routes

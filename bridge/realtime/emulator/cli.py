@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pace", type=float, default=4.0,
                         help="send audio deltas this many times faster than real time "
                         "(0 = at once; default 4)")
+    parser.add_argument("--chat-chunk-ms", type=int, default=60,
+                        help="between two streamed Chat Completions chunks (default 60)")
 
 
 def _config(args: argparse.Namespace) -> EmulatorConfig:
@@ -44,7 +46,8 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
                               "not set")
     return EmulatorConfig(host=args.host, port=args.port, api_key=api_key, script=args.script,
                           session_max_s=args.session_max_s, greeting_ms=args.greeting_ms,
-                          pace=args.pace, open_delay_ms=args.open_delay_ms)
+                          pace=args.pace, open_delay_ms=args.open_delay_ms,
+                          chat_chunk_ms=args.chat_chunk_ms)
 
 
 async def _serve(config: EmulatorConfig) -> None:
@@ -58,6 +61,9 @@ async def _serve(config: EmulatorConfig) -> None:
         print(f"  GA:      {emu.url}/openai/v1/realtime?model=gpt-realtime", flush=True)
         print(f"  preview: {emu.url}/openai/realtime?api-version=2025-04-01-preview"
               "&deployment=gpt-realtime", flush=True)
+        http = emu.url.replace("ws://", "http://", 1)
+        print(f"  chat:    POST {http}/openai/v1/chat/completions (also /v1/chat/completions "
+              "and /openai/deployments/NAME/chat/completions?api-version=V)", flush=True)
         await stop.wait()
 
 

@@ -11,7 +11,9 @@ Nothing here knows the protocol beyond the handshake:
   or wrong ``api-key`` header (or ``api-key`` query parameter on the preview path) or
   ``Authorization: Bearer`` token is HTTP 401;
 - ``OpenAI-Beta: realtime=v1`` on a GA path is refused the way OpenAI refuses it (an
-  ``error`` event ``beta_api_shape_disabled``, then close code 4000).
+  ``error`` event ``beta_api_shape_disabled``, then close code 4000);
+- a ``POST`` is Chat Completions, served on the same port with the same credentials
+  (``bridge.realtime.emulator.chat`` and ``chat_http``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -36,6 +38,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from bridge.internals.websockets import abort_now
+from bridge.realtime.emulator.chat import ChatCore
+from bridge.realtime.emulator.chat_http import connection_class
 from bridge.realtime.emulator.record import (
     EmulatorRecord,
     SessionRecord,
@@ -77,6 +81,8 @@ class EmulatorConfig:
     keep_input_audio: int = 0
     #: wait this long before ``session.created``, as a cloud service's session set-up does
     open_delay_ms: int = 0
+    #: between two streamed Chat Completions chunks (``bridge.realtime.emulator.chat``)
+    chat_chunk_ms: int = 60
 
     def __repr__(self) -> str:  # never show the secrets
         return (f"EmulatorConfig(host={self.host!r}, port={self.port}, "
@@ -125,6 +131,8 @@ class Emulator:
         self._waiters: list[asyncio.Future[None]] = []
         self._session_count = itertools.count(1)
         self.port = 0
+        #: Chat Completions on the same port (``bridge.realtime.emulator.chat``)
+        self.chat = ChatCore(self._authorized, chunk_ms=self.config.chat_chunk_ms)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -144,6 +152,7 @@ class Emulator:
             self._handler, self.config.host, self.config.port,
             process_request=self._process_request, compression=None,
             max_size=16 * 2**20, ping_interval=20, ping_timeout=20, close_timeout=2,
+            create_connection=connection_class(self.chat),
         )
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])
@@ -200,7 +209,8 @@ class Emulator:
 
     # --- handshake ----------------------------------------------------------------------
 
-    def _authorized(self, headers: Headers, query: dict[str, str], dialect: str) -> bool:
+    def _authorized(self, headers: Headers | Mapping[str, str], query: dict[str, str],
+                    dialect: str) -> bool:
         key, token = self.config.api_key, self.config.bearer_token
         if key is None and token is None:
             return True
