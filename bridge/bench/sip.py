@@ -831,6 +831,10 @@ async def run_sipp(scenario: Path | str, sip_port: int, *, workdir: Path,
     except TimeoutError:
         proc.kill()
         out, _ = await proc.communicate()
+    except asyncio.CancelledError:      # the caller gave up on it: no SIPp left behind
+        proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
     errors = errors_file.read_text(errors="replace") if errors_file.exists() else ""
     return SippRun(proc.returncode if proc.returncode is not None else -1,
                    out.decode(errors="replace"), errors, _last_stats(stats_file))
