@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,7 @@ from playwright.async_api import async_playwright
 
 from bridge.bench.cluster import RoutedScenario
 from bridge.bench.sip import PT_PCMU, LoopbackCapture, SippRun, free_udp_port, run_sipp
-from tests.support.cluster import LOST_AFTER_S, Cluster, Node, pg_rows
+from tests.support.cluster import LOST_AFTER_S, Cluster, Node, hang_up, live_and_recent, pg_rows
 from tests.support.interop import require_binary
 from tests.support.postgres import pg_url, postgres_server
 from tests.support.waiting import until
@@ -149,10 +146,11 @@ async def test_a_dashboard_hangs_up_the_other_nodes_call_and_a_killed_nodes_call
             assert (row["node_id"], row["end_reason"]) == (b.node_id, "operator"), row
             # Another waiting call, on b (a has one): the next call would go to a.
             callers.append(await _place(cluster, b, "onb2", tmp_path, sipp))
-            a_call = next(c["call_id"] for c in _calls(b)["live"] if c["node"] == a.node_id)
+            a_call = next(c["call_id"] for c in live_and_recent(b)["live"]
+                          if c["node"] == a.node_id)
             killed = await _kill_and_call(cluster, a, b, quick, tmp_path, sipp)
             await _assert_marked_lost(pg_url, a, b, a_call, killed)
-            assert hang_up(b, _calls(b)["live"][0]["call_id"])[0] == 202
+            assert hang_up(b, live_and_recent(b)["live"][0]["call_id"])[0] == 202
             assert_all_ok(await asyncio.wait_for(callers[2], 30), 1)
         finally:
             for task in callers:
@@ -174,23 +172,6 @@ async def _place(cluster: Cluster, node: Node, prefix: str, tmp_path: Path, sipp
                 30, poll_s=0.2, what=lambda: f"{prefix} live on {node.node_id}: Kamailio "
                 f"sent it to {cluster.routed().get(f'{prefix}-1@127.0.0.1')}")
     return task
-
-
-def _calls(node: Node) -> dict[str, Any]:
-    status, body = node.get("/calls", token=True)
-    assert status == 200, body
-    return dict(json.loads(body))
-
-
-def hang_up(node: Node, call_id: str) -> tuple[int, dict[str, Any]]:
-    """``POST /calls/<id>/hangup`` on ``node`` with the operator's token."""
-    request = urllib.request.Request(f"{node.http_url}/calls/{call_id}/hangup", method="POST",
-                                     headers={"Authorization": f"Bearer {node.TOKEN}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return int(reply.status), dict(json.loads(reply.read()))
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), dict(json.loads(exc.read()))
 
 
 async def _dashboard_rows(page: Any) -> dict[str, str]:
@@ -276,7 +257,7 @@ async def _assert_marked_lost(url: str, a: Node, b: Node, a_call: str, killed: f
     assert row["ended_at"] is not None and row["record"]["end_reason"] == "lost"
     assert row["record"]["ended_at"] >= row["record"]["started_at"]
     assert b.metric("voicebridge_cluster_calls_lost_total", node=b.node_id) == 1
-    live = _calls(b)
+    live = live_and_recent(b)
     assert [c["node"] for c in live["live"]] == [b.node_id], live
     assert {c["call_id"]: c for c in live["recent"]}[a_call]["end_reason"] == "lost"
     assert hang_up(b, a_call)[0] == 404          # no hang-up of a lost node's call

@@ -713,8 +713,8 @@ class Scenario:
             + self._headers("INVITE", cseq, to_tag=to_tag)
             + "      Content-Type: application/sdp\n      Content-Length: [len]\n\n"
             + self._sdp(direction) + "\n    ]]>\n  </send>\n"
-            '  <recv response="100" optional="true"/>\n'
-            '  <recv response="180" optional="true"/>\n'
+            '  <recv response="100" optional="global"/>\n'
+            '  <recv response="180" optional="global"/>\n'
             f'  <recv response="200" rtd="true">{check}</recv>\n'
             '  <send>\n    <![CDATA[\n\n'
             + self._headers("ACK", cseq, to_tag=True)

@@ -23,6 +23,8 @@ import json
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -69,6 +71,24 @@ def pg_rows(url: str, where: str = "TRUE", params: Sequence[object] = ()
         if isinstance(row["record"], str):
             row["record"] = json.loads(row["record"])
     return rows
+
+
+def live_and_recent(node: ServeProcess) -> dict[str, Any]:
+    """``GET /calls`` of ``node`` (with the operator's token): ``live`` and ``recent``."""
+    status, body = node.get("/calls", token=True)
+    assert status == 200, body
+    return dict(json.loads(body))
+
+
+def hang_up(node: ServeProcess, call_id: str) -> tuple[int, dict[str, Any]]:
+    """``POST /calls/<id>/hangup`` on ``node`` with the operator's token: status, reply."""
+    request = urllib.request.Request(f"{node.http_url}/calls/{call_id}/hangup", method="POST",
+                                     headers={"Authorization": f"Bearer {node.TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status), dict(json.loads(reply.read()))
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), dict(json.loads(exc.read()))
 
 
 class Node(ServeProcess):
@@ -191,5 +211,5 @@ class Cluster:
         self.stop()
 
 
-__all__ = ["KAMAILIO_CFG", "LOST_AFTER_S", "NODE_DEFAULTS", "Cluster", "Node", "pg_rows",
-           "shared_records"]
+__all__ = ["KAMAILIO_CFG", "LOST_AFTER_S", "NODE_DEFAULTS", "Cluster", "Node", "hang_up",
+           "live_and_recent", "pg_rows", "shared_records"]
