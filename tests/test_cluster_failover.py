@@ -5,7 +5,7 @@ show"):
 * a node drained with SIGTERM during calls: its live calls finish normally (SIPp's BYE),
   new calls during the drain all go to the other node, none fails, the node exits 0, and
   its calls are complete records in PostgreSQL;
-* one node's dashboard (headless Chromium) lists the calls Kamailio placed on both nodes,
+* either node's dashboard (headless Chromium) lists the calls Kamailio placed on both nodes,
   and its Hang up button ends a call on the other node: the caller gets that node's BYE
   through Kamailio;
 * a node killed with ``kill -9``: new calls succeed on the other node, the first one after
@@ -183,30 +183,34 @@ async def _dashboard_rows(page: Any) -> dict[str, str]:
 
 
 async def _hang_up_from_dashboard(chromium: str, a: Node, b: Node) -> str:
-    """Headless Chromium on ``a``'s dashboard: it lists a call of each node; its Hang up
-    button on ``b``'s call, and the row goes. Returns that call's id."""
+    """Headless Chromium on both nodes' dashboards: each lists a call of each node; the
+    Hang up button of ``a``'s page on ``b``'s call, and the row goes from both pages.
+    Returns that call's id."""
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=chromium, headless=True)
-        page = await browser.new_page()
-        await page.goto(f"{a.http_url}/login?token={a.TOKEN}")
-
-        async def rows() -> dict[str, str]:
-            with contextlib.suppress(Exception):     # the page may be reloading
-                return await _dashboard_rows(page)
-            return {}
-
-        await until(lambda: _has(rows(), {a.node_id, b.node_id}), 20, poll_s=0.3,
-                    what="a call of each node on a's page")
-        b_call = (await rows())[b.node_id]
-        await page.click(f'button[data-hangup="{b_call}"]')
-        await until(lambda: _has(rows(), {a.node_id}), 20, poll_s=0.3,
-                    what="b's call to leave a's page")
+        pages = []
+        for node in (a, b):
+            page = await browser.new_page()
+            await page.goto(f"{node.http_url}/login?token={node.TOKEN}")
+            pages.append(page)
+        for page, node in zip(pages, (a, b), strict=True):
+            await until(lambda pg=page: _shows(pg, {a.node_id, b.node_id}), 20, poll_s=0.3,
+                        what=f"a call of each node on {node.node_id}'s page")
+        b_call = (await _dashboard_rows(pages[0]))[b.node_id]
+        assert (await _dashboard_rows(pages[1]))[b.node_id] == b_call
+        await pages[0].click(f'button[data-hangup="{b_call}"]')
+        for page, node in zip(pages, (a, b), strict=True):
+            await until(lambda pg=page: _shows(pg, {a.node_id}), 20, poll_s=0.3,
+                        what=f"b's call to leave {node.node_id}'s page")
         await browser.close()
     return b_call
 
 
-async def _has(rows: Any, nodes: set[str]) -> bool:
-    return set(await rows) == nodes
+async def _shows(page: Any, nodes: set[str]) -> bool:
+    """The page lists live calls of exactly ``nodes``."""
+    with contextlib.suppress(Exception):     # the page may be reloading
+        return set(await _dashboard_rows(page)) == nodes
+    return False
 
 
 async def _kill_and_call(cluster: Cluster, a: Node, b: Node, quick: Path, tmp_path: Path,
