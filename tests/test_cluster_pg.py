@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bridge.bench.sip import Scenario, ServeProcess, SippRun, run_sipp
-from tests.support.cluster import hang_up, live_and_recent
+from tests.support.cluster import hang_up, live_and_recent, shared_records
 from tests.support.interop import require_binary
 from tests.support.postgres import pg_url, postgres_server, records_by_leg
 from tests.support.waiting import until
@@ -28,14 +28,11 @@ from tests.support.waiting import until
 __all__ = ["pg_url", "postgres_server"]   # fixtures, used by name
 
 DIALPLANS = Path(__file__).parent / "data" / "interop" / "dialplans"
-LOST_AFTER_S = 6
 
 
 def _node(folder: Path, url: str, node_id: str) -> ServeProcess:
     return ServeProcess(folder / node_id, dialplans=DIALPLANS, records=False, env={
-        "VOICEBRIDGE_RECORDS_URL": url, "VOICEBRIDGE_CLUSTER_NODE_ID": node_id,
-        "VOICEBRIDGE_CLUSTER_HEARTBEAT_S": "1",
-        "VOICEBRIDGE_CLUSTER_LOST_AFTER_S": str(LOST_AFTER_S)})
+        **shared_records(url), "VOICEBRIDGE_CLUSTER_NODE_ID": node_id})
 
 
 @pytest.fixture
