@@ -33,7 +33,7 @@ import pytest
 from playwright.async_api import async_playwright
 
 from bridge.bench.cluster import RoutedScenario
-from bridge.bench.sip import PT_PCMU, LoopbackCapture, SippRun, free_udp_port, run_sipp
+from bridge.bench.sip import PT_PCMU, LoopbackCapture, SippRun, free_udp_port
 from tests.support.cluster import LOST_AFTER_S, Cluster, Node, hang_up, live_and_recent, pg_rows
 from tests.support.interop import require_binary
 from tests.support.postgres import pg_url, postgres_server
@@ -78,8 +78,8 @@ async def test_a_draining_node_finishes_its_calls_and_new_ones_go_to_the_other(
     with Cluster(tmp_path / "cluster", env={"VOICEBRIDGE_SIP_DRAIN_S": "60"},
                  ping_interval_s=PING_INTERVAL_S, records_url=pg_url) as cluster:
         a, b = cluster.nodes
-        live = asyncio.ensure_future(run_sipp(
-            long, cluster.sip_port, workdir=tmp_path, calls=6, rate=20, limit=6,
+        live = asyncio.ensure_future(cluster.call(
+            long, workdir=tmp_path, calls=6, rate=20, limit=6,
             limit_s=60, call_id_prefix="live", sipp=sipp))
         await until(lambda: sum(n.metric("voicebridge_calls_active", source="sip")
                                 for n in (a, b)) == 6, 30, poll_s=0.2, what="6 live calls")
@@ -88,7 +88,7 @@ async def test_a_draining_node_finishes_its_calls_and_new_ones_go_to_the_other(
         assert a.proc is not None
         a.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        fresh = await run_sipp(short, cluster.sip_port, workdir=tmp_path, calls=10, rate=10,
+        fresh = await cluster.call(short, workdir=tmp_path, calls=10, rate=10,
                                limit=10, limit_s=60, call_id_prefix="new", sipp=sipp)
         assert_all_ok(fresh, 10)
         assert_all_ok(await live, 6)
@@ -123,7 +123,7 @@ async def test_a_dashboard_hangs_up_the_other_nodes_call_and_a_killed_nodes_call
     quick = RoutedScenario("quick", service="agent").invite().pause(200).bye().write(tmp_path)
     with Cluster(tmp_path / "cluster", ping_interval_s=PING_INTERVAL_S,
                  records_url=pg_url) as cluster:
-        warm = await run_sipp(quick, cluster.sip_port, workdir=tmp_path, calls=2, rate=10,
+        warm = await cluster.call(quick, workdir=tmp_path, calls=2, rate=10,
                               limit=1, limit_s=30, call_id_prefix="warm", sipp=sipp)
         assert_all_ok(warm, 2)
         # a: the node an idle cluster sends calls to (call load: both have none, so the
@@ -165,7 +165,7 @@ async def _place(cluster: Cluster, node: Node, prefix: str, tmp_path: Path, sipp
     stays = (RoutedScenario(f"stays-{prefix}", service="agent").invite().wait_bye(60_000)
              .write(tmp_path))
     before = node.metric("voicebridge_calls_active", source="sip")
-    task = asyncio.create_task(run_sipp(stays, cluster.sip_port, workdir=tmp_path,
+    task = asyncio.create_task(cluster.call(stays, workdir=tmp_path,
                                         local_port=local_port, limit_s=60,
                                         call_id_prefix=prefix, sipp=sipp))
     await until(lambda: node.metric("voicebridge_calls_active", source="sip") == before + 1,
@@ -225,7 +225,7 @@ async def _kill_and_call(cluster: Cluster, a: Node, b: Node, quick: Path, tmp_pa
     while time.monotonic() - killed < PING_INTERVAL_S + FR_TIMER_S + 3.0:
         n += 1
         start = time.monotonic()
-        run = await run_sipp(quick, cluster.sip_port, workdir=tmp_path, calls=1,
+        run = await cluster.call(quick, workdir=tmp_path, calls=1,
                              limit_s=30, call_id_prefix=f"after{n}", sipp=sipp)
         assert_all_ok(run, 1)
         calls.append((start - killed, time.monotonic() - start - 0.2))
@@ -284,7 +284,7 @@ async def test_a_full_node_sends_callers_to_the_other(tmp_path: Path, pg_url: st
                  env={"VOICEBRIDGE_SIP_DRAIN_S": "1"},
                  ping_interval_s=PING_INTERVAL_S, records_url=pg_url) as cluster:
         a, b = cluster.nodes
-        run = await run_sipp(hold, cluster.sip_port, workdir=tmp_path, calls=8, rate=4,
+        run = await cluster.call(hold, workdir=tmp_path, calls=8, rate=4,
                              limit=8, limit_s=60, call_id_prefix="full", sipp=sipp)
         assert_all_ok(run, 8)
         taken = {n.node_id: n.metric("voicebridge_calls_started_total", source="sip")
@@ -309,8 +309,8 @@ async def _nodes_hang_up(cluster: Cluster, tmp_path: Path, sipp: str) -> set[int
              .write(tmp_path))
     local = free_udp_port()
     async with LoopbackCapture(dst_ports=(local,)) as capture:
-        calls = asyncio.ensure_future(run_sipp(
-            stays, cluster.sip_port, workdir=tmp_path, calls=2, rate=10, limit=2,
+        calls = asyncio.ensure_future(cluster.call(
+            stays, workdir=tmp_path, calls=2, rate=10, limit=2,
             local_port=local, limit_s=60, call_id_prefix="stays", sipp=sipp))
         await until(lambda: all(n.metric("voicebridge_calls_active", source="sip") == 1
                                 for n in cluster.nodes), 30, poll_s=0.2,

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from bridge.bench.cluster import RoutedScenario
-from bridge.bench.sip import PT_PCMU, Datagram, LoopbackCapture, free_udp_port, run_sipp
+from bridge.bench.sip import PT_PCMU, Datagram, LoopbackCapture, free_udp_port
 from bridge.codecs.g711 import ulaw_encode
 from tests.support.cluster import Cluster, pg_rows
 from tests.support.interop import require, require_binary
@@ -67,7 +67,7 @@ async def test_forty_calls_through_kamailio_spread_over_two_nodes(tmp_path: Path
                 LoopbackCapture(dst_ports=(media_port,), keep_payload=False))
             signalling = await stack.enter_async_context(
                 LoopbackCapture(dst_ports=[n.sip_port for n in cluster.nodes]))
-            run = await run_sipp(scenario, cluster.sip_port, workdir=tmp_path, calls=CALLS,
+            run = await cluster.call(scenario, workdir=tmp_path, calls=CALLS,
                                  rate=10, limit=CALLS, media_port=media_port, limit_s=90,
                                  call_id_prefix="c", sipp=sipp)
         assert run.returncode == 0 and run.successful == CALLS and run.failed == 0, \
@@ -156,7 +156,7 @@ async def test_a_transfer_goes_through_kamailio_both_ways(tmp_path: Path,
                  records_url=pg_url) as cluster:
         async with LoopbackCapture(dst_ports=(local, *[n.sip_port for n in cluster.nodes])
                                    ) as capture:
-            run = await run_sipp(scenario, cluster.sip_port, workdir=tmp_path, local_port=local,
+            run = await cluster.call(scenario, workdir=tmp_path, local_port=local,
                                  limit_s=60, call_id_prefix="xfer", sipp=sipp)
         assert run.returncode == 0 and run.successful == 1, run.explain()
         owner = next(n for n in cluster.nodes if n.node_id == cluster.routed()["xfer-1@127.0.0.1"])

@@ -5,12 +5,13 @@
 RTP range, records and log), writes Kamailio's dispatcher list with
 ``voicebridge kamailio-list`` from their addresses, then runs ``deploy/kamailio/kamailio.cfg``
 as shipped, with only its documented ``-A`` settings (listen address, list file, probe
-interval, module folder). ``env`` goes to every node and ``node_env`` to one node each.
-With ``records_url`` (a PostgreSQL database, ``tests/support/postgres.py``) every node keeps
-its records and the cluster's live state there, as a deployed cluster does, with a 1 s
-heartbeat and a node lost after :data:`LOST_AFTER_S`; :meth:`Node.records` then reads that
-node's rows from the shared database. On a failure inside ``with Cluster(...)`` the
-Kamailio log and every node's log tail are printed; everything is stopped at the end.
+interval, module folder); :meth:`Cluster.call` runs SIPp through it. ``env`` goes to
+every node and ``node_env`` to one node each. With ``records_url`` (a PostgreSQL
+database, ``tests/support/postgres.py``) every node keeps its records and the cluster's
+live state there, as a deployed cluster does, with a 1 s heartbeat and a node lost after
+:data:`LOST_AFTER_S`; :meth:`Node.records` then reads that node's rows from the shared
+database. On a failure inside ``with Cluster(...)`` the Kamailio log and every node's log
+tail are printed; everything is stopped at the end.
 
 Node metrics carry ``node="<id>"`` (``[cluster] node_id``); :meth:`Node.metric` reads a
 sample by name and label subset, whatever other labels it has.
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bridge.bench.sip import ServeProcess, clean_env, free_rtp_range
+from bridge.bench.sip import ServeProcess, SippRun, clean_env, free_rtp_range, run_sipp
 from tests.support.kamailio import Kamailio, free_port, module_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,6 +166,12 @@ class Cluster:
             f'MPATH="{module_dir()}/"'))
         self.kamailio.start(wait_port=("127.0.0.1", self.sip_port))
         return self
+
+    async def call(self, scenario: Path, **sipp: Any) -> SippRun:
+        """SIPp calling through Kamailio (``run_sipp``'s arguments): a ``180`` Kamailio
+        relays after its ``200`` is no failure (its workers run in parallel), any other
+        unexpected message still is."""
+        return await run_sipp(scenario, self.sip_port, late_provisional_ok=True, **sipp)
 
     def owner(self, rtp_port: int) -> Node | None:
         return next((n for n in self.nodes if n.owns_rtp(rtp_port)), None)
