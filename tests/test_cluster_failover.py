@@ -89,7 +89,7 @@ async def test_a_draining_node_finishes_its_calls_and_new_ones_go_to_the_other(
         a.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         fresh = await cluster.call(short, workdir=tmp_path, calls=10, rate=10,
-                               limit=10, limit_s=60, call_id_prefix="new", sipp=sipp)
+                                   limit=10, limit_s=60, call_id_prefix="new", sipp=sipp)
         assert_all_ok(fresh, 10)
         assert_all_ok(await live, 6)
         assert await exited(a, 30) == 0
@@ -124,7 +124,7 @@ async def test_a_dashboard_hangs_up_the_other_nodes_call_and_a_killed_nodes_call
     with Cluster(tmp_path / "cluster", ping_interval_s=PING_INTERVAL_S,
                  records_url=pg_url) as cluster:
         warm = await cluster.call(quick, workdir=tmp_path, calls=2, rate=10,
-                              limit=1, limit_s=30, call_id_prefix="warm", sipp=sipp)
+                                  limit=1, limit_s=30, call_id_prefix="warm", sipp=sipp)
         assert_all_ok(warm, 2)
         # a: the node an idle cluster sends calls to (call load: both have none, so the
         # same one each time); it is the one killed below. Kamailio places a waiting call
@@ -142,6 +142,8 @@ async def test_a_dashboard_hangs_up_the_other_nodes_call_and_a_killed_nodes_call
                 assert_all_ok(await asyncio.wait_for(callers[1], 30), 1)
             byes = {d.src[1] for d in capture.datagrams if d.payload.startswith(b"BYE ")}
             assert byes == {cluster.sip_port}, byes        # b's BYE, through Kamailio
+            await until(lambda: pg_rows(pg_url, "call_id = %s", (b_call,))[0]["ended_at"],
+                        15, poll_s=0.2, what="b's call's final record in PostgreSQL")
             (row,) = pg_rows(pg_url, "call_id = %s", (b_call,))
             assert (row["node_id"], row["end_reason"]) == (b.node_id, "operator"), row
             # Another waiting call, on b (a has one): the next call would go to a.
@@ -166,8 +168,8 @@ async def _place(cluster: Cluster, node: Node, prefix: str, tmp_path: Path, sipp
              .write(tmp_path))
     before = node.metric("voicebridge_calls_active", source="sip")
     task = asyncio.create_task(cluster.call(stays, workdir=tmp_path,
-                                        local_port=local_port, limit_s=60,
-                                        call_id_prefix=prefix, sipp=sipp))
+                                            local_port=local_port, limit_s=60,
+                                            call_id_prefix=prefix, sipp=sipp))
     await until(lambda: node.metric("voicebridge_calls_active", source="sip") == before + 1,
                 30, poll_s=0.2, what=lambda: f"{prefix} live on {node.node_id}: Kamailio "
                 f"sent it to {cluster.routed().get(f'{prefix}-1@127.0.0.1')}")
@@ -226,7 +228,7 @@ async def _kill_and_call(cluster: Cluster, a: Node, b: Node, quick: Path, tmp_pa
         n += 1
         start = time.monotonic()
         run = await cluster.call(quick, workdir=tmp_path, calls=1,
-                             limit_s=30, call_id_prefix=f"after{n}", sipp=sipp)
+                                 limit_s=30, call_id_prefix=f"after{n}", sipp=sipp)
         assert_all_ok(run, 1)
         calls.append((start - killed, time.monotonic() - start - 0.2))
     tries = [t for t in cluster.tries() if t[0].startswith("after")]
@@ -285,7 +287,7 @@ async def test_a_full_node_sends_callers_to_the_other(tmp_path: Path, pg_url: st
                  ping_interval_s=PING_INTERVAL_S, records_url=pg_url) as cluster:
         a, b = cluster.nodes
         run = await cluster.call(hold, workdir=tmp_path, calls=8, rate=4,
-                             limit=8, limit_s=60, call_id_prefix="full", sipp=sipp)
+                                 limit=8, limit_s=60, call_id_prefix="full", sipp=sipp)
         assert_all_ok(run, 8)
         taken = {n.node_id: n.metric("voicebridge_calls_started_total", source="sip")
                  for n in cluster.nodes}

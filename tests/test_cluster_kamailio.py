@@ -68,8 +68,8 @@ async def test_forty_calls_through_kamailio_spread_over_two_nodes(tmp_path: Path
             signalling = await stack.enter_async_context(
                 LoopbackCapture(dst_ports=[n.sip_port for n in cluster.nodes]))
             run = await cluster.call(scenario, workdir=tmp_path, calls=CALLS,
-                                 rate=10, limit=CALLS, media_port=media_port, limit_s=90,
-                                 call_id_prefix="c", sipp=sipp)
+                                     rate=10, limit=CALLS, media_port=media_port, limit_s=90,
+                                     call_id_prefix="c", sipp=sipp)
         assert run.returncode == 0 and run.successful == CALLS and run.failed == 0, \
             run.explain()
         # Calls per node, from each node's own metrics (labelled with its node id).
@@ -157,7 +157,7 @@ async def test_a_transfer_goes_through_kamailio_both_ways(tmp_path: Path,
         async with LoopbackCapture(dst_ports=(local, *[n.sip_port for n in cluster.nodes])
                                    ) as capture:
             run = await cluster.call(scenario, workdir=tmp_path, local_port=local,
-                                 limit_s=60, call_id_prefix="xfer", sipp=sipp)
+                                     limit_s=60, call_id_prefix="xfer", sipp=sipp)
         assert run.returncode == 0 and run.successful == 1, run.explain()
         owner = next(n for n in cluster.nodes if n.node_id == cluster.routed()["xfer-1@127.0.0.1"])
         (row,) = await _ended_rows(pg_url, 1)
