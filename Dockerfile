@@ -22,8 +22,9 @@ COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY codecs ./codecs
 COPY dialplans ./dialplans
+# With the postgres extra: a cluster's nodes keep their records in PostgreSQL.
 RUN python -m venv /opt/voicebridge \
- && /opt/voicebridge/bin/pip install . \
+ && /opt/voicebridge/bin/pip install '.[postgres]' \
  && /opt/voicebridge/bin/voicebridge --version
 
 FROM python:${PYTHON_VERSION}-slim AS runtime

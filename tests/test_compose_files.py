@@ -89,6 +89,10 @@ def test_each_bridge_node_is_wired_to_the_emulator_postgres_and_its_own_ports() 
         assert env["VOICEBRIDGE_RECORDS_URL"] == \
             f"postgresql://{pg['POSTGRES_USER']}@postgres/{pg['POSTGRES_DB']}"
         assert env["PGPASSWORD"] == pg["POSTGRES_PASSWORD"]
+        # No default: the postgres image will not start with an empty password.
+        assert ":?" in pg["POSTGRES_PASSWORD"], pg["POSTGRES_PASSWORD"]
+        assert bridge["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
     assert len(ids) == len(http) == len(BRIDGES)
     a, b = ranges
     assert not set(a) & set(b)                                    # RTP ranges apart
@@ -135,7 +139,7 @@ def test_no_secret_is_written_into_the_compose_file() -> None:
     for service in compose()["services"].values():
         for name, value in (service.get("environment") or {}).items():
             if SECRET_NAME.search(name):
-                assert re.fullmatch(r"\$\{[A-Z0-9_]+(:-)?\}", str(value)), name
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+(:-|:\?[^}$]*)?\}", str(value)), name
 
 
 def dockerfile_stages() -> list[list[str]]:
@@ -187,6 +191,15 @@ def test_dockerfile_and_context_carry_no_secrets() -> None:
                 assert ".env" not in line and ".pem" not in line and ".key" not in line
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".env", "*.pem", "*.key", "tests", "var", "*.db"} <= ignored
+
+
+def test_the_image_can_reach_the_records_url_compose_sets() -> None:
+    """The nodes get a postgresql:// records URL: the image needs the postgres extra
+    (without it a node refuses to start)."""
+    assert compose()["services"]["bridge-1"]["environment"]["VOICEBRIDGE_RECORDS_URL"] \
+        .startswith("postgresql://")
+    build = " ".join(dockerfile_stages()[0])
+    assert re.search(r"pip install '?\.\[postgres\]'?", build), build
 
 
 def test_image_exposes_what_compose_publishes() -> None:

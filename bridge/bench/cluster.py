@@ -217,7 +217,8 @@ async def _load(label: str, target_port: int, workdir: Path, args: argparse.Name
     sipp = shutil.which("sipp") or "sipp"
     task = asyncio.ensure_future(run_sipp(
         scenario, target_port, workdir=folder, calls=n, rate=n / ramp, limit=n,
-        limit_s=hold_s + ramp + 30, sipp=sipp, args=("-trace_rtt", "-rtt_freq", "1")))
+        limit_s=hold_s + ramp + 30, sipp=sipp, args=("-trace_rtt", "-rtt_freq", "1"),
+        late_provisional_ok=True))
     await asyncio.sleep(ramp + 1.5)
     cpu0 = {k: f() for k, f in procs.items()}
     wall0 = time.monotonic()

@@ -793,16 +793,27 @@ class SippRun:
                 f"--- SIPp errors ---\n{self.errors[-3000:]}")
 
 
+#: What SIPp logs when it goes on past a message its scenario did not expect.
+_CONTINUED = re.compile(r"Continuing call on unexpected message .*?received '([^\r\n']*)")
+
+
 async def run_sipp(scenario: Path | str, sip_port: int, *, workdir: Path,
                    media_port: int | None = None, local_port: int | None = None,
                    calls: int = 1, rate: float | None = None, limit: int | None = None,
                    args: Sequence[str] = (), limit_s: float = 60.0,
-                   call_id_prefix: str | None = None, sipp: str = "sipp") -> SippRun:
+                   call_id_prefix: str | None = None, sipp: str = "sipp",
+                   late_provisional_ok: bool = False) -> SippRun:
     """Run SIPp as a UAC against ``127.0.0.1:sip_port`` until ``calls`` calls are done.
 
     ``scenario`` is a file, or a built-in scenario name (``uac``). SIPp's error log and
     statistics file are collected from ``workdir`` (which must exist). With
     ``call_id_prefix`` call number N gets the Call-ID ``<prefix>-N@127.0.0.1``.
+
+    ``late_provisional_ok``: for calls through a proxy, which may relay a ``180`` after
+    the ``200`` it follows (Kamailio's workers run in parallel). SIPp then goes on past an
+    unexpected message instead of aborting the call, and the run counts as failed
+    (``returncode`` 1) if any such message was something else than a provisional
+    response.
     """
     stem = f"sipp-{os.getpid()}-{time.monotonic_ns()}"
     stats_file = workdir / f"{stem}.csv"
@@ -822,6 +833,8 @@ async def run_sipp(scenario: Path | str, sip_port: int, *, workdir: Path,
         cmd += ["-r", f"{rate:g}", "-rp", "1000"]
     if limit is not None:
         cmd += ["-l", str(limit)]
+    if late_provisional_ok:
+        cmd += ["-default_behaviors", "all,-abortunexp"]
     cmd += list(args)
     proc = await asyncio.create_subprocess_exec(
         *cmd, cwd=workdir, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -831,9 +844,17 @@ async def run_sipp(scenario: Path | str, sip_port: int, *, workdir: Path,
     except TimeoutError:
         proc.kill()
         out, _ = await proc.communicate()
+    except asyncio.CancelledError:      # the caller gave up on it: no SIPp left behind
+        proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
     errors = errors_file.read_text(errors="replace") if errors_file.exists() else ""
-    return SippRun(proc.returncode if proc.returncode is not None else -1,
-                   out.decode(errors="replace"), errors, _last_stats(stats_file))
+    returncode = proc.returncode if proc.returncode is not None else -1
+    others = [m for m in _CONTINUED.findall(errors) if not re.match(r"SIP/2\.0 1\d\d ", m)]
+    if others:
+        returncode = returncode or 1
+        errors += f"\nunexpected messages other than a late provisional response: {others}"
+    return SippRun(returncode, out.decode(errors="replace"), errors, _last_stats(stats_file))
 
 
 def _last_stats(path: Path) -> dict[str, str]:

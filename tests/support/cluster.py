@@ -5,9 +5,13 @@
 RTP range, records and log), writes Kamailio's dispatcher list with
 ``voicebridge kamailio-list`` from their addresses, then runs ``deploy/kamailio/kamailio.cfg``
 as shipped, with only its documented ``-A`` settings (listen address, list file, probe
-interval, module folder). ``env`` goes to every node (a shared records URL, say) and
-``node_env`` to one node each. On a failure inside ``with Cluster(...)`` the Kamailio log
-and every node's log tail are printed; everything is stopped at the end.
+interval, module folder); :meth:`Cluster.call` runs SIPp through it. ``env`` goes to
+every node and ``node_env`` to one node each. With ``records_url`` (a PostgreSQL
+database, ``tests/support/postgres.py``) every node keeps its records and the cluster's
+live state there, as a deployed cluster does, with a 1 s heartbeat and a node lost after
+:data:`LOST_AFTER_S`; :meth:`Node.records` then reads that node's rows from the shared
+database. On a failure inside ``with Cluster(...)`` the Kamailio log and every node's log
+tail are printed; everything is stopped at the end.
 
 Node metrics carry ``node="<id>"`` (``[cluster] node_id``); :meth:`Node.metric` reads a
 sample by name and label subset, whatever other labels it has.
@@ -16,14 +20,18 @@ sample by name and label subset, whatever other labels it has.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from bridge.bench.sip import ServeProcess, clean_env, free_rtp_range
+from bridge.bench.sip import ServeProcess, SippRun, clean_env, free_rtp_range, run_sipp
 from tests.support.kamailio import Kamailio, free_port, module_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,17 +48,70 @@ NODE_DEFAULTS = {
     "VOICEBRIDGE_SIP_MAX_UNACKED": "100",
     "VOICEBRIDGE_SIP_MAX_UNACKED_PER_SOURCE": "100",
 }
+#: With a shared database: heartbeats every second, a node silent this long is lost.
+LOST_AFTER_S = 6
+
+
+def shared_records(url: str) -> dict[str, str]:
+    """The settings of a node keeping its records in the PostgreSQL at ``url``."""
+    return {"VOICEBRIDGE_RECORDS_URL": url, "VOICEBRIDGE_CLUSTER_HEARTBEAT_S": "1",
+            "VOICEBRIDGE_CLUSTER_LOST_AFTER_S": str(LOST_AFTER_S)}
+
+
+def pg_rows(url: str, where: str = "TRUE", params: Sequence[object] = ()
+            ) -> list[dict[str, Any]]:
+    """Rows of ``calls`` (columns, and ``record`` decoded) read straight from PostgreSQL."""
+    import psycopg  # noqa: PLC0415
+    from psycopg.rows import dict_row  # noqa: PLC0415
+
+    with psycopg.connect(url, connect_timeout=5, row_factory=dict_row) as conn:
+        cur = conn.execute("SELECT call_id, node_id, state, end_reason, ended_at, record "
+                           f"FROM calls WHERE {where} ORDER BY started_at DESC", params)
+        rows = [dict(row) for row in cur.fetchall()]
+    for row in rows:
+        if isinstance(row["record"], str):
+            row["record"] = json.loads(row["record"])
+    return rows
+
+
+def live_and_recent(node: ServeProcess) -> dict[str, Any]:
+    """``GET /calls`` of ``node`` (with the operator's token): ``live`` and ``recent``."""
+    status, body = node.get("/calls", token=True)
+    assert status == 200, body
+    return dict(json.loads(body))
+
+
+def hang_up(node: ServeProcess, call_id: str) -> tuple[int, dict[str, Any]]:
+    """``POST /calls/<id>/hangup`` on ``node`` with the operator's token: status, reply."""
+    request = urllib.request.Request(f"{node.http_url}/calls/{call_id}/hangup", method="POST",
+                                     headers={"Authorization": f"Bearer {node.TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status), dict(json.loads(reply.read()))
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), dict(json.loads(exc.read()))
 
 
 class Node(ServeProcess):
     """One bridge node: a ``voicebridge serve`` with a node id."""
 
     def __init__(self, workdir: Path, node_id: str, env: Mapping[str, str], *,
-                 records: bool = True) -> None:
+                 records: bool = True, records_url: str | None = None) -> None:
         self.node_id = node_id
-        super().__init__(workdir, env={**NODE_DEFAULTS, **env,
+        self.records_url = records_url
+        shared = shared_records(records_url) if records_url else {}
+        super().__init__(workdir, env={**NODE_DEFAULTS, **shared, **env,
                                        "VOICEBRIDGE_CLUSTER_NODE_ID": node_id},
-                         rtp_ports=free_rtp_range(200), records=records)
+                         rtp_ports=free_rtp_range(200),
+                         records=records and records_url is None)
+
+    def records(self) -> list[dict[str, Any]]:
+        """This node's call records: from the shared PostgreSQL (the rows whose
+        ``node_id`` is this node's) when the cluster has one, else its own SQLite."""
+        if self.records_url is None:
+            return super().records()
+        return [row["record"] for row in pg_rows(self.records_url, "node_id = %s",
+                                                 (self.node_id,))]
 
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Every sample called ``name``: its labels and value."""
@@ -78,11 +139,12 @@ class Cluster:
 
     def __init__(self, folder: Path, n: int = 2, *, env: Mapping[str, str] | None = None,
                  node_env: Sequence[Mapping[str, str]] = (), ping_interval_s: int = 1,
-                 records: bool = True) -> None:
+                 records: bool = True, records_url: str | None = None) -> None:
         self.folder = Path(folder)
+        self.records_url = records_url
         self.nodes = [Node(self.folder / f"node{i + 1}", f"node{i + 1}",
                            {**(env or {}), **(node_env[i] if i < len(node_env) else {})},
-                           records=records) for i in range(n)]
+                           records=records, records_url=records_url) for i in range(n)]
         self.ping_interval_s = ping_interval_s
         self.sip_port = 0
         self.kamailio: Kamailio | None = None
@@ -104,6 +166,12 @@ class Cluster:
             f'MPATH="{module_dir()}/"'))
         self.kamailio.start(wait_port=("127.0.0.1", self.sip_port))
         return self
+
+    async def call(self, scenario: Path, **sipp: Any) -> SippRun:
+        """SIPp calling through Kamailio (``run_sipp``'s arguments): a ``180`` Kamailio
+        relays after its ``200`` is no failure (its workers run in parallel), any other
+        unexpected message still is."""
+        return await run_sipp(scenario, self.sip_port, late_provisional_ok=True, **sipp)
 
     def owner(self, rtp_port: int) -> Node | None:
         return next((n for n in self.nodes if n.owns_rtp(rtp_port)), None)
@@ -150,4 +218,5 @@ class Cluster:
         self.stop()
 
 
-__all__ = ["Cluster", "KAMAILIO_CFG", "NODE_DEFAULTS", "Node"]
+__all__ = ["KAMAILIO_CFG", "LOST_AFTER_S", "NODE_DEFAULTS", "Cluster", "Node", "hang_up",
+           "live_and_recent", "pg_rows", "shared_records"]
