@@ -123,3 +123,17 @@ async def test_early_barge_in_stops_the_agent_before_the_server_hears_the_caller
     assert not rig.call.playout.playing and rig.session.sent("truncate")
     rig.leg.far_end_hangup()
     await rig.finish()
+
+
+async def test_a_caller_talking_without_server_vad_is_not_silent(tmp_path: Path) -> None:
+    """Under type "none" no speech_started stops the caller-silence limit: the bridge's
+    VAD does, and re-arms it at the end of the turn."""
+    rig = Rig(plan(tmp_path, 'type = "none"',
+                   "end_silence_ms = 400\n\n[limits]\ncaller_silence_s = 1.0"))
+    await rig.start()
+    rig.leg.play(speech(2500))
+    await rig.tick(120)                     # 2.4 s: longer than the limit, all speech
+    assert not rig.call.ended
+    await rig.tick(5 + 20 + 50 + 10)        # the end of the turn, then 1 s of silence
+    assert rig.call.ended and rig.call.record.end_reason == "caller_silence"
+    await rig.finish()

@@ -561,6 +561,13 @@ class Call:
         else:
             self._arm_silence()
 
+    def caller_active(self, talking: bool) -> None:
+        """The bridge's own VAD heard the caller start (or finish) a turn."""
+        if talking:
+            self._silence.cancel()
+        else:
+            self._arm_silence()
+
     def _arm_silence(self) -> None:
         limit = self.dialplan.limits.caller_silence_s
         if (limit is None or not self.state.talking or self.speech.caller_speaking

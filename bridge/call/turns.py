@@ -107,9 +107,12 @@ class TurnDriver:
         pcm = g711.decode(self._law, frame) if self._law else frame
         event = detector.feed(pcm, call.clock.time())
         if isinstance(event, SpeechBegan):
+            if self.manual:          # no speech_started will come: the caller is not silent
+                call.caller_active(True)
             self._on_speech_began(event)
         elif isinstance(event, TurnEnded) and self.manual:
             call.log.debug("end of the caller's turn (%d ms of speech)", event.speech_ms)
+            call.caller_active(False)
             call.spawn(self._commit(), "turn-commit")
 
     def _on_speech_began(self, event: SpeechBegan) -> None:
