@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bridge import metrics
+from bridge.codecs import g711
 from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.plan import Dialplan
 from bridge.realtime import events as ev
@@ -20,6 +22,7 @@ default = true
 
 [agent]
 instructions = "rig plan"
+audio_format = "{fmt}"
 
 [agent.turn_detection]
 {td}
@@ -32,10 +35,12 @@ model = "whisper-1"
 """
 
 
-def plan(tmp: Path, td: str, turns: str) -> Dialplan:
+def plan(tmp: Path, td: str, turns: str, *, fmt: str = "pcm16", hooks: str = "") -> Dialplan:
     folder = tmp / f"p{len(list(tmp.glob('p*')))}"
     folder.mkdir()
-    (folder / "p.toml").write_text(PLAN.format(td=td, turns=turns))
+    (folder / "p.toml").write_text(PLAN.format(td=td, turns=turns, fmt=fmt))
+    if hooks:
+        (folder / "hooks.py").write_text(hooks)
     return load_dialplans(folder).default
 
 
@@ -136,4 +141,30 @@ async def test_a_caller_talking_without_server_vad_is_not_silent(tmp_path: Path)
     assert not rig.call.ended
     await rig.tick(5 + 20 + 50 + 10)        # the end of the turn, then 1 s of silence
     assert rig.call.ended and rig.call.record.end_reason == "caller_silence"
+    await rig.finish()
+
+
+async def test_g711_passthrough_frames_are_decoded_for_the_detector(tmp_path: Path) -> None:
+    rig = Rig(plan(tmp_path, 'type = "none"', "end_silence_ms = 400", fmt="g711"))
+    await rig.start()
+    assert rig.leg.carry == "pcmu"                       # the frames stay encoded
+    rig.leg.play(g711.encode("pcmu", speech(800)))
+    ticks = await ticks_until(rig, "commit_input", 120)
+    assert 60 <= ticks <= 64, ticks                      # 40 frames of speech + 20 silent
+    rig.leg.far_end_hangup()
+    await rig.finish()
+
+
+async def test_a_failing_hook_still_answers_the_caller(tmp_path: Path) -> None:
+    hooks = "async def broken(turn):\n    raise RuntimeError('bug')\n"
+    rig = Rig(plan(tmp_path, 'type = "server_vad"\ncreate_response = false',
+                   'hook = "hooks:broken"\ntranscript_wait_ms = 0', hooks=hooks))
+    failed = metrics.TURNS_DECIDED.labels(hook="python", outcome="failed")
+    before = failed._value.get()
+    await rig.start()
+    await rig.emit(ev.InputCommitted("u1"))
+    await rig.tick(2)
+    assert rig.session.sent("create_response") == [("create_response", None)]
+    assert failed._value.get() == before + 1
+    rig.leg.far_end_hangup()
     await rig.finish()
