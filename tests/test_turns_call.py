@@ -24,6 +24,7 @@ from bridge.realtime.config import RealtimeSettings
 from bridge.realtime.emulator import Emulator, EmulatorConfig
 from bridge.realtime.emulator.record import SessionRecord
 from tests.support.audio import speech
+from tests.support.realtime_oracle import validate_client_event
 from tests.support.waiting import until
 
 PLAN = """
@@ -118,6 +119,12 @@ async def test_turn_detection_none_the_bridge_ends_the_turn_and_answers(
     answered = [r for r in session.responses if r.trigger == "client"]
     assert len(answered) == 2 and all(r.status == "completed" for r in answered)
     assert answered[0].instructions is None           # hook "answer": a plain reply
+    # what the bridge sent to run the turn is valid for the openai package's models
+    sent = [e for e in session.received
+            if e["type"] in ("input_audio_buffer.commit", "response.create")]
+    assert len(sent) >= 4
+    for event in sent:
+        validate_client_event(event, session.dialect)
     assert record.responses >= 2 and not record.errors, record
 
 
@@ -141,6 +148,9 @@ async def test_create_response_false_the_python_hook_decides(tmp_path: Path) -> 
     # the hook saw the caller's transcript (the emulator's stand-in for one)
     assert "HOOK turn 1: (" in texts[0] and "s of caller audio" in texts[0], texts
     assert "HOOK turn 3" in texts[1]                 # turn 2 was kept silent
+    for event in session.received:
+        if event["type"] == "response.create":
+            validate_client_event(event, session.dialect)
     after = metrics.TURNS_DECIDED.labels(hook="python", outcome="silent")._value.get()
     assert after == before + 1
 
