@@ -15,6 +15,7 @@ from typing import Any
 
 from bridge import metrics
 from bridge.call.clock import MediaClock
+from bridge.call.events import CallEvent, TurnDecided
 from bridge.call.leg import LegInfo, Source
 from bridge.call.manager import CallManager
 from bridge.call.memory import MemoryLeg
@@ -80,6 +81,9 @@ def plans(tmp: Path, td: str, turns: str = "", tools: str = "") -> Path:
     return folder
 
 
+EVENTS: list[CallEvent] = []
+
+
 async def call(folder: Path, turns: int, *,
                wait_responses: int | None = None) -> tuple[SessionRecord, CallRecord]:
     """One call that speaks ``turns`` phrases (1 s, then 2 s of silence each); returns the
@@ -88,6 +92,8 @@ async def call(folder: Path, turns: int, *,
     async with Emulator(EmulatorConfig(greeting_ms=300)) as emu:
         target = RealtimeSettings.from_env({}).target(emulator_url=emu.url)
         manager = CallManager(load_dialplans(folder), target, MemoryRecordStore(), clock)
+        EVENTS.clear()
+        manager.add_listener(EVENTS.append)
         leg = MemoryLeg(LegInfo(call_id="leg-turns", source=Source.SIP, caller="+15550123",
                                 called="100"), clock=clock)
         task = asyncio.create_task(manager.handle(leg))
@@ -153,6 +159,11 @@ async def test_create_response_false_the_python_hook_decides(tmp_path: Path) -> 
             validate_client_event(event, session.dialect)
     after = metrics.TURNS_DECIDED.labels(hook="python", outcome="silent")._value.get()
     assert after == before + 1
+    # the dashboard and a browser caller see each decision as a call.turn event
+    decided = [e.to_json() for e in EVENTS if isinstance(e, TurnDecided)]
+    assert [(e["type"], e["turn"], e["hook"], e["outcome"]) for e in decided] == [
+        ("call.turn", 1, "python", "answered"), ("call.turn", 2, "python", "silent"),
+        ("call.turn", 3, "python", "answered")]
 
 
 async def test_instructions_hook_and_a_tool_first(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bridge import metrics
+from bridge.call.events import TurnDecided
 from bridge.call.timers import OneShot, clock_timeout
 from bridge.call.turnvad import VAD_RATES, SpeechBegan, TurnDetector, TurnEnded
 from bridge.codecs import g711
@@ -166,21 +167,22 @@ class TurnDriver:
 
     async def _reply(self, turn: TurnContext) -> None:
         call, config = self.call, self.config
+        outcome = "answered"
         try:
             async with clock_timeout(call.clock, HOOK_TIMEOUT_S):
                 extra = await self._ask(turn)
         except Exception as exc:        # the hook's bug or overrun: answer anyway
             call.log.warning("turn hook %s failed: %r; answering plainly", config.hook, exc)
-            metrics.TURNS_DECIDED.labels(hook=config.kind, outcome="failed").inc()
-            extra = ""
-        client = call.client
+            outcome, extra = "failed", ""
         if extra is None:
-            metrics.TURNS_DECIDED.labels(hook=config.kind, outcome="silent").inc()
+            outcome = "silent"
             call.log.info("turn %d: the hook keeps the agent silent", turn.turn)
+        metrics.TURNS_DECIDED.labels(hook=config.kind, outcome=outcome).inc()
+        call.emit(TurnDecided(call_id=call.call_id, turn=turn.turn, hook=config.kind,
+                              outcome=outcome))
+        client = call.client
+        if extra is None or client is None or not call.upstream_usable or call.state.over:
             return
-        if client is None or not call.upstream_usable or call.state.over:
-            return
-        metrics.TURNS_DECIDED.labels(hook=config.kind, outcome="answered").inc()
         base = call.profile.instructions
         await client.create_response(
             instructions=f"{base}\n\n{extra}".strip() if extra else None)
