@@ -156,6 +156,10 @@ TURNS_DECIDED = Counter("turns_decided", "Caller turns the bridge decided the re
                         namespace=_NS, registry=REGISTRY)
 LOCAL_BARGE_INS = Counter("local_barge_ins", "Barge-ins started by the bridge's own voice "
                           "activity detector ([turns]).", namespace=_NS, registry=REGISTRY)
+LOCAL_BARGE_INS_UNCONFIRMED = Counter(
+    "local_barge_ins_unconfirmed", "Early barge-ins the server never confirmed with its own "
+    "speech_started (a noise taken for speech; the agent was asked to go on).",
+    namespace=_NS, registry=REGISTRY)
 
 UPSTREAM_CONNECTS = Counter("upstream_connects", "Realtime sessions opened.", ["kind"],
                             namespace=_NS, registry=REGISTRY)

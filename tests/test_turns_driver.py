@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridge import metrics
+from bridge.call.turns import RESUME
 from bridge.codecs import g711
 from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.plan import Dialplan
@@ -119,6 +120,22 @@ async def test_early_barge_in_stops_the_agent_before_the_server_hears_the_caller
     assert rig.session.sent("truncate") and rig.session.sent("cancel_response")
     assert rig.call.record.barge_ins and rig.call.turns is not None
     assert rig.call.turns.local_barge_ins
+    # the server never confirms (no speech_started): a noise cut the agent off, and
+    # 1.5 s later it is asked to go on rather than leave the caller in silence
+    await rig.done("r1", "cancelled")
+    await rig.tick(70)
+    assert not rig.session.sent("create_response")
+    await rig.tick(10)
+    [(_, instructions)] = rig.session.sent("create_response")
+    assert instructions == f"rig plan\n\n{RESUME}"
+    rig.leg.far_end_hangup()
+    await rig.finish()
+
+    rig, ticks = await barge(tmp_path, early=True)
+    await rig.speak_over()                          # confirmed: the server's turn follows
+    await rig.done("r1", "cancelled")
+    await rig.tick(100)
+    assert ticks > 0 and not rig.session.sent("create_response")
     rig.leg.far_end_hangup()
     await rig.finish()
 

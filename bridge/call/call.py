@@ -177,7 +177,7 @@ class Call:
         #: the bridge's own turn handling, where the plan has it (bridge.call.turns)
         self.turns = TurnDriver(self, dialplan.turns) if dialplan.turns is not None else None
         if self.turns is not None:
-            self.turns.install(self._sync_handlers)
+            self.turns.install(self._sync_handlers, self._async_handlers)
 
     def _build_parts(self, fmt: str, append_frames: int, drain_timeout_s: float) -> None:
         td = self.profile.turn_detection

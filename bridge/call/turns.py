@@ -21,14 +21,16 @@ beside the call's upstream handlers:
   ``speech_started`` takes), as the bridge's own interruption: it cancels the response
   itself. Under ``type = "none"`` this is the only barge-in there is; under server VAD it
   runs only with ``early_barge_in = true`` and beats the server's event by the server's
-  detection delay plus a round trip.
+  detection delay plus a round trip. If the server's ``speech_started`` does not follow
+  within ``CONFIRM_S`` the bridge took a noise for speech: no turn will come, so the agent
+  is asked to go on (counted).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bridge import metrics
@@ -46,6 +48,10 @@ log = logging.getLogger(__name__)
 
 #: how long a Python hook or a tool may take before the caller is answered without it
 HOOK_TIMEOUT_S = 5.0
+#: how long the server has to confirm an early barge-in with its own speech_started
+CONFIRM_S = 1.5
+RESUME = ("A noise on the line interrupted you; the caller did not speak. Carry on briefly "
+          "from where you were cut off.")
 
 
 class TurnDriver:
@@ -76,15 +82,25 @@ class TurnDriver:
         self._pending: str | None = None          # committed item waiting for its transcript
         self._transcripts: dict[str, str] = {}
         self._wait = OneShot(call.clock, self._transcript_overdue)
+        self._confirm = OneShot(call.clock, self._unconfirmed)
         #: turns decided, and the media-clock times the detector heard speech start
         self.turns = 0
         self.speech_began: list[float] = []
         self.local_barge_ins: list[float] = []
 
     # ------------------------------------------------------------------ wiring
-    def install(self, handlers: dict[type, Callable[[Any], None]]) -> None:
+    def install(self, handlers: dict[type, Callable[[Any], None]],
+                async_handlers: dict[type, Callable[[Any], Awaitable[None]]]) -> None:
         """Take the leg's frames first, and see the upstream events deciding needs."""
         self.call.on_leg_audio = self.on_frame
+        if self.detector is not None and not self.manual:
+            inner = async_handlers[ev.SpeechStarted]
+
+            async def speech_started(event: ev.SpeechStarted) -> None:
+                self._confirm.cancel()          # the server heard the caller too
+                await inner(event)
+
+            async_handlers[ev.SpeechStarted] = speech_started
         if not self.decides:
             return
         handlers[ev.InputCommitted] = self._on_committed
@@ -124,6 +140,25 @@ class TurnDriver:
             self.local_barge_ins.append(event.at)
             metrics.LOCAL_BARGE_INS.inc()
             call.spawn(call.barge_in(event.at, own=True), "local-barge-in")
+            if not self.manual:
+                self._confirm.arm(CONFIRM_S)
+
+    def _unconfirmed(self) -> None:
+        """The server never heard the speech that cut the agent off (a noise passed for
+        it): no turn will come, so the agent is asked to go on rather than leave the
+        caller in silence."""
+        call = self.call
+        metrics.LOCAL_BARGE_INS_UNCONFIRMED.inc()
+        call.log.info("early barge-in not confirmed by the server: the agent goes on")
+        call.spawn(self._resume(), "barge-in-resume")
+
+    async def _resume(self) -> None:
+        client, call = self.call.client, self.call
+        if client is None or not call.upstream_usable or call.state.over:
+            return
+        if client.response_active:
+            return
+        await client.create_response(instructions=f"{call.profile.instructions}\n\n{RESUME}")
 
     async def _commit(self) -> None:
         client = self.call.client
@@ -214,4 +249,4 @@ class TurnDriver:
                 f"Its result: {result.output}")
 
 
-__all__ = ["HOOK_TIMEOUT_S", "TurnDriver"]
+__all__ = ["CONFIRM_S", "HOOK_TIMEOUT_S", "RESUME", "TurnDriver"]
