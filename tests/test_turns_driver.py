@@ -9,7 +9,7 @@ from pathlib import Path
 from bridge import metrics
 from bridge.call.turns import RESUME
 from bridge.codecs import g711
-from bridge.dialplans.loader import load_dialplans
+from bridge.dialplans.loader import PACKAGED_DIR, load_dialplans
 from bridge.dialplans.plan import Dialplan
 from bridge.realtime import events as ev
 from tests.support.audio import speech
@@ -183,5 +183,21 @@ async def test_a_failing_hook_still_answers_the_caller(tmp_path: Path) -> None:
     await rig.tick(2)
     assert rig.session.sent("create_response") == [("create_response", None)]
     assert failed._value.get() == before + 1
+    rig.leg.far_end_hangup()
+    await rig.finish()
+
+
+async def test_the_shipped_gatekeeper_hook(tmp_path: Path) -> None:
+    """gatekeeper_hooks:screen on real transcripts: an empty one keeps the agent silent,
+    a card number adds the caution, an ordinary later turn gets a plain answer."""
+    rig = Rig(load_dialplans(PACKAGED_DIR, env={})["gatekeeper"])
+    await rig.start()
+    for item, words in (("u1", ""), ("u2", "my card number is 4111"), ("u3", "hello")):
+        await rig.emit(ev.InputCommitted(item), ev.UserTranscript(item, words))
+        await rig.tick()
+    replies = [entry[1] for entry in rig.session.sent("create_response")]
+    assert len(replies) == 2, replies                    # the empty turn got no reply
+    assert replies[0].endswith("go on.") and "card number" in replies[0]
+    assert replies[1] is None                            # turn 3: a plain answer
     rig.leg.far_end_hangup()
     await rig.finish()

@@ -80,7 +80,8 @@ class TurnDriver:
                              leg.sample_rate)
         self._inbound = call.inbound.on_frame
         self._pending: str | None = None          # committed item waiting for its transcript
-        self._transcripts: dict[str, str] = {}
+        #: caller transcripts by item (None: the transcription failed)
+        self._transcripts: dict[str, str | None] = {}
         self._wait = OneShot(call.clock, self._transcript_overdue)
         self._confirm = OneShot(call.clock, self._unconfirmed)
         #: turns decided, and the media-clock times the detector heard speech start
@@ -148,6 +149,8 @@ class TurnDriver:
         it): no turn will come, so the agent is asked to go on rather than leave the
         caller in silence."""
         call = self.call
+        if call.state.over:
+            return
         metrics.LOCAL_BARGE_INS_UNCONFIRMED.inc()
         call.log.info("early barge-in not confirmed by the server: the agent goes on")
         call.spawn(self._resume(), "barge-in-resume")
@@ -179,14 +182,14 @@ class TurnDriver:
         self._decide(event.item_id)
 
     def _on_transcript(self, item_id: str, transcript: str | None) -> None:
-        self._transcripts[item_id] = transcript or ""
+        self._transcripts[item_id] = transcript
         while len(self._transcripts) > 8:           # only the last few turns matter
             del self._transcripts[next(iter(self._transcripts))]
         if item_id == self._pending:
             self._decide(item_id)
 
     def _transcript_overdue(self) -> None:
-        if self._pending is not None:
+        if self._pending is not None and not self.call.state.over:
             self._decide(self._pending)
 
     def _decide(self, item_id: str) -> None:
@@ -195,7 +198,7 @@ class TurnDriver:
             self._wait.cancel()
         self.turns += 1
         call = self.call
-        transcript = self._transcripts.get(item_id) or None
+        transcript = self._transcripts.get(item_id)
         turn = TurnContext(call_id=call.call_id, caller=call.caller, called=call.called,
                            item_id=item_id, transcript=transcript, turn=self.turns)
         call.spawn(self._reply(turn), "turn-reply")
