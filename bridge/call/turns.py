@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +40,15 @@ from bridge.call.timers import OneShot, clock_timeout
 from bridge.call.turnvad import VAD_RATES, SpeechBegan, TurnDetector, TurnEnded
 from bridge.codecs import g711
 from bridge.dialplans.turns import TurnContext, TurnsConfig
+from bridge.logthrottle import Throttle
 from bridge.realtime import events as ev
 
 if TYPE_CHECKING:
     from bridge.call.call import Call
 
 log = logging.getLogger(__name__)
+#: what callers' turns make us log, bounded across all calls
+_throttle = Throttle(log)
 
 #: how long a Python hook or a tool may take before the caller is answered without it
 HOOK_TIMEOUT_S = 5.0
@@ -76,8 +80,7 @@ class TurnDriver:
                 min_speech_ms=config.min_speech_ms, end_silence_ms=config.end_silence_ms,
                 frame_ms=leg.frame_ms)
         elif listen:
-            call.log.warning("no bridge-side VAD at %d Hz: turns are the server's",
-                             leg.sample_rate)
+            call.log.warning("no bridge-side VAD at %d Hz", leg.sample_rate)
         self._inbound = call.inbound.on_frame
         self._pending: str | None = None          # committed item waiting for its transcript
         #: caller transcripts by item (None: the transcription failed)
@@ -86,8 +89,8 @@ class TurnDriver:
         self._confirm = OneShot(call.clock, self._unconfirmed)
         #: turns decided, and the media-clock times the detector heard speech start
         self.turns = 0
-        self.speech_began: list[float] = []
-        self.local_barge_ins: list[float] = []
+        self.speech_began: deque[float] = deque(maxlen=64)
+        self.local_barge_ins: deque[float] = deque(maxlen=64)
 
     # ------------------------------------------------------------------ wiring
     def install(self, handlers: dict[type, Callable[[Any], None]],
@@ -152,7 +155,8 @@ class TurnDriver:
         if call.state.over:
             return
         metrics.LOCAL_BARGE_INS_UNCONFIRMED.inc()
-        call.log.info("early barge-in not confirmed by the server: the agent goes on")
+        _throttle.log(logging.INFO, "unconfirmed", "[%s] early barge-in not confirmed by "
+                      "the server: the agent goes on", call.call_id)
         call.spawn(self._resume(), "barge-in-resume")
 
     async def _resume(self) -> None:
@@ -210,11 +214,13 @@ class TurnDriver:
             async with clock_timeout(call.clock, HOOK_TIMEOUT_S):
                 extra = await self._ask(turn)
         except Exception as exc:        # the hook's bug or overrun: answer anyway
-            call.log.warning("turn hook %s failed: %r; answering plainly", config.hook, exc)
+            _throttle.log(logging.WARNING, "hook-failed", "[%s] turn hook %s failed: %r; "
+                          "answering plainly", call.call_id, config.hook, exc)
             outcome, extra = "failed", ""
         if extra is None:
             outcome = "silent"
-            call.log.info("turn %d: the hook keeps the agent silent", turn.turn)
+            _throttle.log(logging.INFO, "hook-silent", "[%s] turn %d: the hook keeps the "
+                          "agent silent", call.call_id, turn.turn)
         metrics.TURNS_DECIDED.labels(hook=config.kind, outcome=outcome).inc()
         call.emit(TurnDecided(call_id=call.call_id, turn=turn.turn, hook=config.kind,
                               outcome=outcome))
@@ -246,7 +252,8 @@ class TurnDriver:
         takes = tool is not None and "transcript" in tool.parameters.get("properties", {})
         args = {"transcript": turn.transcript or ""} if takes else {}
         result = await registry.dispatch(name, json.dumps(args), call.control)
-        call.log.info("turn %d: tool %s first (%s)", turn.turn, name,
+        _throttle.log(logging.INFO, "tool-first", "[%s] turn %d: tool %s first (%s)",
+                      call.call_id, turn.turn, name,
                       "ok" if result.ok else result.error)
         return (f"Before you answer the caller's last turn, the {name} tool was run on it. "
                 f"Its result: {result.output}")
