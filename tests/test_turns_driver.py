@@ -201,3 +201,19 @@ async def test_the_shipped_gatekeeper_hook(tmp_path: Path) -> None:
     assert replies[1] is None                            # turn 3: a plain answer
     rig.leg.far_end_hangup()
     await rig.finish()
+
+
+async def test_hold_drops_the_turn_in_progress(tmp_path: Path) -> None:
+    """The caller's audio is cleared at hold: the speech before it must not end in a
+    commit of a buffer that no longer holds it."""
+    rig = Rig(plan(tmp_path, 'type = "none"', "end_silence_ms = 400"))
+    await rig.start()
+    rig.leg.play(speech(600))
+    await rig.tick(35)                                   # in speech
+    assert rig.call.turns is not None and rig.call.turns.detector is not None
+    assert rig.call.turns.detector.in_speech
+    rig.leg.set_hold(True)
+    await rig.tick(60)
+    assert rig.session.sent("clear_input") and not rig.session.sent("commit_input")
+    rig.leg.far_end_hangup()
+    await rig.finish()

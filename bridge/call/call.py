@@ -440,6 +440,8 @@ class Call:
         """The far end put the call on hold (or took it off): what the caller's line
         carried meanwhile (hold music, a side conversation) must not start a turn."""
         self.log.info("the caller %s", "put the call on hold" if held else "is back")
+        if self.turns is not None:
+            self.turns.input_cleared()
         self.spawn(self.control.clear_input(), "clear-input")
 
     # ================================================================== upstream events

@@ -167,6 +167,11 @@ class TurnDriver:
             return
         await client.create_response(instructions=f"{call.profile.instructions}\n\n{RESUME}")
 
+    def input_cleared(self) -> None:
+        """The caller's uncommitted audio was dropped (hold): a turn in progress is gone."""
+        if self.detector is not None:
+            self.detector.reset()
+
     async def _commit(self) -> None:
         client = self.call.client
         if client is not None and self.call.upstream_usable:
