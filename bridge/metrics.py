@@ -152,6 +152,15 @@ TOOL_DURATION = Histogram("tool_duration_seconds", "Tool call duration.", ["name
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 DTMF_DIGITS = Counter("dtmf_digits", "DTMF digits received from callers.", ["source"],
                       namespace=_NS, registry=REGISTRY)
+TURNS_DECIDED = Counter("turns_decided", "Caller turns the bridge decided the reply to "
+                        "([turns] hook), by hook kind and outcome.", ["hook", "outcome"],
+                        namespace=_NS, registry=REGISTRY)
+LOCAL_BARGE_INS = Counter("local_barge_ins", "Barge-ins started by the bridge's own voice "
+                          "activity detector ([turns]).", namespace=_NS, registry=REGISTRY)
+LOCAL_BARGE_INS_UNCONFIRMED = Counter(
+    "local_barge_ins_unconfirmed", "Early barge-ins the server never confirmed with its own "
+    "speech_started (a noise taken for speech; the agent was asked to go on).",
+    namespace=_NS, registry=REGISTRY)
 
 UPSTREAM_CONNECTS = Counter("upstream_connects", "Realtime sessions opened.", ["kind"],
                             namespace=_NS, registry=REGISTRY)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from bridge.dialplans.loader import ENV_DIR, default_dialplans_dir, load_dialplans
+from bridge.dialplans.turns import describe_turns
 from bridge.errors import DialplanError
 from bridge.realtime.recovery import RecoveryPolicy
 
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         for digit, action in plan.dtmf.actions.items():
             what = action.target or action.text or ""
             print(f"  dtmf {digit}:   {action.kind} {what}".rstrip())
+        if plan.turns is not None:
+            print(f"  turns:    {describe_turns(plan.turns)}")
         fb = plan.fallback
         budget = (RecoveryPolicy.budget_s if fb.reconnect_budget_s is None
                   else fb.reconnect_budget_s)

@@ -45,6 +45,7 @@ from bridge.dialplans.plan import (
 from bridge.dialplans.schema import DialplanModel
 from bridge.dialplans.summary import build_summary
 from bridge.dialplans.tools import Tool, ToolRegistry, tool_from_function
+from bridge.dialplans.turns import TurnsConfig, build_turns
 from bridge.dialplans.webhook import (
     MissingEnv,
     SchemaProblem,
@@ -229,6 +230,7 @@ def _build(src: _Source, model: DialplanModel, env: Mapping[str, str],
         ),
         fallback=fallback,
         summary=build_summary(model.summary, env, src.fail),
+        turns=_turns(src, model, registry),
     )
 
 
@@ -365,6 +367,24 @@ def _python(src: _Source, index: int, py: Any) -> Tool:
     except (TypeError, ValueError) as exc:
         field: FieldPath = (*base, "bind") if "bind" in str(exc) else (*base, "function")
         src.fail(str(exc), field)
+
+
+def _turns(src: _Source, model: DialplanModel, registry: ToolRegistry) -> TurnsConfig | None:
+    """``[turns]``; a plan whose server does not answer turns gets the defaults."""
+    td = model.agent.turn_detection
+    bridge_decides = td.type == "none" or not td.create_response
+    if model.turns is None:
+        return TurnsConfig() if bridge_decides else None
+    if not bridge_decides and model.turns.hook != "answer":
+        src.fail("the hook runs only where the bridge decides the reply: set "
+                 "[agent.turn_detection] create_response = false or type = \"none\"",
+                 ("turns", "hook"))
+    try:
+        return build_turns(model.turns, tool_names=frozenset(registry.names),
+                           import_module=lambda name: _import_operator_module(src.file.parent,
+                                                                              name))
+    except ValueError as exc:
+        src.fail(str(exc), ("turns", "hook"))
 
 
 def _import_operator_module(folder: Path, module_name: str) -> types.ModuleType:

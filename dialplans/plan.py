@@ -25,6 +25,7 @@ from typing import Any, Literal
 from bridge.call.leg import Source
 from bridge.dialplans.summary import SummaryConfig
 from bridge.dialplans.tools import ToolRegistry
+from bridge.dialplans.turns import TurnsConfig
 from bridge.errors import DialplanError
 from bridge.realtime.profile import SessionProfile, TurnDetection
 
@@ -174,6 +175,8 @@ class Dialplan:
     description: str = ""
     target_descriptions: dict[str, str] = field(default_factory=dict)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
+    #: ``[turns]``: the bridge's own turn handling (None: the server's alone)
+    turns: TurnsConfig | None = None
 
     def session_profile(self, *, leg_g711: str | None = None) -> SessionProfile:
         """The Realtime session profile, tools included.

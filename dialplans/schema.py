@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from bridge.dialplans.summary import SummaryModel
+from bridge.dialplans.turns import TurnsModel
 
 #: Voices the Realtime API offers (docs/realtime-protocol.md §9).
 VOICES = frozenset(
@@ -283,4 +284,5 @@ class DialplanModel(_Model):
     webhook: list[WebhookModel] = Field(default_factory=list)
     python: list[PythonToolModel] = Field(default_factory=list)
     summary: SummaryModel = Field(default_factory=SummaryModel)
+    turns: TurnsModel | None = None
 

@@ -24,7 +24,8 @@ def test_packaged_plans_are_valid() -> None:
     proc = check()
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "3 dialplan(s)" in out
+    assert "4 dialplan(s)" in out
+    assert "turns:    hook gatekeeper_hooks:screen (python); VAD aggressiveness 2" in out
     assert out.index("front-desk") < out.index("\necho")     # the default comes last
     assert out.index("unhurried") < out.index("\necho")
     assert "called unhurried | 3000 (priority 0)" in out

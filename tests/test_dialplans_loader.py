@@ -112,7 +112,7 @@ def test_empty_or_missing_folder(tmp_path: Path) -> None:
 
 def test_packaged_examples_load() -> None:
     plans = load_dialplans(PACKAGED_DIR, env={})
-    assert len(plans) == 3
+    assert len(plans) == 4
     echo, desk, unhurried = plans["echo"], plans["front-desk"], plans["unhurried"]
     td = unhurried.session_profile().turn_detection
     assert td is not None and (td.type, td.eagerness) == ("semantic_vad", "low")

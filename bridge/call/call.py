@@ -74,6 +74,7 @@ from bridge.call.speech import SpeechLog
 from bridge.call.state import CallState, CallStateMachine, EndReason, Key, Trigger
 from bridge.call.timers import OneShot, clock_timeout
 from bridge.call.tools import ToolRunner
+from bridge.call.turns import TurnDriver
 from bridge.dialplans.plan import Dialplan
 from bridge.errors import BridgeError, RealtimeError
 from bridge.realtime import events as ev
@@ -102,6 +103,8 @@ class RealtimeSession(Protocol):
     async def add_user_text(self, text: str) -> None: ...
 
     async def clear_input_audio(self) -> None: ...
+
+    async def commit_input_audio(self) -> None: ...
 
     def set_playout_active(self, active: bool) -> None: ...
 
@@ -171,6 +174,10 @@ class Call:
         #: clock time each barge-in reached the bridge (monotonic seconds)
         self.barge_in_seen: list[float] = []
         self._build_parts(fmt, append_ms // leg.frame_ms, drain_timeout_s)
+        #: the bridge's own turn handling, where the plan has it (bridge.call.turns)
+        self.turns = TurnDriver(self, dialplan.turns) if dialplan.turns is not None else None
+        if self.turns is not None:
+            self.turns.install(self._sync_handlers, self._async_handlers)
 
     def _build_parts(self, fmt: str, append_frames: int, drain_timeout_s: float) -> None:
         td = self.profile.turn_detection
@@ -433,6 +440,8 @@ class Call:
         """The far end put the call on hold (or took it off): what the caller's line
         carried meanwhile (hold music, a side conversation) must not start a turn."""
         self.log.info("the caller %s", "put the call on hold" if held else "is back")
+        if self.turns is not None:
+            self.turns.input_cleared()
         self.spawn(self.control.clear_input(), "clear-input")
 
     # ================================================================== upstream events
@@ -550,6 +559,13 @@ class Call:
         if self._client is not None:
             self._client.set_playout_active(active)
         if active:
+            self._silence.cancel()
+        else:
+            self._arm_silence()
+
+    def caller_active(self, talking: bool) -> None:
+        """The bridge's own VAD heard the caller start (or finish) a turn."""
+        if talking:
             self._silence.cancel()
         else:
             self._arm_silence()

@@ -92,11 +92,21 @@ class FallbackStarted(CallEvent):
     reason: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class TurnDecided(CallEvent):
+    """The plan's ``[turns]`` hook decided the reply to the caller's turn ``turn``."""
+
+    kind: ClassVar[str] = "call.turn"
+    turn: int
+    hook: str                        # "answer", "instructions", "python" or "tool"
+    outcome: str                     # "answered", "silent" or "failed" (then answered)
+
+
 #: Every kind a call emits, for consumers that list them (the dashboard's SSE names).
 KINDS: tuple[str, ...] = tuple(cls.kind for cls in (
     CallStarted, CallEnded, StateChanged, TranscriptAdded, TranscriptDelta, BargedIn,
-    ToolCalled, DtmfReceived, FallbackStarted))
+    ToolCalled, DtmfReceived, FallbackStarted, TurnDecided))
 
 __all__ = ["KINDS", "BargedIn", "CallEnded", "CallEvent", "CallStarted", "DtmfReceived",
            "FallbackStarted", "StateChanged", "ToolCalled", "TranscriptAdded",
-           "TranscriptDelta"]
+           "TranscriptDelta", "TurnDecided"]

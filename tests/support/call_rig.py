@@ -126,6 +126,9 @@ class ScriptedSession:
     async def clear_input_audio(self) -> None:
         self.log.append(("clear_input",))
 
+    async def commit_input_audio(self) -> None:
+        self.log.append(("commit_input",))
+
     def set_playout_active(self, active: bool) -> None:
         pass
 
