@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from bridge.dialplans import analysis
 from bridge.dialplans.announce import is_bundled_name, is_tone_spec, parse_tones, resolve_sound
 from bridge.dialplans.builtin import BUILTINS
 from bridge.dialplans.locate import TomlLocator
@@ -227,6 +228,7 @@ def _build(src: _Source, model: DialplanModel, env: Mapping[str, str],
                      for digit, a in model.dtmf.actions.items()},
         ),
         fallback=fallback,
+        analysis=analysis.build(model.analysis),
     )
 
 
@@ -236,6 +238,8 @@ def _check_actions(src: _Source, model: DialplanModel, targets: Mapping[str, str
         if action.target is not None and action.target not in targets:
             src.fail(f"unknown target {action.target!r} (targets: {known})",
                      ("dtmf", "actions", digit, "target"), action.target)
+    for index in analysis.unknown_targets(model.analysis, list(targets)):
+        src.fail(f"unknown target (targets: {known})", ("analysis", "actions", index, "target"))
     target = model.fallback.target
     if target is not None and target not in targets:
         src.fail(f"unknown target {target!r} (targets: {known})", ("fallback", "target"),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bridge.call.leg import Source
+from bridge.dialplans.analysis import AnalysisConfig
 from bridge.dialplans.tools import ToolRegistry
 from bridge.errors import DialplanError
 from bridge.realtime.profile import SessionProfile, TurnDetection
@@ -172,6 +173,7 @@ class Dialplan:
     fallback: Fallback = field(default_factory=Fallback)
     description: str = ""
     target_descriptions: dict[str, str] = field(default_factory=dict)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def session_profile(self, *, leg_g711: str | None = None) -> SessionProfile:
         """The Realtime session profile, tools included.

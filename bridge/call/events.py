@@ -92,11 +92,23 @@ class FallbackStarted(CallEvent):
     reason: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class AnalysisAdded(CallEvent):
+    """The analysis of one caller turn (``bridge.call.analysis``): its result or error."""
+
+    kind: ClassVar[str] = "call.analysis"
+    turn: int
+    status: str                      # "ok", "invalid", "failed", "timeout", ...
+    result: dict[str, object] | None = None
+    error: str = ""
+    actions: list[str] = field(default_factory=list)
+
+
 #: Every kind a call emits, for consumers that list them (the dashboard's SSE names).
 KINDS: tuple[str, ...] = tuple(cls.kind for cls in (
     CallStarted, CallEnded, StateChanged, TranscriptAdded, TranscriptDelta, BargedIn,
-    ToolCalled, DtmfReceived, FallbackStarted))
+    ToolCalled, DtmfReceived, FallbackStarted, AnalysisAdded))
 
-__all__ = ["KINDS", "BargedIn", "CallEnded", "CallEvent", "CallStarted", "DtmfReceived",
-           "FallbackStarted", "StateChanged", "ToolCalled", "TranscriptAdded",
+__all__ = ["KINDS", "AnalysisAdded", "BargedIn", "CallEnded", "CallEvent", "CallStarted",
+           "DtmfReceived", "FallbackStarted", "StateChanged", "ToolCalled", "TranscriptAdded",
            "TranscriptDelta"]
