@@ -126,6 +126,11 @@ class ScriptedSession:
     async def clear_input_audio(self) -> None:
         self.log.append(("clear_input",))
 
+    async def create_out_of_band(self, instructions: str, metadata: dict[str, str],
+                                 item_ids: list[str] | tuple[str, ...] = ()) -> bool:
+        self.log.append(("out_of_band", instructions, dict(metadata), list(item_ids)))
+        return True
+
     def set_playout_active(self, active: bool) -> None:
         pass
 
