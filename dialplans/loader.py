@@ -238,6 +238,9 @@ def _check_actions(src: _Source, model: DialplanModel, targets: Mapping[str, str
         if action.target is not None and action.target not in targets:
             src.fail(f"unknown target {action.target!r} (targets: {known})",
                      ("dtmf", "actions", digit, "target"), action.target)
+    if model.analysis is not None and model.analysis.enabled and not model.agent.transcription:
+        src.fail("analysis reads the caller's transcribed turns: it needs "
+                 "[agent.transcription]", ("analysis", "enabled"))
     for index in analysis.unknown_targets(model.analysis, list(targets)):
         src.fail(f"unknown target (targets: {known})", ("analysis", "actions", index, "target"))
     target = model.fallback.target
