@@ -8,6 +8,7 @@ it to a person; a schema the answer cannot meet is recorded as an error, never a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -136,4 +137,21 @@ def test_an_action_naming_an_unknown_target_is_refused(tmp_path: Path) -> None:
                                                        'target = "nobody"')
     (folder / "test.toml").write_text(text)
     with pytest.raises(DialplanError, match="unknown target"):
+        load_dialplans(folder)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("[agent.transcription]\nmodel = \"whisper-1\"\n", ""), "needs [agent.transcription]"),
+    (("items = 2", 'items = 2\nschema = { type = "object", properties = 3 }'),
+     "not a valid JSON schema"),
+    (("items = 2", 'items = 2\nschema = { type = "array" }'), "must describe an object"),
+    (("sentiment == 'negative'", "sentiment = 'negative'"), "FIELD == VALUE"),
+])
+def test_check_dialplans_refuses_a_bad_analysis_table(tmp_path: Path, change: tuple[str, str],
+                                                      message: str) -> None:
+    folder = plans(tmp_path)
+    text = (folder / "test.toml").read_text()
+    assert change[0] in text
+    (folder / "test.toml").write_text(text.replace(change[0], change[1], 1))
+    with pytest.raises(DialplanError, match=re.escape(message)):
         load_dialplans(folder)
