@@ -20,6 +20,7 @@ from bridge.dialplans.analysis import Condition
 from bridge.dialplans.loader import load_dialplans
 from bridge.errors import DialplanError
 from bridge.realtime.emulator import Emulator, EmulatorConfig
+from bridge.web.timeline import render_svg, timeline_from_record
 from tests.support.call_harness import OPERATOR, PLAN, SALES, Harness
 
 SCRIPT = """
@@ -107,6 +108,9 @@ async def test_two_angry_turns_tag_the_call_and_transfer_it(tmp_path: Path) -> N
     live = [e for e in events if isinstance(e, AnalysisAdded)]
     assert [e.turn for e in live][:3] == [1, 2, 3]
     assert live[2].to_json()["type"] == "call.analysis"
+    # ... and on the call page's timeline, one mark per analysed turn
+    svg = render_svg(timeline_from_record(rec))
+    assert svg.count('class="analysis ok"') == len(results) >= 3
     # never played: every agent transcript entry is a spoken response's, none is JSON
     assert not any(t.text.startswith("{") for t in rec.transcript)
 
