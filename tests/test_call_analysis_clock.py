@@ -24,6 +24,9 @@ from tests.support.audio import tone
 from tests.support.call_rig import Rig, make_plan
 
 ANALYSIS = """
+[agent.transcription]
+model = "whisper-1"
+
 [analysis]
 timeout_s = {timeout}
 max_concurrent = 2
@@ -73,6 +76,7 @@ async def test_a_barge_in_during_a_spoken_and_an_analysis_response(tmp_path: Pat
             "metadata": {"turn": "1", "kind": "analysis", OOB_KEY: "1"}}),
         wire(type="response.output_text.delta", response_id="resp_o", item_id="item_o",
              output_index=0, content_index=0, delta='{"sentiment":'),
+        audio("resp_o", "item_o", 1000),     # even if a server sent it audio: never played
         audio("resp_s", "item_a1", 1000))
     await rig.tick(20)                       # 400 ms of the reply reach the caller
     heard_frames = len(rig.agent_frames())
