@@ -139,3 +139,29 @@ async def test_deadlines_and_the_call_end_on_the_media_clock(tmp_path: Path) -> 
     record = await rig.finish()
     assert [a["status"] for a in record.analysis] == ["timeout", "busy", "cancelled",
                                                       "cancelled"]
+
+
+async def test_after_a_reconnect_only_the_new_sessions_items_are_referenced(
+        tmp_path: Path) -> None:
+    rig = Rig(plan(tmp_path))
+    await rig.start()
+    answer = json.dumps({"intent": "general", "sentiment": "neutral", "escalate": False,
+                         "labels": []})
+
+    async def turn(item: str, n: int) -> None:
+        await rig.emit(ev.UserTranscript(item, "hello"))
+        await rig.emit(ev.OutOfBandDone(f"r{n}", "completed",
+                                        {"turn": str(n), "kind": "analysis"}, answer))
+
+    await rig.emit(ev.SessionReady("s1", None))
+    await turn("u1", 1)
+    await turn("u2", 2)
+    # The upstream was replaced: the history lives on under new ids, u1 and u2 are gone.
+    await rig.emit(ev.Reconnected("s2"))
+    await turn("u3", 3)
+    await turn("u4", 4)
+    refs = [entry[3] for entry in rig.session.sent("out_of_band")]
+    assert refs == [["u1"], ["u1", "u2"], ["u3"], ["u3", "u4"]]
+    rig.leg.far_end_hangup()
+    record = await rig.finish()
+    assert [a["status"] for a in record.analysis] == ["ok"] * 4

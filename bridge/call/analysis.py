@@ -2,10 +2,11 @@
 
 After each caller turn whose transcription completed, the analyser asks the upstream for
 an out-of-band text response (``bridge.realtime.outofband``): the plan's instructions and
-JSON schema, ``input`` = references to the latest ``items`` conversation items, metadata
-``{"turn": N, "kind": "analysis"}``. The response runs beside the spoken one and is never
-played: the client takes its events out of the spoken response's books, so barge-in and
-truncation never see it, and the call only ever gets its ``OutOfBandDone``.
+JSON schema, ``input`` = references to the latest ``items`` conversation items (after a
+reconnect, only items of the new session: it re-creates the history under new ids),
+metadata ``{"turn": N, "kind": "analysis"}``. The response runs beside the spoken one and
+is never played: the client takes its events out of the spoken response's books, so
+barge-in and truncation never see it, and the call only ever gets its ``OutOfBandDone``.
 
 The text is parsed as JSON and validated against the plan's schema (``jsonschema``); an
 answer that is not JSON or not valid is logged (throttled), counted and stored as the
@@ -69,6 +70,11 @@ class CallAnalyser:
         self._total = [0] * len(self.config.actions)
         self._fired: set[int] = set()
         self._closed = False
+        #: the upstream sessions seen at the last turn, and where the current session's
+        #: items begin in the transcript (a new session re-creates the history under new
+        #: ids: an older item's id would be an unknown reference)
+        self._sessions = 0
+        self._since = 0
 
     @property
     def in_flight(self) -> int:
@@ -82,6 +88,11 @@ class CallAnalyser:
             return
         self._turn += 1
         turn = self._turn
+        sessions = len(call.record.session_ids)
+        if self._sessions and sessions != self._sessions:
+            self._since = next((i for i in range(len(call.record.transcript) - 1, -1, -1)
+                                if call.record.transcript[i].item_id == item_id), 0)
+        self._sessions = sessions
         if len(self._pending) >= self.config.max_concurrent:
             self._store(turn, item_id, "busy", error="too many analyses in flight")
             return
@@ -90,7 +101,7 @@ class CallAnalyser:
 
     def _latest_items(self) -> list[str]:
         ids: list[str] = []
-        for entry in reversed(self._call.record.transcript):
+        for entry in reversed(self._call.record.transcript[self._since:]):
             if entry.item_id and entry.item_id not in ids:
                 ids.append(entry.item_id)
             if len(ids) >= self.config.items:
