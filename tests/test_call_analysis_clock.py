@@ -15,13 +15,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bridge.dialplans.loader import load_dialplans
 from bridge.dialplans.plan import Dialplan
 from bridge.realtime import events as ev
 from bridge.realtime.dialects import EventMapper
-from bridge.realtime.outofband import OOB_KEY
+from bridge.realtime.outofband import OOB_KEY, cancel
 from tests.support.audio import tone
 from tests.support.call_rig import Rig, make_plan
+from tests.support.realtime_oracle import validate_client_event
 
 ANALYSIS = """
 [agent.transcription]
@@ -120,11 +123,13 @@ async def test_a_barge_in_during_a_spoken_and_an_analysis_response(tmp_path: Pat
 async def test_deadlines_and_the_call_end_on_the_media_clock(tmp_path: Path) -> None:
     rig = Rig(plan(tmp_path, timeout=1.0))
     await rig.start()
-    await rig.emit(ev.UserTranscript("u1", "hello"))
+    await rig.emit(ev.UserTranscript("u1", "hello"),
+                   ev.OutOfBandStarted("ro1", {"turn": "1", "kind": "analysis"}))
     await rig.tick(45)                                       # 0.9 s: still waiting
     assert rig.call.analyser.in_flight == 1 and rig.call.record.analysis == []
     await rig.tick(10)                                       # past 1 s: timed out
     assert [a["status"] for a in rig.call.record.analysis] == ["timeout"]
+    assert rig.session.sent("cancel_out_of_band") == [("cancel_out_of_band", "ro1")]
     # A late answer is ignored.
     await rig.emit(ev.OutOfBandDone("resp_late", "completed",
                                     {"turn": "1", "kind": "analysis"}, "{}"))
@@ -134,11 +139,23 @@ async def test_deadlines_and_the_call_end_on_the_media_clock(tmp_path: Path) -> 
         await rig.emit(ev.UserTranscript(f"u{n}", "hello"))
     assert [a["status"] for a in rig.call.record.analysis] == ["timeout", "busy"]
     assert len(rig.session.sent("out_of_band")) == 3
+    await rig.emit(ev.OutOfBandStarted("ro2", {"turn": "2", "kind": "analysis"}),
+                   ev.OutOfBandStarted("ro3", {"turn": "3", "kind": "analysis"}))
     # The call ends with two in flight: both cancelled, in the record.
     rig.leg.far_end_hangup()
     record = await rig.finish()
     assert [a["status"] for a in record.analysis] == ["timeout", "busy", "cancelled",
                                                       "cancelled"]
+    # ... by id, on the wire: the upstream stops spending on them
+    assert [e[1] for e in rig.session.sent("cancel_out_of_band")] == ["ro1", "ro2", "ro3"]
+    assert rig.session.sent("cancel_response") == []
+
+
+@pytest.mark.parametrize("dialect", ["ga", "preview"])
+def test_the_cancel_by_id_is_a_valid_client_event(dialect: str) -> None:
+    event = {**cancel("resp_o"), "event_id": "vb_1"}
+    validate_client_event(event, dialect)
+    assert event["response_id"] == "resp_o"
 
 
 async def test_after_a_reconnect_only_the_new_sessions_items_are_referenced(

@@ -15,9 +15,9 @@ turn's error, never raised. Each turn's outcome goes into ``record.analysis``, o
 
 Bounds: at most ``max_concurrent`` analyses in flight per call (a turn beyond that is
 recorded as ``busy`` and skipped), each with a deadline of ``timeout_s`` on the call's
-media clock (``timeout``: a late answer is ignored). When the call ends, the analyses still
-in flight are recorded as ``cancelled`` (their answers, if any, are ignored; the upstream
-session closing ends them).
+media clock (``timeout``: the response is cancelled by id, a late answer ignored). When
+the call ends, the analyses still in flight are cancelled by id (``response.cancel`` with
+their ``response_id``: a spoken response is untouched) and recorded as ``cancelled``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class _Pending:
     item_id: str
     asked_at: float
     timer: TimerHandle | None = None
+    response_id: str | None = None
 
 
 class CallAnalyser:
@@ -129,15 +130,25 @@ class CallAnalyser:
                                               lambda: self._finish(turn, "timeout"))
 
     # ---------------------------------------------------------------- answers
+    def started(self, e: ev.OutOfBandStarted) -> None:
+        """The upstream began one: its id, to cancel it on a timeout or the call's end."""
+        pending = self._pending.get(self._turn_of(e.metadata) or 0)
+        if pending is not None:
+            pending.response_id = e.response_id
+
+    @staticmethod
+    def _turn_of(metadata: dict[str, str]) -> int | None:
+        if metadata.get("kind") != KIND:
+            return None
+        try:
+            return int(metadata.get("turn", ""))
+        except ValueError:
+            return None
+
     def done(self, e: ev.OutOfBandDone) -> None:
         """An out-of-band response ended; ours are those with ``kind`` = analysis."""
-        if e.metadata.get("kind") != KIND:
-            return
-        try:
-            turn = int(e.metadata.get("turn", ""))
-        except ValueError:
-            return
-        if turn not in self._pending:
+        turn = self._turn_of(e.metadata)
+        if turn is None or turn not in self._pending:
             return                      # timed out, or the call is over: ignored
         if e.status != "completed":
             self._finish(turn, "failed", error=f"response {e.status}")
@@ -162,6 +173,10 @@ class CallAnalyser:
             return
         if pending.timer is not None:
             pending.timer.cancel()
+        if status in ("timeout", "cancelled") and pending.response_id is not None:
+            cancel = getattr(self._call.client, "cancel_out_of_band", None)
+            if cancel is not None and self._call.upstream_usable:
+                cancel(pending.response_id)     # no more tokens spent on it
         latency_ms = round((self._call.clock.time() - pending.asked_at) * 1000.0, 1)
         actions = self._evaluate(result) if result is not None and not self._closed else []
         self._store(turn, pending.item_id, status, result=result, error=error,

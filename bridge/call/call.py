@@ -216,6 +216,7 @@ class Call:
             ev.UserTranscriptDelta: lambda e: self.emit(TranscriptDelta(
                 call_id=self.call_id, item_id=e.item_id, delta=e.delta)),
             ev.RateLimits: metrics.observe_rate_limits,
+            ev.OutOfBandStarted: self.analyser.started,
             ev.OutOfBandDone: self.analyser.done,
             ev.ServerError: self._on_server_error,
             ev.Reconnecting: self._on_reconnecting,

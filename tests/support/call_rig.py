@@ -131,6 +131,10 @@ class ScriptedSession:
         self.log.append(("out_of_band", instructions, dict(metadata), list(item_ids)))
         return True
 
+    def cancel_out_of_band(self, response_id: str) -> bool:
+        self.log.append(("cancel_out_of_band", response_id))
+        return True
+
     def set_playout_active(self, active: bool) -> None:
         pass
 
