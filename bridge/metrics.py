@@ -148,7 +148,8 @@ TOOL_CALLS = Counter("tool_calls", "Tool calls by tool name and outcome.", ["nam
                      namespace=_NS, registry=REGISTRY)
 ANALYSIS_RESULTS = Counter("analysis_results", "Live call analyses (out-of-band responses) by "
                            "outcome: ok, invalid, failed, timeout, busy (skipped: too many in "
-                           "flight), cancelled (the call ended first).", ["outcome"],
+                           "flight), cancelled (the call ended first), limit (the call's "
+                           "turn limit reached).", ["outcome"],
                            namespace=_NS, registry=REGISTRY)
 ANALYSIS_ACTIONS = Counter("analysis_actions", "Dialplan actions fired by call analysis.",
                            ["action"], namespace=_NS, registry=REGISTRY)

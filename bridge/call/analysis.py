@@ -14,10 +14,11 @@ turn's error, never raised. Each turn's outcome goes into ``record.analysis``, o
 ``call.analysis`` event (the call page), and through the plan's ``[[analysis.actions]]``.
 
 Bounds: at most ``max_concurrent`` analyses in flight per call (a turn beyond that is
-recorded as ``busy`` and skipped), each with a deadline of ``timeout_s`` on the call's
-media clock (``timeout``: the response is cancelled by id, a late answer ignored). When
-the call ends, the analyses still in flight are cancelled by id (``response.cancel`` with
-their ``response_id``: a spoken response is untouched) and recorded as ``cancelled``.
+recorded as ``busy`` and skipped), :data:`MAX_TURNS` turns per call (then only counted,
+``limit``), each with a deadline of ``timeout_s`` on the call's media clock (``timeout``:
+the response is cancelled by id, a late answer ignored). When the call ends, the analyses
+still in flight are cancelled by id (``response.cancel`` with their ``response_id``: a
+spoken response is untouched) and recorded as ``cancelled``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 KIND = "analysis"
 #: Result text kept in the record for an answer that is not valid (characters)
 MAX_BAD_TEXT = 300
+#: Turns analysed per call at most (the record's ``analysis`` list stays bounded)
+MAX_TURNS = 1000
 _throttle = Throttle(logging.getLogger(__name__))
 
 
@@ -86,6 +89,9 @@ class CallAnalyser:
         """A caller turn's transcription completed: analyse the conversation up to it."""
         call = self._call
         if not self.config.enabled or self._closed or not call.upstream_usable:
+            return
+        if self._turn >= MAX_TURNS:
+            metrics.ANALYSIS_RESULTS.labels(outcome="limit").inc()
             return
         self._turn += 1
         turn = self._turn
@@ -252,4 +258,4 @@ class CallAnalyser:
             self._finish(turn, "cancelled")
 
 
-__all__ = ["KIND", "CallAnalyser"]
+__all__ = ["KIND", "MAX_TURNS", "CallAnalyser"]
