@@ -147,6 +147,13 @@ BARGE_INS = Counter("barge_ins", "Agent responses interrupted by the caller.",
                     namespace=_NS, registry=REGISTRY)
 TOOL_CALLS = Counter("tool_calls", "Tool calls by tool name and outcome.", ["name", "outcome"],
                      namespace=_NS, registry=REGISTRY)
+ANALYSIS_RESULTS = Counter("analysis_results", "Live call analyses (out-of-band responses) by "
+                           "outcome: ok, invalid, failed, timeout, busy (skipped: too many in "
+                           "flight), cancelled (the call ended first), limit (the call's "
+                           "turn limit reached).", ["outcome"],
+                           namespace=_NS, registry=REGISTRY)
+ANALYSIS_ACTIONS = Counter("analysis_actions", "Dialplan actions fired by call analysis.",
+                           ["action"], namespace=_NS, registry=REGISTRY)
 TOOL_DURATION = Histogram("tool_duration_seconds", "Tool call duration.", ["name"],
                           namespace=_NS, registry=REGISTRY,
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))

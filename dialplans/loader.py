@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from bridge.dialplans import analysis
 from bridge.dialplans.announce import is_bundled_name, is_tone_spec, parse_tones, resolve_sound
 from bridge.dialplans.builtin import BUILTINS
 from bridge.dialplans.locate import TomlLocator
@@ -231,6 +232,7 @@ def _build(src: _Source, model: DialplanModel, env: Mapping[str, str],
         fallback=fallback,
         summary=build_summary(model.summary, env, src.fail),
         turns=_turns(src, model, registry),
+        analysis=analysis.build(model.analysis),
     )
 
 
@@ -240,6 +242,11 @@ def _check_actions(src: _Source, model: DialplanModel, targets: Mapping[str, str
         if action.target is not None and action.target not in targets:
             src.fail(f"unknown target {action.target!r} (targets: {known})",
                      ("dtmf", "actions", digit, "target"), action.target)
+    if model.analysis is not None and model.analysis.enabled and not model.agent.transcription:
+        src.fail("analysis reads the caller's transcribed turns: it needs "
+                 "[agent.transcription]", ("analysis", "enabled"))
+    for index in analysis.unknown_targets(model.analysis, list(targets)):
+        src.fail(f"unknown target (targets: {known})", ("analysis", "actions", index, "target"))
     target = model.fallback.target
     if target is not None and target not in targets:
         src.fail(f"unknown target {target!r} (targets: {known})", ("fallback", "target"),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bridge.call.leg import Source
+from bridge.dialplans.analysis import AnalysisConfig
 from bridge.dialplans.summary import SummaryConfig
 from bridge.dialplans.tools import ToolRegistry
 from bridge.dialplans.turns import TurnsConfig
@@ -177,6 +178,7 @@ class Dialplan:
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     #: ``[turns]``: the bridge's own turn handling (None: the server's alone)
     turns: TurnsConfig | None = None
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def session_profile(self, *, leg_g711: str | None = None) -> SessionProfile:
         """The Realtime session profile, tools included.

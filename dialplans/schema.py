@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.dialplans.analysis import AnalysisModel
 from bridge.dialplans.summary import SummaryModel
 from bridge.dialplans.turns import TurnsModel
 
@@ -285,4 +286,5 @@ class DialplanModel(_Model):
     python: list[PythonToolModel] = Field(default_factory=list)
     summary: SummaryModel = Field(default_factory=SummaryModel)
     turns: TurnsModel | None = None
+    analysis: AnalysisModel | None = None
 

@@ -70,3 +70,15 @@ def test_cpu_plan_and_steal_counter() -> None:
         assert placement is None
     stolen = cpus.stolen_s(None)
     assert math.isnan(stolen) or stolen >= 0.0
+
+
+def test_bench_call_with_analysis_analyses_every_turn(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "call", "--calls", "2", "--seconds", "6", "--warmup", "0.3",
+                 "--analysis"]) == 0
+    out = capsys.readouterr().out
+    replies = figure(out, r"turn latency\s+(\d+) replies")
+    analysed = figure(out, r"analysis\s+(\d+) turns analysed")
+    assert replies >= 2 and analysed >= 2, out
+    assert figure(out, r"analysis .* ok (\d+)") == analysed
+    assert figure(out, r"asked -> result p50 (\d+) ms") >= 0

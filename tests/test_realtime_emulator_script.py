@@ -131,6 +131,8 @@ async def test_on_session_close_only_hits_that_session(tmp_path: Path) -> None:
     ("[[rule]]\non_turn = 1\nclose = 99\n", "close must be a WebSocket close code"),
     ("[[rule]]\non_turn = 1\nsay = 'a'\nargs = {x = 1}\n", "args without call"),
     ("speech = 'loud'\n", "speech must be one of"),
+    ("[[rule]]\non_text = 'x'\nheard = 'angry'\n", "heard is for on_turn rules only"),
+    ("[[rule]]\non_turn = 1\nheard = ''\n", "heard must be a non-empty string"),
     ("[[rule]\n", "s.toml"),
     ("[[rule]]\non_turn = 1\nsay = 'a'\n[[rule]]\non_text = ''\nsay = 'b'\n",
      "rule 2: on_text must be a non-empty string"),

@@ -76,6 +76,14 @@ silence_duration_ms = 300
 [limits]
 max_call_s = 3600
 """
+#: ``--analysis``: every caller turn transcribed and analysed (an out-of-band response)
+_ANALYSIS = """
+[agent.transcription]
+model = "whisper-1"
+
+[analysis]
+max_concurrent = 2
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append-ms", type=int, default=20, choices=(20, 40),
                         help="caller audio per input_audio_buffer.append (default 20)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--analysis", action="store_true",
+                        help="live call analysis on every caller turn (transcription and "
+                             "one out-of-band response per turn, as [analysis] does)")
     add_pin_argument(parser)
 
 
@@ -297,6 +308,7 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
     stops = sorted(x for c in calls_by_leg.values() for x in c.playout.stop_latencies)
     barges = sum(len(c.barge_in_seen) for c in calls_by_leg.values())
     turns = [t for c in calls_by_leg.values() for t in c.record.turns]
+    analyses = [a for c in calls_by_leg.values() for a in c.record.analysis]
     dropped_up = 0
     for c in calls_by_leg.values():
         stats = getattr(c.client, "stats", None)
@@ -353,6 +365,15 @@ async def _run_calls(args: argparse.Namespace, plans: DialplanSet, url: str) -> 
         print(f"turn latency           {len(turns)} replies (whole calls): upstream wait "
               f"p50 {percentile(up, 50):.0f} ms; bridge pipeline p50 "
               f"{percentile(pipe, 50):.1f} ms, p99 {percentile(pipe, 99):.1f} ms")
+    if args.analysis:
+        outcomes: dict[str, int] = {}
+        for a in analyses:
+            outcomes[a["status"]] = outcomes.get(a["status"], 0) + 1
+        lat = sorted(a["latency_ms"] for a in analyses if a["latency_ms"] is not None)
+        print(f"analysis               {len(analyses)} turns analysed (whole calls): "
+              + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+              + f"; asked -> result p50 {percentile(lat, 50):.0f} ms, "
+              f"p99 {percentile(lat, 99):.0f} ms")
     print(f"caller frames dropped  {dropped_up} (upstream not draining)")
     return 0
 
@@ -364,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "bench.toml").write_text(_PLAN.replace("{audio_format}", args.audio_format))
+        Path(tmp, "bench.toml").write_text(_PLAN.replace("{audio_format}", args.audio_format)
+                                           + (_ANALYSIS if args.analysis else ""))
         plans = load_dialplans(Path(tmp))
     placement = cpus.plan(args.pin)
     with contextlib.ExitStack() as stack:

@@ -50,6 +50,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from bridge import metrics
+from bridge.call.analysis import CallAnalyser
 from bridge.call.clock import MediaClock, TimerHandle
 from bridge.call.control import CallControl
 from bridge.call.dtmf import DtmfActions
@@ -205,6 +206,7 @@ class Call:
         self.dtmf = DtmfActions(self)
         self.fallback = Fallback(self)
         self.outage = Outage(self)
+        self.analyser = CallAnalyser(self)
         self._silence = OneShot(self.clock, lambda: self.end(EndReason.CALLER_SILENCE))
         self._sync_handlers: dict[type, Callable[[Any], None]] = {
             ev.SessionReady: self._on_session_ready,
@@ -221,6 +223,8 @@ class Call:
             ev.UserTranscriptDelta: lambda e: self.emit(TranscriptDelta(
                 call_id=self.call_id, item_id=e.item_id, delta=e.delta)),
             ev.RateLimits: metrics.observe_rate_limits,
+            ev.OutOfBandStarted: self.analyser.started,
+            ev.OutOfBandDone: self.analyser.done,
             ev.ServerError: self._on_server_error,
             ev.Reconnecting: self._on_reconnecting,
             ev.Reconnected: self._on_reconnected,
@@ -340,6 +344,7 @@ class Call:
         if self._max_timer is not None:
             self._max_timer.cancel()
         self._silence.cancel()
+        self.analyser.close()
         self.clock.unsubscribe(self.playout)
         self.clock.unsubscribe(self.inbound)
         # The record first: it is complete now, and the far ends may be slow to close.
@@ -509,6 +514,7 @@ class Call:
     def _on_user_transcript(self, e: ev.UserTranscript) -> None:
         self.speech.user_transcript(e.item_id, e.transcript)
         self.emit(TranscriptAdded(call_id=self.call_id, role="caller", text=e.transcript))
+        self.analyser.caller_turn(e.item_id)
         self.recorder.save_soon()
 
     # ---------------------------------------------------------------- caller turns

@@ -102,11 +102,23 @@ class TurnDecided(CallEvent):
     outcome: str                     # "answered", "silent" or "failed" (then answered)
 
 
+@dataclass(frozen=True, kw_only=True)
+class AnalysisAdded(CallEvent):
+    """The analysis of one caller turn (``bridge.call.analysis``): its result or error."""
+
+    kind: ClassVar[str] = "call.analysis"
+    turn: int
+    status: str                      # "ok", "invalid", "failed", "timeout", ...
+    result: dict[str, object] | None = None
+    error: str = ""
+    actions: list[str] = field(default_factory=list)
+
+
 #: Every kind a call emits, for consumers that list them (the dashboard's SSE names).
 KINDS: tuple[str, ...] = tuple(cls.kind for cls in (
     CallStarted, CallEnded, StateChanged, TranscriptAdded, TranscriptDelta, BargedIn,
-    ToolCalled, DtmfReceived, FallbackStarted, TurnDecided))
+    ToolCalled, DtmfReceived, FallbackStarted, TurnDecided, AnalysisAdded))
 
-__all__ = ["KINDS", "BargedIn", "CallEnded", "CallEvent", "CallStarted", "DtmfReceived",
-           "FallbackStarted", "StateChanged", "ToolCalled", "TranscriptAdded",
+__all__ = ["KINDS", "AnalysisAdded", "BargedIn", "CallEnded", "CallEvent", "CallStarted",
+           "DtmfReceived", "FallbackStarted", "StateChanged", "ToolCalled", "TranscriptAdded",
            "TranscriptDelta", "TurnDecided"]

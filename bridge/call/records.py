@@ -130,6 +130,10 @@ class CallRecord:
     node: str = ""
     #: The post-call summary (``bridge.call.summary``): status, text, disposition, fields.
     summary: dict[str, Any] | None = None
+    #: Live analysis, one entry per analysed caller turn (``bridge.call.analysis``)
+    analysis: list[dict[str, Any]] = field(default_factory=list)
+    #: Tags set on the call (by analysis actions)
+    tags: list[str] = field(default_factory=list)
 
     def add_usage(self, usage: dict[str, Any] | None) -> None:
         """Sum a ``response.done`` usage block into ``usage`` (numbers add, dicts recurse)."""
@@ -145,6 +149,8 @@ class CallRecord:
         d["turns"] = [dict(vars(t), total_ms=t.total_ms) for t in self.turns]
         d["session_ids"] = list(self.session_ids)
         d["errors"] = list(self.errors)
+        d["analysis"] = [dict(a) for a in self.analysis]
+        d["tags"] = list(self.tags)
         d["usage"] = json.loads(json.dumps(self.usage))
         return d
 

@@ -37,7 +37,7 @@ import logging
 import time
 from binascii import b2a_base64
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,7 @@ class ClientStats:
     last_connect_s: float = 0.0
 
 
-class RealtimeClient:
+class RealtimeClient(outofband.OutOfBandRequests):
     """The upstream Realtime leg of one call. See the module docstring."""
 
     def __init__(self, target: RealtimeTarget, profile: SessionProfile, *,
@@ -276,13 +276,6 @@ class RealtimeClient:
     async def commit_input_audio(self) -> None:
         """``input_audio_buffer.commit``: the caller's turn ends here (no server VAD)."""
         self._send({"type": "input_audio_buffer.commit"})
-
-    async def create_out_of_band(self, instructions: str, metadata: Mapping[str, str],
-                                 item_ids: Sequence[str] = ()) -> bool:
-        """A text response beside the conversation (``outofband``): never played, never
-        in the history, free to run with a spoken one; it ends as ``OutOfBandDone``."""
-        return self._send(outofband.request(instructions, metadata, item_ids,
-                                            self.target.dialect))
 
     async def add_user_text(self, text: str) -> None:
         """A user text message (e.g. DTMF digits described in words)."""

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bridge.realtime import events as ev
+from bridge.realtime.config import RealtimeTarget
 
 #: The metadata key (and value) that marks the bridge's out-of-band responses.
 OOB_KEY = "vb_oob"
@@ -82,4 +83,30 @@ class OutOfBandTracker:
                                  entry[0], "".join(entry[1]))]
 
 
-__all__ = ["MAX_TRACKED", "OOB_KEY", "OutOfBandTracker", "request"]
+def cancel(response_id: str) -> dict[str, Any]:
+    """``response.cancel`` of one response by id (a spoken one in progress is untouched)."""
+    return {"type": "response.cancel", "response_id": response_id}
+
+
+class OutOfBandRequests:
+    """The client's out-of-band requests (``RealtimeClient`` inherits them)."""
+
+    target: RealtimeTarget
+
+    def _send(self, event: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    async def create_out_of_band(self, instructions: str, metadata: Mapping[str, str],
+                                 item_ids: Sequence[str] = ()) -> bool:
+        """A text response beside the conversation: never played, never in the history,
+        free to run with a spoken one; it ends as ``OutOfBandDone``."""
+        return self._send(request(instructions, metadata, item_ids, self.target.dialect))
+
+    def cancel_out_of_band(self, response_id: str) -> bool:
+        """Stop one out-of-band response (its ``OutOfBandDone`` says ``cancelled``); sent at
+        once, so a call that is ending can still send it."""
+        return self._send(cancel(response_id))
+
+
+__all__ = ["MAX_TRACKED", "OOB_KEY", "OutOfBandRequests", "OutOfBandTracker", "cancel",
+           "request"]

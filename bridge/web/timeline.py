@@ -59,7 +59,7 @@ class Span:
 
 @dataclass(frozen=True)
 class Mark:
-    kind: str            # "barge_in" | "truncation" | "tool" | "dtmf" | "latency"
+    kind: str            # "barge_in" | "truncation" | "tool" | "dtmf" | "latency" | "analysis"
     at: float            # seconds since the call started
     end: float | None = None
     label: str = ""
@@ -154,6 +154,18 @@ def _event_marks(record: Any, rel: Callable[[float], float], t0: float) -> list[
         marks.append(Mark("dtmf", rel(_get(d, "at", t0)), label=digit,
                           extra=(("direction", str(_get(d, "direction", ""))),
                                  ("action", str(_get(d, "action", ""))))))
+    for a in _get(record, "analysis", []):
+        if not isinstance(a, dict):
+            continue
+        result = a.get("result") or {}
+        text = ", ".join(f"{k}={v}" for k, v in result.items()) if isinstance(result, dict) \
+            else ""
+        marks.append(Mark("analysis", rel(float(a.get("at") or t0)),
+                          label=f"analysis of turn {a.get('turn')}: "
+                                f"{text or a.get('status', '')}",
+                          ok=a.get("status") == "ok",
+                          extra=(("turn", str(a.get("turn", ""))),
+                                 ("status", str(a.get("status", ""))))))
     return marks
 
 
@@ -238,7 +250,8 @@ def render_svg(timeline: Timeline) -> str:
         ".truncated{stroke:#c0392b;stroke-width:1.5}.barge-in{stroke:#c0392b;stroke-width:2}"
         ".truncation{fill:#c0392b}.tool{fill:#8e44ad}.tool.error{fill:#e67e22}"
         ".dtmf{fill:#222;font-weight:bold}.latency.upstream{fill:#95a5a6}"
-        ".latency.pipeline{fill:#f1c40f}.tick{stroke:#bbb}</style>",
+        ".latency.pipeline{fill:#f1c40f}.tick{stroke:#bbb}.analysis{fill:#16a085}"
+        ".analysis.error{fill:#7f8c8d}</style>",
     ]
     for name, (y, h, label) in LANES.items():
         out.append(f'<text x="4" y="{y + h - 8}">{escape(label)}</text>')
@@ -291,7 +304,8 @@ def _marks(marks: Iterable[Mark], x: Any, w: Any) -> str:
     cy = LANES["caller"][0]
     ay, ah, _ = LANES["agent"]
     ly, lh, _ = LANES["latency"]
-    groups: dict[str, list[str]] = {"barge-ins": [], "tools": [], "dtmf": [], "latency": []}
+    groups: dict[str, list[str]] = {"barge-ins": [], "tools": [], "dtmf": [], "latency": [],
+                                    "analysis": []}
     for m in marks:
         title = f"<title>{escape(m.label)}</title>"
         if m.kind == "barge_in":
@@ -312,6 +326,11 @@ def _marks(marks: Iterable[Mark], x: Any, w: Any) -> str:
             groups["dtmf"].append(
                 f'<text class="dtmf"{_data(m)} x="{x(m.at)}" y="{ey + eh - 6}">'
                 f"{escape(m.label)}{title}</text>")
+        elif m.kind == "analysis":
+            state = "ok" if m.ok else "error"
+            groups["analysis"].append(
+                f'<circle class="analysis {state}"{_data(m)} cx="{x(m.at)}" cy="{ey + 8}" '
+                f'r="4">{title}</circle>')
         elif m.kind == "latency":
             up = float(dict(m.extra).get("upstream-ms", "0")) / 1000
             end = m.end if m.end is not None else m.at

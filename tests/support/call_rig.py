@@ -128,6 +128,14 @@ class ScriptedSession:
 
     async def commit_input_audio(self) -> None:
         self.log.append(("commit_input",))
+    async def create_out_of_band(self, instructions: str, metadata: dict[str, str],
+                                 item_ids: list[str] | tuple[str, ...] = ()) -> bool:
+        self.log.append(("out_of_band", instructions, dict(metadata), list(item_ids)))
+        return True
+
+    def cancel_out_of_band(self, response_id: str) -> bool:
+        self.log.append(("cancel_out_of_band", response_id))
+        return True
 
     def set_playout_active(self, active: bool) -> None:
         pass

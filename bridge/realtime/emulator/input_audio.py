@@ -52,6 +52,8 @@ class TurnHost(Protocol):
 
     def trigger(self, trigger: str, value: int | str, now: float) -> None: ...
 
+    def heard(self, turn: int) -> str | None: ...
+
 
 class InputAudio:
     """The input audio buffer and turn detection (see the module docstring)."""
@@ -233,11 +235,12 @@ class InputAudio:
         previous = self._conv.last_item
         self._emit({"type": "input_audio_buffer.committed", "item_id": item_id,
                     "previous_item_id": previous})
+        self.turns += 1
+        heard = self._host.heard(self.turns)
         item = {"id": item_id, "object": "realtime.item", "type": "message",
                 "status": "completed", "role": "user",
-                "content": [{"type": "input_audio", "transcript": None}]}
+                "content": [{"type": "input_audio", "transcript": heard}]}
         self._conv.add_item(item)
-        self.turns += 1
         self.user_audio_ms += committed_ms
         self.record.user_items.append(UserItemRecord(item_id, "audio", audio_ms=committed_ms,
                                                      turn=self.turns))
@@ -247,8 +250,8 @@ class InputAudio:
             self._emit({
                 "type": "conversation.item.input_audio_transcription.completed",
                 "item_id": item_id, "content_index": 0,
-                "transcript": f"({seconds:.1f} s of caller audio; the emulator does not "
-                              "transcribe)",
+                "transcript": heard or f"({seconds:.1f} s of caller audio; the emulator "
+                                        "does not transcribe)",
                 "usage": {"type": "duration", "seconds": round(committed_ms / 1000.0, 3)},
             })
         self._host.trigger("on_turn", self.turns, now)

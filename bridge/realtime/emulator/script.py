@@ -28,6 +28,11 @@ Format
     fail = "rate_limit_exceeded"     # the next response ends ``failed`` with this code
 
     [[rule]]
+    on_turn = 2
+    heard = "I am angry"             # the 2nd turn's transcription (and the item's
+                                     # transcript, which out-of-band analysis reads)
+
+    [[rule]]
     on_session = 1                   # trigger: the emulator's 1st session opens
     close = 1011                     # close the socket with this code (1006 = drop TCP)
     after_s = 2.5                    # ... this many seconds after the trigger
@@ -40,6 +45,9 @@ Triggers (exactly one per rule):
 - ``on_tool_output = "NAME"``: a ``function_call_output`` answering a call of NAME
   (``"*"``: any function).
 - ``on_session = N``: the Nth WebSocket session of this emulator opens (counted from 1).
+
+``heard`` (``on_turn`` rules only) is not an action: it is the text the emulator's
+transcription gives that turn, in place of its "(N s of caller audio ...)" stand-in.
 
 Actions: ``error`` and ``close`` happen when the trigger happens. ``say``, ``call``/``args``,
 ``fail`` and ``echo = true`` (also play the caller's turn back before ``say``) shape the
@@ -63,7 +71,7 @@ __all__ = ["Rule", "Script", "load_script", "parse_script"]
 
 _TRIGGERS = ("on_turn", "on_text", "on_tool_output", "on_session")
 _KEYS = frozenset({*_TRIGGERS, "say", "call", "args", "error", "message", "fail", "close",
-                   "after_s", "repeat", "echo"})
+                   "after_s", "repeat", "echo", "heard"})
 SPEECH_MODES = ("auto", "espeak", "tone")
 
 
@@ -82,6 +90,7 @@ class Rule:
     after_s: float = 0.0
     repeat: bool = False
     echo: bool = False
+    heard: str | None = None
 
     @property
     def shapes_response(self) -> bool:
@@ -102,6 +111,11 @@ class Script:
     rules: tuple[Rule, ...]
     speech: str = "auto"
     source: str = "<script>"
+
+    def heard(self, turn: int) -> str | None:
+        """The ``heard`` text of the first ``on_turn = turn`` rule that has one."""
+        return next((r.heard for r in self.rules
+                     if r.heard and r.trigger == "on_turn" and r.value == turn), None)
 
     def texts(self) -> set[str]:
         """Every text a rule may say (rendered to audio once, up front)."""
@@ -129,7 +143,9 @@ def _rule(source: str, number: int, raw: Any) -> Rule:
             raise _fail(source, where, f"{trigger} must be an integer >= 1")
     elif not isinstance(value, str) or not value:
         raise _fail(source, where, f"{trigger} must be a non-empty string")
-    for key in ("say", "call", "error", "message", "fail"):
+    if "heard" in raw and trigger != "on_turn":
+        raise _fail(source, where, "heard is for on_turn rules only")
+    for key in ("say", "call", "error", "message", "fail", "heard"):
         if key in raw and (not isinstance(raw[key], str) or not raw[key]):
             raise _fail(source, where, f"{key} must be a non-empty string")
     args = raw.get("args", {})
@@ -155,9 +171,10 @@ def _rule(source: str, number: int, raw: Any) -> Rule:
                 call=raw.get("call"), args=args_json, error=raw.get("error"),
                 message=raw.get("message"), fail=raw.get("fail"), close=close,
                 after_s=float(after_s), repeat=raw.get("repeat", False),
-                echo=raw.get("echo", False))
-    if not (rule.shapes_response or rule.error or rule.close is not None):
-        raise _fail(source, where, "has no action (say, call, fail, echo, error or close)")
+                echo=raw.get("echo", False), heard=raw.get("heard"))
+    if not (rule.shapes_response or rule.error or rule.close is not None or rule.heard):
+        raise _fail(source, where, "has no action (say, call, fail, echo, error or "
+                    "close) nor heard")
     return rule
 
 

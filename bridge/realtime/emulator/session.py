@@ -289,6 +289,10 @@ class SessionCore:
             return
         self._responses.cancel("client_cancelled", target.rid)
 
+    def heard(self, turn: int) -> str | None:
+        """What the script says the caller said in turn ``turn`` (``heard``), if anything."""
+        return None if self._script is None else self._script.heard(turn)
+
     def trigger(self, trigger: str, value: int | str, now: float) -> None:
         """A scripted rule may fire on ``trigger`` (``Script``'s trigger names)."""
         if self._script is None:
