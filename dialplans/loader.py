@@ -42,6 +42,7 @@ from bridge.dialplans.plan import (
     MatchRule,
     Pattern,
 )
+from bridge.dialplans.recording import recording_policy, redaction_policy
 from bridge.dialplans.schema import DialplanModel
 from bridge.dialplans.tools import Tool, ToolRegistry, tool_from_function
 from bridge.dialplans.webhook import (
@@ -227,6 +228,8 @@ def _build(src: _Source, model: DialplanModel, env: Mapping[str, str],
                      for digit, a in model.dtmf.actions.items()},
         ),
         fallback=fallback,
+        recording=recording_policy(model.recording, src.file.parent, src.fail),
+        redaction=redaction_policy(model.redaction),
     )
 
 

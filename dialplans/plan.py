@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bridge.call.leg import Source
+from bridge.dialplans.recording import RecordingPolicy, RedactionPolicy
 from bridge.dialplans.tools import ToolRegistry
 from bridge.errors import DialplanError
 from bridge.realtime.profile import SessionProfile, TurnDetection
@@ -172,6 +173,8 @@ class Dialplan:
     fallback: Fallback = field(default_factory=Fallback)
     description: str = ""
     target_descriptions: dict[str, str] = field(default_factory=dict)
+    recording: RecordingPolicy = field(default_factory=RecordingPolicy)
+    redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
 
     def session_profile(self, *, leg_g711: str | None = None) -> SessionProfile:
         """The Realtime session profile, tools included.

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.dialplans.recording import RecordingModel, RedactionModel
+
 #: Voices the Realtime API offers (docs/realtime-protocol.md §9).
 VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
@@ -280,4 +282,6 @@ class DialplanModel(_Model):
     fallback: FallbackModel = Field(default_factory=FallbackModel)
     webhook: list[WebhookModel] = Field(default_factory=list)
     python: list[PythonToolModel] = Field(default_factory=list)
+    recording: RecordingModel | None = None
+    redaction: RedactionModel | None = None
 
