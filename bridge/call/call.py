@@ -50,6 +50,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from bridge import metrics
+from bridge.call import recording
 from bridge.call.clock import MediaClock, TimerHandle
 from bridge.call.control import CallControl
 from bridge.call.dtmf import DtmfActions
@@ -70,6 +71,7 @@ from bridge.call.outage import Outage
 from bridge.call.playout import BYTES_PER_MS, Playout
 from bridge.call.recorder import Recorder
 from bridge.call.records import BargeIn, CallRecord, RecordStore
+from bridge.call.redaction import CallRedaction
 from bridge.call.speech import SpeechLog
 from bridge.call.state import CallState, CallStateMachine, EndReason, Key, Trigger
 from bridge.call.timers import OneShot, clock_timeout
@@ -135,7 +137,8 @@ class Call:
                  clock: MediaClock, store: RecordStore, *, call_id: str | None = None,
                  connect_timeout_s: float = 10.0, drain_timeout_s: float = 10.0,
                  close_timeout_s: float = 2.0, on_event: EventHook | None = None,
-                 append_ms: int = 20, early: EarlyUpstream | None = None) -> None:
+                 append_ms: int = 20, early: EarlyUpstream | None = None,
+                 recordings_path: str = "") -> None:
         if append_ms % leg.frame_ms or not 0 < append_ms <= 100:
             raise ValueError(f"append_ms must be a multiple of {leg.frame_ms} up to 100")
         self.leg = leg
@@ -170,6 +173,8 @@ class Call:
         self._max_timer: TimerHandle | None = None
         #: clock time each barge-in reached the bridge (monotonic seconds)
         self.barge_in_seen: list[float] = []
+        self._recordings_path = recordings_path      # [records] recordings_path
+        self._recording: recording.CallRecording | None = None
         self._build_parts(fmt, append_ms // leg.frame_ms, drain_timeout_s)
 
     def _build_parts(self, fmt: str, append_frames: int, drain_timeout_s: float) -> None:
@@ -198,6 +203,11 @@ class Call:
         self.dtmf = DtmfActions(self)
         self.fallback = Fallback(self)
         self.outage = Outage(self)
+        self.redaction = (CallRedaction(self, self.dialplan.redaction)
+                          if self.dialplan.redaction.active else None)
+        if self.redaction is not None:
+            self._on_event = self.redaction.wrap(self._on_event)
+            self.recorder.redact = self.redaction.mask_record
         self._silence = OneShot(self.clock, lambda: self.end(EndReason.CALLER_SILENCE))
         self._sync_handlers: dict[type, Callable[[Any], None]] = {
             ev.SessionReady: self._on_session_ready,
@@ -266,6 +276,7 @@ class Call:
     async def run(self) -> CallRecord:
         self.speech.mono_to_wall = time.time() - self.clock.time()
         self.leg.poll = self.clock.poll             # the leg's preemption point per frame
+        self._recording = recording.start(self, self._recordings_path)   # before attach
         self.leg.attach(self)
         self.clock.subscribe(self.playout, first=True)
         self.clock.subscribe(self.inbound)             # inbound gap filling (on_tick)
@@ -335,6 +346,7 @@ class Call:
         self._silence.cancel()
         self.clock.unsubscribe(self.playout)
         self.clock.unsubscribe(self.inbound)
+        recording.stop(self, self._recording)
         # The record first: it is complete now, and the far ends may be slow to close.
         self.playout.close_span()
         ended = self.record.ended_at = time.time()
@@ -385,7 +397,8 @@ class Call:
             self.log.exception("could not set up the upstream")
             await self.fallback.run(f"connect: {type(exc).__name__}")
             return
-        greeting = self.dialplan.agent.greeting
+        greeting = recording.consent_greeting(self, self.dialplan.agent.greeting)
+        await recording.play_consent(self)
         if self.state.over or not self.state.fire(
                 Trigger.GREET if greeting else Trigger.CONNECTED):
             return
@@ -499,6 +512,8 @@ class Call:
 
     def _on_user_transcript(self, e: ev.UserTranscript) -> None:
         self.speech.user_transcript(e.item_id, e.transcript)
+        if self.redaction is not None:
+            self.redaction.user_transcript(e.item_id, e.transcript)
         self.emit(TranscriptAdded(call_id=self.call_id, role="caller", text=e.transcript))
         self.recorder.save_soon()
 

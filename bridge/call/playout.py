@@ -131,6 +131,8 @@ class Playout:
         #: barge-in seen -> first tick that handed the leg no agent audio (seconds)
         self.stop_latencies: list[float] = []
         self._barge_seen: float | None = None
+        #: sees every frame handed to the leg (the call's recording), if set
+        self.tap: Callable[[bytes], None] | None = None
 
     # -- input ---------------------------------------------------------------------------
     def push(self, item_id: str, audio: bytes) -> None:
@@ -248,6 +250,8 @@ class Playout:
                 self._account(pending if pending < fs else fs, now)
                 self.frames_out += 1
                 leg.write_frame(frame)
+                if self.tap is not None:
+                    self.tap(frame)
                 return
         # Underrun (the idle call's every tick).
         self.underruns += 1
@@ -261,6 +265,8 @@ class Playout:
         hold = self._hold
         if hold is not None:
             leg.write_frame(hold[self._hold_at])
+            if self.tap is not None:
+                self.tap(hold[self._hold_at])
             self._hold_at = (self._hold_at + 1) % len(hold)
             self._silent_run = 0
             return

@@ -128,6 +128,8 @@ class CallRecord:
     errors: list[str] = field(default_factory=list)
     #: The node that ran the call (``[cluster] node_id``); stamped by a shared store.
     node: str = ""
+    #: The call's recording (``[recording]``): the WAV file's path, "" when none.
+    recording: str = ""
 
     def add_usage(self, usage: dict[str, Any] | None) -> None:
         """Sum a ``response.done`` usage block into ``usage`` (numbers add, dicts recurse)."""

@@ -77,6 +77,8 @@ class ToolRunner:
         client = call.client
         if client is not None and call.upstream_usable:
             await client.send_tool_output(fc.call_id, result.output)
+            if call.redaction is not None:
+                await call.redaction.after_tool(fc.item_id, fc.arguments)
         tools.outputs_pending -= 1
         requested = call.control.end_requested
         if requested is not None:
