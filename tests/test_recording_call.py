@@ -127,11 +127,18 @@ async def test_recording_channels_are_what_was_sent_and_heard_and_stop_at_a_barg
                                      call_id_prefix="rec")
                 assert run.successful == 1, run.explain()
                 record = await bridge.wait_record("rec-1@127.0.0.1")
+            # The download, behind the operator's token, and its link on the call's page.
+            url = f"/calls/{record['call_id']}/recording"
+            assert bridge.get(url)[0] == 401
+            status, wav = bridge.get(url, token=True)
+            page = bridge.get(f"/calls/{record['call_id']}", token=True)[1].decode()
             heard_rtp = [p for _at, _src, p in capture.rtp(dst_port=media_port).packets]
         session = emu.record.last
         assert session is not None
     path = Path(record["recording"])
     assert path.parent == recordings.resolve() and path.name.endswith(".keep7d.wav")
+    assert status == 200 and wav == path.read_bytes()
+    assert f'href="{url}"' in page
     rate, left, right = read_wav(path)
     assert rate == 8000
     sent_pcm = pcm(sent).tobytes()
