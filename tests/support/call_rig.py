@@ -126,6 +126,10 @@ class ScriptedSession:
     async def clear_input_audio(self) -> None:
         self.log.append(("clear_input",))
 
+    async def delete_item(self, item_id: str) -> bool:
+        self.log.append(("delete", item_id))
+        return True
+
     def set_playout_active(self, active: bool) -> None:
         pass
 
@@ -158,7 +162,8 @@ class Rig:
     def __init__(self, plan: Dialplan, *, store: RecordStore | None = None,
                  transfer_outcome: TransferOutcome | None = None,
                  idle_silence: bool = True,
-                 shared: tuple[VirtualScheduler, MediaClock] | None = None) -> None:
+                 shared: tuple[VirtualScheduler, MediaClock] | None = None,
+                 **call_options: Any) -> None:
         if shared is None:
             sched = VirtualScheduler(start=1000.0)
             shared = (sched, MediaClock(scheduler=sched))
@@ -170,7 +175,7 @@ class Rig:
         self.session = ScriptedSession()
         self.store: RecordStore = store or MemoryRecordStore()
         self.call = Call(self.leg, plan, lambda _profile, _log: self.session, self.clock,
-                         self.store, drain_timeout_s=30.0)
+                         self.store, drain_timeout_s=30.0, **call_options)
         self.task: asyncio.Task[CallRecord] | None = None
 
     async def start(self) -> None:
