@@ -83,6 +83,10 @@ def read_wav(path: Path) -> tuple[int, np.ndarray, np.ndarray]:
     return rate, data[0::2], data[1::2]
 
 
+def file_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
 def frames(channel: np.ndarray) -> list[np.ndarray]:
     """The channel's non-silent 20 ms frames."""
     out = []
@@ -137,7 +141,7 @@ async def test_recording_channels_are_what_was_sent_and_heard_and_stop_at_a_barg
         assert session is not None
     path = Path(record["recording"])
     assert path.parent == recordings.resolve() and path.name.endswith(".keep7d.wav")
-    assert status == 200 and wav == path.read_bytes()
+    assert status == 200 and wav == file_bytes(path)
     assert f'href="{url}"' in page
     rate, left, right = read_wav(path)
     assert rate == 8000
