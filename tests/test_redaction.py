@@ -113,6 +113,9 @@ async def test_after_the_tool_the_caller_turn_and_the_call_item_are_deleted(
                    ev.UserTranscript("u1", f"my card is {CARD}"),
                    ev.UserTranscript("u2", "and my name is Ann"))
     assert not rig.session.sent("delete")              # nothing used the value yet
+    # The live record (what a live call's page shows) is masked at once, not at a save.
+    assert [e.text for e in rig.call.record.transcript] == [
+        "my card is [redacted]", "and my name is Ann"]
     args = json.dumps({"card": CARD})
     await rig.emit(ev.ResponseCreated("r1"), ev.FunctionCall("r1", "fc1", "call_1", "pay", args))
     await rig.done("r1")

@@ -14,9 +14,10 @@ more digits is masked too.
 
 * the call's events: ``call.transcript`` and ``call.transcript_delta`` are masked before
   the dashboard, a browser caller's data channel or anything else sees them (``wrap``);
-* the record: every save masks the transcript, the tool calls' arguments and outputs and
-  the errors in place (``mask_record``, run by the ``Recorder``), so no store, page or
-  export ever holds the value;
+* the record: the transcript, the tool calls' arguments and outputs and the errors are
+  masked in place (``mask_record``) before every save (by the ``Recorder``) and whenever
+  the call announces an event (what it announces has just entered the record), so no
+  store, page (a live call's included) or export holds the value;
 * the model's context: a caller turn whose transcript matched is remembered (by item id);
   when a tool whose arguments matched has run and its output has been sent,
   ``after_tool`` deletes that function call's item and the remembered caller items
@@ -111,19 +112,23 @@ class CallRedaction:
         self.caller_items: list[str] = []
         self.deleted: list[str] = []
 
-    def wrap(self, hook: Callable[[CallEvent], None] | None
-             ) -> Callable[[CallEvent], None] | None:
-        """The call's event hook, masking transcripts first."""
-        if hook is None:
-            return None
+    def wrap(self, hook: Callable[[CallEvent], None] | None) -> Callable[[CallEvent], None]:
+        """The call's event hook, masking transcripts (and the live record) first."""
         r = self.redactor
+        record = self._call.record
 
         def masked(event: CallEvent) -> None:
-            if isinstance(event, TranscriptAdded):
-                event = dataclasses.replace(event, text=r.mask(event.text))
-            elif isinstance(event, TranscriptDelta):
+            if isinstance(event, TranscriptDelta):
                 event = dataclasses.replace(event, delta=r.mask_fragment(event.delta))
-            hook(event)
+            else:
+                # What the event announces is in the live record already (a transcript
+                # line, a tool call, a trimmed line at a barge-in): masked before anyone
+                # can read it there, not only at the next save.
+                self.mask_record(record)
+                if isinstance(event, TranscriptAdded):
+                    event = dataclasses.replace(event, text=r.mask(event.text))
+            if hook is not None:
+                hook(event)
 
         return masked
 
