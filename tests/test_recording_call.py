@@ -12,7 +12,9 @@ sent to SIPp's media port, captured on loopback.
 
 from __future__ import annotations
 
+import os
 import random
+import time
 import wave
 from pathlib import Path
 
@@ -115,6 +117,10 @@ async def test_recording_channels_are_what_was_sent_and_heard_and_stop_at_a_barg
     media.write_bytes(sent)
     media_port = free_udp_port(pair=True)
     recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    expired = recordings / "old-call.keep2d.wav"      # left by an earlier run, 3 days old
+    expired.write_bytes(b"RIFF")
+    os.utime(expired, (time.time() - 3 * 86400, time.time() - 3 * 86400))
     async with Emulator(EmulatorConfig()) as emu:
         with ServeProcess(tmp_path / "serve", dialplans=plans,
                           env={"VOICEBRIDGE_REALTIME_EMULATOR_URL": emu.url,
@@ -131,6 +137,10 @@ async def test_recording_channels_are_what_was_sent_and_heard_and_stop_at_a_barg
                                      call_id_prefix="rec")
                 assert run.successful == 1, run.explain()
                 record = await bridge.wait_record("rec-1@127.0.0.1")
+            # The retention sweep ran at start.
+            assert not expired.exists()
+            assert bridge.metric("voicebridge_recordings_total", 'event="expired"') == 1
+            assert bridge.metric("voicebridge_recordings_total", 'event="written"') == 1
             # The download, behind the operator's token, and its link on the call's page.
             url = f"/calls/{record['call_id']}/recording"
             assert bridge.get(url)[0] == 401
