@@ -18,7 +18,8 @@ more digits is masked too.
   masked in place (``mask_record``) before every save (by the ``Recorder``) and whenever
   the call announces an event (what it announces has just entered the record), so no
   store, page (a live call's included) or export holds the value;
-* the model's context: a caller turn whose transcript matched is remembered (by item id);
+* the model's context: a tool's output goes to the model masked (the tool needed the
+  value, the model does not); a caller turn whose transcript matched is remembered (by item id);
   when a tool whose arguments matched has run and its output has been sent,
   ``after_tool`` deletes that function call's item and the remembered caller items
   (``conversation.item.delete``), each once; the next response no longer sees the value.
