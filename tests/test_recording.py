@@ -79,7 +79,7 @@ def test_written_as_it_goes_not_held_in_memory(tmp_path: Path) -> None:
         rec.agent(frame(7))
         rec.on_tick(i * 0.02)
     assert (tmp_path / "c.wav").stat().st_size >= 9 * 8000 * 4     # on disk already
-    assert len(rec._pending) < 50
+    assert rec._fill < 50
     rec.close()
 
 

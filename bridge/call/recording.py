@@ -72,7 +72,9 @@ class CallRecording:
         self._wav.setframerate(rate)
         self._waiting: deque[bytes] = deque(maxlen=_MAX_WAITING)
         self._agent: bytes | None = None
-        self._pending: list[np.ndarray] = []
+        # One second of interleaved stereo samples, filled in place and written at once.
+        self._buf = np.zeros(2 * frame_samples * _FLUSH_TICKS, dtype="<i2")
+        self._fill = 0                          # ticks in the buffer
         self.frames = 0
         self.failed = False
 
@@ -85,35 +87,38 @@ class CallRecording:
         """A frame handed to the leg in this tick (the playout's tap)."""
         self._agent = frame
 
-    def _pcm(self, frame: bytes | None) -> np.ndarray:
+    def _put(self, frame: bytes | None, view: np.ndarray) -> None:
+        """One side's frame into its channel of the buffer (silence when there is none)."""
         if not frame:
-            return np.zeros(self._n, dtype="<i2")
+            view[:] = 0
+            return
         if self._law and len(frame) == self._n:
             frame = g711.decode(self._law, frame)
         pcm = np.frombuffer(frame, dtype="<i2")
-        if len(pcm) != self._n:
-            pcm = np.resize(pcm, self._n) if len(pcm) else np.zeros(self._n, dtype="<i2")
-        return pcm
+        if len(pcm) == self._n:
+            view[:] = pcm
+        else:                                   # a short frame: padded with silence
+            view[:] = 0
+            view[:min(len(pcm), self._n)] = pcm[:self._n]
 
     def on_tick(self, now: float) -> None:
         if self._wav is None:
             return
-        left = self._pcm(self._waiting.popleft() if self._waiting else None)
-        right = self._pcm(self._agent)
+        at = 2 * self._n * self._fill
+        frame = self._buf[at:at + 2 * self._n]
+        self._put(self._waiting.popleft() if self._waiting else None, frame[0::2])
+        self._put(self._agent, frame[1::2])
         self._agent = None
-        frame = np.empty(2 * self._n, dtype="<i2")
-        frame[0::2] = left
-        frame[1::2] = right
-        self._pending.append(frame)
+        self._fill += 1
         self.frames += 1
-        if len(self._pending) >= _FLUSH_TICKS:
+        if self._fill >= _FLUSH_TICKS:
             self._flush()
 
     def _flush(self) -> None:
-        if self._wav is None or not self._pending:
+        if self._wav is None or not self._fill:
             return
-        data = np.concatenate(self._pending).tobytes()
-        self._pending.clear()
+        data = self._buf[:2 * self._n * self._fill].tobytes()
+        self._fill = 0
         try:
             self._wav.writeframesraw(data)
         except OSError as exc:
