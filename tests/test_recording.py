@@ -195,3 +195,16 @@ async def test_a_recorded_call_announces_consent_before_the_agent(tmp_path: Path
     assert agent[:10] == list(range(10))                    # the consent, from the start
     assert len(agent) >= 10 + 18                             # then the agent's 400 ms
     assert 18 <= len(loud(left)) <= 21                       # the caller's 400 ms
+
+
+def test_a_wideband_leg_is_recorded_at_16_khz(tmp_path: Path) -> None:
+    rec = CallRecording(tmp_path / "w.wav", 16000, 320)
+    pcm = np.arange(320, dtype="<i2").tobytes()
+    rec.caller(pcm)
+    rec.agent(pcm)
+    rec.on_tick(0.0)
+    rec.close()
+    with wave.open(str(tmp_path / "w.wav"), "rb") as w:
+        assert (w.getnchannels(), w.getframerate(), w.getnframes()) == (2, 16000, 320)
+        data = np.frombuffer(w.readframes(320), dtype="<i2")
+    assert list(data[0::2][:3]) == [0, 1, 2] and list(data[1::2][-2:]) == [318, 319]
