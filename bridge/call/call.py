@@ -14,6 +14,8 @@ A ``Call`` wires the parts of one call and runs its lifecycle; the parts do the 
     fallback.py  Fallback           announce, then transfer or hang up
     outage.py    Outage             hold signal while the upstream is reconnected; counted
     recorder.py  Recorder           the only place that saves the record
+    recording.py CallRecording      the stereo WAV of what each side heard ([recording])
+    redaction.py CallRedaction      values masked, and deleted upstream after use ([redaction])
     timers.py    clock timers       limits and deadlines on the injected media clock
 
 Everything of one call runs in ONE ``asyncio.TaskGroup``: the task reading the upstream

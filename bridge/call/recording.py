@@ -252,7 +252,10 @@ def sweep(folder: str, now: float | None = None) -> int:
 async def sweep_daily(folder: str) -> None:
     """``sweep`` now and once a day (run as a task by ``voicebridge serve``)."""
     while True:
-        await asyncio.to_thread(sweep, folder)
+        try:
+            await asyncio.to_thread(sweep, folder)
+        except OSError as exc:        # the folder unreadable: tried again tomorrow
+            log.warning("retention: could not sweep %s: %s", folder, exc)
         await asyncio.sleep(SWEEP_EVERY_S)
 
 
