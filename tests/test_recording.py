@@ -49,11 +49,10 @@ def frame(value: int) -> bytes:
 def test_each_tick_writes_one_stereo_frame_caller_left_agent_right(tmp_path: Path) -> None:
     rec = CallRecording(tmp_path / "a.wav", 8000, N)
     rec.caller(frame(100))
-    rec.agent(frame(-200))
-    rec.on_tick(0.0)
-    rec.on_tick(0.02)                          # nothing from either side: silence
+    rec.agent(frame(-200))                     # the playout's tick writes the pair
+    rec.agent(None)                            # nothing from either side: silence
     rec.caller(frame(300))
-    rec.on_tick(0.04)
+    rec.agent(None)
     assert rec.close() == pytest.approx(0.06)
     left, right = read(tmp_path / "a.wav")
     assert list(left[::N]) == [100, 0, 300] and list(right[::N]) == [-200, 0, 0]
@@ -65,8 +64,8 @@ def test_g711_carried_frames_are_decoded_and_the_caller_queue_is_bounded(
     ulaw = g711.encode("pcmu", frame(1000))
     for _ in range(50):                        # a burst: only the newest few are kept
         rec.caller(ulaw)
-    for i in range(60):
-        rec.on_tick(i * 0.02)
+    for _ in range(60):
+        rec.agent(None)
     rec.close()
     left, _right = read(tmp_path / "b.wav")
     assert 0 < len(loud(left)) <= 5
@@ -75,9 +74,8 @@ def test_g711_carried_frames_are_decoded_and_the_caller_queue_is_bounded(
 
 def test_written_as_it_goes_not_held_in_memory(tmp_path: Path) -> None:
     rec = CallRecording(tmp_path / "c.wav", 8000, N)
-    for i in range(500):                       # 10 s
+    for _ in range(500):                       # 10 s
         rec.agent(frame(7))
-        rec.on_tick(i * 0.02)
     assert (tmp_path / "c.wav").stat().st_size >= 9 * 8000 * 4     # on disk already
     assert rec._fill < 50
     rec.close()
@@ -93,7 +91,6 @@ def test_the_playout_tap_records_what_the_leg_got_and_nothing_flushed_at_a_barge
     rec = CallRecording(tmp_path / "d.wav", 8000, N)
     playout.tap = rec.agent
     clock.subscribe(playout, first=True)
-    clock.subscribe(rec)
     playout.push("item", tone(2000, amp=8000))       # two seconds, all at once
     sched.advance(0.3 + 1e-6)                        # 15 ticks heard
     item, heard_ms, _received, dropped_ms = playout.barge_in()
@@ -202,9 +199,42 @@ def test_a_wideband_leg_is_recorded_at_16_khz(tmp_path: Path) -> None:
     pcm = np.arange(320, dtype="<i2").tobytes()
     rec.caller(pcm)
     rec.agent(pcm)
-    rec.on_tick(0.0)
     rec.close()
     with wave.open(str(tmp_path / "w.wav"), "rb") as w:
         assert (w.getnchannels(), w.getframerate(), w.getnframes()) == (2, 16000, 320)
         data = np.frombuffer(w.readframes(320), dtype="<i2")
     assert list(data[0::2][:3]) == [0, 1, 2] and list(data[1::2][-2:]) == [318, 319]
+
+
+def test_late_clock_wake_ups_lose_no_agent_frame(tmp_path: Path) -> None:
+    # The loop wakes 70 ms late now and then: the clock catches up, running the playout's
+    # overdue ticks at once and other work afterwards. The recording is driven by the
+    # playout's own tick, so it still pairs every frame the leg got with its tick.
+    wakes = iter(range(10_000))
+    sched = VirtualScheduler(start=10.0,
+                             wake_delay=lambda _w: 0.07 if next(wakes) % 9 == 4 else 0.0)
+    clock = MediaClock(scheduler=sched)
+    leg = MemoryLeg(sample_rate=8000, idle_silence=False)
+    leg.clock = clock
+    playout = Playout(leg)
+    clock.subscribe(playout, first=True)
+
+    class Busy:                                  # other (inbound) work on the clock
+        ticks = 0
+
+        def on_tick(self, now: float) -> None:
+            self.ticks += 1
+
+    busy = Busy()
+    clock.subscribe(busy)
+    rec = CallRecording(tmp_path / "late.wav", 8000, N)
+    playout.tap = rec.agent
+    playout.push("item", tone(1000, amp=8000))
+    playout.end_of_response()
+    sched.advance(1.5)
+    rec.close()
+    _left, right = read(tmp_path / "late.wav")
+    sent = b"".join(f.pcm for f in leg.frames if not f.silent)
+    assert len(sent) >= 49 * 2 * N and busy.ticks > 0
+    recorded = b"".join(right[i * N:(i + 1) * N].tobytes() for i in loud(right))
+    assert recorded == sent

@@ -131,8 +131,9 @@ class Playout:
         #: barge-in seen -> first tick that handed the leg no agent audio (seconds)
         self.stop_latencies: list[float] = []
         self._barge_seen: float | None = None
-        #: sees every frame handed to the leg (the call's recording), if set
-        self.tap: Callable[[bytes], None] | None = None
+        #: called once every tick with the frame handed to the leg, or None when nothing
+        #: was (the call's recording), if set
+        self.tap: Callable[[bytes | None], None] | None = None
 
     # -- input ---------------------------------------------------------------------------
     def push(self, item_id: str, audio: bytes) -> None:
@@ -237,6 +238,8 @@ class Playout:
                 self._held = True
                 if self._on_hold is not None:
                     self._on_hold(True)
+            if self.tap is not None:
+                self.tap(None)
             return
         if self._held:
             self._held = False
@@ -279,6 +282,8 @@ class Playout:
             self._comfort()
         if leg.underrun is _SILENCE:
             leg.write_silence()
+        if self.tap is not None:
+            self.tap(None)
 
     def _comfort(self) -> None:
         self._idle_ticks = 0

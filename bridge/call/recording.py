@@ -12,9 +12,11 @@ G.711, 16 kHz for G.722):
   was never handed to the leg, so it is not in the recording: the right channel is silent
   from the truncation point on, exactly as the caller heard it.
 
-It is subscribed to the media clock after the playout; each tick writes one stereo frame:
-the agent frame handed over in that tick (or silence) beside the oldest caller frame
-waiting (or silence). Caller frames wait in a queue of at most ``_MAX_WAITING`` frames
+The playout's tap calls ``agent`` once every tick it runs, so each tick writes one stereo
+frame: the agent frame handed over in that tick (or silence) beside the oldest caller
+frame waiting (or silence). (Driven by the playout's own tick, not a clock subscription of
+its own: the clock may run other subscribers later in a catch-up, which would pair frames
+of different ticks.) Caller frames wait in a queue of at most ``_MAX_WAITING`` frames
 (jitter; a faster far-end clock drops its oldest), and the stereo samples are written to
 the file once a second: memory stays bounded whatever the call's length. ``close()``
 writes the rest and the WAV header's sizes.
@@ -71,7 +73,6 @@ class CallRecording:
         self._wav.setsampwidth(2)
         self._wav.setframerate(rate)
         self._waiting: deque[bytes] = deque(maxlen=_MAX_WAITING)
-        self._agent: bytes | None = None
         # One second of interleaved stereo samples, filled in place and written at once.
         self._buf = np.zeros(2 * frame_samples * _FLUSH_TICKS, dtype="<i2")
         self._fill = 0                          # ticks in the buffer
@@ -83,9 +84,19 @@ class CallRecording:
         if self._wav is not None:
             self._waiting.append(frame)
 
-    def agent(self, frame: bytes) -> None:
-        """A frame handed to the leg in this tick (the playout's tap)."""
-        self._agent = frame
+    def agent(self, frame: bytes | None) -> None:
+        """The playout's tick: the frame it handed to the leg (None: nothing). Writes one
+        stereo frame, beside the oldest caller frame waiting."""
+        if self._wav is None:
+            return
+        at = 2 * self._n * self._fill
+        out = self._buf[at:at + 2 * self._n]
+        self._put(self._waiting.popleft() if self._waiting else None, out[0::2])
+        self._put(frame, out[1::2])
+        self._fill += 1
+        self.frames += 1
+        if self._fill >= _FLUSH_TICKS:
+            self._flush()
 
     def _put(self, frame: bytes | None, view: np.ndarray) -> None:
         """One side's frame into its channel of the buffer (silence when there is none)."""
@@ -100,19 +111,6 @@ class CallRecording:
         else:                                   # a short frame: padded with silence
             view[:] = 0
             view[:min(len(pcm), self._n)] = pcm[:self._n]
-
-    def on_tick(self, now: float) -> None:
-        if self._wav is None:
-            return
-        at = 2 * self._n * self._fill
-        frame = self._buf[at:at + 2 * self._n]
-        self._put(self._waiting.popleft() if self._waiting else None, frame[0::2])
-        self._put(self._agent, frame[1::2])
-        self._agent = None
-        self._fill += 1
-        self.frames += 1
-        if self._fill >= _FLUSH_TICKS:
-            self._flush()
 
     def _flush(self) -> None:
         if self._wav is None or not self._fill:
@@ -183,7 +181,6 @@ def start(call: Call, folder: str) -> CallRecording | None:
 
     call.on_leg_audio = tapped
     call.playout.tap = rec.agent
-    call.clock.subscribe(rec)
     call.record.recording = str(path.resolve())
     return rec
 
@@ -191,7 +188,6 @@ def start(call: Call, folder: str) -> CallRecording | None:
 def stop(call: Call, rec: CallRecording | None) -> None:
     if rec is None:
         return
-    call.clock.unsubscribe(rec)
     call.playout.tap = None
     seconds = rec.close()
     call.log.info("recording closed: %.1f s", seconds)
