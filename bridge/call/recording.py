@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MAX_WAITING = 5                 # caller frames queued for the next ticks (100 ms)
+_MAX_WAITING = 15                # caller frames queued for the next ticks (300 ms: a burst
+                                 # after the loop was held up; more is a faster far-end clock)
 _FLUSH_TICKS = 50                # one write a second
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+\.keep(\d{1,4})d\.wav$")
 SWEEP_EVERY_S = 86400.0
