@@ -192,3 +192,26 @@ async def test_the_client_deletes_an_item_at_the_emulator() -> None:
             validate_client_event(sent, target.dialect)
         finally:
             await client.close()
+
+
+async def test_keys_typed_for_the_model_are_not_kept(tmp_path: Path) -> None:
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / "p.toml").write_text(
+        PLAN + '[dtmf]\nto_model = true\n[dtmf.actions]\n"0" = { action = "hangup" }\n')
+    plan = load_dialplans(tmp_path / "plans", tools={"pay": tool_from_function(pay)}).default
+    seen: list[object] = []
+    rig = Rig(plan)
+    rig.call._on_event = rig.call.redaction.wrap(seen.append)   # type: ignore[union-attr]
+    await rig.start()
+    for digit in "4111":
+        rig.leg.press(digit)
+        await rig.tick()
+    await rig.until(lambda: len(rig.session.sent("user_text")) == 4)
+    # The model gets the keys; the record, the events and the log get stars.
+    assert [t[1] for t in rig.session.sent("user_text")] == [
+        f"caller pressed {d}" for d in "4111"]
+    assert [d.digit for d in rig.call.record.dtmf] == ["*"] * 4
+    assert "4111" not in repr(seen) and "'*'" in repr(seen)
+    rig.leg.press("0")                                   # a menu key keeps its digit
+    record = await rig.finish()
+    assert record.dtmf[-1].digit == "0" and record.dtmf[-1].action == "hangup"

@@ -25,7 +25,8 @@ more digits is masked too.
   (``conversation.item.delete``), each once; the next response no longer sees the value.
 
 The bridge's own log lines never carry transcripts or tool arguments (tool calls are
-logged by name), so nothing there needs masking.
+logged by name). With ``cards``, keys the caller types for the model (a card number keyed
+in) are logged, recorded and announced as ``*`` (``dtmf_shown``); the model gets them.
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ class CallRedaction:
                 hook(event)
 
         return masked
+
+    def dtmf_shown(self, digit: str, kind: str) -> str:
+        """How a caller's key press is logged, recorded and announced: with ``cards``, a
+        key typed for the model (data entry: a card number keyed in) is ``*``; the model
+        still gets the key. Menu keys (transfer, say, hang up) keep their digit."""
+        return "*" if self.redactor.policy.cards and kind == "model" else digit
 
     def user_transcript(self, item_id: str, text: str) -> None:
         if self.redactor.found(text) and item_id not in self.caller_items:
