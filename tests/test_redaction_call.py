@@ -1,7 +1,9 @@
 """A whole SIP call (SIPp through ``voicebridge serve``, the Realtime emulator in this
-process) on a dialplan with ``[redaction]``: the model calls a tool with a card number;
+process) on a dialplan with ``[redaction]``: the caller says a card number (the
+emulator's script makes it the turn's transcription) and the model calls a tool with it;
 the number never appears in the call's record, its events or the bridge's log, and once
-the tool has run the function call item holding it is deleted at the emulator.
+the tool has run the caller's turn and the function call item holding it are deleted at
+the emulator.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ speech = "tone"
 
 [[rule]]
 on_turn = 1
+heard = "My card number is {CARD}."
 say = "Let me check card {CARD} for you."
 call = "check_card"
 args = {{ card = "{CARD}" }}
@@ -155,8 +158,13 @@ async def test_a_card_number_is_kept_out_of_record_events_log_and_context(
     assert deletes, session.received_types
     for event in deletes:
         validate_client_event(event, "ga")
-    assert ("function_call" in {kind for _item, kind in session.deleted}), session.deleted
+    caller_turn = session.user_items[0].item_id
+    kinds = dict(session.deleted)
+    assert kinds.get(caller_turn) == "message", session.deleted        # what the caller said
+    assert "function_call" in kinds.values(), session.deleted          # the tool's arguments
+    assert [e["text"] for e in record["transcript"] if e["role"] == "caller"][0] == (
+        "My card number is [redacted].")
     order = session.received_types
     assert (order.index("conversation.item.delete")
             > order.index("conversation.item.create")), order     # after the output
-    assert metric >= 1
+    assert metric >= 2

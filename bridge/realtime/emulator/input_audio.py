@@ -52,6 +52,8 @@ class TurnHost(Protocol):
 
     def trigger(self, trigger: str, value: int | str, now: float) -> None: ...
 
+    def scripted_transcript(self, turn: int) -> str | None: ...
+
 
 class InputAudio:
     """The input audio buffer and turn detection (see the module docstring)."""
@@ -244,11 +246,12 @@ class InputAudio:
         transcription = self._outbox.session["audio"]["input"]["transcription"]
         if transcription:
             seconds = (hi - lo) / fmt.bytes_per_ms / 1000.0
+            heard = self._host.scripted_transcript(self.turns)
             self._emit({
                 "type": "conversation.item.input_audio_transcription.completed",
                 "item_id": item_id, "content_index": 0,
-                "transcript": f"({seconds:.1f} s of caller audio; the emulator does not "
-                              "transcribe)",
+                "transcript": heard or f"({seconds:.1f} s of caller audio; the emulator "
+                                       "does not transcribe)",
                 "usage": {"type": "duration", "seconds": round(committed_ms / 1000.0, 3)},
             })
         self._host.trigger("on_turn", self.turns, now)

@@ -15,6 +15,11 @@ Format
     args = { target = "sales" }      # with these arguments (a table, sent as JSON)
 
     [[rule]]
+    on_turn = 2
+    heard = "my card is 4111 1111 1111 1111"  # the transcription of that turn (with
+                                     # input transcription on) instead of a placeholder
+
+    [[rule]]
     on_tool_output = "transfer_call" # trigger: a function_call_output for that function
     say = "You are being transferred."
 
@@ -63,7 +68,7 @@ __all__ = ["Rule", "Script", "load_script", "parse_script"]
 
 _TRIGGERS = ("on_turn", "on_text", "on_tool_output", "on_session")
 _KEYS = frozenset({*_TRIGGERS, "say", "call", "args", "error", "message", "fail", "close",
-                   "after_s", "repeat", "echo"})
+                   "after_s", "repeat", "echo", "heard"})
 SPEECH_MODES = ("auto", "espeak", "tone")
 
 
@@ -82,6 +87,7 @@ class Rule:
     after_s: float = 0.0
     repeat: bool = False
     echo: bool = False
+    heard: str | None = None         # on_turn only: the turn's transcription
 
     @property
     def shapes_response(self) -> bool:
@@ -102,6 +108,11 @@ class Script:
     rules: tuple[Rule, ...]
     speech: str = "auto"
     source: str = "<script>"
+
+    def heard(self, turn: int) -> str | None:
+        """The scripted transcription of caller turn ``turn`` (None: the placeholder)."""
+        return next((r.heard for r in self.rules
+                     if r.trigger == "on_turn" and r.value == turn and r.heard), None)
 
     def texts(self) -> set[str]:
         """Every text a rule may say (rendered to audio once, up front)."""
@@ -129,7 +140,9 @@ def _rule(source: str, number: int, raw: Any) -> Rule:
             raise _fail(source, where, f"{trigger} must be an integer >= 1")
     elif not isinstance(value, str) or not value:
         raise _fail(source, where, f"{trigger} must be a non-empty string")
-    for key in ("say", "call", "error", "message", "fail"):
+    if "heard" in raw and trigger != "on_turn":
+        raise _fail(source, where, "heard is for on_turn rules only")
+    for key in ("say", "call", "error", "message", "fail", "heard"):
         if key in raw and (not isinstance(raw[key], str) or not raw[key]):
             raise _fail(source, where, f"{key} must be a non-empty string")
     args = raw.get("args", {})
@@ -155,9 +168,10 @@ def _rule(source: str, number: int, raw: Any) -> Rule:
                 call=raw.get("call"), args=args_json, error=raw.get("error"),
                 message=raw.get("message"), fail=raw.get("fail"), close=close,
                 after_s=float(after_s), repeat=raw.get("repeat", False),
-                echo=raw.get("echo", False))
-    if not (rule.shapes_response or rule.error or rule.close is not None):
-        raise _fail(source, where, "has no action (say, call, fail, echo, error or close)")
+                echo=raw.get("echo", False), heard=raw.get("heard"))
+    if not (rule.shapes_response or rule.error or rule.close is not None or rule.heard):
+        raise _fail(source, where,
+                    "has no action (say, call, fail, echo, error, close or heard)")
     return rule
 
 

@@ -289,6 +289,10 @@ class SessionCore:
             return
         self._responses.cancel("client_cancelled", target.rid)
 
+    def scripted_transcript(self, turn: int) -> str | None:
+        """The script's transcription of caller turn ``turn``, if it has one."""
+        return self._script.heard(turn) if self._script is not None else None
+
     def trigger(self, trigger: str, value: int | str, now: float) -> None:
         """A scripted rule may fire on ``trigger`` (``Script``'s trigger names)."""
         if self._script is None:
