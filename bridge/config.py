@@ -91,6 +91,9 @@ class RecordsConfig:
     pool_max: int = 4
     #: PostgreSQL only: seconds shutdown waits to write the records still queued.
     flush_s: int = 5
+    #: Folder of call recordings (dialplans with ``[recording]``); "" = none are made.
+    #: Files past their plan's retention are deleted at start and daily.
+    recordings_path: str = ""
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,11 @@ voicebridge_sip_options_refused_total    counter    reason       (OPTIONS answer
                                                                load balancer's probe takes
                                                                the node out: draining,
                                                                at_capacity)
+voicebridge_recordings_total             counter    event        (call recordings: started,
+                                                               written, failed, expired,
+                                                               no_folder)
+voicebridge_redacted_items_total         counter    (conversation items deleted upstream
+                                                     after a tool took a redacted value)
 voicebridge_node_info                    gauge      node, version  (1; only with [cluster]
                                                                node_id)
 
@@ -239,6 +244,14 @@ CLUSTER_HANGUPS = Counter("cluster_hangups_relayed", "Hang-ups of a call on anot
 OPTIONS_REFUSED = Counter("sip_options_refused", "OPTIONS answered 503 (draining, or at "
                           "capacity), so a SIP load balancer's probe takes this node out.",
                           ["reason"], namespace=_NS, registry=REGISTRY)
+
+RECORDINGS = Counter("recordings", "Call recordings: started, written (closed whole), "
+                     "failed (could not be opened or written), expired (deleted by the "
+                     "retention sweep), no_folder (a plan records but [records] "
+                     "recordings_path is empty).", ["event"], namespace=_NS, registry=REGISTRY)
+REDACTED_ITEMS = Counter("redacted_items", "Conversation items deleted from the model's "
+                         "context after the tool that needed a redacted value had run.",
+                         namespace=_NS, registry=REGISTRY)
 
 
 class _NodeLabelled(Collector):

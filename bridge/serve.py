@@ -138,8 +138,12 @@ class Bridge:
         store = self.store = await self._open_store()
         self._closers.append(store.close)
         factory = await self._realtime_factory()
+        recordings = self.settings.records.recordings_path
         manager = self.manager = CallManager(dialplans, factory, store, shared_clock(),
-                                             max_calls=self.settings.sip.max_calls)
+                                             max_calls=self.settings.sip.max_calls,
+                                             call_options={"recordings_path": recordings})
+        if recordings:
+            self._closers.append(self._sweep_recordings(recordings))
 
         def live_record(call_id: str) -> CallRecord | None:
             call = manager.calls.get(call_id)
@@ -168,6 +172,18 @@ class Bridge:
         manager.after_call.append(queue.after_call)
         self._closers.append(queue.close)
         return queue
+    def _sweep_recordings(self, folder: str) -> Callable[[], Awaitable[None]]:
+        """The recordings' retention sweep, now and daily; its closer."""
+        from bridge.aio import cancel_and_wait  # noqa: PLC0415
+        from bridge.call.recording import sweep_daily  # noqa: PLC0415
+
+        task = asyncio.get_running_loop().create_task(sweep_daily(folder),
+                                                      name="recordings-retention")
+
+        async def stop() -> None:
+            await cancel_and_wait(task)
+
+        return stop
 
     def _cluster(self, manager: CallManager) -> ClusterNode | None:
         """The shared live state, with a PostgreSQL store only (``bridge.call.cluster``)."""

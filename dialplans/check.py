@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from bridge.dialplans.loader import ENV_DIR, default_dialplans_dir, load_dialplans
+from bridge.dialplans.plan import Dialplan
 from bridge.dialplans.turns import describe_turns
 from bridge.errors import DialplanError
 from bridge.realtime.recovery import RecoveryPolicy
@@ -50,4 +51,18 @@ def run(args: argparse.Namespace) -> int:
               f"reconnected for {budget:g} s, on hold ({fb.hold or 'chime'})")
         if plan.summary.enabled:
             print(f"  summary:  {plan.summary.describe()}")
+        _keeping(plan)
     return 0
+
+
+def _keeping(plan: Dialplan) -> None:
+    """What the plan records and what it redacts."""
+    rec, red = plan.recording, plan.redaction
+    if rec.enabled:
+        consent = " and ".join(c for c in (rec.consent and "a sound",
+                                           rec.consent_text and "the agent's words") if c)
+        print(f"  record:   stereo WAV kept {rec.retention_days} d, consent: "
+              f"{consent or 'none'}")
+    if red.active:
+        rules = (["cards (Luhn)"] if red.cards else []) + [f"/{p}/" for p in red.patterns]
+        print(f"  redact:   {', '.join(rules)} -> {red.mask}")

@@ -43,6 +43,7 @@ from bridge.dialplans.plan import (
     MatchRule,
     Pattern,
 )
+from bridge.dialplans.recording import recording_policy, redaction_policy
 from bridge.dialplans.schema import DialplanModel
 from bridge.dialplans.summary import build_summary
 from bridge.dialplans.tools import Tool, ToolRegistry, tool_from_function
@@ -233,6 +234,8 @@ def _build(src: _Source, model: DialplanModel, env: Mapping[str, str],
         summary=build_summary(model.summary, env, src.fail),
         turns=_turns(src, model, registry),
         analysis=analysis.build(model.analysis),
+        recording=recording_policy(model.recording, src.file.parent, src.fail),
+        redaction=redaction_policy(model.redaction),
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from bridge.call.leg import Source
 from bridge.dialplans.analysis import AnalysisConfig
+from bridge.dialplans.recording import RecordingPolicy, RedactionPolicy
 from bridge.dialplans.summary import SummaryConfig
 from bridge.dialplans.tools import ToolRegistry
 from bridge.dialplans.turns import TurnsConfig
@@ -179,6 +180,8 @@ class Dialplan:
     #: ``[turns]``: the bridge's own turn handling (None: the server's alone)
     turns: TurnsConfig | None = None
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    recording: RecordingPolicy = field(default_factory=RecordingPolicy)
+    redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
 
     def session_profile(self, *, leg_g711: str | None = None) -> SessionProfile:
         """The Realtime session profile, tools included.

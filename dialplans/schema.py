@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from bridge.dialplans.analysis import AnalysisModel
+from bridge.dialplans.recording import RecordingModel, RedactionModel
 from bridge.dialplans.summary import SummaryModel
 from bridge.dialplans.turns import TurnsModel
 
@@ -287,4 +288,6 @@ class DialplanModel(_Model):
     summary: SummaryModel = Field(default_factory=SummaryModel)
     turns: TurnsModel | None = None
     analysis: AnalysisModel | None = None
+    recording: RecordingModel | None = None
+    redaction: RedactionModel | None = None
 

@@ -64,3 +64,18 @@ def test_serve_refuses_to_start_on_a_broken_dialplan(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert f"{folder / 'unknown_voice.toml'}:10: agent.voice: unknown voice" in proc.stderr
     assert "voicebridge is running" not in proc.stdout     # no banner: nothing started
+
+
+def test_recording_and_redaction_are_shown_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "pay.toml").write_text(
+        '[match]\ndefault = true\n[recording]\nconsent = "440:200"\nretention_days = 7\n'
+        '[redaction]\npatterns = ["re-[0-9]{6}"]\n')
+    proc = check("--dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "record:   stereo WAV kept 7 d, consent: a sound" in proc.stdout
+    assert "redact:   cards (Luhn), /re-[0-9]{6}/ -> [redacted]" in proc.stdout
+    (tmp_path / "pay.toml").write_text(
+        '[match]\ndefault = true\n[redaction]\npatterns = ["(unclosed"]\n')
+    proc = check("--dir", str(tmp_path))
+    assert proc.returncode == 1
+    assert f"error: {tmp_path / 'pay.toml'}:4: redaction.patterns" in proc.stderr

@@ -136,12 +136,19 @@ async def test_on_session_close_only_hits_that_session(tmp_path: Path) -> None:
     ("[[rule]\n", "s.toml"),
     ("[[rule]]\non_turn = 1\nsay = 'a'\n[[rule]]\non_text = ''\nsay = 'b'\n",
      "rule 2: on_text must be a non-empty string"),
+    ("[[rule]]\non_text = 'x'\nheard = 'a'\n", "heard is for on_turn rules only"),
+    ("[[rule]]\non_turn = 1\nheard = ''\n", "heard must be a non-empty string"),
 ])
 def test_script_errors_name_the_place(text: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_script(text, "s.toml")
     assert fragment in str(info.value)
     assert str(info.value).startswith("s.toml")
+
+
+def test_a_scripted_turn_transcription() -> None:
+    script = parse_script("[[rule]]\non_turn = 2\nheard = 'my card is 4111'\n")
+    assert script.heard(2) == "my card is 4111" and script.heard(1) is None
 
 
 def test_shipped_examples_load() -> None:

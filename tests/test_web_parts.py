@@ -85,13 +85,13 @@ def test_routes_live_in_blueprints_over_one_typed_state(tmp_path: Path) -> None:
     assert state.manager is manager and state.settings is settings
     assert manager.listeners == [state.webrtc._forward]
     rules = {rule.rule: rule.endpoint for rule in app.url_map.iter_rules()}
-    assert set(app.blueprints) == {"health", "softphone", "dashboard", "calls"}
+    assert set(app.blueprints) == {"health", "softphone", "dashboard", "calls", "recordings"}
     assert all("." in endpoint for rule, endpoint in rules.items()
                if not rule.startswith("/static")), rules
     assert {"/healthz", "/readyz", "/metrics", "/", "/webrtc/offer", "/webrtc/token",
             "/login", "/dashboard",
             "/calls", "/calls/events", "/calls/<call_id>", "/calls/<call_id>/timeline.svg",
-            "/calls/<call_id>/hangup"} <= set(rules)
+            "/calls/<call_id>/hangup", "/calls/<call_id>/recording"} <= set(rules)
 
 
 async def test_web_state_is_reached_from_the_app_context(tmp_path: Path) -> None:

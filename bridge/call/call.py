@@ -14,6 +14,8 @@ A ``Call`` wires the parts of one call and runs its lifecycle; the parts do the 
     fallback.py  Fallback           announce, then transfer or hang up
     outage.py    Outage             hold signal while the upstream is reconnected; counted
     recorder.py  Recorder           the only place that saves the record
+    recording.py CallRecording      the stereo WAV of what each side heard ([recording])
+    redaction.py CallRedaction      values masked, and deleted upstream after use ([redaction])
     timers.py    clock timers       limits and deadlines on the injected media clock
 
 Everything of one call runs in ONE ``asyncio.TaskGroup``: the task reading the upstream
@@ -29,7 +31,7 @@ Media never creates a task: the leg hands inbound frames straight to ``InboundAu
 (the call's ``on_leg_audio`` *is* its ``on_frame``), and outbound audio goes into the
 ``Playout``, which the shared ``MediaClock`` drives.
 
-Upstream events are handled through a dispatch table keyed by event type.
+Upstream events are handled through a dispatch table keyed by event type (dispatch.py).
 
 Barge-in (docs/realtime-protocol.md §6)
 ---------------------------------------
@@ -46,13 +48,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 
-from bridge import metrics
+from bridge.call import recording
 from bridge.call.analysis import CallAnalyser
 from bridge.call.clock import MediaClock, TimerHandle
 from bridge.call.control import CallControl
+from bridge.call.dispatch import handler_tables
 from bridge.call.dtmf import DtmfActions
 from bridge.call.early import EarlyUpstream, apply_budget, new_call_id
 from bridge.call.events import (
@@ -62,7 +65,6 @@ from bridge.call.events import (
     CallStarted,
     StateChanged,
     TranscriptAdded,
-    TranscriptDelta,
 )
 from bridge.call.fallback import DEFAULT_FALLBACK_TONES, Fallback
 from bridge.call.inbound import InboundAudio
@@ -71,6 +73,7 @@ from bridge.call.outage import Outage
 from bridge.call.playout import BYTES_PER_MS, Playout
 from bridge.call.recorder import Recorder
 from bridge.call.records import BargeIn, CallRecord, RecordStore
+from bridge.call.redaction import attach_redaction
 from bridge.call.speech import SpeechLog
 from bridge.call.state import CallState, CallStateMachine, EndReason, Key, Trigger
 from bridge.call.timers import OneShot, clock_timeout
@@ -139,7 +142,8 @@ class Call:
                  clock: MediaClock, store: RecordStore, *, call_id: str | None = None,
                  connect_timeout_s: float = 10.0, drain_timeout_s: float = 10.0,
                  close_timeout_s: float = 2.0, on_event: EventHook | None = None,
-                 append_ms: int = 20, early: EarlyUpstream | None = None) -> None:
+                 append_ms: int = 20, early: EarlyUpstream | None = None,
+                 recordings_path: str = "") -> None:
         if append_ms % leg.frame_ms or not 0 < append_ms <= 100:
             raise ValueError(f"append_ms must be a multiple of {leg.frame_ms} up to 100")
         self.leg = leg
@@ -174,6 +178,8 @@ class Call:
         self._max_timer: TimerHandle | None = None
         #: clock time each barge-in reached the bridge (monotonic seconds)
         self.barge_in_seen: list[float] = []
+        self._recordings_path = recordings_path      # [records] recordings_path
+        self._recording: recording.CallRecording | None = None
         self._build_parts(fmt, append_ms // leg.frame_ms, drain_timeout_s)
         #: the bridge's own turn handling, where the plan has it (bridge.call.turns)
         self.turns = TurnDriver(self, dialplan.turns) if dialplan.turns is not None else None
@@ -207,34 +213,9 @@ class Call:
         self.fallback = Fallback(self)
         self.outage = Outage(self)
         self.analyser = CallAnalyser(self)
+        self.redaction = attach_redaction(self)
         self._silence = OneShot(self.clock, lambda: self.end(EndReason.CALLER_SILENCE))
-        self._sync_handlers: dict[type, Callable[[Any], None]] = {
-            ev.SessionReady: self._on_session_ready,
-            ev.SpeechStopped: self._on_speech_stopped,
-            ev.ResponseCreated: lambda e: self.speech.response_created(e.response_id),
-            ev.AudioDelta: self._on_audio_delta,
-            ev.AudioDone: self._on_audio_done,
-            ev.TranscriptDelta: lambda e: self.speech.transcript_delta(e.item_id, e.delta),
-            ev.TranscriptDone: self._on_transcript_done,
-            ev.FunctionCall: self.tools.collect,
-            ev.UserTranscript: self._on_user_transcript,
-            ev.UserTranscriptFailed:
-                lambda e: self.speech.user_transcript_failed(e.item_id, e.error),
-            ev.UserTranscriptDelta: lambda e: self.emit(TranscriptDelta(
-                call_id=self.call_id, item_id=e.item_id, delta=e.delta)),
-            ev.RateLimits: metrics.observe_rate_limits,
-            ev.OutOfBandStarted: self.analyser.started,
-            ev.OutOfBandDone: self.analyser.done,
-            ev.ServerError: self._on_server_error,
-            ev.Reconnecting: self._on_reconnecting,
-            ev.Reconnected: self._on_reconnected,
-            ev.SessionRotated: self._on_session_rotated,
-        }
-        self._async_handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
-            ev.SpeechStarted: self._on_speech_started,
-            ev.ResponseDone: self._on_response_done,
-            ev.UpstreamLost: self._on_upstream_lost,
-        }
+        self._sync_handlers, self._async_handlers = handler_tables(self)
 
     # ================================================================== the parts' view
     @property
@@ -277,6 +258,7 @@ class Call:
     async def run(self) -> CallRecord:
         self.speech.mono_to_wall = time.time() - self.clock.time()
         self.leg.poll = self.clock.poll             # the leg's preemption point per frame
+        self._recording = recording.start(self, self._recordings_path)   # before attach
         self.leg.attach(self)
         self.clock.subscribe(self.playout, first=True)
         self.clock.subscribe(self.inbound)             # inbound gap filling (on_tick)
@@ -347,6 +329,7 @@ class Call:
         self.analyser.close()
         self.clock.unsubscribe(self.playout)
         self.clock.unsubscribe(self.inbound)
+        recording.stop(self, self._recording)
         # The record first: it is complete now, and the far ends may be slow to close.
         self.playout.close_span()
         ended = self.record.ended_at = time.time()
@@ -397,7 +380,8 @@ class Call:
             self.log.exception("could not set up the upstream")
             await self.fallback.run(f"connect: {type(exc).__name__}")
             return
-        greeting = self.dialplan.agent.greeting
+        greeting = recording.consent_greeting(self, self.dialplan.agent.greeting)
+        await recording.play_consent(self)
         if self.state.over or not self.state.fire(
                 Trigger.GREET if greeting else Trigger.CONNECTED):
             return
@@ -513,6 +497,8 @@ class Call:
 
     def _on_user_transcript(self, e: ev.UserTranscript) -> None:
         self.speech.user_transcript(e.item_id, e.transcript)
+        if self.redaction is not None:
+            self.redaction.user_transcript(e.item_id, e.transcript)
         self.emit(TranscriptAdded(call_id=self.call_id, role="caller", text=e.transcript))
         self.analyser.caller_turn(e.item_id)
         self.recorder.save_soon()

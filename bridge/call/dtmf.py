@@ -37,6 +37,8 @@ class DtmfActions:
             call.spawn(self._to_model(digit), "dtmf-model")
         else:
             kind = "ignored"
+        if call.redaction is not None:           # keys typed for the model: data entry
+            digit = call.redaction.dtmf_shown(digit, kind)
         call.log.info("DTMF %s -> %s", digit, kind)
         call.record.dtmf.append(DtmfRecord(time.time(), digit, "in", kind))
         call.emit(DtmfReceived(call_id=call.call_id, digit=digit, action=kind))

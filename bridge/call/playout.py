@@ -131,6 +131,9 @@ class Playout:
         #: barge-in seen -> first tick that handed the leg no agent audio (seconds)
         self.stop_latencies: list[float] = []
         self._barge_seen: float | None = None
+        #: called once every tick with the frame handed to the leg, or None when nothing
+        #: was (the call's recording), if set
+        self.tap: Callable[[bytes | None], None] | None = None
 
     # -- input ---------------------------------------------------------------------------
     def push(self, item_id: str, audio: bytes) -> None:
@@ -235,6 +238,8 @@ class Playout:
                 self._held = True
                 if self._on_hold is not None:
                     self._on_hold(True)
+            if self.tap is not None:
+                self.tap(None)
             return
         if self._held:
             self._held = False
@@ -248,6 +253,8 @@ class Playout:
                 self._account(pending if pending < fs else fs, now)
                 self.frames_out += 1
                 leg.write_frame(frame)
+                if self.tap is not None:
+                    self.tap(frame)
                 return
         # Underrun (the idle call's every tick).
         self.underruns += 1
@@ -261,6 +268,8 @@ class Playout:
         hold = self._hold
         if hold is not None:
             leg.write_frame(hold[self._hold_at])
+            if self.tap is not None:
+                self.tap(hold[self._hold_at])
             self._hold_at = (self._hold_at + 1) % len(hold)
             self._silent_run = 0
             return
@@ -273,6 +282,8 @@ class Playout:
             self._comfort()
         if leg.underrun is _SILENCE:
             leg.write_silence()
+        if self.tap is not None:
+            self.tap(None)
 
     def _comfort(self) -> None:
         self._idle_ticks = 0

@@ -28,9 +28,13 @@ class Recorder:
         self._saving = False
         self._again = False
         self.failures = 0
+        #: masks the record in place before each save (``[redaction]``), if set
+        self.redact: Callable[[CallRecord], None] | None = None
 
     async def save(self) -> bool:
         """Save now; False (logged) when the store failed."""
+        if self.redact is not None:
+            self.redact(self.record)
         try:
             await self.store.save(self.record)
         except Exception:

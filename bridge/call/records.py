@@ -134,6 +134,8 @@ class CallRecord:
     analysis: list[dict[str, Any]] = field(default_factory=list)
     #: Tags set on the call (by analysis actions)
     tags: list[str] = field(default_factory=list)
+    #: The call's recording (``[recording]``): the WAV file's path, "" when none.
+    recording: str = ""
 
     def add_usage(self, usage: dict[str, Any] | None) -> None:
         """Sum a ``response.done`` usage block into ``usage`` (numbers add, dicts recurse)."""

@@ -76,7 +76,11 @@ class ToolRunner:
         call.recorder.save_soon()
         client = call.client
         if client is not None and call.upstream_usable:
-            await client.send_tool_output(fc.call_id, result.output)
+            redaction = call.redaction
+            await client.send_tool_output(fc.call_id, result.output if redaction is None
+                                          else redaction.redactor.mask(result.output))
+            if redaction is not None:
+                await redaction.after_tool(fc.item_id, fc.arguments)
         tools.outputs_pending -= 1
         requested = call.control.end_requested
         if requested is not None:

@@ -63,6 +63,7 @@ from bridge.realtime.connection import (
 )
 from bridge.realtime.dialects import APPEND_PREFIX, APPEND_SUFFIX
 from bridge.realtime.history import History
+from bridge.realtime.items import ItemOps
 from bridge.realtime.profile import SessionProfile
 from bridge.realtime.recovery import RecoveryPolicy, Upkeep
 from bridge.realtime.responses import Responses, Verdict
@@ -86,7 +87,7 @@ class ClientStats:
     last_connect_s: float = 0.0
 
 
-class RealtimeClient(outofband.OutOfBandRequests):
+class RealtimeClient(outofband.OutOfBandRequests, ItemOps):
     """The upstream Realtime leg of one call. See the module docstring."""
 
     def __init__(self, target: RealtimeTarget, profile: SessionProfile, *,
@@ -266,16 +267,6 @@ class RealtimeClient(outofband.OutOfBandRequests):
                 live.items.call_ids.add(call_id)
             self._send(dialects.function_output_item(call_id, output))
         self._maybe_rotate()
-
-    async def clear_input_audio(self) -> None:
-        """``input_audio_buffer.clear``: caller audio not yet committed must not start a
-        turn (hold, a transfer, a DTMF menu taking over); not replayed either."""
-        self.upkeep.replay.clear()
-        self._send({"type": "input_audio_buffer.clear"})
-
-    async def commit_input_audio(self) -> None:
-        """``input_audio_buffer.commit``: the caller's turn ends here (no server VAD)."""
-        self._send({"type": "input_audio_buffer.commit"})
 
     async def add_user_text(self, text: str) -> None:
         """A user text message (e.g. DTMF digits described in words)."""

@@ -76,6 +76,12 @@ class History:
         entry = self._by_id.get(item_id) or self._add(Entry(item_id, "assistant"))
         entry.text = text
 
+    def forget(self, item_id: str) -> None:
+        """The item was deleted from the conversation: never re-seed it."""
+        entry = self._by_id.pop(item_id, None)
+        if entry is not None:
+            self._entries.remove(entry)
+
     def audio_ms(self, item_id: str) -> float:
         entry = self._by_id.get(item_id)
         return entry.audio_ms if entry is not None else 0.0

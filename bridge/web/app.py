@@ -33,6 +33,7 @@ Token-protected (``[http] token``; ``Authorization: Bearer`` or the session /log
     GET  /calls/<id>            a call's record: JSON (Accept: application/json or
                                 ?format=json) or an HTML page with transcript and timeline
     GET  /calls/<id>/timeline.svg
+    GET  /calls/<id>/recording  the call's recording (stereo WAV), when its dialplan records
     POST /calls/<id>/hangup     end a live call (in a cluster: on whichever node owns it)
     POST /calls/<id>/summary    summarise an ended call (``bridge.web.summaries``, added
                                 by ``voicebridge serve`` with its summary queue)
@@ -59,6 +60,7 @@ from bridge.web.calltokens import CallTokens
 from bridge.web.dashboard import dashboard
 from bridge.web.health import health
 from bridge.web.ratelimit import RateLimiter
+from bridge.web.recordings import recordings
 from bridge.web.softphone import softphone
 from bridge.web.state import EXTENSION, Lines, Manager, Readiness, WebState
 from bridge.web.webrtc_calls import WebRtcCalls
@@ -96,7 +98,7 @@ def create_app(manager: Manager, settings: Settings, *,
     app.extensions[EXTENSION] = state
     app.after_serving(state.webrtc.close)
     app.after_request(security_headers)
-    for blueprint in (health, softphone, dashboard, calls):
+    for blueprint in (health, softphone, dashboard, calls, recordings):
         app.register_blueprint(blueprint)
     return app
 

@@ -128,6 +128,7 @@ class ScriptedSession:
 
     async def commit_input_audio(self) -> None:
         self.log.append(("commit_input",))
+
     async def create_out_of_band(self, instructions: str, metadata: dict[str, str],
                                  item_ids: list[str] | tuple[str, ...] = ()) -> bool:
         self.log.append(("out_of_band", instructions, dict(metadata), list(item_ids)))
@@ -135,6 +136,10 @@ class ScriptedSession:
 
     def cancel_out_of_band(self, response_id: str) -> bool:
         self.log.append(("cancel_out_of_band", response_id))
+        return True
+
+    async def delete_item(self, item_id: str) -> bool:
+        self.log.append(("delete", item_id))
         return True
 
     def set_playout_active(self, active: bool) -> None:
@@ -169,7 +174,8 @@ class Rig:
     def __init__(self, plan: Dialplan, *, store: RecordStore | None = None,
                  transfer_outcome: TransferOutcome | None = None,
                  idle_silence: bool = True,
-                 shared: tuple[VirtualScheduler, MediaClock] | None = None) -> None:
+                 shared: tuple[VirtualScheduler, MediaClock] | None = None,
+                 **call_options: Any) -> None:
         if shared is None:
             sched = VirtualScheduler(start=1000.0)
             shared = (sched, MediaClock(scheduler=sched))
@@ -181,7 +187,7 @@ class Rig:
         self.session = ScriptedSession()
         self.store: RecordStore = store or MemoryRecordStore()
         self.call = Call(self.leg, plan, lambda _profile, _log: self.session, self.clock,
-                         self.store, drain_timeout_s=30.0)
+                         self.store, drain_timeout_s=30.0, **call_options)
         self.task: asyncio.Task[CallRecord] | None = None
 
     async def start(self) -> None:

@@ -215,7 +215,8 @@ class Conversation:
         item_id = self._find_item(event, event_id)
         if item_id is None:
             return
-        del self.items[item_id]
+        gone = self.items.pop(item_id)
+        self.record.deleted.append((item_id, str(gone.get("type", ""))))
         if self.last_item == item_id:
             self.last_item = next(reversed(self.items), None)
         self._emit({"type": "conversation.item.deleted", "item_id": item_id})

@@ -247,6 +247,7 @@ class InputAudio:
         transcription = self._outbox.session["audio"]["input"]["transcription"]
         if transcription:
             seconds = (hi - lo) / fmt.bytes_per_ms / 1000.0
+            heard = self._host.heard(self.turns)
             self._emit({
                 "type": "conversation.item.input_audio_transcription.completed",
                 "item_id": item_id, "content_index": 0,

@@ -114,6 +114,8 @@ class SessionRecord:
     user_items: list[UserItemRecord] = field(default_factory=list)
     assistant_items: dict[str, AssistantItemRecord] = field(default_factory=dict)
     truncations: list[Truncation] = field(default_factory=list)
+    #: items deleted by ``conversation.item.delete``, with the item as it was (its type)
+    deleted: list[tuple[str, str]] = field(default_factory=list)
     tool_outputs: list[tuple[str, str]] = field(default_factory=list)
     response_creates: int = 0
     responses: list[ResponseRecord] = field(default_factory=list)

@@ -15,6 +15,11 @@ Format
     args = { target = "sales" }      # with these arguments (a table, sent as JSON)
 
     [[rule]]
+    on_turn = 2
+    heard = "my card is 4111 1111 1111 1111"  # the transcription of that turn (with
+                                     # input transcription on) instead of a placeholder
+
+    [[rule]]
     on_tool_output = "transfer_call" # trigger: a function_call_output for that function
     say = "You are being transferred."
 
