@@ -44,6 +44,7 @@ from bridge.dialplans.plan import (
 )
 from bridge.dialplans.schema import DialplanModel
 from bridge.dialplans.tools import Tool, ToolRegistry, tool_from_function
+from bridge.dialplans.voicemail import Voicemail, build_voicemail
 from bridge.dialplans.webhook import (
     MissingEnv,
     SchemaProblem,
@@ -227,7 +228,15 @@ def _build(src: _Source, model: DialplanModel, env: Mapping[str, str],
                      for digit, a in model.dtmf.actions.items()},
         ),
         fallback=fallback,
+        voicemail=_voicemail(src, model, env),
     )
+
+
+def _voicemail(src: _Source, model: DialplanModel, env: Mapping[str, str]) -> Voicemail | None:
+    try:
+        return build_voicemail(model.voicemail, env)
+    except MissingEnv as exc:
+        src.fail(f"environment variable {exc.name} is not set", ("voicemail", "webhook_headers"))
 
 
 def _check_actions(src: _Source, model: DialplanModel, targets: Mapping[str, str]) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from bridge.call.leg import Source
 from bridge.dialplans.tools import ToolRegistry
+from bridge.dialplans.voicemail import Voicemail
 from bridge.errors import DialplanError
 from bridge.realtime.profile import SessionProfile, TurnDetection
 
@@ -172,6 +173,8 @@ class Dialplan:
     fallback: Fallback = field(default_factory=Fallback)
     description: str = ""
     target_descriptions: dict[str, str] = field(default_factory=dict)
+    #: ``[voicemail]`` (bridge.dialplans.voicemail), None when the plan has none
+    voicemail: Voicemail | None = None
 
     def session_profile(self, *, leg_g711: str | None = None) -> SessionProfile:
         """The Realtime session profile, tools included.

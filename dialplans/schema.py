@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.dialplans.voicemail import VoicemailModel
+
 #: Voices the Realtime API offers (docs/realtime-protocol.md §9).
 VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
@@ -280,4 +282,5 @@ class DialplanModel(_Model):
     fallback: FallbackModel = Field(default_factory=FallbackModel)
     webhook: list[WebhookModel] = Field(default_factory=list)
     python: list[PythonToolModel] = Field(default_factory=list)
+    voicemail: VoicemailModel | None = None
 

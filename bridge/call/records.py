@@ -128,6 +128,9 @@ class CallRecord:
     errors: list[str] = field(default_factory=list)
     #: The node that ran the call (``[cluster] node_id``); stamped by a shared store.
     node: str = ""
+    #: A voicemail call's message (bridge.call.voicemail): ``audio`` (the WAV's path),
+    #: ``transcript``, ``duration_s``, ``ended_by``, ``webhook`` (HTTP status or error).
+    voicemail: dict[str, Any] | None = None
 
     def add_usage(self, usage: dict[str, Any] | None) -> None:
         """Sum a ``response.done`` usage block into ``usage`` (numbers add, dicts recurse)."""
@@ -144,6 +147,8 @@ class CallRecord:
         d["session_ids"] = list(self.session_ids)
         d["errors"] = list(self.errors)
         d["usage"] = json.loads(json.dumps(self.usage))
+        if self.voicemail is not None:
+            d["voicemail"] = dict(self.voicemail)
         return d
 
     @classmethod

@@ -33,6 +33,7 @@ from bridge.realtime.emulator.conversation import Conversation
 from bridge.realtime.emulator.dialect import EAGERNESS_SILENCE_MS, input_format, turn_detection
 from bridge.realtime.emulator.outbox import Outbox
 from bridge.realtime.emulator.record import UserItemRecord
+from bridge.realtime.emulator.transcription import is_transcription, transcription_events
 from bridge.realtime.emulator.vad import EnergyVad, VadSettings, VadStart, VadStop
 
 __all__ = ["MIN_COMMIT_MS", "InputAudio", "TurnHost"]
@@ -241,16 +242,11 @@ class InputAudio:
         self.user_audio_ms += committed_ms
         self.record.user_items.append(UserItemRecord(item_id, "audio", audio_ms=committed_ms,
                                                      turn=self.turns))
-        transcription = self._outbox.session["audio"]["input"]["transcription"]
-        if transcription:
-            seconds = (hi - lo) / fmt.bytes_per_ms / 1000.0
-            self._emit({
-                "type": "conversation.item.input_audio_transcription.completed",
-                "item_id": item_id, "content_index": 0,
-                "transcript": f"({seconds:.1f} s of caller audio; the emulator does not "
-                              "transcribe)",
-                "usage": {"type": "duration", "seconds": round(committed_ms / 1000.0, 3)},
-            })
+        session = self._outbox.session
+        if session["audio"]["input"]["transcription"]:
+            for event in transcription_events(item_id, self.pending_echo, fmt, committed_ms,
+                                              words=is_transcription(session)):
+                self._emit(event)
         self._host.trigger("on_turn", self.turns, now)
 
     def on_commit(self, event: dict[str, Any], event_id: str | None, now: float) -> None:

@@ -238,6 +238,8 @@ class Emulator:
                 return _bad(connection, HTTPStatus.BAD_REQUEST, "missing api-version")
         else:
             return _bad(connection, HTTPStatus.NOT_FOUND, "not found")
+        if not model and dialect == "preview" and query.get("intent") == "transcription":
+            model = "transcription"          # a preview transcription session names none
         if not model:
             return _bad(connection, HTTPStatus.BAD_REQUEST,
                         "missing " + ("model" if dialect == "ga" else "deployment"))
