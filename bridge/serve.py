@@ -138,6 +138,7 @@ class Bridge:
         factory = await self._realtime_factory()
         manager = self.manager = CallManager(dialplans, factory, store, shared_clock(),
                                              max_calls=self.settings.sip.max_calls)
+        manager.transcription = (self.target, self._token_provider)
 
         def live_record(call_id: str) -> CallRecord | None:
             call = manager.calls.get(call_id)

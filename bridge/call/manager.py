@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 import uuid
@@ -26,12 +27,13 @@ from typing import Any
 
 from bridge.call.call import Call, CallLog, RealtimeFactory, RealtimeSession
 from bridge.call.clock import MediaClock, shared_clock
-from bridge.call.early import EarlyOpens
+from bridge.call.early import EarlyOpens, new_call_id
 from bridge.call.events import CallEvent
 from bridge.call.leg import LegInfo, MediaLeg
 from bridge.call.records import CallRecord, RecordStore
 from bridge.dialplans.plan import Dialplan, DialplanSet
 from bridge.errors import CallRejected
+from bridge.realtime.auth import TokenProvider
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.config import RealtimeTarget
 from bridge.realtime.profile import SessionProfile
@@ -88,6 +90,9 @@ class CallManager:
         self.started = 0
         self.rejected = 0
         self.ended = 0
+        #: where voicemail transcription sessions go (and their Entra tokens)
+        self.transcription: tuple[RealtimeTarget | None, TokenProvider | None] = (
+            (realtime, None) if isinstance(realtime, RealtimeTarget) else (None, None))
         self.early = EarlyOpens(self.realtime_factory,
                                 lambda call_id: CallLog(log, {"call_id": call_id}),
                                 max_open=max(1, max_calls // 4), poll=self.clock.poll)
@@ -142,6 +147,9 @@ class CallManager:
             raise CallRejected("busy" if not self._closing else "shutting down")
         info = leg.info
         plan = self.plan_for(info)
+        if plan.voicemail is not None and plan.voicemail.takes_call(
+                datetime.datetime.now(datetime.UTC)):
+            return await self._voicemail(leg, plan)
         early = self.early.take(info.call_id)
         if early is not None and (early.plan is not plan or early.profile
                                   != plan.session_profile(leg_g711=leg.g711)):
@@ -167,6 +175,25 @@ class CallManager:
         finally:
             self.calls.pop(call.call_id, None)
             self._tasks.pop(call.call_id, None)
+            self.ended += 1
+
+    async def _voicemail(self, leg: MediaLeg, plan: Dialplan) -> CallRecord:
+        """A call the plan's ``[voicemail]`` takes (bridge.call.voicemail)."""
+        from bridge.call.voicemail import VoicemailCall  # noqa: PLC0415
+
+        assert plan.voicemail is not None
+        self.early.drop(leg.info.call_id)
+        info = leg.info
+        record = CallRecord(call_id=new_call_id(), leg_call_id=info.call_id,
+                            source=info.source.value, caller=info.caller, called=info.called,
+                            dialplan=plan.name, started_at=time.time())
+        target, tokens = self.transcription
+        call = VoicemailCall(leg, plan.name, plan.voicemail, target, self.clock, store=self.store,
+                             record=record, on_event=self._publish, token_provider=tokens)
+        self.started += 1
+        try:
+            return await call.run()
+        finally:
             self.ended += 1
 
     async def _record_failed(self, leg: MediaLeg, plan: str, exc: Exception) -> CallRecord:

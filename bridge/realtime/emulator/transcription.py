@@ -30,6 +30,11 @@ from typing import Any
 
 from bridge.realtime.emulator.audio import AUDIO_FORMATS, PREVIEW_FORMATS, AudioFormat, convert
 
+try:   # the ``transcribe`` extra
+    from pocketsphinx import Decoder  # type: ignore[import-untyped]
+except ImportError:  # pragma: no cover - without the extra: the placeholder
+    Decoder = None
+
 __all__ = [
     "MAX_RECOGNISE_MS", "TranscriptionUpdateError", "apply_transcription_update",
     "is_transcription", "recognise", "transcription_events", "transcription_view",
@@ -150,9 +155,7 @@ def transcription_view(session: Mapping[str, Any], preview: bool) -> dict[str, A
 
 def recognise(audio: bytes, fmt: AudioFormat) -> str | None:
     """The words pocketsphinx hears in ``audio`` (``fmt``), or None without pocketsphinx."""
-    try:
-        from pocketsphinx import Decoder
-    except ImportError:
+    if Decoder is None:
         return None
     pcm = convert(fmt, audio[:int(MAX_RECOGNISE_MS * fmt.bytes_per_ms)], _PCM16_16K)
     decoder = Decoder(samprate=16000, loglevel="FATAL")
