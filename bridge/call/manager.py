@@ -117,6 +117,9 @@ class CallManager:
         if not self.can_admit() or len(self.calls) + len(self.early) >= self.max_calls:
             return None
         plan = self.plan_for(info)
+        if plan.voicemail is not None and plan.voicemail.takes_call(
+                datetime.datetime.now(datetime.UTC)):
+            return None                      # a voicemail call opens no agent session
         try:
             return self.early.open(info.call_id, plan, g711)
         except Exception:

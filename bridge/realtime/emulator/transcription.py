@@ -28,6 +28,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from bridge.realtime.emulator.audio import AUDIO_FORMATS, PREVIEW_FORMATS, AudioFormat, convert
 
 try:   # the ``transcribe`` extra
@@ -47,6 +49,10 @@ _PREVIEW_KEYS = frozenset({"input_audio_format", "input_audio_transcription",
                            "modalities", "client_secret"})
 _GA_KEYS = frozenset({"type", "audio", "include"})
 _GA_INPUT_KEYS = frozenset({"format", "transcription", "noise_reduction", "turn_detection"})
+#: 20 ms at 16 kHz (bytes) louder than this RMS is speech (about -45 dBFS)
+SPEECH_RMS = 180.0
+_FRAME = 640
+_MARGIN = 15
 _PCM16_16K = AudioFormat("audio/pcm", "pcm16", 16000, 2)
 
 
@@ -153,11 +159,27 @@ def transcription_view(session: Mapping[str, Any], preview: bool) -> dict[str, A
     }
 
 
+def _trim(pcm: bytes) -> bytes:
+    """``pcm`` (16 kHz) without the silence before and after the speech, 300 ms kept each
+    side: the service's own voice detection does as much, and long silent edges make
+    pocketsphinx's English model hear words in the noise."""
+    x = np.frombuffer(pcm[:len(pcm) // _FRAME * _FRAME], dtype="<i2").astype(np.float32)
+    if not x.size:
+        return pcm
+    rms = np.sqrt(np.mean(x.reshape(-1, _FRAME // 2) ** 2, axis=1))
+    voiced = np.nonzero(rms > SPEECH_RMS)[0]
+    if not voiced.size:
+        return pcm
+    lo = max(int(voiced[0]) - _MARGIN, 0)
+    hi = min(int(voiced[-1]) + 1 + _MARGIN, rms.size)
+    return pcm[lo * _FRAME:hi * _FRAME]
+
+
 def recognise(audio: bytes, fmt: AudioFormat) -> str | None:
     """The words pocketsphinx hears in ``audio`` (``fmt``), or None without pocketsphinx."""
     if Decoder is None:
         return None
-    pcm = convert(fmt, audio[:int(MAX_RECOGNISE_MS * fmt.bytes_per_ms)], _PCM16_16K)
+    pcm = _trim(convert(fmt, audio[:int(MAX_RECOGNISE_MS * fmt.bytes_per_ms)], _PCM16_16K))
     decoder = Decoder(samprate=16000, loglevel="FATAL")
     decoder.start_utt()
     decoder.process_raw(pcm, full_utt=True)
