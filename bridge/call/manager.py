@@ -168,6 +168,7 @@ class CallManager:
             if early is not None:
                 self.early.discard(early)
             return await self._record_failed(leg, plan.name, exc)
+        call.fallback.transcription = self.transcription
         self.calls[call.call_id] = call
         task = asyncio.current_task()
         if task is not None:

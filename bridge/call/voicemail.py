@@ -139,14 +139,25 @@ class VoicemailCall:
         client.append(self._resampler.process(chunk))
 
     async def run(self) -> CallRecord:
-        leg = self.leg
-        leg.attach(self)
-        leg.poll = self.clock.poll
-        self.clock.subscribe(self.playout, first=True)
+        """A call that is a voicemail from the start: the whole call, record included."""
         metrics.CALLS_STARTED.labels(source=self.record.source).inc()
         self.emit(CallStarted(call_id=self.record.call_id, source=self.record.source,
                               caller=self.record.caller, called=self.record.called,
                               dialplan=self.plan_name))
+        try:
+            await self.take()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.leg.hang_up("voicemail")
+            await self._save_final()
+        return self.record
+
+    async def take(self) -> None:
+        """Take the message on the leg (attached to this driver from now on); the caller
+        of this ends the call. ``hung_up`` says whether the caller hung up meanwhile."""
+        self.leg.attach(self)
+        self.leg.poll = self.clock.poll
+        self.clock.subscribe(self.playout, first=True)
         opening = asyncio.create_task(self._open_transcription())
         try:
             await self._take_message()
@@ -157,13 +168,14 @@ class VoicemailCall:
             self.clock.unsubscribe(self.playout)
             if self._client is not None:
                 await self._client.close()
-            with contextlib.suppress(Exception):
-                await leg.hang_up("voicemail")
-            await self._save_final()
-        return self.record
+
+    @property
+    def hung_up(self) -> bool:
+        return self._hung_up
 
     async def _take_message(self) -> None:
-        self.record.connected_at = time.time()
+        if self.record.connected_at is None:
+            self.record.connected_at = time.time()
         await self._play(self.settings.greeting, DEFAULT_GREETING)
         if self._done.is_set():           # hung up during the greeting
             return
