@@ -59,7 +59,6 @@ from bridge.realtime.emulator.request import (
 from bridge.realtime.emulator.responses import CHUNK_MS, Call, Fail, Responses, Say, Step
 from bridge.realtime.emulator.script import Rule, Script
 from bridge.realtime.emulator.transcription import (
-    TranscriptionUpdateError,
     apply_transcription_update,
     transcription_view,
 )
@@ -263,8 +262,8 @@ class SessionCore:
         try:
             session = apply_transcription_update(out.session, event.get("session"),
                                                  "preview" if out.preview else "ga")
-        except TranscriptionUpdateError as exc:
-            self._error("invalid_value", exc.message, param=exc.param, event_id=event_id)
+        except SessionUpdateError as exc:
+            self._error(exc.code, exc.message, param=exc.param, event_id=event_id)
             return
         out.session = session
         self._input.configure(session)

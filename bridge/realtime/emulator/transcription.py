@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bridge.realtime.emulator.audio import AUDIO_FORMATS, PREVIEW_FORMATS, AudioFormat, convert
+from bridge.realtime.emulator.dialect import SessionUpdateError, _turn_detection
 
 try:   # the ``transcribe`` extra
     from pocketsphinx import Decoder  # type: ignore[import-untyped]
@@ -38,7 +39,7 @@ except ImportError:  # pragma: no cover - without the extra: the placeholder
     Decoder = None
 
 __all__ = [
-    "MAX_RECOGNISE_MS", "TranscriptionUpdateError", "apply_transcription_update",
+    "MAX_RECOGNISE_MS", "apply_transcription_update",
     "is_transcription", "recognise", "transcription_events", "transcription_view",
 ]
 
@@ -56,31 +57,22 @@ _MARGIN = 15
 _PCM16_16K = AudioFormat("audio/pcm", "pcm16", 16000, 2)
 
 
-class TranscriptionUpdateError(ValueError):
-    """A transcription session update the service would refuse."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
 def is_transcription(session: Mapping[str, Any]) -> bool:
     return session.get("type") == "transcription"
 
 
 def _object(value: Any, param: str) -> dict[str, Any] | None:
     if value is not None and not isinstance(value, dict):
-        raise TranscriptionUpdateError(f"Invalid type for '{param}': expected an object.",
-                                       param)
+        raise SessionUpdateError("invalid_value",
+                                 f"Invalid type for '{param}': expected an object.", param)
     return value
 
 
 def _unknown(keys: Any, known: frozenset[str], prefix: str) -> None:
     for key in keys:
         if key not in known:
-            raise TranscriptionUpdateError(f"Unknown parameter: '{prefix}{key}'.",
-                                           f"{prefix}{key}")
+            raise SessionUpdateError("unknown_parameter",
+                                     f"Unknown parameter: '{prefix}{key}'.", f"{prefix}{key}")
 
 
 def _no_responses(td: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -96,9 +88,10 @@ def _no_responses(td: dict[str, Any] | None) -> dict[str, Any] | None:
 def apply_transcription_update(current: Mapping[str, Any], update: Any, dialect: str
                                ) -> dict[str, Any]:
     """The merged GA-shaped transcription session, or raise
-    :class:`TranscriptionUpdateError` (``current`` is left untouched)."""
+    :class:`SessionUpdateError` (``current`` is left untouched)."""
     if not isinstance(update, dict):
-        raise TranscriptionUpdateError("Missing required parameter: 'session'.", "session")
+        raise SessionUpdateError("missing_required_parameter",
+                                 "Missing required parameter: 'session'.", "session")
     session = copy.deepcopy(dict(current))
     session["type"] = "transcription"
     audio_in = session["audio"]["input"]
@@ -107,7 +100,7 @@ def apply_transcription_update(current: Mapping[str, Any], update: Any, dialect:
         if "input_audio_format" in update:
             fmt = PREVIEW_FORMATS.get(update["input_audio_format"])
             if fmt is None:
-                raise TranscriptionUpdateError(
+                raise SessionUpdateError("invalid_value",
                     f"Invalid value: '{update['input_audio_format']}'.",
                     "session.input_audio_format")
             audio_in["format"] = fmt.ga_dict()
@@ -123,7 +116,7 @@ def apply_transcription_update(current: Mapping[str, Any], update: Any, dialect:
         if "format" in inp:
             fmt_obj = _object(inp["format"], "session.audio.input.format") or {}
             if fmt_obj.get("type") not in AUDIO_FORMATS:
-                raise TranscriptionUpdateError("Invalid value for the input format.",
+                raise SessionUpdateError("invalid_value", "Invalid value for the input format.",
                                                "session.audio.input.format.type")
             audio_in["format"] = AUDIO_FORMATS[fmt_obj["type"]].ga_dict()
         update = inp
@@ -131,10 +124,11 @@ def apply_transcription_update(current: Mapping[str, Any], update: Any, dialect:
                  ("noise_reduction", "noise_reduction"))
     for key, target in pairs:
         if key in update:
-            audio_in[target] = _object(update[key], f"session.{key}")
+            check = _turn_detection if target == "turn_detection" else _object
+            audio_in[target] = check(update[key], f"session.{key}")
     audio_in["turn_detection"] = _no_responses(audio_in["turn_detection"])
     if audio_in["transcription"] is None:
-        raise TranscriptionUpdateError("A transcription session needs a transcription "
+        raise SessionUpdateError("invalid_value", "A transcription session needs a transcription "
                                        "model.", "session.audio.input.transcription")
     return session
 
