@@ -45,4 +45,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  fallback: {fb.announcement or fb.tones or 'no announcement'}, then "
               f"{fb.action}{' to ' + fb.target if fb.target else ''}; a lost upstream is "
               f"reconnected for {budget:g} s, on hold ({fb.hold or 'chime'})")
+        vm = plan.voicemail
+        if vm is not None:
+            print(f"  voicemail: {vm.when}, up to {vm.max_s:g} s, ends on {vm.silence_s:g} s "
+                  f"of silence or {vm.end_digit}; transcribed by {vm.model}"
+                  f"{'; webhook ' + vm.webhook_url if vm.webhook_url else ''}")
     return 0

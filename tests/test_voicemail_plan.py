@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import shutil
 import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -131,3 +132,13 @@ async def test_voicemail_takes_the_call_when_the_agent_upstream_is_down(
         assert abs(w.getnframes() / 8000 - vm["duration_s"]) < 0.05
     assert emu.record.sessions and emu.record.sessions[0].received[0]["session"][
         "type"] == "transcription"
+
+
+def test_check_dialplans_shows_the_voicemail(tmp_path: Path) -> None:
+    _load(tmp_path, 'when = "after_hours"\nmax_s = 90\nmodel = "contoso-transcribe"\n')
+    out = subprocess.run([sys.executable, "-m", "bridge.cli", "check-dialplans", "--dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert "voicemail: after_hours, up to 90 s" in out.stdout
+    assert "transcribed by contoso-transcribe" in out.stdout
