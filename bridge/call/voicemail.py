@@ -37,7 +37,13 @@ import numpy as np
 
 from bridge import metrics
 from bridge.call.clock import MediaClock, TimerHandle
-from bridge.call.events import CallEnded, CallEvent, CallStarted, TranscriptAdded
+from bridge.call.events import (
+    CallEnded,
+    CallEvent,
+    CallStarted,
+    TranscriptAdded,
+    TranscriptDelta,
+)
 from bridge.call.leg import MediaLeg
 from bridge.call.playout import Playout
 from bridge.call.records import CallRecord, RecordStore, TranscriptEntry
@@ -92,6 +98,7 @@ class VoicemailCall:
         self._done = asyncio.Event()
         self._hung_up = False
         self._max_timer: TimerHandle | None = None
+        self._silence_timer: TimerHandle | None = None
         self._resampler = StreamResampler(leg.sample_rate, 24000)
         self._client: TranscriptionClient | None = None
 
@@ -183,9 +190,22 @@ class VoicemailCall:
         self._last_voice = self.clock.time()
         self._max_timer = self.clock.call_later(self.settings.max_s,
                                                 lambda: self._stop("max_length"))
+        self._arm_silence()
         await self._done.wait()
-        if self._max_timer is not None:
-            self._max_timer.cancel()
+        for timer in (self._max_timer, self._silence_timer):
+            if timer is not None:
+                timer.cancel()
+
+    def _arm_silence(self) -> None:
+        """Silence is also judged on the clock: a caller whose phone sends nothing while
+        quiet (no RTP at all) still ends the message."""
+        if self._done.is_set():
+            return
+        due = self._last_voice + self.settings.silence_s - self.clock.time()
+        if due <= 0:
+            self._stop("silence")
+            return
+        self._silence_timer = self.clock.call_later(due, self._arm_silence)
 
     async def _finish(self, opening: asyncio.Task[None]) -> None:
         s = self.settings
@@ -214,7 +234,7 @@ class VoicemailCall:
             return
         client = TranscriptionClient(self.target, self.settings.model,
                                      language=self.settings.language, log=log,
-                                     token_provider=self._tokens)
+                                     token_provider=self._tokens, on_delta=self._on_delta)
         try:
             await client.open()
         except RealtimeError as exc:
@@ -224,6 +244,10 @@ class VoicemailCall:
             return
         self._client = client
         self._feed()                       # what was recorded while it opened
+
+    def _on_delta(self, delta: str) -> None:
+        self.emit(TranscriptDelta(call_id=self.record.call_id, item_id="voicemail",
+                                  delta=delta))
 
     async def _transcript(self, opening: asyncio.Task[None]) -> str | None:
         await wait_within(self.clock, opening, 15.0)
