@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import urllib.request
 import uuid
 import wave
 from collections.abc import Iterator
@@ -160,6 +161,20 @@ async def test_a_spoken_message_is_stored_transcribed_and_posted(
     assert auth == f"Bearer {TOKEN}"
     assert vm["webhook"] == 204
     assert TOKEN not in serve.log_tail(10_000)
+    # the call page shows the message; the WAV is served to the operator only
+    request = urllib.request.Request(f"{serve.http_url}/calls/{record['call_id']}",
+                                     headers={"Accept": "text/html",
+                                              "Authorization": f"Bearer {serve.TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:   # noqa: ASYNC210
+        page = reply.read().decode()
+    assert '<dl class="summary" id="voicemail">' in page
+    assert vm["transcript"] in page and "ended by silence" in page, page[:3000]
+    assert serve.metric("voicebridge_voicemails_total", 'ended_by="silence"') >= 1
+    assert serve.metric("voicebridge_voicemail_transcriptions_total", 'outcome="ok"') >= 1
+    status, audio = serve.get(f"/calls/{record['call_id']}/voicemail.wav", token=True)
+    assert status == 200 and audio[:4] == b"RIFF" and len(audio) > 8000 * 2 * 3
+    status, _ = serve.get(f"/calls/{record['call_id']}/voicemail.wav")
+    assert status in (401, 403)
 
 
 async def test_the_end_key_ends_the_message_early(serve: ServeProcess, phrase: Path,
