@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from openai.types.realtime.realtime_transcription_session_create_response import (
+    RealtimeTranscriptionSessionCreateResponse,
+)
+from pydantic import TypeAdapter, ValidationError
 
 from bridge.realtime.config import RealtimeSettings, RealtimeTarget
 from bridge.realtime.emulator import Emulator, EmulatorConfig
@@ -28,7 +31,10 @@ from bridge.realtime.transcription import (
     transcription_url,
 )
 from tests.support.audio import tone
-from tests.support.realtime_oracle import assert_conforms, validate_client_event
+from tests.support.realtime_oracle import _extras, assert_conforms, validate_client_event
+
+TRANSCRIPTION_SESSION: TypeAdapter[Any] = TypeAdapter(
+    RealtimeTranscriptionSessionCreateResponse)
 
 DELTA = "conversation.item.input_audio_transcription.delta"
 COMPLETED = "conversation.item.input_audio_transcription.completed"
@@ -94,7 +100,12 @@ def test_emulator_transcription_session_answers_each_commit(
         assert_conforms(updated, "preview")
         assert updated["session"]["input_audio_transcription"]["model"] == "gpt-4o-transcribe"
     else:
-        assert updated["session"]["type"] == "transcription"
+        # The GA event's session is a transcription session: strictly the package's
+        # RealtimeTranscriptionSessionCreateResponse (id, object, expires_at included).
+        session = TRANSCRIPTION_SESSION.validate_python(updated["session"])
+        assert not _extras(session, "session"), _extras(session, "session")
+        assert session.type == "transcription"
+        assert session.audio.input.transcription.model == "gpt-4o-transcribe"
     audio = tone(800)                       # 24 kHz PCM16
     send(core, {"type": "input_audio_buffer.append",
                 "audio": base64.b64encode(audio).decode()})
