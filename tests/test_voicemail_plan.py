@@ -142,3 +142,27 @@ def test_check_dialplans_shows_the_voicemail(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "voicemail: after_hours, up to 90 s" in out.stdout
     assert "transcribed by contoso-transcribe" in out.stdout
+
+
+async def test_a_voicemail_call_counts_as_live_and_the_operator_can_end_it(
+        tmp_path: Path) -> None:
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    _load(plans, f'directory = "{tmp_path / "msgs"}"\n')
+    clock = MediaClock()
+    dead = RealtimeSettings.from_env({}).target(emulator_url="ws://127.0.0.1:1")
+    manager = CallManager(load_dialplans(plans, env={}), dead, MemoryRecordStore(), clock,
+                          max_calls=1)
+    leg = MemoryLeg(LegInfo(call_id="leg-op", source=Source.SIP, caller="+1555",
+                            called="vm"), clock=clock)
+    assert manager.open_early(leg.info, "pcmu") is None     # no agent session for it
+    task = asyncio.create_task(manager.handle(leg))
+    await until(lambda: manager.live == 1, 10, clock=clock)
+    assert not manager.can_admit()
+    [call_id] = manager.voicemails
+    await asyncio.sleep(1.0)
+    assert manager.hang_up(call_id, "operator")
+    record = await asyncio.wait_for(task, 30)
+    assert record.voicemail is not None and record.voicemail["ended_by"] == "operator"
+    assert record.voicemail["transcript"] is None           # the upstream is down
+    assert manager.live == 0 and leg.hangups == ["voicemail"]

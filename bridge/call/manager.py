@@ -31,6 +31,7 @@ from bridge.call.early import EarlyOpens, new_call_id
 from bridge.call.events import CallEvent
 from bridge.call.leg import LegInfo, MediaLeg
 from bridge.call.records import CallRecord, RecordStore
+from bridge.call.voicemail import VoicemailCall
 from bridge.dialplans.plan import Dialplan, DialplanSet
 from bridge.errors import CallRejected
 from bridge.realtime.auth import TokenProvider
@@ -82,6 +83,8 @@ class CallManager:
         self.max_calls = max_calls
         self.call_options = dict(call_options or {})
         self.calls: dict[str, Call] = {}
+        #: live voicemail calls (bridge.call.voicemail), counted against ``max_calls``
+        self.voicemails: dict[str, VoicemailCall] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._listeners: list[Listener] = []
         self._queues: set[asyncio.Queue[CallEvent | None]] = set()
@@ -99,7 +102,7 @@ class CallManager:
 
     # -- admission -----------------------------------------------------------------------
     def can_admit(self) -> bool:
-        return not self._closing and len(self.calls) < self.max_calls
+        return not self._closing and self.live < self.max_calls
 
     def stop_admitting(self) -> None:
         """Refuse new calls from now on (draining); the live ones go on."""
@@ -107,7 +110,7 @@ class CallManager:
 
     @property
     def live(self) -> int:
-        return len(self.calls)
+        return len(self.calls) + len(self.voicemails)
 
     # -- calls ---------------------------------------------------------------------------
     def open_early(self, info: LegInfo, g711: str | None) -> asyncio.Future[None] | None:
@@ -183,8 +186,6 @@ class CallManager:
 
     async def _voicemail(self, leg: MediaLeg, plan: Dialplan) -> CallRecord:
         """A call the plan's ``[voicemail]`` takes (bridge.call.voicemail)."""
-        from bridge.call.voicemail import VoicemailCall  # noqa: PLC0415
-
         assert plan.voicemail is not None
         self.early.drop(leg.info.call_id)
         info = leg.info
@@ -194,10 +195,16 @@ class CallManager:
         target, tokens = self.transcription
         call = VoicemailCall(leg, plan.name, plan.voicemail, target, self.clock, store=self.store,
                              record=record, on_event=self._publish, token_provider=tokens)
+        self.voicemails[record.call_id] = call
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[record.call_id] = task
         self.started += 1
         try:
             return await call.run()
         finally:
+            self.voicemails.pop(record.call_id, None)
+            self._tasks.pop(record.call_id, None)
             self.ended += 1
 
     async def _record_failed(self, leg: MediaLeg, plan: str, exc: Exception) -> CallRecord:
@@ -219,7 +226,10 @@ class CallManager:
         """End a live call from outside (dashboard, API). False if there is no such call."""
         call = self.calls.get(call_id)
         if call is None:
-            return False
+            voicemail = self.voicemails.get(call_id)
+            if voicemail is not None:
+                voicemail.end(reason)
+            return voicemail is not None
         call.end(reason)
         return True
 
@@ -238,6 +248,8 @@ class CallManager:
         calls = list(self.calls.values())
         for call in calls:
             call.end(reason)
+        for voicemail in list(self.voicemails.values()):
+            voicemail.end(reason)
         tasks = [t for t in self._tasks.values() if t is not asyncio.current_task()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)

@@ -131,6 +131,11 @@ class VoicemailCall:
         if self._on_event is not None:
             self._on_event(event)
 
+    def end(self, reason: str) -> None:
+        """End the message from outside (the operator, a shutdown): what was recorded is
+        kept, transcribed and stored as for any other end."""
+        self._stop(reason)
+
     def _stop(self, why: str) -> None:
         if not self._done.is_set():
             self._ended_by = why
