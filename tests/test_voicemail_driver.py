@@ -128,3 +128,29 @@ async def test_a_phone_that_sends_nothing_when_quiet_still_ends_by_silence(
     vm = record.voicemail
     assert vm is not None and vm["ended_by"] == "silence"
     assert vm["duration_s"] == pytest.approx(1.0, abs=0.1)     # only what was sent
+
+
+async def test_a_cancelled_voicemail_keeps_what_was_recorded(tmp_path: Path) -> None:
+    """The call ended under the message (a limit, a shutdown): the WAV and the record's
+    entry are still written, and the cancellation goes on."""
+    sched = VirtualScheduler(start=100.0)
+    clock = MediaClock(scheduler=sched)
+    leg = MemoryLeg(LegInfo(call_id="leg", source=Source.SIP, caller="+1555", called="vm"),
+                    clock=clock)
+    record = CallRecord(call_id="c_cancel", source="sip", dialplan="vm")
+    driver = VoicemailCall(leg, "vm", Voicemail(greeting=GREETING, directory=tmp_path),
+                           None, clock, store=MemoryRecordStore(), record=record)
+    task = asyncio.create_task(driver.run())
+    leg.play(tone(3000, rate=8000, amp=6000))
+    for _ in range(100):                     # 2 s: the greeting, then 1.5 s of message
+        sched.advance(0.02)
+        for _ in range(5):
+            await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    vm = record.voicemail
+    assert vm is not None and vm["ended_by"] == "cancelled"
+    assert vm["duration_s"] == pytest.approx(1.5, abs=0.1)
+    assert _wav_seconds(vm["audio"]) == pytest.approx(vm["duration_s"], abs=0.01)
+    assert record.ended_at is not None and leg.hangups == ["voicemail"]

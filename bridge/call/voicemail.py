@@ -174,6 +174,11 @@ class VoicemailCall:
         try:
             await self._take_message()
             await self._finish(opening)
+        except asyncio.CancelledError:
+            if self._recording and self.record.voicemail is None:
+                self._stop("cancelled")      # the call ended under us (a limit, shutdown)
+                self._keep()
+            raise
         finally:
             if not opening.done():
                 opening.cancel()
@@ -212,15 +217,21 @@ class VoicemailCall:
             return
         self._silence_timer = self.clock.call_later(due, self._arm_silence)
 
-    async def _finish(self, opening: asyncio.Task[None]) -> None:
-        s = self.settings
+    def _keep(self) -> dict[str, Any]:
+        """Write the WAV and the record's entry (no transcript yet): the message is kept
+        from here on, whatever happens next."""
         audio = self._write_wav()
         entry: dict[str, Any] = {
             "audio": str(audio) if audio else None, "transcript": None,
             "duration_s": round(len(self._pcm) / 2 / self.leg.sample_rate, 2),
-            "ended_by": self._ended_by, "model": s.model, "webhook": None}
+            "ended_by": self._ended_by, "model": self.settings.model, "webhook": None}
         self.record.voicemail = entry
         metrics.VOICEMAILS.labels(ended_by=self._ended_by).inc()
+        return entry
+
+    async def _finish(self, opening: asyncio.Task[None]) -> None:
+        s = self.settings
+        entry = self._keep()
         goodbye = None if self._hung_up else asyncio.create_task(
             self._play(s.goodbye, DEFAULT_GOODBYE))
         entry["transcript"] = await self._transcript(opening)
