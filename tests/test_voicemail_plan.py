@@ -103,7 +103,7 @@ async def test_voicemail_takes_the_call_when_the_agent_upstream_is_down(
     plans = tmp_path / "plans"
     plans.mkdir()
     plan = _load(plans, f'when = "upstream_down"\ndirectory = "{tmp_path / "msgs"}"\n'
-                 'silence_s = 2.0\n')
+                 'silence_s = 2.0\nwebhook_url = "http://127.0.0.1:1/down"\n')
     assert plan.voicemail is not None
     clock = MediaClock()
     store = MemoryRecordStore()
@@ -128,6 +128,7 @@ async def test_voicemail_takes_the_call_when_the_agent_upstream_is_down(
     assert vm is not None and vm["ended_by"] == "silence", vm
     assert {"order", "like"} <= set(vm["transcript"].split()), vm
     assert vm["duration_s"] >= 2.5
+    assert vm["webhook"] == "ConnectError"       # a webhook that is down loses nothing
     with wave.open(vm["audio"]) as w:
         assert abs(w.getnframes() / 8000 - vm["duration_s"]) < 0.05
     assert emu.record.sessions and emu.record.sessions[0].received[0]["session"][
