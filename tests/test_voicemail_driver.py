@@ -16,6 +16,7 @@ from bridge.call.leg import LegInfo, Source
 from bridge.call.memory import MemoryLeg
 from bridge.call.records import CallRecord, MemoryRecordStore
 from bridge.call.voicemail import VoicemailCall
+from bridge.codecs import g711
 from bridge.dialplans.voicemail import Voicemail
 from tests.support.audio import tone
 
@@ -23,13 +24,15 @@ GREETING = "880:500"          # 0.5 s: recording starts once it has played
 
 
 async def _run(tmp_path: Path, script: list[tuple[float, str, object]],
-               idle_silence: bool = True, **settings: object
+               idle_silence: bool = True, carry: str = "pcm16", **settings: object
                ) -> tuple[CallRecord, MemoryLeg, list[CallEvent]]:
     """Run a voicemail call; ``script`` is (clock time after answering, action, arg)."""
     sched = VirtualScheduler(start=100.0)
     clock = MediaClock(scheduler=sched)
     leg = MemoryLeg(LegInfo(call_id="leg", source=Source.SIP, caller="+1555", called="vm"),
                     clock=clock, idle_silence=idle_silence)
+    if carry != "pcm16":
+        assert leg.carry_encoded(carry)
     vm = Voicemail(greeting=GREETING, directory=tmp_path, **settings)  # type: ignore[arg-type]
     events: list[CallEvent] = []
     record = CallRecord(call_id="c_vm", source="sip", caller="+1555", called="vm",
@@ -154,3 +157,21 @@ async def test_a_cancelled_voicemail_keeps_what_was_recorded(tmp_path: Path) -> 
     assert vm["duration_s"] == pytest.approx(1.5, abs=0.1)
     assert _wav_seconds(vm["audio"]) == pytest.approx(vm["duration_s"], abs=0.01)
     assert record.ended_at is not None and leg.hangups == ["voicemail"]
+
+
+async def test_a_passthrough_leg_is_decoded_in_and_encoded_out(tmp_path: Path) -> None:
+    """As the fallback of a call that carried G.711 as is, the voicemail gets the law's
+    payload: it records PCM and plays its beeps encoded."""
+    message = g711.encode("pcmu", tone(1000, rate=8000, amp=6000))
+    record, leg, _ = await _run(tmp_path, [(0.6, "play", message)], carry="pcmu",
+                                silence_s=1.0)
+    vm = record.voicemail
+    assert vm is not None and vm["ended_by"] == "silence"
+    assert vm["duration_s"] == pytest.approx(2.1, abs=0.1)
+    with wave.open(vm["audio"]) as w:
+        pcm = w.readframes(w.getnframes())
+    loud = max(abs(int.from_bytes(pcm[i:i + 2], "little", signed=True))
+               for i in range(0, len(pcm), 2))
+    assert 5000 < loud < 7000                      # the tone's PCM, not µ-law bytes
+    sent = [f for f in leg.frames if not f.silent]
+    assert sent and all(len(f.pcm) == 160 for f in sent)    # one byte a sample

@@ -50,6 +50,7 @@ from bridge.call.leg import MediaLeg
 from bridge.call.playout import Playout
 from bridge.call.records import CallRecord, RecordStore, TranscriptEntry
 from bridge.call.timers import wait_within
+from bridge.codecs import g711
 from bridge.codecs.resample import StreamResampler
 from bridge.dialplans.announce import load_announcement
 from bridge.dialplans.voicemail import Voicemail
@@ -94,7 +95,10 @@ class VoicemailCall:
         self.record = record
         self._on_event = on_event
         self._tokens = token_provider
-        self.playout = Playout(leg)
+        #: a leg the call switched to G.711 passthrough carries the law's payload both
+        #: ways (a voicemail run as the fallback): decoded in, encoded out
+        self._carry = leg.carry
+        self.playout = Playout(leg, audio_format=leg.carry)
         self.playout.comfort = False
         self._pcm = bytearray()
         self._limit = int(settings.max_s * leg.sample_rate) * 2
@@ -113,6 +117,8 @@ class VoicemailCall:
     def on_leg_audio(self, pcm: bytes) -> None:
         if not self._recording or self._done.is_set():
             return
+        if self._carry != "pcm16":
+            pcm = g711.decode(self._carry, pcm)
         now = self.clock.time()
         room = self._limit - len(self._pcm)
         self._pcm += pcm[:max(room, 0)]
