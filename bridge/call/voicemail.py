@@ -31,6 +31,7 @@ import logging
 import ssl
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ class VoicemailCall:
 
     def __init__(self, leg: MediaLeg, plan_name: str, settings: Voicemail,
                  target: RealtimeTarget | None, clock: MediaClock, *, store: RecordStore,
-                 record: CallRecord, on_event: Any = None,
+                 record: CallRecord, on_event: Callable[[CallEvent], None] | None = None,
                  token_provider: TokenProvider | None = None) -> None:
         self.leg = leg
         self.plan_name = plan_name
