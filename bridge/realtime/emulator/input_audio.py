@@ -33,7 +33,11 @@ from bridge.realtime.emulator.conversation import Conversation
 from bridge.realtime.emulator.dialect import EAGERNESS_SILENCE_MS, input_format, turn_detection
 from bridge.realtime.emulator.outbox import Outbox
 from bridge.realtime.emulator.record import UserItemRecord
-from bridge.realtime.emulator.transcription import is_transcription, transcription_events
+from bridge.realtime.emulator.transcription import (
+    TranscriptionJob,
+    is_transcription,
+    transcription_events,
+)
 from bridge.realtime.emulator.vad import EnergyVad, VadSettings, VadStart, VadStop
 
 __all__ = ["MIN_COMMIT_MS", "InputAudio", "TurnHost"]
@@ -81,6 +85,8 @@ class InputAudio:
         self.user_audio_ms = 0.0
         #: the last unanswered turn's speech, input format (the echo agent plays it)
         self.pending_echo: bytes | None = None
+        #: committed turns of a transcription session waiting for their words
+        self.jobs: list[TranscriptionJob] = []
 
     @property
     def in_fmt(self) -> AudioFormat:
@@ -228,7 +234,7 @@ class InputAudio:
         lo, hi = self._offset(echo[0]), self._offset(echo[1])
         fmt = self._in_fmt
         committed_ms = cut / fmt.bytes_per_ms
-        self.pending_echo = bytes(self._buf[lo:hi])
+        speech = self.pending_echo = bytes(self._buf[lo:hi])
         del self._buf[:cut]
         self._buf_start += cut
         previous = self._conv.last_item
@@ -243,9 +249,11 @@ class InputAudio:
         self.record.user_items.append(UserItemRecord(item_id, "audio", audio_ms=committed_ms,
                                                      turn=self.turns))
         session = self._outbox.session
-        if session["audio"]["input"]["transcription"]:
-            for event in transcription_events(item_id, self.pending_echo, fmt, committed_ms,
-                                              words=is_transcription(session)):
+        if is_transcription(session):          # words later (``TranscriptionJob``)
+            self.jobs.append(TranscriptionJob(item_id, speech, fmt, committed_ms))
+        elif session["audio"]["input"]["transcription"]:
+            for event in transcription_events(item_id, (hi - lo) / fmt.bytes_per_ms / 1000.0,
+                                              committed_ms, None, words=False):
                 self._emit(event)
         self._host.trigger("on_turn", self.turns, now)
 

@@ -59,7 +59,9 @@ from bridge.realtime.emulator.request import (
 from bridge.realtime.emulator.responses import CHUNK_MS, Call, Fail, Responses, Say, Step
 from bridge.realtime.emulator.script import Rule, Script
 from bridge.realtime.emulator.transcription import (
+    TranscriptionJob,
     apply_transcription_update,
+    transcription_events,
     transcription_view,
 )
 
@@ -184,6 +186,20 @@ class SessionCore:
                 self._close(arg, "scripted close")
         if not self.closed:
             self._responses.pump(now)
+
+    def take_jobs(self) -> list[TranscriptionJob]:
+        """Committed turns of a transcription session to recognise (``transcription.py``);
+        each one's text comes back through :meth:`finish_job`."""
+        jobs, self._input.jobs = self._input.jobs, []
+        return jobs
+
+    def finish_job(self, job: TranscriptionJob, text: str | None) -> None:
+        """The words of ``job`` (None: the placeholder): its deltas and ``completed``."""
+        if self.closed:
+            return
+        for event in transcription_events(job.item_id, len(job.audio) / job.fmt.bytes_per_ms
+                                          / 1000.0, job.committed_ms, text, words=True):
+            self._emit(event)
 
     def take_output(self) -> list[str | Close]:
         return self._out.take()

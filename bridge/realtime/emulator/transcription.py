@@ -17,15 +17,18 @@ A transcription session takes caller audio and answers each committed turn with
 Either way the configuration is kept in the GA shape (``type: "transcription"``), as every
 other session is. The words come from pocketsphinx (the ``transcribe`` extra; its wheel
 ships an English model) run on the turn's audio at 16 kHz; without it the transcript is a
-deterministic placeholder naming the audio's length. Recognition runs inline on the
-session's event loop: a few seconds of audio cost about a second of CPU, fine for a test
-server, and bounded by :data:`MAX_RECOGNISE_MS`.
+deterministic placeholder naming the audio's length. Recognition costs about a second of
+CPU for a few seconds of audio (bounded by :data:`MAX_RECOGNISE_MS`), so the sans-I/O core
+hands each committed turn out as a :class:`TranscriptionJob` and the server runs it in a
+worker thread (one at a time per emulator), keeping the event loop -- and, in ``voicebridge
+serve``'s built-in emulator, the media clock -- free.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +43,8 @@ except ImportError:  # pragma: no cover - without the extra: the placeholder
 
 __all__ = [
     "MAX_RECOGNISE_MS", "apply_transcription_update",
-    "is_transcription", "recognise", "transcription_events", "transcription_view",
+    "TranscriptionJob", "is_transcription", "recognise", "transcription_events",
+    "transcription_view",
 ]
 
 #: Audio beyond this much of one turn is not recognised (the placeholder covers it).
@@ -182,14 +186,27 @@ def recognise(audio: bytes, fmt: AudioFormat) -> str | None:
     return hyp.hypstr.strip() if hyp is not None else ""
 
 
-def transcription_events(item_id: str, audio: bytes, fmt: AudioFormat, committed_ms: float,
-                         *, words: bool) -> list[dict[str, Any]]:
-    """What one committed turn is answered with: deltas, then ``...completed``.
-    ``words``: recognise the audio (a transcription session), else the placeholder."""
-    seconds = len(audio) / fmt.bytes_per_ms / 1000.0
-    text = recognise(audio, fmt) if words else None
+@dataclass(frozen=True)
+class TranscriptionJob:
+    """One committed turn of a transcription session waiting for its words: the core
+    hands it out (``SessionCore.take_jobs``), the adapter recognises it off the event loop
+    and gives the text back (``SessionCore.finish_job``)."""
+
+    item_id: str
+    audio: bytes
+    fmt: AudioFormat
+    committed_ms: float
+
+    def run(self) -> str | None:
+        return recognise(self.audio, self.fmt)
+
+
+def transcription_events(item_id: str, audio_s: float, committed_ms: float,
+                         text: str | None, *, words: bool) -> list[dict[str, Any]]:
+    """What one committed turn is answered with: deltas (``words``: a transcription
+    session), then ``...completed``; ``text`` None is the placeholder."""
     if text is None:
-        text = f"({seconds:.1f} s of caller audio; the emulator does not transcribe)"
+        text = f"({audio_s:.1f} s of caller audio; the emulator does not transcribe)"
     events: list[dict[str, Any]] = []
     if words:
         parts = text.split(" ")
@@ -204,4 +221,3 @@ def transcription_events(item_id: str, audio: bytes, fmt: AudioFormat, committed
         "usage": {"type": "duration", "seconds": round(committed_ms / 1000.0, 3)},
     })
     return events
-
