@@ -29,7 +29,8 @@ The hierarchy::
     ├── RealtimeError                the upstream Realtime leg
     │   ├── RealtimeAuthError        401/403 or close 3000: never retried
     │   ├── RealtimeUnavailable      could not connect / lost beyond reconnect
-    │   │   └── RealtimeRejected     the request itself refused (400/404, close 4000)
+    │   │   ├── RealtimeRejected     the request itself refused (400/404, close 4000)
+    │   │   └── TranscriptionFailed  a voicemail's transcription session not opened or no transcript
     │   ├── MalformedEvent           a server event that does not map (logged, ignored)
     │   ├── ChatFailed               a Chat Completions request failed for good (recorded)
     │   └── ChatAttemptFailed        one attempt failed; retried after Retry-After or back-off

@@ -128,6 +128,13 @@ CALLS_STARTED = Counter("calls_started", "Calls admitted.", ["source"],
                         namespace=_NS, registry=REGISTRY)
 CALLS_ENDED = Counter("calls_ended", "Calls ended, by end reason.", ["reason"],
                       namespace=_NS, registry=REGISTRY)
+VOICEMAILS = Counter("voicemails", "Voicemail messages taken, by what ended them.",
+                     ["ended_by"], namespace=_NS, registry=REGISTRY)
+VOICEMAIL_TRANSCRIPTIONS = Counter("voicemail_transcriptions",
+                                   "Voicemail transcriptions, by outcome.", ["outcome"],
+                                   namespace=_NS, registry=REGISTRY)
+VOICEMAIL_WEBHOOKS = Counter("voicemail_webhooks", "Voicemail webhook posts, by outcome.",
+                             ["outcome"], namespace=_NS, registry=REGISTRY)
 CALLS_REJECTED = Counter("calls_rejected", "Calls refused at admission.", ["reason"],
                          namespace=_NS, registry=REGISTRY)
 

@@ -142,6 +142,7 @@ class Bridge:
         manager = self.manager = CallManager(dialplans, factory, store, shared_clock(),
                                              max_calls=self.settings.sip.max_calls,
                                              call_options={"recordings_path": recordings})
+        manager.transcription = (self.target, self._token_provider)
         if recordings:
             self._closers.append(self._sweep_recordings(recordings))
 

@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
               f"reconnected for {budget:g} s, on hold ({fb.hold or 'chime'})")
         if plan.summary.enabled:
             print(f"  summary:  {plan.summary.describe()}")
+        vm = plan.voicemail
+        if vm is not None:
+            print(f"  voicemail: {vm.when}, up to {vm.max_s:g} s, ends on {vm.silence_s:g} s "
+                  f"of silence or {vm.end_digit}; transcribed by {vm.model}"
+                  f"{'; webhook ' + vm.webhook_url if vm.webhook_url else ''}")
         _keeping(plan)
     return 0
 

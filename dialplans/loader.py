@@ -48,6 +48,7 @@ from bridge.dialplans.schema import DialplanModel
 from bridge.dialplans.summary import build_summary
 from bridge.dialplans.tools import Tool, ToolRegistry, tool_from_function
 from bridge.dialplans.turns import TurnsConfig, build_turns
+from bridge.dialplans.voicemail import Voicemail, build_voicemail
 from bridge.dialplans.webhook import (
     MissingEnv,
     SchemaProblem,
@@ -236,7 +237,15 @@ def _build(src: _Source, model: DialplanModel, env: Mapping[str, str],
         analysis=analysis.build(model.analysis),
         recording=recording_policy(model.recording, src.file.parent, src.fail),
         redaction=redaction_policy(model.redaction),
+        voicemail=_voicemail(src, model, env),
     )
+
+
+def _voicemail(src: _Source, model: DialplanModel, env: Mapping[str, str]) -> Voicemail | None:
+    try:
+        return build_voicemail(model.voicemail, env)
+    except MissingEnv as exc:
+        src.fail(f"environment variable {exc.name} is not set", ("voicemail", "webhook_headers"))
 
 
 def _check_actions(src: _Source, model: DialplanModel, targets: Mapping[str, str]) -> None:

@@ -28,6 +28,7 @@ from bridge.dialplans.recording import RecordingPolicy, RedactionPolicy
 from bridge.dialplans.summary import SummaryConfig
 from bridge.dialplans.tools import ToolRegistry
 from bridge.dialplans.turns import TurnsConfig
+from bridge.dialplans.voicemail import Voicemail
 from bridge.errors import DialplanError
 from bridge.realtime.profile import SessionProfile, TurnDetection
 
@@ -182,6 +183,8 @@ class Dialplan:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     recording: RecordingPolicy = field(default_factory=RecordingPolicy)
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
+    #: ``[voicemail]`` (bridge.dialplans.voicemail), None when the plan has none
+    voicemail: Voicemail | None = None
 
     def session_profile(self, *, leg_g711: str | None = None) -> SessionProfile:
         """The Realtime session profile, tools included.

@@ -26,6 +26,7 @@ from bridge.dialplans.analysis import AnalysisModel
 from bridge.dialplans.recording import RecordingModel, RedactionModel
 from bridge.dialplans.summary import SummaryModel
 from bridge.dialplans.turns import TurnsModel
+from bridge.dialplans.voicemail import VoicemailModel
 
 #: Voices the Realtime API offers (docs/realtime-protocol.md §9).
 VOICES = frozenset(
@@ -290,4 +291,5 @@ class DialplanModel(_Model):
     analysis: AnalysisModel | None = None
     recording: RecordingModel | None = None
     redaction: RedactionModel | None = None
+    voicemail: VoicemailModel | None = None
 

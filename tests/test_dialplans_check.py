@@ -24,7 +24,7 @@ def test_packaged_plans_are_valid() -> None:
     proc = check()
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "4 dialplan(s)" in out
+    assert "5 dialplan(s)" in out
     assert "turns:    hook gatekeeper_hooks:screen (python); VAD aggressiveness 2" in out
     assert out.index("front-desk") < out.index("\necho")     # the default comes last
     assert out.index("unhurried") < out.index("\necho")
@@ -34,6 +34,7 @@ def test_packaged_plans_are_valid() -> None:
     assert "tool:     opening_hours (python, timeout 2 s)" in out
     assert "dtmf 0:   transfer operator" in out
     assert "fallback: unavailable-transfer, then transfer to operator" in out
+    assert "voicemail: always, up to 120 s, ends on 4 s of silence or #" in out
 
 
 def test_good_folder_from_env() -> None:

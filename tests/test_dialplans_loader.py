@@ -112,8 +112,13 @@ def test_empty_or_missing_folder(tmp_path: Path) -> None:
 
 def test_packaged_examples_load() -> None:
     plans = load_dialplans(PACKAGED_DIR, env={})
-    assert len(plans) == 4
+    assert len(plans) == 5
     echo, desk, unhurried = plans["echo"], plans["front-desk"], plans["unhurried"]
+    voicemail = plans.match(called="5000", caller="+15557654321", source="sip")
+    gatekeeper = plans.match(called="4000", caller="+15557654321", source="sip")
+    assert gatekeeper.name == "gatekeeper" and gatekeeper.turns is not None
+    assert voicemail.name == "voicemail" and voicemail.voicemail is not None
+    assert echo.voicemail is None
     td = unhurried.session_profile().turn_detection
     assert td is not None and (td.type, td.eagerness) == ("semantic_vad", "low")
     assert plans.match(called="3000", caller="+15557654321", source="sip") is unhurried

@@ -20,6 +20,8 @@ from bridge.dialplans.announce import load_announcement
 
 if TYPE_CHECKING:
     from bridge.call.call import Call
+    from bridge.realtime.auth import TokenProvider
+    from bridge.realtime.config import RealtimeTarget
 
 DEFAULT_FALLBACK_TONES = "440:300,0:200,440:300,0:200,440:300"
 #: How much longer than a drain the announcement may take to play.
@@ -29,6 +31,8 @@ ANNOUNCEMENT_EXTRA_S = 60.0
 class Fallback:
     def __init__(self, call: Call) -> None:
         self._call = call
+        #: where a voicemail's transcription session goes (set by the call manager)
+        self.transcription: tuple[RealtimeTarget | None, TokenProvider | None] = (None, None)
 
     async def run(self, reason: str) -> None:
         call = self._call
@@ -43,7 +47,8 @@ class Fallback:
         call.outage.end("fallback")
         call.playout.barge_in()
         call.playout.comfort = False
-        call.playout.push_leg_audio(self.announcement(fb.announcement, fb.tones))
+        if not self._voicemail_wanted():
+            call.playout.push_leg_audio(self.announcement(fb.announcement, fb.tones))
         call.emit(FallbackStarted(call_id=call.call_id, reason=reason))
         client = call.client
         if client is not None:
@@ -52,6 +57,9 @@ class Fallback:
                     await client.close()
             except Exception as exc:
                 call.log.warning("closing the lost upstream failed: %r", exc)
+        if self._voicemail_wanted():
+            await self._voicemail()
+            return
         if not await call.control.drained(ANNOUNCEMENT_EXTRA_S):
             call.log.warning("the fallback announcement did not finish playing")
         if fb.action == "transfer" and fb.target:
@@ -60,6 +68,27 @@ class Fallback:
             if outcome.ok:
                 return
         call.end(EndReason.UPSTREAM_LOST, reason)
+
+    def _voicemail_wanted(self) -> bool:
+        vm = self._call.dialplan.voicemail
+        return vm is not None and vm.when in ("upstream_down", "after_hours")
+
+    async def _voicemail(self) -> None:
+        """The plan's ``[voicemail]`` takes a message instead (bridge.call.voicemail)."""
+        from bridge.call.voicemail import VoicemailCall  # noqa: PLC0415
+
+        call = self._call
+        assert call.dialplan.voicemail is not None
+        call.clock.unsubscribe(call.playout)       # the voicemail's playout has the leg now
+        target, tokens = self.transcription
+        driver = VoicemailCall(call.leg, call.dialplan.name, call.dialplan.voicemail, target,
+                               call.clock, store=call.store, record=call.record,
+                               on_event=call.emit, token_provider=tokens)
+        await driver.take()
+        if driver.hung_up:
+            call.end(EndReason.CALLER_HANGUP, "during the voicemail")
+        else:
+            call.end(EndReason.UPSTREAM_LOST, "voicemail taken")
 
     def announcement(self, announcement: str | None, tones: str | None) -> bytes:
         call = self._call

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 import uuid
@@ -26,12 +27,14 @@ from typing import Any
 
 from bridge.call.call import Call, CallLog, RealtimeFactory, RealtimeSession
 from bridge.call.clock import MediaClock, shared_clock
-from bridge.call.early import EarlyOpens
+from bridge.call.early import EarlyOpens, new_call_id
 from bridge.call.events import CallEvent
 from bridge.call.leg import LegInfo, MediaLeg
 from bridge.call.records import CallRecord, RecordStore
+from bridge.call.voicemail import VoicemailCall
 from bridge.dialplans.plan import Dialplan, DialplanSet
 from bridge.errors import CallRejected
+from bridge.realtime.auth import TokenProvider
 from bridge.realtime.client import RealtimeClient
 from bridge.realtime.config import RealtimeTarget
 from bridge.realtime.profile import SessionProfile
@@ -80,6 +83,8 @@ class CallManager:
         self.max_calls = max_calls
         self.call_options = dict(call_options or {})
         self.calls: dict[str, Call] = {}
+        #: live voicemail calls (bridge.call.voicemail), counted against ``max_calls``
+        self.voicemails: dict[str, VoicemailCall] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._listeners: list[Listener] = []
         #: called with each ended call's record and dialplan (e.g. post-call summaries)
@@ -90,13 +95,16 @@ class CallManager:
         self.started = 0
         self.rejected = 0
         self.ended = 0
+        #: where voicemail transcription sessions go (and their Entra tokens)
+        self.transcription: tuple[RealtimeTarget | None, TokenProvider | None] = (
+            (realtime, None) if isinstance(realtime, RealtimeTarget) else (None, None))
         self.early = EarlyOpens(self.realtime_factory,
                                 lambda call_id: CallLog(log, {"call_id": call_id}),
                                 max_open=max(1, max_calls // 4), poll=self.clock.poll)
 
     # -- admission -----------------------------------------------------------------------
     def can_admit(self) -> bool:
-        return not self._closing and len(self.calls) < self.max_calls
+        return not self._closing and self.live < self.max_calls
 
     def stop_admitting(self) -> None:
         """Refuse new calls from now on (draining); the live ones go on."""
@@ -104,7 +112,7 @@ class CallManager:
 
     @property
     def live(self) -> int:
-        return len(self.calls)
+        return len(self.calls) + len(self.voicemails)
 
     # -- calls ---------------------------------------------------------------------------
     def open_early(self, info: LegInfo, g711: str | None) -> asyncio.Future[None] | None:
@@ -114,6 +122,9 @@ class CallManager:
         if not self.can_admit() or len(self.calls) + len(self.early) >= self.max_calls:
             return None
         plan = self.plan_for(info)
+        if plan.voicemail is not None and plan.voicemail.takes_call(
+                datetime.datetime.now(datetime.UTC)):
+            return None                      # a voicemail call opens no agent session
         try:
             return self.early.open(info.call_id, plan, g711)
         except Exception:
@@ -144,6 +155,9 @@ class CallManager:
             raise CallRejected("busy" if not self._closing else "shutting down")
         info = leg.info
         plan = self.plan_for(info)
+        if plan.voicemail is not None and plan.voicemail.takes_call(
+                datetime.datetime.now(datetime.UTC)):
+            return await self._voicemail(leg, plan)
         early = self.early.take(info.call_id)
         if early is not None and (early.plan is not plan or early.profile
                                   != plan.session_profile(leg_g711=leg.g711)):
@@ -159,6 +173,7 @@ class CallManager:
             if early is not None:
                 self.early.discard(early)
             return await self._record_failed(leg, plan.name, exc)
+        call.fallback.transcription = self.transcription
         self.calls[call.call_id] = call
         task = asyncio.current_task()
         if task is not None:
@@ -176,6 +191,29 @@ class CallManager:
             except Exception:
                 log.exception("after-call hook failed")
         return record
+
+    async def _voicemail(self, leg: MediaLeg, plan: Dialplan) -> CallRecord:
+        """A call the plan's ``[voicemail]`` takes (bridge.call.voicemail)."""
+        assert plan.voicemail is not None
+        self.early.drop(leg.info.call_id)
+        info = leg.info
+        record = CallRecord(call_id=new_call_id(), leg_call_id=info.call_id,
+                            source=info.source.value, caller=info.caller, called=info.called,
+                            dialplan=plan.name, started_at=time.time())
+        target, tokens = self.transcription
+        call = VoicemailCall(leg, plan.name, plan.voicemail, target, self.clock, store=self.store,
+                             record=record, on_event=self._publish, token_provider=tokens)
+        self.voicemails[record.call_id] = call
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[record.call_id] = task
+        self.started += 1
+        try:
+            return await call.run()
+        finally:
+            self.voicemails.pop(record.call_id, None)
+            self._tasks.pop(record.call_id, None)
+            self.ended += 1
 
     async def _record_failed(self, leg: MediaLeg, plan: str, exc: Exception) -> CallRecord:
         info = leg.info
@@ -196,7 +234,10 @@ class CallManager:
         """End a live call from outside (dashboard, API). False if there is no such call."""
         call = self.calls.get(call_id)
         if call is None:
-            return False
+            voicemail = self.voicemails.get(call_id)
+            if voicemail is not None:
+                voicemail.end(reason)
+            return voicemail is not None
         call.end(reason)
         return True
 
@@ -215,6 +256,8 @@ class CallManager:
         calls = list(self.calls.values())
         for call in calls:
             call.end(reason)
+        for voicemail in list(self.voicemails.values()):
+            voicemail.end(reason)
         tasks = [t for t in self._tasks.values() if t is not asyncio.current_task()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)

@@ -136,6 +136,9 @@ class CallRecord:
     tags: list[str] = field(default_factory=list)
     #: The call's recording (``[recording]``): the WAV file's path, "" when none.
     recording: str = ""
+    #: A voicemail call's message (bridge.call.voicemail): ``audio`` (the WAV's path),
+    #: ``transcript``, ``duration_s``, ``ended_by``, ``webhook`` (HTTP status or error).
+    voicemail: dict[str, Any] | None = None
 
     def add_usage(self, usage: dict[str, Any] | None) -> None:
         """Sum a ``response.done`` usage block into ``usage`` (numbers add, dicts recurse)."""
@@ -154,6 +157,8 @@ class CallRecord:
         d["analysis"] = [dict(a) for a in self.analysis]
         d["tags"] = list(self.tags)
         d["usage"] = json.loads(json.dumps(self.usage))
+        if self.voicemail is not None:
+            d["voicemail"] = dict(self.voicemail)
         return d
 
     @classmethod

@@ -5,6 +5,8 @@ the operator's hang-up.
     GET  /calls/<id>                a call's record: JSON (Accept: application/json or
                                     ?format=json) or an HTML page with transcript and timeline
     GET  /calls/<id>/timeline.svg   the call's timeline drawing
+    GET  /calls/<id>/voicemail.wav  a voicemail call's message (404 without one, or once
+                                    the file is gone)
     POST /calls/<id>/hangup         end a live call (202), 404 when it is not live; a
                                     state-changing action (``bridge.web.access``): same
                                     origin, and the CSRF token with the session cookie
@@ -12,9 +14,11 @@ the operator's hang-up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from quart import Blueprint, Response, render_template, request
 from quart.typing import ResponseReturnValue
@@ -125,6 +129,20 @@ async def call_timeline(call_id: str) -> ResponseReturnValue:
     if record is None:
         return NO_SUCH_CALL, 404
     return Response(render_svg(timeline_from_record(record)), content_type="image/svg+xml")
+
+
+@calls.get("/calls/<call_id>/voicemail.wav")
+@protected
+async def call_voicemail(call_id: str) -> ResponseReturnValue:
+    record, _live = await find(call_id)
+    path = (record.voicemail or {}).get("audio") if record is not None else None
+    if not path:
+        return NO_SUCH_CALL, 404
+    try:       # only the file the record names, which the bridge itself wrote
+        data = await asyncio.to_thread(Path(path).read_bytes)
+    except OSError:
+        return {"error": "the message's audio is gone"}, 404
+    return Response(data, content_type="audio/wav")
 
 
 @calls.post("/calls/<call_id>/hangup")

@@ -33,6 +33,11 @@ from bridge.realtime.emulator.conversation import Conversation
 from bridge.realtime.emulator.dialect import EAGERNESS_SILENCE_MS, input_format, turn_detection
 from bridge.realtime.emulator.outbox import Outbox
 from bridge.realtime.emulator.record import UserItemRecord
+from bridge.realtime.emulator.transcription import (
+    TranscriptionJob,
+    is_transcription,
+    transcription_events,
+)
 from bridge.realtime.emulator.vad import EnergyVad, VadSettings, VadStart, VadStop
 
 __all__ = ["MIN_COMMIT_MS", "InputAudio", "TurnHost"]
@@ -82,6 +87,8 @@ class InputAudio:
         self.user_audio_ms = 0.0
         #: the last unanswered turn's speech, input format (the echo agent plays it)
         self.pending_echo: bytes | None = None
+        #: committed turns of a transcription session waiting for their words
+        self.jobs: list[TranscriptionJob] = []
 
     @property
     def in_fmt(self) -> AudioFormat:
@@ -229,7 +236,7 @@ class InputAudio:
         lo, hi = self._offset(echo[0]), self._offset(echo[1])
         fmt = self._in_fmt
         committed_ms = cut / fmt.bytes_per_ms
-        self.pending_echo = bytes(self._buf[lo:hi])
+        speech = self.pending_echo = bytes(self._buf[lo:hi])
         del self._buf[:cut]
         self._buf_start += cut
         previous = self._conv.last_item
@@ -244,17 +251,14 @@ class InputAudio:
         self.user_audio_ms += committed_ms
         self.record.user_items.append(UserItemRecord(item_id, "audio", audio_ms=committed_ms,
                                                      turn=self.turns))
-        transcription = self._outbox.session["audio"]["input"]["transcription"]
-        if transcription:
-            seconds = (hi - lo) / fmt.bytes_per_ms / 1000.0
-            heard = self._host.heard(self.turns)
-            self._emit({
-                "type": "conversation.item.input_audio_transcription.completed",
-                "item_id": item_id, "content_index": 0,
-                "transcript": heard or f"({seconds:.1f} s of caller audio; the emulator "
-                                        "does not transcribe)",
-                "usage": {"type": "duration", "seconds": round(committed_ms / 1000.0, 3)},
-            })
+        session = self._outbox.session
+        if is_transcription(session):          # words later (``TranscriptionJob``)
+            self.jobs.append(TranscriptionJob(item_id, speech, fmt, committed_ms))
+        elif session["audio"]["input"]["transcription"]:
+            for event in transcription_events(item_id, (hi - lo) / fmt.bytes_per_ms / 1000.0,
+                                              committed_ms, self._host.heard(self.turns),
+                                              words=False):
+                self._emit(event)
         self._host.trigger("on_turn", self.turns, now)
 
     def on_commit(self, event: dict[str, Any], event_id: str | None, now: float) -> None:

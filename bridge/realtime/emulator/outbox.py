@@ -79,6 +79,11 @@ class Outbox:
             event = converted
         self._out.append(DUMPS(event))
 
+    def append_raw(self, event: dict[str, Any]) -> None:
+        """Send ``event`` as it is, in either dialect (no translation)."""
+        event["event_id"] = self.new_id("event")
+        self._out.append(DUMPS(event))
+
     def error(self, code: str, message: str, *, param: str | None = None,
               event_id: str | None = None, kind: str = "invalid_request_error") -> None:
         """Send an ``error`` event (and note it in the record)."""

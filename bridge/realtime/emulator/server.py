@@ -49,6 +49,7 @@ from bridge.realtime.emulator.record import (
 from bridge.realtime.emulator.script import Script, load_script
 from bridge.realtime.emulator.session import Close, SessionCore
 from bridge.realtime.emulator.speech import render_texts
+from bridge.realtime.emulator.transcription import TranscriptionJob
 
 __all__ = ["Emulator", "EmulatorConfig"]
 
@@ -103,12 +104,14 @@ class _Handshake:
 
 
 class _Conn:
-    __slots__ = ("core", "wake", "ws")
+    __slots__ = ("core", "jobs", "wake", "ws")
 
     def __init__(self, ws: ServerConnection, core: SessionCore) -> None:
         self.ws = ws
         self.core = core
         self.wake = asyncio.Event()
+        #: transcription turns being recognised (cancelled with the connection)
+        self.jobs: set[asyncio.Task[None]] = set()
 
 
 def _bad(connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
@@ -130,6 +133,8 @@ class Emulator:
             weakref.WeakKeyDictionary())
         self._waiters: list[asyncio.Future[None]] = []
         self._session_count = itertools.count(1)
+        #: one recognition at a time (transcription sessions; ``transcription.py``)
+        self._recognising = asyncio.Lock()
         self.port = 0
         #: Chat Completions on the same port (``bridge.realtime.emulator.chat``)
         self.chat = ChatCore(self._authorized, chunk_ms=self.config.chat_chunk_ms)
@@ -248,6 +253,8 @@ class Emulator:
                 return _bad(connection, HTTPStatus.BAD_REQUEST, "missing api-version")
         else:
             return _bad(connection, HTTPStatus.NOT_FOUND, "not found")
+        if not model and dialect == "preview" and query.get("intent") == "transcription":
+            model = "transcription"          # a preview transcription session names none
         if not model:
             return _bad(connection, HTTPStatus.BAD_REQUEST,
                         "missing " + ("model" if dialect == "ga" else "deployment"))
@@ -298,6 +305,8 @@ class Emulator:
                     core.receive_text(message, loop.time())
                 else:
                     core.receive_bytes(message, loop.time())
+                for job in core.take_jobs():
+                    self._recognise(conn, job)
                 if core.has_output or core.closed:
                     conn.wake.set()
                 self._notify()
@@ -305,6 +314,8 @@ class Emulator:
             pass
         finally:
             self._conns.discard(conn)
+            for pending in list(conn.jobs):
+                pending.cancel()
             writer.cancel()  # no-op if it already ended
             failed = writer.done() and not writer.cancelled() and writer.exception() is not None
             if not failed:  # a failed writer was reported by _writer_done
@@ -317,6 +328,19 @@ class Emulator:
             core.abandon(ws.close_code if ws.close_code is not None else 1006)
             log.info("emulator: session %s closed (%s)", record.session_id, record.close_code)
             self._notify()
+
+    def _recognise(self, conn: _Conn, job: TranscriptionJob) -> None:
+        """Recognise a transcription session's turn in a worker thread (one at a time per
+        emulator: the CPU is shared with whoever runs it), then answer it."""
+        async def run() -> None:
+            async with self._recognising:
+                text = await asyncio.to_thread(job.run)
+            conn.core.finish_job(job, text)
+            conn.wake.set()
+            self._notify()
+        task = asyncio.create_task(run(), name=f"emulator-recognise-{job.item_id}")
+        conn.jobs.add(task)
+        task.add_done_callback(conn.jobs.discard)
 
     async def _writer(self, conn: _Conn) -> None:
         loop = asyncio.get_running_loop()

@@ -58,6 +58,12 @@ from bridge.realtime.emulator.request import (
 )
 from bridge.realtime.emulator.responses import CHUNK_MS, Call, Fail, Responses, Say, Step
 from bridge.realtime.emulator.script import Rule, Script
+from bridge.realtime.emulator.transcription import (
+    TranscriptionJob,
+    apply_transcription_update,
+    transcription_events,
+    transcription_view,
+)
 
 __all__ = ["CHUNK_MS", "MIN_COMMIT_MS", "Close", "SessionCore"]
 
@@ -101,6 +107,8 @@ class SessionCore:
             "response.create": self._on_response_create,
             "response.cancel": self._on_response_cancel,
         }
+        if dialect == "preview":
+            self._handlers["transcription_session.update"] = self._on_transcription_update
         self._input.configure(out.session)
         record.session_id = out.session["id"]
 
@@ -179,6 +187,20 @@ class SessionCore:
         if not self.closed:
             self._responses.pump(now)
 
+    def take_jobs(self) -> list[TranscriptionJob]:
+        """Committed turns of a transcription session to recognise (``transcription.py``);
+        each one's text comes back through :meth:`finish_job`."""
+        jobs, self._input.jobs = self._input.jobs, []
+        return jobs
+
+    def finish_job(self, job: TranscriptionJob, text: str | None) -> None:
+        """The words of ``job`` (None: the placeholder): its deltas and ``completed``."""
+        if self.closed:
+            return
+        for event in transcription_events(job.item_id, len(job.audio) / job.fmt.bytes_per_ms
+                                          / 1000.0, job.committed_ms, text, words=True):
+            self._emit(event)
+
     def take_output(self) -> list[str | Close]:
         return self._out.take()
 
@@ -224,6 +246,10 @@ class SessionCore:
     def _on_session_update(self, event: dict[str, Any], event_id: str | None,
                            now: float) -> None:
         out = self._out
+        update = event.get("session")
+        if not out.preview and isinstance(update, dict) and update.get("type") == "transcription":
+            self._on_transcription_update(event, event_id, now)
+            return
         try:
             session, extras = apply_update(out.session, event.get("session"),
                                            "preview" if out.preview else "ga", out.extras)
@@ -243,6 +269,25 @@ class SessionCore:
         self.record.config = json.loads(DUMPS(view))
         self.record.session_updates += 1
         self._emit({"type": "session.updated", "session": view})
+
+    def _on_transcription_update(self, event: dict[str, Any], event_id: str | None,
+                                 now: float) -> None:
+        """A transcription session's configuration (``transcription.py``): GA
+        ``session.update`` of type ``transcription``, preview ``transcription_session.update``."""
+        out = self._out
+        try:
+            session = apply_transcription_update(out.session, event.get("session"),
+                                                 "preview" if out.preview else "ga")
+        except SessionUpdateError as exc:
+            self._error(exc.code, exc.message, param=exc.param, event_id=event_id)
+            return
+        out.session = session
+        self._input.configure(session)
+        view = transcription_view(session, out.preview)
+        self.record.config = json.loads(DUMPS(view))
+        self.record.session_updates += 1
+        kind = "transcription_session.updated" if out.preview else "session.updated"
+        out.append_raw({"type": kind, "session": view})
 
     # --- responses ----------------------------------------------------------------------
 
