@@ -118,6 +118,7 @@ class KamailioProcess:
         self.cmd = [shutil.which("kamailio") or "kamailio", "-DD", "-E", "-f", str(cfg),
                     "-A", f"LISTEN_UDP=udp:{listen}", "-A", f"LISTEN_TCP=tcp:{listen}",
                     "-A", f'DISPATCHER_LIST="{self.list_path}"',
+                    "-A", f'CTL_SOCKET="tcp:127.0.0.1:{free_udp_port()}"',
                     "-A", f"DS_PING_INTERVAL={ping_interval_s}", "-A", f'MPATH="{mpath}/"',
                     "-Y", str(folder), "-P", str(folder / "kamailio.pid"), "-w", str(folder)]
         self.proc: subprocess.Popen[bytes] | None = None

@@ -162,7 +162,8 @@ class Cluster:
         listen = f"127.0.0.1:{self.sip_port}"
         self.kamailio = Kamailio(self.folder / "kamailio", KAMAILIO_CFG.read_text(), defines=(
             f"LISTEN_UDP=udp:{listen}", f"LISTEN_TCP=tcp:{listen}",
-            f'DISPATCHER_LIST="{self.list_path}"', f"DS_PING_INTERVAL={self.ping_interval_s}",
+            f'DISPATCHER_LIST="{self.list_path}"',
+            f'CTL_SOCKET="tcp:127.0.0.1:{free_port()}"', f"DS_PING_INTERVAL={self.ping_interval_s}",
             f'MPATH="{module_dir()}/"'))
         self.kamailio.start(wait_port=("127.0.0.1", self.sip_port))
         return self
