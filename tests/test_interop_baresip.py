@@ -11,8 +11,6 @@ record must be complete.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,26 +31,13 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 
 async def test_baresip_hears_its_phrase_echoed(serve: ServeProcess, tmp_path: Path) -> None:
-    baresip = require_binary("baresip", "softphone interop")
+    require_binary("baresip", "softphone interop")
     source = phone.phrase(tmp_path)
     sounds = tmp_path / "sounds"
     sounds.mkdir()
     cfg = phone.config(tmp_path, source, sounds)
-    started = time.time()
-    proc = await asyncio.create_subprocess_exec(
-        baresip, "-f", str(cfg), "-e", f"/dial sip:echo@127.0.0.1:{serve.sip_port}",
-        "-t", "40", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    try:
-        record = None
-        async with asyncio.timeout(40):
-            while record is None:
-                record = next((r for r in serve.records() if r["caller"] == "bs"
-                               and r["started_at"] >= started - 1 and r["ended_at"]), None)
-                await asyncio.sleep(0.2)
-        await asyncio.sleep(0.5)          # baresip closes its recordings with the call
-    finally:
-        output = await phone.stop(proc)
+    call = await phone.call(cfg, sounds, f"sip:echo@127.0.0.1:{serve.sip_port}", serve.records)
+    record, output = call.record, call.output
     info = f"--- baresip ---\n{output[-2500:]}\n{serve.log_tail()}"
     sent, _heard = phone.check_echo(sounds, info)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def tls_port(serve: ServeProcess) -> int:
 
 async def test_baresip_call_over_tls_has_audio_both_ways(
         serve: ServeProcess, certs: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    baresip = require_binary("baresip", "softphone interop")
+    require_binary("baresip", "softphone interop")
     ca = certs[0]
     port = tls_port(serve)
     assert port == serve.sip_port        # TLS is the only transport: nothing else listens
@@ -63,21 +62,8 @@ async def test_baresip_call_over_tls_has_audio_both_ways(
     sounds.mkdir()
     cfg = phone.config(tmp_path, source, sounds, account="<sip:bs@127.0.0.1;transport=tls>",
                        extra=f"sip_cafile {ca}\n")
-    started = time.time()
-    proc = await asyncio.create_subprocess_exec(
-        baresip, "-f", str(cfg), "-e", f"/dial sip:echo@127.0.0.1:{port}",
-        "-t", "40", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    try:
-        record = None
-        async with asyncio.timeout(40):
-            while record is None:
-                record = next((r for r in serve.records() if r["caller"] == "bs"
-                               and r["started_at"] >= started - 1 and r["ended_at"]), None)
-                await asyncio.sleep(0.2)
-        await asyncio.sleep(0.5)          # baresip closes its recordings with the call
-    finally:
-        output = await phone.stop(proc)
+    call = await phone.call(cfg, sounds, f"sip:echo@127.0.0.1:{port}", serve.records)
+    record, output = call.record, call.output
     info = f"--- baresip ---\n{output[-2500:]}\n{serve.log_tail()}"
     assert "Call established" in output, info
     sent, _heard = phone.check_echo(sounds, info)

@@ -29,38 +29,18 @@ from bridge.bench.sip import (
     run_sipp,
 )
 from tests.support import digest_check
-from tests.support.interop import require, require_binary
+from tests.support.pbx_trunk import PASSWORD, pbx_serve
 
 HERE = Path(__file__).parent
 SIPP_DIR = HERE / "sipp"
-DIALPLANS = HERE / "data" / "interop" / "auth_dialplans"
-PASSWORD = "trunk-secret"
-SETTINGS = """
-[[sip.trunks]]
-name = "pbx"
-match = ["127.0.0.1/32"]
-auth_user = "bridge"
-password_env = "VB_TEST_TRUNK_PASSWORD"
-realm = "pbx.test"
-dialplan = "desk"
-# SIPp 3.6 answers the first challenge whatever its algorithm, and knows only MD5.
-digest_algorithms = ["MD5", "SHA-256"]
-"""
 REJECTED = "voicebridge_calls_rejected_total"
 CHALLENGES = "voicebridge_sip_challenges_total"
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    require_binary("sipp", "SIP interop")
-    why = LoopbackCapture.unavailable()
-    require(why is None, f"loopback capture: {why}")
-    workdir = tmp_path_factory.mktemp("serve-auth")
-    (workdir / "voicebridge.toml").write_text(SETTINGS)
-    bridge = ServeProcess(workdir, dialplans=DIALPLANS,
-                          env={"VB_TEST_TRUNK_PASSWORD": PASSWORD,
-                               "VOICEBRIDGE_SIP_RING_MS": "0"})
-    with bridge:
+    # The trunk's calls go to the "desk" dialplan whatever they dial.
+    with pbx_serve(tmp_path_factory, "serve-auth", extra='dialplan = "desk"\n') as bridge:
         yield bridge
 
 

@@ -24,38 +24,18 @@ import pytest
 
 from bridge.bench.sip import LoopbackCapture, ServeProcess, SippRun, free_udp_port, run_sipp
 from tests.support import digest_check
-from tests.support.interop import require, require_binary
+from tests.support.pbx_trunk import PASSWORD, pbx_serve
 
 SIPP_DIR = Path(__file__).parent / "sipp"
-DIALPLANS = Path(__file__).parent / "data" / "interop" / "auth_dialplans"
-PASSWORD = "trunk-secret"
-SETTINGS = """
-[[sip.trunks]]
-name = "pbx"
-match = ["127.0.0.1/32"]
-auth_user = "bridge"
-password_env = "VB_TEST_TRUNK_PASSWORD"
-realm = "pbx.test"
-# SIPp 3.6 answers the first challenge whatever its algorithm, and knows only MD5.
-digest_algorithms = ["MD5", "SHA-256"]
-"""
 CHALLENGES = "voicebridge_sip_challenges_total"
 TIMER = "voicebridge_sip_session_timer_total"
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    require_binary("sipp", "SIP interop")
-    why = LoopbackCapture.unavailable()
-    require(why is None, f"loopback capture: {why}")
-    workdir = tmp_path_factory.mktemp("serve-auth-refresh")
-    (workdir / "voicebridge.toml").write_text(SETTINGS)
-    bridge = ServeProcess(workdir, dialplans=DIALPLANS,
-                          env={"VB_TEST_TRUNK_PASSWORD": PASSWORD,
-                               "VOICEBRIDGE_SIP_RING_MS": "0",
-                               "VOICEBRIDGE_SIP_SESSION_EXPIRES_S": "6",
-                               "VOICEBRIDGE_SIP_MIN_SE_S": "3"})
-    with bridge:
+    with pbx_serve(tmp_path_factory, "serve-auth-refresh",
+                   env={"VOICEBRIDGE_SIP_SESSION_EXPIRES_S": "6",
+                        "VOICEBRIDGE_SIP_MIN_SE_S": "3"}) as bridge:
         yield bridge
 
 

@@ -98,6 +98,17 @@ def free_udp_port(pair: bool = False) -> int:
     raise RuntimeError("no free UDP port pair")
 
 
+def load_env(n: int, emulator_url: str) -> dict[str, str]:
+    """A serve's settings for ``n`` bench calls from one caller on UDP, to ``emulator_url``:
+    one load generator is one source, so the per-source limits would cap the load."""
+    return {"VOICEBRIDGE_REALTIME_EMULATOR_URL": emulator_url,
+            "VOICEBRIDGE_SIP_MAX_CALLS": str(n + 10),
+            "VOICEBRIDGE_SIP_INVITE_RATE_PER_SOURCE": "0",
+            "VOICEBRIDGE_SIP_MAX_UNACKED_PER_SOURCE": str(n + 10),
+            "VOICEBRIDGE_SIP_MAX_UNACKED": str(n + 10),
+            "VOICEBRIDGE_SIP_TRANSPORTS": "udp"}
+
+
 def free_rtp_range(size: int) -> tuple[int, int]:
     """A port range below the ephemeral range for the bridge's RTP (busy ports in it are
     skipped by the bridge, so this only has to make collisions unlikely)."""
@@ -923,13 +934,7 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> int:
     with EmulatorProcess() as emulator, ServeProcess(
             workdir / "serve", rtp_ports=free_rtp_range(4 * n + 40), records=False,
             log_level="WARNING",
-            env={"VOICEBRIDGE_REALTIME_EMULATOR_URL": emulator.url,
-                 "VOICEBRIDGE_SIP_MAX_CALLS": str(n + 10),
-                 # One SIPp is one source: the per-source limits would cap the load.
-                 "VOICEBRIDGE_SIP_INVITE_RATE_PER_SOURCE": "0",
-                 "VOICEBRIDGE_SIP_MAX_UNACKED_PER_SOURCE": str(n + 10),
-                 "VOICEBRIDGE_SIP_MAX_UNACKED": str(n + 10),
-                 "VOICEBRIDGE_SIP_TRANSPORTS": "udp"}) as bridge:
+            env=load_env(n, emulator.url)) as bridge:
         pid = bridge.pid
         if placement is not None and not cpus.pin(pid, placement[0]):
             placement = None

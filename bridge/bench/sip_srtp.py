@@ -31,6 +31,7 @@ from bridge.bench.sip import (
     _bench_pattern,
     cpu_seconds,
     free_rtp_range,
+    load_env,
 )
 from bridge.bench.uac import CallMedia, SipCaller, stream
 
@@ -115,13 +116,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     with EmulatorProcess() as emulator, ServeProcess(
             workdir / "serve", rtp_ports=free_rtp_range(4 * n + 40), records=False,
             log_level="WARNING",
-            env={"VOICEBRIDGE_REALTIME_EMULATOR_URL": emulator.url,
-                 "VOICEBRIDGE_SIP_MAX_CALLS": str(n + 10),
-                 "VOICEBRIDGE_SIP_INVITE_RATE_PER_SOURCE": "0",
-                 "VOICEBRIDGE_SIP_MAX_UNACKED_PER_SOURCE": str(n + 10),
-                 "VOICEBRIDGE_SIP_MAX_UNACKED": str(n + 10),
-                 "VOICEBRIDGE_SIP_TRANSPORTS": "udp",
-                 "VOICEBRIDGE_SIP_SRTP": "accept",
+            env={**load_env(n, emulator.url), "VOICEBRIDGE_SIP_SRTP": "accept",
                  "VOICEBRIDGE_SIP_SDES_OVER_PLAIN": "true"}) as bridge:
         if placement is not None and not cpus.pin(bridge.pid, placement[0]):
             placement = None
